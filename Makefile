@@ -1,0 +1,31 @@
+# The two commands users need: `make run` and `make test`. Everything else supports them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/canopy serve --data-dir $${CANOPY_DATA_DIR:-./data}
+
+test: install
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check engine gateway persistence tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/pytest -q bench --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The in-memory domain: message trees, conversation actors and their registry."""

@@ -1,0 +1,277 @@
+"""The conversation actor: one per active conversation, owned by one node.
+
+Reads are plain synchronous calls on in-memory state. Mutations are serialized by
+the actor's lock: validate, journal (await durability), apply, acknowledge; so the
+journal's order is the order of application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from engine.conversation import ConversationState
+from engine.errors import InvalidInput, NotFound, Unavailable
+from persistence.flusher import Backpressure, Flusher
+from persistence.journal import Journal, JournalError
+from persistence.records import (
+    Appended,
+    Branch,
+    BranchDeleted,
+    BranchSet,
+    Conversation,
+    Deleted,
+    Event,
+    Message,
+    Record,
+    Share,
+    ShareRevoked,
+    ShareSet,
+    Updated,
+    encode_record,
+)
+from persistence.store import StoreError
+
+log = logging.getLogger(__name__)
+
+Durability = Literal["memory", "journal", "store"]
+ROLES = frozenset({"human", "assistant", "system", "tool", "user", "ai"})
+PERMISSIONS = ("read", "branch", "fork")  # weakest first
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    durability: Durability = "journal"
+    max_lineage_depth: int = 1000
+
+
+class Passivated(Exception):
+    """The actor was dropped while the caller waited; the registry retries on a fresh one."""
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConversationActor:
+    __slots__ = ("id", "state", "_journal", "_flusher", "_config", "_lock", "_seq", "closed")
+
+    def __init__(
+        self, state: ConversationState, journal: Journal, flusher: Flusher, config: ActorConfig
+    ) -> None:
+        self.id = state.meta.conversation_id
+        self.state = state
+        self._journal = journal
+        self._flusher = flusher
+        self._config = config
+        self._lock = asyncio.Lock()
+        self._seq = state.version  # last seq handed out; may run ahead after a failed append
+        self.closed = False
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held by every mutation; passivation takes it to drop the actor between them."""
+        return self._lock
+
+    def resync(self) -> None:
+        """Follow the state after a journal replay applied records to it directly."""
+        self._seq = max(self._seq, self.state.version)
+
+    # -- reads: synchronous, from memory -------------------------------------------------
+
+    @property
+    def meta(self) -> Conversation:
+        return self.state.meta
+
+    def __len__(self) -> int:
+        return len(self.state.tree)
+
+    def message(self, message_id: str) -> Message:
+        node = self.state.tree.get(message_id)
+        if node is None:
+            raise NotFound(f"message {message_id} not found in conversation {self.id}")
+        return node
+
+    def lineage(self, message_id: str) -> list[Message]:
+        self.message(message_id)
+        return self.state.tree.lineage(message_id)
+
+    def children(self, message_id: str) -> Iterable[Message]:
+        self.message(message_id)
+        return self.state.tree.children(message_id)
+
+    def messages(self) -> Iterable[Message]:
+        return self.state.tree
+
+    def branch(self, branch_id: str) -> Branch:
+        found = self.state.branches.get(branch_id)
+        if found is None:
+            raise NotFound(f"branch {branch_id} not found in conversation {self.id}")
+        return found
+
+    def branches(self) -> Iterable[Branch]:
+        return self.state.branches.values()
+
+    def shares(self) -> Iterable[Share]:
+        return self.state.shares.values()
+
+    def fork_source(self, message_id: str | None) -> list[Message]:
+        """Non-root messages a fork copies: all of them, or the lineage of one message."""
+        nodes = self.state.tree.lineage(message_id) if message_id else list(self.state.tree)
+        return [n for n in nodes if n.parent_id is not None]
+
+    # -- mutations: serialized, journaled before applied -------------------------------------
+
+    async def append(
+        self,
+        *,
+        parent_id: str | None,
+        role: str,
+        content: bytes,
+        content_metadata: dict[str, str],
+        created_by: str,
+        branch_id: str | None = None,
+    ) -> Message:
+        if role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(sorted(ROLES))}; got {role!r}")
+        async with self._lock:
+            self._check_open()
+            if branch_id is not None:
+                leaf = self.branch(branch_id).leaf_message_id
+                parent_id = parent_id or leaf
+            if parent_id is None:
+                raise InvalidInput("parent_message_id is required (or a branch_id to append to)")
+            parent = self.state.tree.get(parent_id)
+            if parent is None:
+                raise InvalidInput(f"parent_message_id {parent_id} is not in conversation {self.id}")
+            if parent.depth >= self._config.max_lineage_depth:
+                raise InvalidInput(
+                    f"lineage depth would exceed MAX_LINEAGE_DEPTH ({self._config.max_lineage_depth})"
+                )
+            node = Message(
+                message_id=new_id(),
+                parent_id=parent_id,
+                role=role,
+                content=content,
+                content_metadata=content_metadata,
+                created_at=now(),
+                created_by=created_by,
+                depth=parent.depth + 1,
+                seq=len(self.state.tree),
+            )
+            await self._commit(Appended(node, branch_id))
+            return node
+
+    async def update(
+        self, *, title: str | None, description: str | None, is_public: bool | None
+    ) -> Conversation:
+        async with self._lock:
+            self._check_open()
+            await self._commit(Updated(now(), title, description, is_public))
+            return self.meta
+
+    async def delete(self) -> None:
+        async with self._lock:
+            self._check_open()
+            await self._commit(Deleted(now()))
+
+    async def create_branch(self, *, name: str, leaf_id: str, created_by: str) -> Branch:
+        async with self._lock:
+            self._check_open()
+            self._check_leaf(leaf_id)
+            at = now()
+            branch = Branch(new_id(), name, leaf_id, at, at, created_by)
+            await self._commit(BranchSet(branch))
+            return branch
+
+    async def update_branch(
+        self, branch_id: str, *, name: str | None, leaf_id: str | None
+    ) -> Branch:
+        async with self._lock:
+            self._check_open()
+            branch = self.branch(branch_id)
+            if leaf_id is not None:
+                self._check_leaf(leaf_id)
+            branch = Branch(
+                branch.branch_id,
+                branch.branch_name if name is None else name,
+                branch.leaf_message_id if leaf_id is None else leaf_id,
+                branch.created_at,
+                now(),
+                branch.created_by,
+                branch.is_active,
+            )
+            await self._commit(BranchSet(branch))
+            return branch
+
+    async def delete_branch(self, branch_id: str) -> None:
+        async with self._lock:
+            self._check_open()
+            self.branch(branch_id)
+            await self._commit(BranchDeleted(branch_id))
+
+    async def share(self, *, shared_with: str, permission: str, shared_by: str) -> Share:
+        if permission not in PERMISSIONS:
+            raise InvalidInput(f"permission must be one of {', '.join(PERMISSIONS)}; got {permission!r}")
+        async with self._lock:
+            self._check_open()
+            share = Share(shared_with, permission, now(), shared_by)
+            await self._commit(ShareSet(share))
+            return share
+
+    async def revoke(self, shared_with: str) -> None:
+        async with self._lock:
+            self._check_open()
+            if shared_with not in self.state.shares:
+                raise NotFound(f"conversation {self.id} is not shared with {shared_with}")
+            await self._commit(ShareRevoked(shared_with))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise Passivated(self.id)
+        if self.meta.deleted:
+            raise NotFound(f"conversation {self.id} not found")
+
+    def _check_leaf(self, leaf_id: str) -> None:
+        if leaf_id not in self.state.tree:
+            raise InvalidInput(f"leaf_message_id {leaf_id} is not in conversation {self.id}")
+
+    async def _commit(self, event: Event) -> None:
+        """Journal the event per the durability mode, apply it, and mark it dirty."""
+        flusher = self._flusher
+        try:
+            flusher.check_capacity()
+        except Backpressure as exc:
+            raise Unavailable(str(exc), retry_after=exc.retry_after) from None
+        self._seq += 1
+        seq = self._seq
+        payload = encode_record(Record(self.id, seq, event))
+        with flusher.mutation():
+            if self._config.durability == "memory":
+                appended = asyncio.ensure_future(self._journal.append(self.id, seq, payload))
+                appended.add_done_callback(_log_failure)
+            else:
+                try:
+                    await self._journal.append(self.id, seq, payload)
+                except JournalError as exc:
+                    raise Unavailable(f"journal unavailable: {exc}") from None
+            self.state.apply(seq, event, flusher.changes(self.id))
+        if self._config.durability == "store":
+            try:
+                await flusher.flush(self.id)
+            except StoreError as exc:
+                raise Unavailable(f"store unavailable: {exc}") from None
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("journal append failed after an in-memory ack: %s", future.exception())

@@ -1,0 +1,142 @@
+"""A conversation's whole in-memory state and the one function that changes it.
+
+`apply` is the only writer: live mutations and journal replay both go through it, so
+a reactivated or recovered conversation is rebuilt exactly as it was served. Each
+application also records what it changed into the flusher's `Changes`.
+"""
+
+from __future__ import annotations
+
+from msgspec.structs import replace
+
+from engine import content
+from engine.tree import MessageTree
+from persistence.records import (
+    Appended,
+    Branch,
+    BranchDeleted,
+    BranchSet,
+    Conversation,
+    Created,
+    Deleted,
+    Event,
+    Message,
+    Share,
+    ShareRevoked,
+    ShareSet,
+    Snapshot,
+    Updated,
+)
+from persistence.store import Changes
+
+_ROW_BYTES = 200  # rough size of a row besides its content, for the unflushed-bytes limit
+
+
+class ConversationState:
+    __slots__ = ("meta", "tree", "branches", "shares")
+
+    def __init__(
+        self,
+        meta: Conversation,
+        messages: list[Message],
+        branches: list[Branch],
+        shares: list[Share],
+    ) -> None:
+        self.meta = meta
+        self.tree = MessageTree(messages[0])  # the root comes first
+        for node in messages[1:]:
+            self.tree.add(node)
+        self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
+        self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot) -> ConversationState:
+        return cls(snapshot.conversation, snapshot.messages, snapshot.branches, snapshot.shares)
+
+    @classmethod
+    def from_created(cls, seq: int, event: Created, changes: Changes) -> ConversationState:
+        state = cls(replace(event.conversation, version=seq), event.messages, [], [])
+        changes.messages.update((m.message_id, m) for m in event.messages)
+        changes.nbytes += sum(len(m.content) + _ROW_BYTES for m in event.messages)
+        state._record(changes)
+        return state
+
+    @property
+    def version(self) -> int:
+        return self.meta.version
+
+    @property
+    def members(self) -> frozenset[str]:
+        """Users whose conversation listing shows this conversation."""
+        return frozenset((self.meta.created_by, *self.shares))
+
+    def apply(self, seq: int, event: Event, changes: Changes) -> None:
+        """Apply one journaled event (already validated) and record what it changed."""
+        meta = self.meta
+        tree = self.tree
+        match event:
+            case Appended(message=node, branch_id=branch_id):
+                tree.add(node)
+                changes.messages[node.message_id] = node
+                changes.nbytes += len(node.content)
+                meta = replace(meta, message_count=meta.message_count + 1, updated_at=node.created_at)
+                if branch_id is not None:
+                    self._set_branch(
+                        replace(
+                            self.branches[branch_id],
+                            leaf_message_id=node.message_id,
+                            last_updated=node.created_at,
+                        ),
+                        changes,
+                    )
+            case Updated(at=at, title=title, description=description, is_public=is_public):
+                meta = replace(
+                    meta,
+                    title=meta.title if title is None else title,
+                    description=meta.description if description is None else description,
+                    is_public=meta.is_public if is_public is None else is_public,
+                    updated_at=at,
+                )
+                root = replace(tree.root, content=root_content(meta))
+                tree.replace(root)
+                changes.messages[root.message_id] = root
+            case Deleted(at=at):
+                meta = replace(meta, deleted=True, updated_at=at)
+            case BranchSet(branch=branch):
+                self._set_branch(branch, changes)
+            case BranchDeleted(branch_id=branch_id):
+                del self.branches[branch_id]
+                changes.branches[branch_id] = None
+            case ShareSet(share=share):
+                self.shares[share.shared_with] = share
+                changes.shares[share.shared_with] = share
+            case ShareRevoked(shared_with=user):
+                del self.shares[user]
+                changes.shares[user] = None
+            case Created():
+                raise ValueError("Created applies only to a new conversation")
+        self.meta = replace(meta, version=seq)
+        changes.nbytes += _ROW_BYTES
+        self._record(changes)
+
+    def _set_branch(self, branch: Branch, changes: Changes) -> None:
+        self.branches[branch.branch_id] = branch
+        changes.branches[branch.branch_id] = branch
+
+    def _record(self, changes: Changes) -> None:
+        changes.conversation = self.meta
+        changes.members = self.members
+        changes.version = self.meta.version
+
+
+def root_content(meta: Conversation) -> bytes:
+    """The root message's `metadata` content, derived from the conversation row."""
+    return content.metadata(
+        content.Metadata(
+            title=meta.title,
+            description=meta.description,
+            is_public=meta.is_public,
+            fork_from_conversation_id=meta.fork_from_conversation_id,
+            fork_from_message_id=meta.fork_from_message_id,
+        )
+    )

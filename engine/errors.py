@@ -1,0 +1,44 @@
+"""One shallow tree of domain errors; the gateway turns each into its HTTP answer."""
+
+from __future__ import annotations
+
+
+class CanopyError(Exception):
+    """Root of every error Canopy reports to a client."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(CanopyError):
+    """A field is missing, of the wrong type, or breaks a rule of the domain."""
+
+    status = 422
+    code = "invalid_field"
+
+
+class NotFound(CanopyError):
+    """The conversation, message, branch or share does not exist (or is not visible)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(CanopyError):
+    status = 409
+    code = "conflict"
+
+
+class Unavailable(CanopyError):
+    """A dependency (store, journal) or the node's capacity stops us from serving now."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

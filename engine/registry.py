@@ -1,0 +1,314 @@
+"""The registry (Orleans' catalog): activation, passivation and the node's memory budget.
+
+Actors are activated on first touch from the Store snapshot plus the journal tail;
+concurrent first touches share one activation. Idle actors, and the least recently
+used ones while the node holds more hot messages than its budget, are flushed and
+then dropped; reactivation rebuilds exactly the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from engine.actor import ActorConfig, ConversationActor, Passivated, new_id, now
+from engine.conversation import ConversationState, root_content
+from engine.errors import CanopyError, NotFound, Unavailable
+from persistence.flusher import Flusher
+from persistence.journal import Journal, JournalError
+from persistence.records import Conversation, Created, Message, Record, decode_record, encode_record
+from persistence.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    actor: ActorConfig = ActorConfig()
+    max_hot_messages: int = 2_000_000
+    idle_seconds: float = 600.0
+
+
+class Registry:
+    """Owns the hot actors of this node; an async context manager."""
+
+    def __init__(
+        self, store: Store, journal: Journal, flusher: Flusher, config: RegistryConfig
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._flusher = flusher
+        self._config = config
+        self._hot: OrderedDict[str, ConversationActor] = OrderedDict()
+        self._touched: dict[str, float] = {}
+        self._activating: dict[str, asyncio.Future[ConversationActor]] = {}
+        self._passivating: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._evicting = False
+        self._hot_messages = 0
+        self.activations = 0
+        self.passivations = 0
+
+    async def __aenter__(self) -> Registry:
+        await self.recover()
+        self._spawn(self._sweep_idle())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info(
+            "registry closed: %d hot actors, %d activations, %d passivations",
+            len(self._hot), self.activations, self.passivations,
+        )
+
+    # -- lookup and activation -----------------------------------------------------------
+
+    @property
+    def hot_messages(self) -> int:
+        return self._hot_messages
+
+    def __len__(self) -> int:
+        return len(self._hot)
+
+    async def get(self, conversation_id: str) -> ConversationActor:
+        """The conversation's actor, activating it if needed; NotFound if unknown or deleted."""
+        actor = self._hot.get(conversation_id)
+        if actor is None:
+            actor = await self._activate(conversation_id)
+        else:
+            self._hot.move_to_end(conversation_id)
+            self._touched[conversation_id] = time.monotonic()
+        if actor.meta.deleted:
+            raise NotFound(f"conversation {conversation_id} not found")
+        return actor
+
+    async def run(
+        self, conversation_id: str, operation: Callable[[ConversationActor], Awaitable[T]]
+    ) -> T:
+        """Run a mutation on the conversation's actor, retrying if it passivates meanwhile."""
+        while True:
+            actor = await self.get(conversation_id)
+            before = len(actor)
+            try:
+                result = await operation(actor)
+            except Passivated:
+                continue
+            finally:
+                if not actor.closed:
+                    self._hot_messages += len(actor) - before
+            self._check_budget()
+            return result
+
+    async def _activate(self, conversation_id: str) -> ConversationActor:
+        pending = self._activating.get(conversation_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ConversationActor] = asyncio.get_running_loop().create_future()
+        self._activating[conversation_id] = future
+        try:
+            actor = await self._load(conversation_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: only waiters that exist re-raise it
+            raise
+        else:
+            future.set_result(actor)
+            return actor
+        finally:
+            del self._activating[conversation_id]
+
+    async def _load(self, conversation_id: str) -> ConversationActor:
+        passivating = self._passivating.get(conversation_id)
+        if passivating is not None:
+            await asyncio.shield(passivating)
+        try:
+            snapshot = await self._store.load(conversation_id)
+            tail = await self._journal.tail(conversation_id, snapshot.conversation.version if snapshot else 0)
+        except (StoreError, JournalError) as exc:
+            raise Unavailable(f"cannot activate conversation: {exc}") from None
+        if snapshot is None:
+            raise NotFound(f"conversation {conversation_id} not found")
+        state = ConversationState.from_snapshot(snapshot)
+        actor = self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+        for payload in tail:
+            self._replay(decode_record(payload))
+        self.activations += 1
+        self._check_budget()
+        return actor
+
+    def _admit(self, actor: ConversationActor) -> ConversationActor:
+        self._hot[actor.id] = actor
+        self._touched[actor.id] = time.monotonic()
+        self._hot_messages += len(actor)
+        return actor
+
+    # -- creation --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        title: str,
+        created_by: str,
+        description: str | None = None,
+        is_public: bool = False,
+        fork_from: tuple[str, str | None] | None = None,
+        copied: list[Message] = [],  # noqa: B006 - never mutated
+    ) -> ConversationActor:
+        """Create a conversation with its root message (and a fork's copied messages)."""
+        at = now()
+        conversation_id, root_id = new_id(), new_id()
+        meta = Conversation(
+            conversation_id=conversation_id,
+            root_id=root_id,
+            title=title,
+            description=description,
+            created_at=at,
+            created_by=created_by,
+            updated_at=at,
+            is_public=is_public,
+            fork_from_conversation_id=fork_from[0] if fork_from else None,
+            fork_from_message_id=fork_from[1] if fork_from else None,
+            message_count=1 + len(copied),
+            version=1,
+        )
+        root = Message(root_id, None, "root", root_content(meta), {}, at, created_by, 1, 0)
+        messages = [root]
+        for seq, node in enumerate(copied, start=1):
+            parent = root_id if node.depth == 2 else node.parent_id  # re-hang on the new root
+            messages.append(Message(
+                node.message_id, parent, node.role, node.content, node.content_metadata,
+                node.created_at, node.created_by, node.depth, seq, node.status,
+            ))
+        event = Created(meta, messages)
+        payload = encode_record(Record(conversation_id, 1, event))
+        self._flusher.check_capacity()
+        with self._flusher.mutation():
+            try:
+                await self._journal.append(conversation_id, 1, payload)
+            except JournalError as exc:
+                raise Unavailable(f"journal unavailable: {exc}") from None
+            state = ConversationState.from_created(1, event, self._flusher.changes(conversation_id))
+        actor = self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+        if self._config.actor.durability == "store":
+            try:
+                await self._flusher.flush(conversation_id)
+            except StoreError as exc:
+                raise Unavailable(f"store unavailable: {exc}") from None
+        self._check_budget()
+        return actor
+
+    # -- listing -----------------------------------------------------------------------------
+
+    async def user_conversations(self, user_id: str, limit: int) -> list[str]:
+        """Conversations the user owns or was shared, most recently active first."""
+        try:
+            stored = await self._store.user_conversations(user_id, limit + 64)
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from None
+        activity = dict(stored)
+        for conversation_id, changes in self._flusher.pending():  # not yet in the store
+            meta = changes.conversation
+            if meta is None:
+                continue
+            if meta.deleted or user_id not in changes.members:
+                activity.pop(conversation_id, None)
+            else:
+                activity[conversation_id] = meta.updated_at.timestamp()
+        ranked = sorted(activity.items(), key=lambda item: item[1], reverse=True)
+        return [conversation_id for conversation_id, _ in ranked[:limit]]
+
+    # -- recovery, passivation, budget ----------------------------------------------------
+
+    async def recover(self) -> None:
+        """Replay the journal into actors, then flush, before the node serves."""
+        payloads = await self._journal.replay()
+        for payload in payloads:
+            record = decode_record(payload)
+            if record.conversation_id not in self._hot and not isinstance(record.event, Created):
+                try:
+                    await self._activate(record.conversation_id)
+                except NotFound:
+                    log.error("journal record for unknown conversation %s", record.conversation_id)
+                    continue
+            self._replay(record)
+        if payloads:
+            log.info("recovered %d journal records into %d conversations", len(payloads), len(self._hot))
+        if not await self._flusher.flush_all(retries=10):
+            raise Unavailable("cannot flush recovered journal records to the store")
+
+    def _replay(self, record: Record) -> None:
+        """Apply a journal record unless the conversation already reflects it."""
+        changes = self._flusher.changes(record.conversation_id)
+        actor = self._hot.get(record.conversation_id)
+        if actor is None:
+            assert isinstance(record.event, Created)
+            state = ConversationState.from_created(record.seq, record.event, changes)
+            self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+        elif record.seq > actor.state.version and not actor.meta.deleted:
+            before = len(actor)
+            actor.state.apply(record.seq, record.event, changes)
+            actor.resync()
+            self._hot_messages += len(actor) - before
+
+    async def passivate(self, conversation_id: str) -> bool:
+        """Flush the actor and drop it; False (and still hot) if the flush failed."""
+        actor = self._hot.get(conversation_id)
+        if actor is None or conversation_id in self._passivating:
+            return False
+        task = asyncio.ensure_future(self._passivate(actor))
+        self._passivating[conversation_id] = task
+        try:
+            await asyncio.shield(task)
+        except (StoreError, CanopyError) as exc:
+            log.warning("passivation of %s postponed: %s", conversation_id, exc)
+            return False
+        finally:
+            del self._passivating[conversation_id]
+        return True
+
+    async def _passivate(self, actor: ConversationActor) -> None:
+        async with actor.lock:
+            await self._flusher.flush(actor.id)
+            actor.closed = True
+            self._hot_messages -= len(actor)
+            del self._hot[actor.id]
+            del self._touched[actor.id]
+            self.passivations += 1
+
+    def _check_budget(self) -> None:
+        if not self._evicting and self.hot_messages > self._config.max_hot_messages:
+            self._evicting = True
+            self._spawn(self._evict())
+
+    async def _evict(self) -> None:
+        try:
+            target = int(self._config.max_hot_messages * 0.9)
+            while self.hot_messages > target and len(self._hot) > 1:
+                oldest = next(iter(self._hot))
+                if not await self.passivate(oldest):
+                    break
+        finally:
+            self._evicting = False
+
+    async def _sweep_idle(self) -> None:
+        period = max(0.05, self._config.idle_seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - self._config.idle_seconds
+            idle = [cid for cid, at in self._touched.items() if at < cutoff]
+            for conversation_id in idle:
+                await self.passivate(conversation_id)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

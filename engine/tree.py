@@ -1,0 +1,69 @@
+"""A conversation's message tree: nodes by id, a children index, lineage by parent walk.
+
+Nodes are immutable `Message` Structs; the tree only adds and replaces them. Lineage
+is derived (an O(depth) walk of parent ids), never stored per node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from persistence.records import Message
+
+_NO_CHILDREN: tuple[Message, ...] = ()
+
+
+class MessageTree:
+    __slots__ = ("_nodes", "_children", "root")
+
+    def __init__(self, root: Message) -> None:
+        self._nodes: dict[str, Message] = {root.message_id: root}
+        self._children: dict[str, list[Message]] = {}
+        self.root = root
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._nodes
+
+    def __iter__(self) -> Iterator[Message]:
+        """Every node in creation order."""
+        return iter(self._nodes.values())
+
+    def get(self, message_id: str) -> Message | None:
+        return self._nodes.get(message_id)
+
+    def add(self, node: Message) -> None:
+        """Insert a node whose parent is already in the tree."""
+        self._nodes[node.message_id] = node
+        if node.parent_id is not None:
+            siblings = self._children.get(node.parent_id)
+            if siblings is None:
+                self._children[node.parent_id] = [node]
+            else:
+                siblings.append(node)
+
+    def replace(self, node: Message) -> None:
+        """Swap in a new version of an existing node (status updates)."""
+        old = self._nodes[node.message_id]
+        self._nodes[node.message_id] = node
+        if node.parent_id is not None:
+            siblings = self._children[node.parent_id]
+            siblings[siblings.index(old)] = node
+        else:
+            self.root = node
+
+    def children(self, message_id: str) -> list[Message] | tuple[Message, ...]:
+        return self._children.get(message_id, _NO_CHILDREN)
+
+    def lineage(self, message_id: str) -> list[Message]:
+        """Nodes from the root down to `message_id` (which must be in the tree)."""
+        nodes = self._nodes
+        path = []
+        node: Message | None = nodes[message_id]
+        while node is not None:
+            path.append(node)
+            node = nodes[node.parent_id] if node.parent_id is not None else None
+        path.reverse()
+        return path

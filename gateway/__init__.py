@@ -1,0 +1,1 @@
+"""The HTTP edge: aiohttp app, routes, schemas, errors and the CLI."""

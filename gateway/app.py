@@ -1,0 +1,43 @@
+"""The aiohttp application: components composed in a fixed order, shut down in reverse.
+
+persistence (store, journal) -> flusher -> registry (recovery) -> routes. On shutdown
+the registry stops, the flusher writes every dirty conversation, then the journal
+and the store close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from engine.registry import Registry
+from gateway.config import Settings
+from gateway.errors import error_middleware
+from gateway.keys import REGISTRY
+from gateway.routes import add_routes
+from persistence.flusher import Flusher
+from persistence.journal_file import FileJournal
+from persistence.sqlite import SQLiteStore
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    add_routes(app)
+
+    async def components(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(SQLiteStore(settings.data_dir / "canopy.db"))
+            fsync: str | float = settings.fsync if settings.fsync == "always" else float(settings.fsync)
+            journal = await stack.enter_async_context(
+                FileJournal(settings.data_dir / "journal", fsync=fsync)
+            )
+            flusher = await stack.enter_async_context(Flusher(store, journal, settings.flusher()))
+            app[REGISTRY] = await stack.enter_async_context(
+                Registry(store, journal, flusher, settings.registry())
+            )
+            yield
+
+    app.cleanup_ctx.append(components)
+    return app

@@ -1,0 +1,41 @@
+"""`canopy` command line: `canopy serve` starts a node."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvloop
+from aiohttp import web
+
+from gateway import config
+from gateway.app import create_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="canopy", description="Canopy: the hot tier for AI chat history.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start a node")
+    config.add_arguments(serve)
+    args = parser.parse_args(argv)
+    try:
+        settings = config.build(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+        print=lambda message: print(message, flush=True),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Node settings, built in one place from the environment and the command line.
+
+Every option has an environment equivalent (`CANOPY_*`); seed 000's variables
+(`SERVER_HOST`, `SERVER_PORT`, `MAX_LINEAGE_DEPTH`, `MAX_BATCH_SIZE`) are accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.actor import ActorConfig, Durability
+from engine.registry import RegistryConfig
+from persistence.flusher import FlusherConfig
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    durability: Durability = "journal"
+    fsync: str = "0.05"  # seconds between journal fsyncs, or "always"
+    max_lineage_depth: int = 1000
+    max_batch_size: int = 100
+    max_hot_messages: int = 2_000_000
+    idle_seconds: float = 600.0
+    max_body_bytes: int = 1024 * 1024
+    max_unflushed_bytes: int = 256 * 1024 * 1024
+    flush_interval: float = 0.05
+    shutdown_timeout: float = 10.0
+
+    def registry(self) -> RegistryConfig:
+        return RegistryConfig(
+            actor=ActorConfig(durability=self.durability, max_lineage_depth=self.max_lineage_depth),
+            max_hot_messages=self.max_hot_messages,
+            idle_seconds=self.idle_seconds,
+        )
+
+    def flusher(self) -> FlusherConfig:
+        return FlusherConfig(
+            interval=self.flush_interval, max_unflushed_bytes=self.max_unflushed_bytes
+        )
+
+
+# option name -> (environment variables, most specific first; type)
+_OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
+    "host": (("CANOPY_HOST", "SERVER_HOST"), str),
+    "port": (("CANOPY_PORT", "SERVER_PORT"), int),
+    "data_dir": (("CANOPY_DATA_DIR",), Path),
+    "durability": (("CANOPY_DURABILITY",), str),
+    "fsync": (("CANOPY_FSYNC",), str),
+    "max_lineage_depth": (("CANOPY_MAX_LINEAGE_DEPTH", "MAX_LINEAGE_DEPTH"), int),
+    "max_batch_size": (("CANOPY_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"), int),
+    "max_hot_messages": (("CANOPY_MAX_HOT_MESSAGES",), int),
+    "idle_seconds": (("CANOPY_IDLE_SECONDS",), float),
+    "max_body_bytes": (("CANOPY_MAX_BODY_BYTES",), int),
+    "max_unflushed_bytes": (("CANOPY_MAX_UNFLUSHED_BYTES",), int),
+    "flush_interval": (("CANOPY_FLUSH_INTERVAL",), float),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, (variables, _) in _OPTIONS.items():
+        flag = "--" + name.replace("_", "-")
+        extra: dict[str, object] = {}
+        if name == "durability":
+            extra["choices"] = ("memory", "journal", "store")
+        parser.add_argument(flag, dest=name, default=None, help=f"env: {', '.join(variables)}", **extra)
+
+
+def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
+    """Command line over environment over defaults; raises ValueError on a bad value."""
+    values: dict[str, object] = {}
+    for name, (variables, kind) in _OPTIONS.items():
+        raw = getattr(args, name, None)
+        if raw is None:
+            raw = next((environ[v] for v in variables if environ.get(v)), None)
+        if raw is not None:
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.durability not in ("memory", "journal", "store"):
+        raise ValueError(f"durability must be memory, journal or store; got {settings.durability!r}")
+    if settings.fsync != "always":
+        float(settings.fsync)
+    return settings

@@ -1,0 +1,54 @@
+"""Turning every failure into the JSON error shape: `{"error": {"code", "message"}}`.
+
+Domain errors carry their status; aiohttp's own (unknown route, wrong method, body
+too large) are mapped by status; anything else is logged and answered as a plain
+500 without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from engine.errors import CanopyError, Unavailable
+from gateway.codec import json_response
+from gateway.schemas import ErrorDetail, ErrorOut
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response(ErrorOut(ErrorDetail(code, message)), status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except CanopyError as exc:
+        response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, Unavailable):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = error_response(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error")

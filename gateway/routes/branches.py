@@ -1,0 +1,69 @@
+"""Branches: create, list, get, messages (the leaf's lineage), update, delete."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.actor import ConversationActor
+from gateway.codec import json_response, path_id, read_body, uuid_str
+from gateway.keys import REGISTRY
+from gateway.schemas import CreateBranch, Deleted, UpdateBranch, branch_out, path_out
+
+routes = web.RouteTableDef()
+BASE = "/api/v1/conversations/{conversation_id}/branches"
+
+
+@routes.post(BASE)
+async def create(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    body = await read_body(request, CreateBranch)
+
+    async def apply(actor: ConversationActor) -> web.Response:
+        branch = await actor.create_branch(
+            name=body.branch_name, leaf_id=str(body.leaf_message_id), created_by=body.created_by
+        )
+        return json_response(branch_out(actor.id, branch))
+
+    return await request.app[REGISTRY].run(conversation_id, apply)
+
+
+@routes.get(BASE)
+async def list_(request: web.Request) -> web.Response:
+    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    return json_response([branch_out(actor.id, b) for b in actor.branches()])
+
+
+@routes.get(BASE + "/{branch_id}")
+async def get(request: web.Request) -> web.Response:
+    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    return json_response(branch_out(actor.id, actor.branch(path_id(request, "branch_id"))))
+
+
+@routes.get(BASE + "/{branch_id}/messages")
+async def messages(request: web.Request) -> web.Response:
+    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    branch = actor.branch(path_id(request, "branch_id"))
+    return json_response(path_out(actor.id, actor.lineage(branch.leaf_message_id)))
+
+
+@routes.put(BASE + "/{branch_id}")
+async def update(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    branch_id = path_id(request, "branch_id")
+    body = await read_body(request, UpdateBranch)
+
+    async def apply(actor: ConversationActor) -> web.Response:
+        branch = await actor.update_branch(
+            branch_id, name=body.branch_name, leaf_id=uuid_str(body.leaf_message_id)
+        )
+        return json_response(branch_out(actor.id, branch))
+
+    return await request.app[REGISTRY].run(conversation_id, apply)
+
+
+@routes.delete(BASE + "/{branch_id}")
+async def delete(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    branch_id = path_id(request, "branch_id")
+    await request.app[REGISTRY].run(conversation_id, lambda actor: actor.delete_branch(branch_id))
+    return json_response(Deleted("Branch deleted successfully"))

@@ -1,0 +1,64 @@
+"""Conversations: create, get, tree, update, delete."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.actor import ConversationActor
+from gateway.codec import json_response, path_id, read_body
+from gateway.keys import REGISTRY
+from gateway.schemas import (
+    CreateConversation,
+    Deleted,
+    UpdateConversation,
+    conversation_out,
+    tree_out,
+)
+
+routes = web.RouteTableDef()
+BASE = "/api/v1/conversations"
+
+
+@routes.post(BASE)
+async def create(request: web.Request) -> web.Response:
+    body = await read_body(request, CreateConversation)
+    actor = await request.app[REGISTRY].create(
+        title=body.title,
+        created_by=body.created_by,
+        description=body.description,
+        is_public=body.is_public,
+    )
+    return json_response(conversation_out(actor.meta))
+
+
+@routes.get(BASE + "/{conversation_id}")
+async def get(request: web.Request) -> web.Response:
+    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    return json_response(conversation_out(actor.meta))
+
+
+@routes.get(BASE + "/{conversation_id}/tree")
+async def tree(request: web.Request) -> web.Response:
+    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    return json_response(tree_out(actor.id, actor.messages()))
+
+
+@routes.put(BASE + "/{conversation_id}")
+async def update(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    body = await read_body(request, UpdateConversation)
+
+    async def apply(actor: ConversationActor) -> web.Response:
+        meta = await actor.update(
+            title=body.title, description=body.description, is_public=body.is_public
+        )
+        return json_response(conversation_out(meta))
+
+    return await request.app[REGISTRY].run(conversation_id, apply)
+
+
+@routes.delete(BASE + "/{conversation_id}")
+async def delete(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    await request.app[REGISTRY].run(conversation_id, lambda actor: actor.delete())
+    return json_response(Deleted("Conversation deleted successfully"))

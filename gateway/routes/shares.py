@@ -1,0 +1,52 @@
+"""Shares (create, list, revoke) and a user's conversations."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.actor import ConversationActor
+from engine.errors import InvalidInput
+from gateway.codec import json_response, path_id, read_body
+from gateway.keys import REGISTRY
+from gateway.schemas import CreateShare, Deleted, share_out
+
+routes = web.RouteTableDef()
+BASE = "/api/v1/conversations/{conversation_id}"
+DEFAULT_LIMIT, MAX_LIMIT = 50, 1000
+
+
+@routes.post(BASE + "/share")
+async def create(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    body = await read_body(request, CreateShare)
+
+    async def apply(actor: ConversationActor) -> web.Response:
+        share = await actor.share(
+            shared_with=body.shared_with, permission=body.permission, shared_by=body.shared_by
+        )
+        return json_response(share_out(actor.id, share))
+
+    return await request.app[REGISTRY].run(conversation_id, apply)
+
+
+@routes.get(BASE + "/shares")
+async def list_(request: web.Request) -> web.Response:
+    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    return json_response([share_out(actor.id, s) for s in actor.shares()])
+
+
+@routes.delete(BASE + "/shares/{user_id}")
+async def revoke(request: web.Request) -> web.Response:
+    conversation_id = path_id(request, "conversation_id")
+    user_id = request.match_info["user_id"]
+    await request.app[REGISTRY].run(conversation_id, lambda actor: actor.revoke(user_id))
+    return json_response(Deleted("Share revoked successfully"))
+
+
+@routes.get("/api/v1/users/{user_id}/conversations")
+async def user_conversations(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    ids = await request.app[REGISTRY].user_conversations(request.match_info["user_id"], int(raw))
+    return json_response(ids)

@@ -1,0 +1,206 @@
+"""Request and response bodies, decoded and encoded with msgspec (seed 000's wire format).
+
+Requests are decoded strictly into Structs: a wrong type or a missing field is where
+a 422 comes from. Responses are Structs whose fields are exactly seed 000's; message
+content is embedded as the stored JSON bytes, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from persistence.records import Branch, Conversation, Message, Share
+
+# -- requests -----------------------------------------------------------------------------
+
+
+class CreateConversation(msgspec.Struct):
+    title: str
+    created_by: str
+    description: str | None = None
+    is_public: bool = False
+
+
+class UpdateConversation(msgspec.Struct):
+    title: str | None = None
+    description: str | None = None
+    is_public: bool | None = None
+
+
+class CreateMessage(msgspec.Struct):
+    role: str
+    content: dict[str, Any]
+    created_by: str
+    parent_message_id: uuid.UUID | None = None
+    content_metadata: dict[str, str] = {}
+    branch_id: uuid.UUID | None = None
+
+
+class CreateBranch(msgspec.Struct):
+    branch_name: str
+    leaf_message_id: uuid.UUID
+    created_by: str
+
+
+class UpdateBranch(msgspec.Struct):
+    branch_name: str | None = None
+    leaf_message_id: uuid.UUID | None = None
+
+
+class Fork(msgspec.Struct):
+    title: str
+    created_by: str
+
+
+class CreateShare(msgspec.Struct):
+    shared_with: str
+    permission: str
+    shared_by: str
+
+
+# -- responses ----------------------------------------------------------------------------
+
+
+class ConversationOut(msgspec.Struct):
+    conversation_id: str
+    title: str
+    description: str | None
+    created_at: datetime
+    created_by: str
+    is_public: bool
+    fork_from_conversation_id: str | None
+    fork_from_message_id: str | None
+
+
+class MessageOut(msgspec.Struct):
+    conversation_id: str
+    message_id: str
+    parent_message_id: str | None
+    role: str
+    content: msgspec.Raw
+    content_metadata: dict[str, str]
+    lineage: list[str]
+    depth: int
+    created_at: datetime
+    created_by: str
+
+
+class TreeOut(msgspec.Struct):
+    conversation_id: str
+    messages: list[MessageOut]
+    total_messages: int
+
+
+class BranchOut(msgspec.Struct):
+    conversation_id: str
+    branch_id: str
+    branch_name: str
+    leaf_message_id: str
+    created_at: datetime
+    last_updated: datetime
+    created_by: str
+    is_active: bool
+
+
+class ShareOut(msgspec.Struct):
+    conversation_id: str
+    shared_with: str
+    permission: str
+    shared_at: datetime
+    shared_by: str
+
+
+class Health(msgspec.Struct):
+    status: str
+    timestamp: datetime
+
+
+class Deleted(msgspec.Struct):
+    message: str
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorOut(msgspec.Struct):
+    error: ErrorDetail
+
+
+def conversation_out(meta: Conversation) -> ConversationOut:
+    return ConversationOut(
+        meta.conversation_id,
+        meta.title,
+        meta.description,
+        meta.created_at,
+        meta.created_by,
+        meta.is_public,
+        meta.fork_from_conversation_id,
+        meta.fork_from_message_id,
+    )
+
+
+def message_out(conversation_id: str, node: Message, lineage: list[str]) -> MessageOut:
+    return MessageOut(
+        conversation_id,
+        node.message_id,
+        node.parent_id,
+        node.role,
+        msgspec.Raw(node.content),
+        node.content_metadata,
+        lineage,
+        len(lineage),
+        node.created_at,
+        node.created_by,
+    )
+
+
+def path_out(conversation_id: str, path: list[Message]) -> list[MessageOut]:
+    """A root..node path, each message carrying its own lineage (a prefix of the path's)."""
+    ids = [node.message_id for node in path]
+    return [message_out(conversation_id, node, ids[: i + 1]) for i, node in enumerate(path)]
+
+
+def children_out(
+    conversation_id: str, parent_lineage: list[str], children: Iterable[Message]
+) -> list[MessageOut]:
+    return [
+        message_out(conversation_id, child, [*parent_lineage, child.message_id])
+        for child in children
+    ]
+
+
+def tree_out(conversation_id: str, nodes: Iterable[Message]) -> TreeOut:
+    """Every message in creation order; lineages are built once per node from the parent's."""
+    lineages: dict[str | None, list[str]] = {None: []}
+    messages = []
+    for node in nodes:
+        lineage = [*lineages[node.parent_id], node.message_id]
+        lineages[node.message_id] = lineage
+        messages.append(message_out(conversation_id, node, lineage))
+    return TreeOut(conversation_id, messages, len(messages))
+
+
+def branch_out(conversation_id: str, branch: Branch) -> BranchOut:
+    return BranchOut(
+        conversation_id,
+        branch.branch_id,
+        branch.branch_name,
+        branch.leaf_message_id,
+        branch.created_at,
+        branch.last_updated,
+        branch.created_by,
+        branch.is_active,
+    )
+
+
+def share_out(conversation_id: str, share: Share) -> ShareOut:
+    return ShareOut(
+        conversation_id, share.shared_with, share.permission, share.shared_at, share.shared_by
+    )

@@ -1,0 +1,216 @@
+"""The write-behind flusher: moves acknowledged changes from memory to the Store.
+
+`write -> journal -> ack -> dirty -> flusher -> Store batch -> journal trim`
+
+Actors record what each applied mutation changed in `changes(conversation_id)`;
+repeated updates of one row coalesce there. A cycle writes every dirty conversation
+as one batch (one partition), retries failures with backoff, and trims the journal
+only when everything the journal mark covers is stored. Writes to one conversation
+never overlap, so an old batch can never land after a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from persistence.journal import Journal
+from persistence.store import Changes, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FlusherConfig:
+    interval: float = 0.05  # seconds between cycles while there is dirty data
+    max_unflushed_bytes: int = 256 * 1024 * 1024  # past this, writes get 503
+    concurrency: int = 16  # conversations written at once
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
+
+
+class Backpressure(Exception):
+    """Too much unflushed data: the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"unflushed data over the limit; retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
+class Flusher:
+    """Owns the dirty set and the task that drains it; an async context manager."""
+
+    def __init__(self, store: Store, journal: Journal, config: FlusherConfig) -> None:
+        self._store = store
+        self._journal = journal
+        self._config = config
+        self._dirty: dict[str, Changes] = {}
+        self._writing: dict[str, Changes] = {}
+        self._locks: dict[str, list[Any]] = {}  # [lock, users]
+        self._generation = 0
+        self._inflight: defaultdict[int, int] = defaultdict(int)
+        self._settled = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self.batches_written = 0
+        self.messages_written = 0
+
+    async def __aenter__(self) -> Flusher:
+        self._task = asyncio.create_task(self._run(), name="flusher")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush_all(retries=5)
+        log.info(
+            "flusher closed: %d batches, %d messages written, %d bytes left unflushed",
+            self.batches_written, self.messages_written, self.unflushed_bytes,
+        )
+
+    # -- what actors call ------------------------------------------------------------
+
+    @contextmanager
+    def mutation(self) -> Iterator[None]:
+        """Bracket journal append + apply + `changes()` so a journal mark waits for them."""
+        generation = self._generation
+        self._inflight[generation] += 1
+        try:
+            yield
+        finally:
+            self._inflight[generation] -= 1
+            if not self._inflight[generation] and generation < self._generation:
+                del self._inflight[generation]
+                asyncio.get_running_loop().create_task(self._notify_settled())
+
+    def changes(self, conversation_id: str) -> Changes:
+        """The dirty changes of a conversation, created empty on first use; wakes the flusher."""
+        found = self._dirty.get(conversation_id)
+        if found is None:
+            found = self._dirty[conversation_id] = Changes()
+            self._wake.set()
+        return found
+
+    def check_capacity(self) -> None:
+        if self.unflushed_bytes > self._config.max_unflushed_bytes:
+            raise Backpressure(retry_after=max(1.0, self._backoff()))
+
+    @property
+    def unflushed_bytes(self) -> int:
+        return sum(c.nbytes for c in self._dirty.values()) + sum(
+            c.nbytes for c in self._writing.values()
+        )
+
+    def pending(self) -> Iterator[tuple[str, Changes]]:
+        """Unflushed changes, older before newer for each conversation (read-your-writes)."""
+        yield from self._writing.items()
+        yield from self._dirty.items()
+
+    # -- flushing ----------------------------------------------------------------------
+
+    async def flush(self, conversation_id: str) -> None:
+        """Write one conversation's dirty changes now (passivation, `store` durability)."""
+        async with self._exclusive(conversation_id):
+            changes = self._dirty.pop(conversation_id, None)
+            if changes is None:
+                return
+            self._writing[conversation_id] = changes
+            try:
+                await self._store.write(conversation_id, changes)
+            except BaseException:
+                newer = self._dirty.get(conversation_id)
+                if newer is not None:
+                    changes.absorb(newer)
+                self._dirty[conversation_id] = changes
+                raise
+            finally:
+                del self._writing[conversation_id]
+            self.batches_written += 1
+            self.messages_written += len(changes.messages)
+
+    @asynccontextmanager
+    async def _exclusive(self, conversation_id: str) -> AsyncIterator[None]:
+        """One writer per conversation; the lock lives only while someone uses it."""
+        entry = self._locks.get(conversation_id)
+        if entry is None:
+            entry = self._locks[conversation_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[conversation_id]
+
+    async def flush_all(self, retries: int = 0) -> bool:
+        """One cycle: mark the journal, write every dirty conversation, trim on success."""
+        for attempt in range(retries + 1):
+            if await self._cycle():
+                return True
+            if attempt < retries:
+                await asyncio.sleep(self._backoff())
+        return False
+
+    async def _cycle(self) -> bool:
+        mark = await self._journal.mark()
+        await self._wait_settled()
+        semaphore = asyncio.Semaphore(self._config.concurrency)
+        flushed: dict[str, int] = {}
+
+        async def write(conversation_id: str) -> bool:
+            async with semaphore:
+                pending = self._dirty.get(conversation_id)
+                if pending is None:
+                    return True  # flushed meanwhile (passivation)
+                version = pending.version
+                try:
+                    await self.flush(conversation_id)
+                except Exception as exc:  # noqa: BLE001 - any store failure is retried
+                    log.warning("flush of %s failed: %s", conversation_id, exc)
+                    return False
+                flushed[conversation_id] = version
+                return True
+
+        results = await asyncio.gather(*(write(cid) for cid in list(self._dirty)))
+        if not all(results):
+            self._failures += 1
+            return False
+        self._failures = 0
+        await self._journal.trim(mark, flushed)
+        return True
+
+    async def _wait_settled(self) -> None:
+        """Wait until every mutation begun before the mark has recorded its changes."""
+        self._generation += 1
+        async with self._settled:
+            await self._settled.wait_for(
+                lambda: not any(n for g, n in self._inflight.items() if g < self._generation)
+            )
+
+    async def _notify_settled(self) -> None:
+        async with self._settled:
+            self._settled.notify_all()
+
+    def _backoff(self) -> float:
+        if not self._failures:
+            return self._config.backoff_initial
+        delay = self._config.backoff_initial * 2 ** min(self._failures, 16)
+        return min(self._config.backoff_max, delay) * random.uniform(0.5, 1.0)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._config.interval)
+            if not await self.flush_all():
+                self._wake.set()  # keep retrying, with backoff
+                await asyncio.sleep(self._backoff())

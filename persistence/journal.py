@@ -1,0 +1,43 @@
+"""The Journal protocol: the write-ahead log that makes an acknowledged write durable.
+
+A mutation is appended here before it is applied and acknowledged; the flusher trims
+what the Store has confirmed. Backends: an append-only file (embedded) and Redis
+Streams. Both run the same contract suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from typing import Protocol
+
+
+class JournalError(Exception):
+    """The journal could not take or give records; writes must fail fast."""
+
+
+class Journal(Protocol):
+    """An ordered, durable log of opaque records keyed by conversation."""
+
+    async def __aenter__(self) -> Journal: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    def append(self, conversation_id: str, seq: int, payload: bytes) -> Awaitable[None]:
+        """Queue a record now (order of calls is order in the log); await its durability."""
+        ...
+
+    async def replay(self) -> list[bytes]:
+        """Every record not yet trimmed, in append order (start-up recovery)."""
+        ...
+
+    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+        """Records of one conversation after `after_seq` (activation after a node's death)."""
+        ...
+
+    async def mark(self) -> object:
+        """Start a checkpoint: records appended from now on are not covered by it."""
+        ...
+
+    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
+        """Drop records covered by `mark` now that the Store holds them."""
+        ...

@@ -1,0 +1,135 @@
+"""The durable shapes of Canopy's data: rows the Store keeps and events the Journal carries.
+
+All are msgspec Structs encoded as MessagePack arrays (`array_like`): compact in the
+journal and the store, and fast to decode on activation. Message content is kept as
+the canonical JSON bytes of the content object, so it is validated once on the way in
+and copied verbatim into every response.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class Message(msgspec.Struct, array_like=True, gc=False):
+    """One node of a conversation tree. Immutable once built: changes replace the node."""
+
+    message_id: str
+    parent_id: str | None
+    role: str
+    content: bytes  # canonical JSON of the content object, {"type": ..., ...}
+    content_metadata: dict[str, str]
+    created_at: datetime
+    created_by: str
+    depth: int
+    seq: int  # position in the conversation's creation order (root = 0)
+    status: str = "complete"
+
+
+class Conversation(msgspec.Struct, array_like=True, gc=False):
+    """A conversation's metadata row; the root message's content is derived from it."""
+
+    conversation_id: str
+    root_id: str
+    title: str
+    description: str | None
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    is_public: bool
+    fork_from_conversation_id: str | None
+    fork_from_message_id: str | None
+    message_count: int
+    version: int  # seq of the last journal record applied
+    deleted: bool = False
+
+
+class Branch(msgspec.Struct, array_like=True, gc=False):
+    branch_id: str
+    branch_name: str
+    leaf_message_id: str
+    created_at: datetime
+    last_updated: datetime
+    created_by: str
+    is_active: bool = True
+
+
+class Share(msgspec.Struct, array_like=True, gc=False):
+    shared_with: str
+    permission: str
+    shared_at: datetime
+    shared_by: str
+
+
+class Snapshot(msgspec.Struct, array_like=True):
+    """Everything the Store holds for one conversation, enough to rebuild its actor."""
+
+    conversation: Conversation
+    messages: list[Message]
+    branches: list[Branch]
+    shares: list[Share]
+
+
+# Journal events: one per acknowledged mutation, applied in journal order.
+
+
+class Created(msgspec.Struct, tag="c", array_like=True):
+    conversation: Conversation
+    messages: list[Message]  # the root first; a fork carries its copied messages too
+
+
+class Appended(msgspec.Struct, tag="a", array_like=True):
+    message: Message
+    branch_id: str | None
+
+
+class Updated(msgspec.Struct, tag="u", array_like=True):
+    at: datetime
+    title: str | None
+    description: str | None
+    is_public: bool | None
+
+
+class Deleted(msgspec.Struct, tag="d", array_like=True):
+    at: datetime
+
+
+class BranchSet(msgspec.Struct, tag="bs", array_like=True):
+    branch: Branch
+
+
+class BranchDeleted(msgspec.Struct, tag="bd", array_like=True):
+    branch_id: str
+
+
+class ShareSet(msgspec.Struct, tag="ss", array_like=True):
+    share: Share
+
+
+class ShareRevoked(msgspec.Struct, tag="sr", array_like=True):
+    shared_with: str
+
+
+Event = Created | Appended | Updated | Deleted | BranchSet | BranchDeleted | ShareSet | ShareRevoked
+
+
+class Record(msgspec.Struct, array_like=True):
+    """A journal entry: the event and its position in the conversation's history."""
+
+    conversation_id: str
+    seq: int
+    event: Event
+
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def encode_record(record: Record) -> bytes:
+    return _record_encoder.encode(record)
+
+
+def decode_record(payload: bytes) -> Record:
+    return _record_decoder.decode(payload)

@@ -1,0 +1,230 @@
+"""The embedded Store: SQLite in WAL mode, driven from one dedicated thread.
+
+Every call runs on a single-thread executor that owns the connection, so the event
+loop never blocks on disk and statements never interleave. Rows keep their body as
+MessagePack (the records' own encoding) next to the columns queries need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from persistence.records import Branch, Conversation, Message, Share, Snapshot
+from persistence.store import Changes, StoreError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (
+    conversation_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    conversation_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    parent_id TEXT,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_by_parent ON messages (conversation_id, parent_id);
+CREATE TABLE IF NOT EXISTS branches (
+    conversation_id TEXT NOT NULL,
+    branch_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, branch_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shares (
+    conversation_id TEXT NOT NULL,
+    shared_with TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (conversation_id, shared_with)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_conversations (
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    last_activity REAL NOT NULL,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_conversations_by_conversation
+    ON user_conversations (conversation_id);
+CREATE INDEX IF NOT EXISTS user_conversations_by_activity
+    ON user_conversations (user_id, last_activity DESC);
+"""
+
+_encode = msgspec.msgpack.Encoder().encode
+_conversation = msgspec.msgpack.Decoder(Conversation).decode
+_message = msgspec.msgpack.Decoder(Message).decode
+_branch = msgspec.msgpack.Decoder(Branch).decode
+_share = msgspec.msgpack.Decoder(Share).decode
+
+
+class SQLiteStore:
+    """Store backend over one SQLite file (see module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> SQLiteStore:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        await self._run(self._open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    async def load(self, conversation_id: str) -> Snapshot | None:
+        return await self._run(self._load, conversation_id)
+
+    async def write(self, conversation_id: str, changes: Changes) -> None:
+        await self._run(self._write, conversation_id, changes)
+
+    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
+        return await self._run(self._user_conversations, user_id, limit)
+
+    # -- on the store thread -----------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL loses nothing on a process crash in WAL mode; the journal covers power loss.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._db
+
+    def _load(self, conversation_id: str) -> Snapshot | None:
+        db = self._conn
+        row = db.execute(
+            "SELECT body FROM conversations WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        conversation = _conversation(row[0])
+        if conversation.deleted:
+            return Snapshot(conversation, [], [], [])
+        messages = [
+            _message(body)
+            for (body,) in db.execute(
+                "SELECT body FROM messages WHERE conversation_id = ? ORDER BY seq",
+                (conversation_id,),
+            )
+        ]
+        branches = [
+            _branch(body)
+            for (body,) in db.execute(
+                "SELECT body FROM branches WHERE conversation_id = ?", (conversation_id,)
+            )
+        ]
+        shares = [
+            _share(body)
+            for (body,) in db.execute(
+                "SELECT body FROM shares WHERE conversation_id = ?", (conversation_id,)
+            )
+        ]
+        branches.sort(key=lambda b: b.created_at)
+        shares.sort(key=lambda s: s.shared_at)
+        return Snapshot(conversation, messages, branches, shares)
+
+    def _write(self, conversation_id: str, changes: Changes) -> None:
+        db = self._conn
+        cid = conversation_id
+        db.execute("BEGIN")
+        try:
+            if changes.deleted:
+                self._delete(cid)
+            else:
+                self._upsert(cid, changes)
+            if changes.conversation is not None:
+                db.execute(
+                    "INSERT INTO conversations VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+                    " version = excluded.version, deleted = excluded.deleted, body = excluded.body"
+                    " WHERE excluded.version >= conversations.version",
+                    (
+                        cid,
+                        changes.conversation.version,
+                        int(changes.conversation.deleted),
+                        _encode(changes.conversation),
+                    ),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _upsert(self, cid: str, changes: Changes) -> None:
+        db = self._conn
+        db.executemany(
+            "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)",
+            [(cid, m.message_id, m.parent_id, m.seq, _encode(m)) for m in changes.messages.values()],
+        )
+        for branch_id, branch in changes.branches.items():
+            if branch is None:
+                db.execute(
+                    "DELETE FROM branches WHERE conversation_id = ? AND branch_id = ?",
+                    (cid, branch_id),
+                )
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO branches VALUES (?, ?, ?)",
+                    (cid, branch_id, _encode(branch)),
+                )
+        for user, share in changes.shares.items():
+            if share is None:
+                db.execute(
+                    "DELETE FROM shares WHERE conversation_id = ? AND shared_with = ?", (cid, user)
+                )
+            else:
+                db.execute("INSERT OR REPLACE INTO shares VALUES (?, ?, ?)", (cid, user, _encode(share)))
+        if changes.conversation is not None:
+            activity = changes.conversation.updated_at.timestamp()
+            db.execute(
+                "DELETE FROM user_conversations WHERE conversation_id = ? AND user_id NOT IN"
+                " (SELECT value FROM json_each(?))",
+                (cid, msgspec.json.encode(sorted(changes.members)).decode()),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO user_conversations VALUES (?, ?, ?)",
+                [(user, cid, activity) for user in changes.members],
+            )
+
+    def _delete(self, cid: str) -> None:
+        for table in ("messages", "branches", "shares", "user_conversations"):
+            self._conn.execute(f"DELETE FROM {table} WHERE conversation_id = ?", (cid,))
+
+    def _user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
+        return list(
+            self._conn.execute(
+                "SELECT conversation_id, last_activity FROM user_conversations"
+                " WHERE user_id = ? ORDER BY last_activity DESC LIMIT ?",
+                (user_id, limit),
+            )
+        )

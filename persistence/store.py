@@ -1,0 +1,70 @@
+"""The Store protocol: where flushed conversation state lives durably.
+
+Every backend (SQLite embedded, ScyllaDB/Cassandra) implements it and runs the same
+contract suite. Writes are idempotent upserts of one conversation's coalesced changes,
+so replaying a journal after a crash can never do harm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from persistence.records import Branch, Conversation, Message, Share, Snapshot
+
+
+class StoreError(Exception):
+    """The store could not complete an operation; the caller may retry."""
+
+
+@dataclass
+class Changes:
+    """One conversation's unflushed changes, coalesced: the newest value of each row wins.
+
+    `None` in `branches` or `shares` marks a deletion. `members` are the users whose
+    conversation listing points at this conversation (owner and share holders).
+    """
+
+    conversation: Conversation | None = None
+    messages: dict[str, Message] = field(default_factory=dict)
+    branches: dict[str, Branch | None] = field(default_factory=dict)
+    shares: dict[str, Share | None] = field(default_factory=dict)
+    members: frozenset[str] = frozenset()
+    version: int = 0
+    nbytes: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return self.conversation is not None and self.conversation.deleted
+
+    def absorb(self, newer: Changes) -> None:
+        """Fold `newer` on top of these (older) changes, newer rows winning."""
+        if newer.conversation is not None:
+            self.conversation = newer.conversation
+        self.messages.update(newer.messages)
+        self.branches.update(newer.branches)
+        self.shares.update(newer.shares)
+        if newer.version >= self.version:
+            self.members = newer.members
+            self.version = newer.version
+        self.nbytes += newer.nbytes
+
+
+class Store(Protocol):
+    """Durable conversation state. Implementations are async context managers."""
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def load(self, conversation_id: str) -> Snapshot | None:
+        """The conversation as last flushed (a tombstone if deleted), or None if unknown."""
+        ...
+
+    async def write(self, conversation_id: str, changes: Changes) -> None:
+        """Apply one conversation's changes atomically enough to be retried whole."""
+        ...
+
+    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
+        """(conversation_id, last activity as epoch seconds), most recent first."""
+        ...

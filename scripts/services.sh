@@ -1,0 +1,384 @@
+#!/usr/bin/env bash
+# Start/stop the local Redis and Cassandra servers Canopy needs, without Docker.
+#
+#   scripts/services.sh start  [redis|cassandra]   install if needed, start, wait until answering
+#   scripts/services.sh stop   [redis|cassandra]   stop what this script started (pid files)
+#   scripts/services.sh status [redis|cassandra]   exit 0 only if every named server answers
+#
+# Redis:     Debian package redis-server (apt-get), our own instance from a
+#            generated config -- the system service is never used.
+# Cassandra: Apache Cassandra assembled from Maven Central (cassandra-all and its
+#            runtime dependencies, fetched with mvn), run on the machine's JDK 17.
+#
+# Both listen on 127.0.0.1 only.  Environment knobs:
+#   CANOPY_SERVICES_DIR   state: data, logs, pid files  (default /tmp/canopy-services)
+#   CANOPY_CACHE          downloaded jars               (default ~/.cache/canopy)
+#   CANOPY_CASSANDRA_VERSION                            (default 5.0.9)
+#   CANOPY_CASSANDRA_START_TIMEOUT seconds              (default 180)
+# Data survives stop/start; delete $CANOPY_SERVICES_DIR (servers stopped) to wipe it.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+TEMPLATES="$SCRIPT_DIR/services"
+
+HOST=127.0.0.1
+REDIS_PORT=6379
+CQL_PORT=9042
+
+STATE_DIR="${CANOPY_SERVICES_DIR:-/tmp/canopy-services}"
+REDIS_STATE="$STATE_DIR/redis"
+CASSANDRA_STATE="$STATE_DIR/cassandra"
+REDIS_PIDFILE="$REDIS_STATE/redis.pid"
+CASSANDRA_PIDFILE="$CASSANDRA_STATE/cassandra.pid"
+
+CASSANDRA_VERSION="${CANOPY_CASSANDRA_VERSION:-5.0.9}"
+CASSANDRA_LIB="${CANOPY_CACHE:-$HOME/.cache/canopy}/cassandra-$CASSANDRA_VERSION/lib"
+
+REDIS_START_TIMEOUT=30
+CASSANDRA_START_TIMEOUT="${CANOPY_CASSANDRA_START_TIMEOUT:-180}"
+REDIS_STOP_TIMEOUT=30
+CASSANDRA_STOP_TIMEOUT=90 # SIGTERM makes Cassandra drain (flush memtables) first
+
+PYTHON="${PYTHON:-python3}"
+JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+
+# ---------------------------------------------------------------- helpers --
+
+log() { printf '[services] %s\n' "$*"; }
+die() {
+    printf '[services] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# Print the last lines of a log file to stderr (used when a start fails).
+show_log_tail() {
+    local file=$1
+    [[ -s $file ]] || return 0
+    printf '[services] ---- last 40 lines of %s ----\n' "$file" >&2
+    tail -n 40 "$file" >&2
+    printf '[services] ----\n' >&2
+}
+
+# Serialise concurrent invocations (e.g. parallel test workers all calling
+# "start"), so only one of them launches each server.  fd 9 must not leak
+# into the servers, or they would hold the lock forever: launches use 9>&-.
+take_lock() {
+    mkdir -p "$STATE_DIR"
+    exec 9>"$STATE_DIR/.lock"
+    flock 9
+}
+
+# Print the pid recorded in $1 if that process is alive and its command line
+# contains $2 (guards against a stale pid file whose pid was reused).
+live_pid() {
+    local pidfile=$1 pattern=$2 pid
+    [[ -r $pidfile ]] || return 1
+    pid=$(tr -dc '0-9' <"$pidfile")
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
+    echo "$pid"
+}
+
+# Fill a template: every @KEY@ in $1 is replaced by VALUE, written to $2.
+render() {
+    local src=$1 dst=$2 key=$3 value=$4
+    sed "s|@${key}@|${value}|g" "$src" >"$dst.tmp"
+    mv "$dst.tmp" "$dst"
+}
+
+# wait_until NAME TIMEOUT CHECK_FN PIDFILE PATTERN LOGFILE
+# Poll CHECK_FN once a second; fail early if the server process died.
+wait_until() {
+    local name=$1 timeout=$2 check=$3 pidfile=$4 pattern=$5 logfile=$6
+    local start=$SECONDS elapsed
+    while ! "$check"; do
+        elapsed=$((SECONDS - start))
+        if ! live_pid "$pidfile" "$pattern" >/dev/null; then
+            show_log_tail "$logfile"
+            die "$name exited during start-up (log: $logfile)"
+        fi
+        if ((elapsed >= timeout)); then
+            show_log_tail "$logfile"
+            die "$name did not answer within ${timeout}s (log: $logfile); it is still running, see '$0 stop'"
+        fi
+        if ((elapsed > 0 && elapsed % 15 == 0)); then
+            log "$name: still starting (${elapsed}s)..."
+        fi
+        sleep 1
+    done
+}
+
+# stop_pid NAME PIDFILE PATTERN TIMEOUT: SIGTERM, wait, then SIGKILL.
+stop_pid() {
+    local name=$1 pidfile=$2 pattern=$3 timeout=$4 pid waited=0
+    if ! pid=$(live_pid "$pidfile" "$pattern"); then
+        rm -f "$pidfile"
+        log "$name: not running (no live process from this script)"
+        return 0
+    fi
+    log "$name: stopping pid $pid (SIGTERM)..."
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && ((waited < timeout)); do
+        sleep 1
+        waited=$((waited + 1))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name: still alive after ${timeout}s, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    fi
+    rm -f "$pidfile"
+    log "$name: stopped (${waited}s)"
+}
+
+APT_UPDATED=
+apt_install() {
+    local sudo=""
+    ((EUID == 0)) || sudo=sudo
+    if [[ -z $APT_UPDATED ]]; then
+        log "apt-get update..."
+        $sudo apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*..."
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# ------------------------------------------------------------------ redis --
+
+redis_up() {
+    command -v redis-cli >/dev/null &&
+        [[ $(timeout 3 redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]
+}
+
+redis_install() {
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+        return 0
+    fi
+    # Debian's policy-rc.d / lack of systemd usually keeps the packaged
+    # service from starting; if it does start, "start" simply reuses it.
+    apt_install redis-server redis-tools
+}
+
+redis_start() {
+    if redis_up; then
+        log "redis: already running on $HOST:$REDIS_PORT$(redis_owner_note)"
+        return 0
+    fi
+    redis_install
+    mkdir -p "$REDIS_STATE/data"
+    render "$TEMPLATES/redis.conf" "$REDIS_STATE/redis.conf" REDIS_STATE "$REDIS_STATE"
+    log "redis: starting (state: $REDIS_STATE)..."
+    # daemonize yes: redis-server forks, writes its pid file and returns.
+    redis-server "$REDIS_STATE/redis.conf" 9>&- ||
+        { show_log_tail "$REDIS_STATE/redis.log"; die "redis-server failed to start"; }
+    wait_until redis "$REDIS_START_TIMEOUT" redis_up "$REDIS_PIDFILE" redis-server "$REDIS_STATE/redis.log"
+    log "redis: up on $HOST:$REDIS_PORT (pid $(cat "$REDIS_PIDFILE"))"
+}
+
+redis_owner_note() {
+    local pid
+    if pid=$(live_pid "$REDIS_PIDFILE" redis-server); then
+        echo " (pid $pid)"
+    else
+        echo " (not started by this script)"
+    fi
+}
+
+redis_stop() { stop_pid redis "$REDIS_PIDFILE" redis-server "$REDIS_STOP_TIMEOUT"; }
+
+redis_status() {
+    if redis_up; then
+        log "redis: UP on $HOST:$REDIS_PORT$(redis_owner_note)"
+    else
+        log "redis: DOWN ($HOST:$REDIS_PORT not answering PING)"
+        return 1
+    fi
+}
+
+# -------------------------------------------------------------- cassandra --
+
+# Real CQL handshake + "SELECT release_version FROM system.local"; prints the version.
+cassandra_version() { "$PYTHON" "$TEMPLATES/cql_ping.py" "$HOST" "$CQL_PORT" 3 2>/dev/null; }
+cassandra_up() { cassandra_version >/dev/null; }
+
+# Fetch cassandra-all + runtime dependencies from Maven Central once; later
+# runs reuse the jar directory (and mvn itself reuses ~/.m2).
+cassandra_install() {
+    if [[ -f $CASSANDRA_LIB/.complete ]]; then
+        return 0
+    fi
+    command -v mvn >/dev/null || die "mvn (Maven) is required to fetch Cassandra"
+    log "cassandra: fetching cassandra-all $CASSANDRA_VERSION and dependencies from Maven Central..."
+    local tmp="$CASSANDRA_LIB.partial"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    mvn -B -q -f "$TEMPLATES/cassandra-pom.xml" \
+        -Dcassandra.version="$CASSANDRA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" 9>&- ||
+        die "mvn could not fetch Cassandra $CASSANDRA_VERSION"
+    touch "$tmp/.complete"
+    rm -rf "$CASSANDRA_LIB"
+    mv "$tmp" "$CASSANDRA_LIB"
+    log "cassandra: $(find "$CASSANDRA_LIB" -name '*.jar' | wc -l) jars cached in $CASSANDRA_LIB"
+}
+
+cassandra_check_prereqs() {
+    command -v "$PYTHON" >/dev/null || die "$PYTHON is required for the CQL readiness check"
+    command -v "$JAVA" >/dev/null || die "java (JDK 17) is required for Cassandra"
+    local major
+    major=$("$JAVA" -version 2>&1 | sed -n 's/.* version "\([0-9]*\).*/\1/p' | head -n1)
+    [[ $major == 17 ]] || log "cassandra: WARNING: Cassandra 5.0 flags here target Java 17, found Java $major"
+}
+
+# JVM flags: conf/jvm17-server.options of Cassandra 5.0 (JPMS opens/exports,
+# netty settings) plus a small heap and fast-start choices for a 2-core box.
+cassandra_jvm_opts() {
+    local jamm
+    jamm=$(find "$CASSANDRA_LIB" -name 'jamm-*.jar' | head -n1)
+    local opts=(
+        -Xms512m -Xmx1g -XX:MaxDirectMemorySize=512m
+        -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
+        # Don't mmap /tmp/hsperfdata (GC pauses on slow disks); no jstat needed.
+        -XX:+PerfDisableSharedMem
+        -XX:+HeapDumpOnOutOfMemoryError "-XX:HeapDumpPath=$CASSANDRA_STATE/logs"
+        -ea -da:net.openhft...
+        -Djava.net.preferIPv4Stack=true
+        -Djdk.attach.allowAttachSelf=true
+        --add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+        --add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+        --add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+        --add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+        --add-exports java.sql/java.sql=ALL-UNNAMED
+        --add-exports java.base/java.lang.ref=ALL-UNNAMED
+        --add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+        --add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+        --add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+        --add-opens java.base/java.lang.module=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.math=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.module=ALL-UNNAMED
+        --add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+        --add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+        --add-opens java.base/sun.nio.ch=ALL-UNNAMED
+        --add-opens java.base/java.io=ALL-UNNAMED
+        --add-opens java.base/java.lang.reflect=ALL-UNNAMED
+        --add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+        --add-opens java.base/java.lang=ALL-UNNAMED
+        --add-opens java.base/java.util=ALL-UNNAMED
+        -Dio.netty.tryReflectionSetAccessible=true
+        -Dio.netty.allocator.useCacheForAllThreads=true
+        -Dio.netty.allocator.maxOrder=11
+        # jamm measures object sizes for memtable accounting (as bin/cassandra does).
+        "-javaagent:$jamm"
+        "-Dcassandra.config=file://$CASSANDRA_STATE/conf/cassandra.yaml"
+        "-Dlogback.configurationFile=file://$CASSANDRA_STATE/conf/logback.xml"
+        "-Dcassandra.logdir=$CASSANDRA_STATE/logs"
+        "-Dcassandra.storagedir=$CASSANDRA_STATE"
+        "-Dcassandra.triggers_dir=$CASSANDRA_STATE/triggers"
+        -Dcassandra-foreground=yes
+        # Single node: nothing to wait for in gossip.
+        -Dcassandra.skip_wait_for_gossip_to_settle=0
+        -cp "$CASSANDRA_LIB/*"
+    )
+    printf '%s\n' "${opts[@]}"
+}
+
+cassandra_launch() {
+    mkdir -p "$CASSANDRA_STATE"/{conf,logs,data,commitlog,saved_caches,hints,cdc_raw,triggers}
+    render "$TEMPLATES/cassandra.yaml" "$CASSANDRA_STATE/conf/cassandra.yaml" CASSANDRA_STATE "$CASSANDRA_STATE"
+    cp "$TEMPLATES/logback.xml" "$CASSANDRA_STATE/conf/logback.xml"
+    local opts
+    mapfile -t opts < <(cassandra_jvm_opts)
+    log "cassandra: starting $CASSANDRA_VERSION (state: $CASSANDRA_STATE)..."
+    # setsid: own session, so killing the caller's process group (test
+    # runner timeouts, Ctrl-C) does not take the server down.  The subshell
+    # execs through setsid and nohup, so $! is the java pid itself.
+    (
+        cd "$CASSANDRA_STATE"
+        exec setsid nohup "$JAVA" "${opts[@]}" org.apache.cassandra.service.CassandraDaemon \
+            </dev/null >>"$CASSANDRA_STATE/logs/console.log" 2>&1 9>&-
+    ) &
+    echo $! >"$CASSANDRA_PIDFILE"
+}
+
+cassandra_start() {
+    local version pid t0=$SECONDS
+    if version=$(cassandra_version); then
+        log "cassandra: already running on $HOST:$CQL_PORT, version $version$(cassandra_owner_note)"
+        return 0
+    fi
+    cassandra_check_prereqs
+    if pid=$(live_pid "$CASSANDRA_PIDFILE" CassandraDaemon); then
+        # Launched by an earlier invocation and still booting: just wait.
+        log "cassandra: pid $pid is still starting up, waiting..."
+    else
+        cassandra_install
+        cassandra_launch
+    fi
+    wait_until cassandra "$CASSANDRA_START_TIMEOUT" cassandra_up \
+        "$CASSANDRA_PIDFILE" CassandraDaemon "$CASSANDRA_STATE/logs/system.log"
+    log "cassandra: up on $HOST:$CQL_PORT, version $(cassandra_version), pid $(cat "$CASSANDRA_PIDFILE") ($((SECONDS - t0))s)"
+}
+
+cassandra_owner_note() {
+    local pid
+    if pid=$(live_pid "$CASSANDRA_PIDFILE" CassandraDaemon); then
+        echo " (pid $pid)"
+    else
+        echo " (not started by this script)"
+    fi
+}
+
+cassandra_stop() { stop_pid cassandra "$CASSANDRA_PIDFILE" CassandraDaemon "$CASSANDRA_STOP_TIMEOUT"; }
+
+cassandra_status() {
+    local version pid
+    if version=$(cassandra_version); then
+        log "cassandra: UP on $HOST:$CQL_PORT, version $version$(cassandra_owner_note)"
+    elif pid=$(live_pid "$CASSANDRA_PIDFILE" CassandraDaemon); then
+        log "cassandra: STARTING (pid $pid, CQL not answering yet on $HOST:$CQL_PORT)"
+        return 1
+    else
+        log "cassandra: DOWN ($HOST:$CQL_PORT not answering CQL)"
+        return 1
+    fi
+}
+
+# ------------------------------------------------------------------- main --
+
+usage() {
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+main() {
+    local cmd=${1:-} target=${2:-all}
+    local services
+    case $target in
+        all) services=(redis cassandra) ;;
+        redis | cassandra) services=("$target") ;;
+        *) usage ;;
+    esac
+    case $cmd in
+        start)
+            take_lock
+            for s in "${services[@]}"; do "${s}_start"; done
+            ;;
+        stop)
+            take_lock
+            # Reverse order: Cassandra first, it takes longest to drain.
+            for ((i = ${#services[@]} - 1; i >= 0; i--)); do "${services[i]}_stop"; done
+            ;;
+        status)
+            local rc=0
+            for s in "${services[@]}"; do "${s}_status" || rc=1; done
+            return "$rc"
+            ;;
+        *) usage ;;
+    esac
+}
+
+main "$@"
