@@ -25,7 +25,8 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/pytest -q bench --benchmark-only -p no:cacheprovider
+	$(BIN)/pytest -q bench --benchmark-only -p no:cacheprovider -p no:unraisableexception \
+		--benchmark-columns=median,mean,ops,rounds
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -210,13 +210,18 @@ cassandra_install() {
     fi
     command -v mvn >/dev/null || die "mvn (Maven) is required to fetch Cassandra"
     log "cassandra: fetching cassandra-all $CASSANDRA_VERSION and dependencies from Maven Central..."
-    local tmp="$CASSANDRA_LIB.partial"
+    # Download into a side directory and rename at the end, so an
+    # interrupted download is never mistaken for a complete one.
+    local tmp="$CASSANDRA_LIB.partial" mvn_log="${CASSANDRA_LIB%/lib}/mvn.log"
     rm -rf "$tmp"
     mkdir -p "$tmp"
-    mvn -B -q -f "$TEMPLATES/cassandra-pom.xml" \
+    if ! mvn -B -f "$TEMPLATES/cassandra-pom.xml" -Dstyle.color=never \
         -Dcassandra.version="$CASSANDRA_VERSION" \
-        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" 9>&- ||
-        die "mvn could not fetch Cassandra $CASSANDRA_VERSION"
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp" \
+        >"$mvn_log" 2>&1 9>&-; then
+        show_log_tail "$mvn_log"
+        die "mvn could not fetch Cassandra $CASSANDRA_VERSION (log: $mvn_log)"
+    fi
     touch "$tmp/.complete"
     rm -rf "$CASSANDRA_LIB"
     mv "$tmp" "$CASSANDRA_LIB"
@@ -241,7 +246,9 @@ cassandra_jvm_opts() {
         -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
         # Don't mmap /tmp/hsperfdata (GC pauses on slow disks); no jstat needed.
         -XX:+PerfDisableSharedMem
-        -XX:+HeapDumpOnOutOfMemoryError "-XX:HeapDumpPath=$CASSANDRA_STATE/logs"
+        # Die rather than limp on after OOM (Cassandra's own advice); no
+        # heap dump, a 1 GiB file per OOM in /tmp helps nobody here.
+        -XX:+ExitOnOutOfMemoryError
         -ea -da:net.openhft...
         -Djava.net.preferIPv4Stack=true
         -Djdk.attach.allowAttachSelf=true
@@ -281,6 +288,8 @@ cassandra_jvm_opts() {
         -Dcassandra-foreground=yes
         # Single node: nothing to wait for in gossip.
         -Dcassandra.skip_wait_for_gossip_to_settle=0
+        # ...and no peers to announce shutdown to (saves 2 s per stop).
+        -Dcassandra.shutdown_announce_in_ms=0
         -cp "$CASSANDRA_LIB/*"
     )
     printf '%s\n' "${opts[@]}"
