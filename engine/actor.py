@@ -152,11 +152,12 @@ class ConversationActor:
                 raise InvalidInput("parent_message_id is required (or a branch_id to append to)")
             parent = self.state.tree.get(parent_id)
             if parent is None:
-                raise InvalidInput(f"parent_message_id {parent_id} is not in conversation {self.id}")
-            if parent.depth >= self._config.max_lineage_depth:
                 raise InvalidInput(
-                    f"lineage depth would exceed MAX_LINEAGE_DEPTH ({self._config.max_lineage_depth})"
+                    f"parent_message_id {parent_id} is not in conversation {self.id}"
                 )
+            limit = self._config.max_lineage_depth
+            if parent.depth >= limit:
+                raise InvalidInput(f"lineage depth would exceed MAX_LINEAGE_DEPTH ({limit})")
             node = Message(
                 message_id=new_id(),
                 parent_id=parent_id,
@@ -221,7 +222,9 @@ class ConversationActor:
 
     async def share(self, *, shared_with: str, permission: str, shared_by: str) -> Share:
         if permission not in PERMISSIONS:
-            raise InvalidInput(f"permission must be one of {', '.join(PERMISSIONS)}; got {permission!r}")
+            raise InvalidInput(
+                f"permission must be one of {', '.join(PERMISSIONS)}; got {permission!r}"
+            )
         async with self._lock:
             self._check_open()
             share = Share(shared_with, permission, now(), shared_by)

@@ -86,4 +86,3 @@ def normalize(content: dict[str, Any]) -> bytes:
 def metadata(meta: Metadata) -> bytes:
     """The root message's content, derived from the conversation's metadata."""
     return _encode(meta)
-

@@ -79,7 +79,9 @@ class ConversationState:
                 tree.add(node)
                 changes.messages[node.message_id] = node
                 changes.nbytes += len(node.content)
-                meta = replace(meta, message_count=meta.message_count + 1, updated_at=node.created_at)
+                meta = replace(
+                    meta, message_count=meta.message_count + 1, updated_at=node.created_at
+                )
                 if branch_id is not None:
                     self._set_branch(
                         replace(

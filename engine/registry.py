@@ -67,7 +67,9 @@ class Registry:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info(
             "registry closed: %d hot actors, %d activations, %d passivations",
-            len(self._hot), self.activations, self.passivations,
+            len(self._hot),
+            self.activations,
+            self.passivations,
         )
 
     # -- lookup and activation -----------------------------------------------------------
@@ -132,13 +134,17 @@ class Registry:
             await asyncio.shield(passivating)
         try:
             snapshot = await self._store.load(conversation_id)
-            tail = await self._journal.tail(conversation_id, snapshot.conversation.version if snapshot else 0)
+            tail = await self._journal.tail(
+                conversation_id, snapshot.conversation.version if snapshot else 0
+            )
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
         if snapshot is None:
             raise NotFound(f"conversation {conversation_id} not found")
         state = ConversationState.from_snapshot(snapshot)
-        actor = self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+        actor = self._admit(
+            ConversationActor(state, self._journal, self._flusher, self._config.actor)
+        )
         for payload in tail:
             self._replay(decode_record(payload))
         self.activations += 1
@@ -184,10 +190,20 @@ class Registry:
         messages = [root]
         for seq, node in enumerate(copied, start=1):
             parent = root_id if node.depth == 2 else node.parent_id  # re-hang on the new root
-            messages.append(Message(
-                node.message_id, parent, node.role, node.content, node.content_metadata,
-                node.created_at, node.created_by, node.depth, seq, node.status,
-            ))
+            messages.append(
+                Message(
+                    node.message_id,
+                    parent,
+                    node.role,
+                    node.content,
+                    node.content_metadata,
+                    node.created_at,
+                    node.created_by,
+                    node.depth,
+                    seq,
+                    node.status,
+                )
+            )
         event = Created(meta, messages)
         payload = encode_record(Record(conversation_id, 1, event))
         self._flusher.check_capacity()
@@ -197,7 +213,9 @@ class Registry:
             except JournalError as exc:
                 raise Unavailable(f"journal unavailable: {exc}") from None
             state = ConversationState.from_created(1, event, self._flusher.changes(conversation_id))
-        actor = self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+        actor = self._admit(
+            ConversationActor(state, self._journal, self._flusher, self._config.actor)
+        )
         if self._config.actor.durability == "store":
             try:
                 await self._flusher.flush(conversation_id)
@@ -241,7 +259,9 @@ class Registry:
                     continue
             self._replay(record)
         if payloads:
-            log.info("recovered %d journal records into %d conversations", len(payloads), len(self._hot))
+            log.info(
+                "recovered %d journal records into %d conversations", len(payloads), len(self._hot)
+            )
         if not await self._flusher.flush_all(retries=10):
             raise Unavailable("cannot flush recovered journal records to the store")
 

@@ -29,7 +29,9 @@ def create_app(settings: Settings) -> web.Application:
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(SQLiteStore(settings.data_dir / "canopy.db"))
-            fsync: str | float = settings.fsync if settings.fsync == "always" else float(settings.fsync)
+            fsync: str | float = (
+                settings.fsync if settings.fsync == "always" else float(settings.fsync)
+            )
             journal = await stack.enter_async_context(
                 FileJournal(settings.data_dir / "journal", fsync=fsync)
             )

@@ -14,7 +14,9 @@ from gateway.app import create_app
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="canopy", description="Canopy: the hot tier for AI chat history.")
+    parser = argparse.ArgumentParser(
+        prog="canopy", description="Canopy: the hot tier for AI chat history."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start a node")
     config.add_arguments(serve)
@@ -23,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = config.build(args)
     except ValueError as exc:
         parser.error(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     web.run_app(
         create_app(settings),

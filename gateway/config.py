@@ -66,10 +66,10 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (variables, _) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        extra: dict[str, object] = {}
-        if name == "durability":
-            extra["choices"] = ("memory", "journal", "store")
-        parser.add_argument(flag, dest=name, default=None, help=f"env: {', '.join(variables)}", **extra)
+        choices = ("memory", "journal", "store") if name == "durability" else None
+        parser.add_argument(
+            flag, dest=name, default=None, help=f"env: {', '.join(variables)}", choices=choices
+        )
 
 
 def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -86,7 +86,9 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
                 raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.durability not in ("memory", "journal", "store"):
-        raise ValueError(f"durability must be memory, journal or store; got {settings.durability!r}")
+        raise ValueError(
+            f"durability must be memory, journal or store; got {settings.durability!r}"
+        )
     if settings.fsync != "always":
         float(settings.fsync)
     return settings

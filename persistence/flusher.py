@@ -73,7 +73,9 @@ class Flusher:
         await self.flush_all(retries=5)
         log.info(
             "flusher closed: %d batches, %d messages written, %d bytes left unflushed",
-            self.batches_written, self.messages_written, self.unflushed_bytes,
+            self.batches_written,
+            self.messages_written,
+            self.unflushed_bytes,
         )
 
     # -- what actors call ------------------------------------------------------------
@@ -203,8 +205,9 @@ class Flusher:
     def _backoff(self) -> float:
         if not self._failures:
             return self._config.backoff_initial
-        delay = self._config.backoff_initial * 2 ** min(self._failures, 16)
-        return min(self._config.backoff_max, delay) * random.uniform(0.5, 1.0)
+        delay = self._config.backoff_initial * 2.0 ** min(self._failures, 16)
+        jitter: float = random.uniform(0.5, 1.0)
+        return min(self._config.backoff_max, delay) * jitter
 
     async def _run(self) -> None:
         while True:

@@ -107,7 +107,9 @@ class FileJournal:
                 last = position == len(self._recovered) - 1
                 log.warning(
                     "journal %s: %d bytes after offset %d are torn; %s",
-                    path.name, len(data) - valid, valid,
+                    path.name,
+                    len(data) - valid,
+                    valid,
                     "truncating" if last else "older segment is damaged",
                 )
                 if last:
@@ -164,7 +166,7 @@ class FileJournal:
                     data = b"".join(frames)
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(self._fd, view):]
+                        view = view[os.write(self._fd, view) :]
                     if self._fsync_always:
                         await loop.run_in_executor(None, os.fsync, self._fd)
                     else:

@@ -184,7 +184,10 @@ class SQLiteStore:
         db = self._conn
         db.executemany(
             "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)",
-            [(cid, m.message_id, m.parent_id, m.seq, _encode(m)) for m in changes.messages.values()],
+            [
+                (cid, m.message_id, m.parent_id, m.seq, _encode(m))
+                for m in changes.messages.values()
+            ],
         )
         for branch_id, branch in changes.branches.items():
             if branch is None:
@@ -203,7 +206,9 @@ class SQLiteStore:
                     "DELETE FROM shares WHERE conversation_id = ? AND shared_with = ?", (cid, user)
                 )
             else:
-                db.execute("INSERT OR REPLACE INTO shares VALUES (?, ?, ?)", (cid, user, _encode(share)))
+                db.execute(
+                    "INSERT OR REPLACE INTO shares VALUES (?, ?, ?)", (cid, user, _encode(share))
+                )
         if changes.conversation is not None:
             activity = changes.conversation.updated_at.timestamp()
             db.execute(

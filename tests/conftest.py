@@ -48,7 +48,9 @@ NodeFactory = Callable[..., Awaitable[Node]]
 
 
 @pytest.fixture
-async def start_node(tmp_path: Path, unused_tcp_port_factory: Callable[[], int]) -> AsyncIterator[NodeFactory]:
+async def start_node(
+    tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
+) -> AsyncIterator[NodeFactory]:
     """Start nodes in this process on 127.0.0.1; each is stopped gracefully at teardown.
 
     Keyword arguments override Settings fields (data_dir defaults to a per-test dir).

@@ -27,9 +27,17 @@ class NodeProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.cli", "serve",
-            "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         assert self.process.stdout is not None
         seen = []
@@ -84,14 +92,21 @@ async def _write_until_killed(
     enough: asyncio.Event,
     writer: int,
 ) -> None:
-    conversation = await _post(session, f"{base}/api/v1/conversations", {"title": f"w{writer}", "created_by": "crash"})
+    conversation = await _post(
+        session, f"{base}/api/v1/conversations", {"title": f"w{writer}", "created_by": "crash"}
+    )
     cid = conversation["conversation_id"]
     acked[(cid, "")] = ""
     async with session.get(f"{base}/api/v1/conversations/{cid}/tree") as response:
         parent = (await response.json())["messages"][0]["message_id"]
     for i in range(10_000):
         text = f"writer {writer} message {i} " + "x" * (i % 50)
-        body = {"parent_message_id": parent, "role": "human", "content": {"type": "text", "text": text}, "created_by": "crash"}
+        body = {
+            "parent_message_id": parent,
+            "role": "human",
+            "content": {"type": "text", "text": text},
+            "created_by": "crash",
+        }
         try:
             message = await _post(session, f"{base}/api/v1/conversations/{cid}/messages", body)
         except (aiohttp.ClientError, AssertionError):
@@ -141,7 +156,9 @@ async def test_sigterm_flushes_everything_and_trims_the_journal(
     node = node_process()
     await node.start()
     async with aiohttp.ClientSession() as session:
-        conversation = await _post(session, f"{node.base}/api/v1/conversations", {"title": "t", "created_by": "u"})
+        conversation = await _post(
+            session, f"{node.base}/api/v1/conversations", {"title": "t", "created_by": "u"}
+        )
     assert await node.stop(signal.SIGTERM) == 0
     journal = node.data_dir / "journal"
     assert sum(os.path.getsize(p) for p in journal.iterdir()) == 0
@@ -150,7 +167,8 @@ async def test_sigterm_flushes_everything_and_trims_the_journal(
 
     db = sqlite3.connect(node.data_dir / "canopy.db")
     rows = db.execute(
-        "SELECT count(*) FROM conversations WHERE conversation_id = ?", (conversation["conversation_id"],)
+        "SELECT count(*) FROM conversations WHERE conversation_id = ?",
+        (conversation["conversation_id"],),
     ).fetchone()
     db.close()
     assert rows == (1,)

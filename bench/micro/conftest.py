@@ -46,7 +46,9 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        self.connection.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        self.connection.request(
+            method, path, body=data, headers={"Content-Type": "application/json"}
+        )
         response = self.connection.getresponse()
         payload = response.read()
         assert response.status == 200, payload
@@ -61,7 +63,16 @@ def node_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         port = probe.getsockname()[1]
     data_dir: Path = tmp_path_factory.mktemp("bench-node")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

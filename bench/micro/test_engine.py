@@ -45,7 +45,11 @@ def test_fork_copy(benchmark: Any, size: int) -> None:
     state = chain_state(size)
 
     def fork() -> int:
-        copied = [replace(n, parent_id="new-root") if n.depth == 2 else n for n in state.tree if n.parent_id]
+        copied = [
+            replace(n, parent_id="new-root") if n.depth == 2 else n
+            for n in state.tree
+            if n.parent_id
+        ]
         forked = chain_state(1)
         for node in copied:
             forked.tree.add(node)

@@ -14,10 +14,17 @@ from bench.micro.conftest import Client
 def conversation(node_port: int) -> Iterator[tuple[Client, str, str]]:
     """A conversation with a 100-message chain: (client, conversation id, deepest id)."""
     client = Client(node_port)
-    cid = client.call("POST", "/api/v1/conversations", {"title": "bench", "created_by": "bench"})["conversation_id"]
+    cid = client.call("POST", "/api/v1/conversations", {"title": "bench", "created_by": "bench"})[
+        "conversation_id"
+    ]
     parent = client.call("GET", f"/api/v1/conversations/{cid}/tree")["messages"][0]["message_id"]
     for i in range(99):
-        body = {"parent_message_id": parent, "role": "human", "content": {"type": "text", "text": f"m{i}"}, "created_by": "b"}
+        body = {
+            "parent_message_id": parent,
+            "role": "human",
+            "content": {"type": "text", "text": f"m{i}"},
+            "created_by": "b",
+        }
         parent = client.call("POST", f"/api/v1/conversations/{cid}/messages", body)["message_id"]
     yield client, cid, parent
     client.connection.close()
@@ -25,15 +32,29 @@ def conversation(node_port: int) -> Iterator[tuple[Client, str, str]]:
 
 def test_http_get_message(benchmark: Any, conversation: tuple[Client, str, str]) -> None:
     client, cid, leaf = conversation
-    assert benchmark(client.call, "GET", f"/api/v1/conversations/{cid}/messages/{leaf}")["depth"] == 100
+    assert (
+        benchmark(client.call, "GET", f"/api/v1/conversations/{cid}/messages/{leaf}")["depth"]
+        == 100
+    )
 
 
 def test_http_lineage_100(benchmark: Any, conversation: tuple[Client, str, str]) -> None:
     client, cid, leaf = conversation
-    assert len(benchmark(client.call, "GET", f"/api/v1/conversations/{cid}/messages/{leaf}/lineage")) == 100
+    assert (
+        len(benchmark(client.call, "GET", f"/api/v1/conversations/{cid}/messages/{leaf}/lineage"))
+        == 100
+    )
 
 
 def test_http_append(benchmark: Any, conversation: tuple[Client, str, str]) -> None:
     client, cid, leaf = conversation
-    body = {"parent_message_id": leaf, "role": "assistant", "content": {"type": "text", "text": "reply"}, "created_by": "b"}
-    assert benchmark(client.call, "POST", f"/api/v1/conversations/{cid}/messages", body)["depth"] == 101
+    body = {
+        "parent_message_id": leaf,
+        "role": "assistant",
+        "content": {"type": "text", "text": "reply"},
+        "created_by": "b",
+    }
+    assert (
+        benchmark(client.call, "POST", f"/api/v1/conversations/{cid}/messages", body)["depth"]
+        == 101
+    )

@@ -12,7 +12,9 @@ routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}"
 
 
-async def _fork(request: web.Request, *, branch: bool = False, message: bool = False) -> web.Response:
+async def _fork(
+    request: web.Request, *, branch: bool = False, message: bool = False
+) -> web.Response:
     registry = request.app[REGISTRY]
     source = await registry.get(path_id(request, "conversation_id"))
     body = await read_body(request, Fork)
