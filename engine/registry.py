@@ -134,13 +134,12 @@ class Registry:
             await asyncio.shield(passivating)
         try:
             snapshot = await self._store.load(conversation_id)
-            tail = await self._journal.tail(
-                conversation_id, snapshot.conversation.version if snapshot else 0
-            )
+            if snapshot is None:
+                raise NotFound(f"conversation {conversation_id} not found")
+            await self._journal.acquire(conversation_id)
+            tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
-        if snapshot is None:
-            raise NotFound(f"conversation {conversation_id} not found")
         state = ConversationState.from_snapshot(snapshot)
         actor = self._admit(
             ConversationActor(state, self._journal, self._flusher, self._config.actor)
@@ -209,6 +208,7 @@ class Registry:
         self._flusher.check_capacity()
         with self._flusher.mutation():
             try:
+                await self._journal.acquire(conversation_id)
                 await self._journal.append(conversation_id, 1, payload)
             except JournalError as exc:
                 raise Unavailable(f"journal unavailable: {exc}") from None
@@ -299,6 +299,7 @@ class Registry:
         async with actor.lock:
             await self._flusher.flush(actor.id)
             actor.closed = True
+            self._journal.release(actor.id)
             self._hot_messages -= len(actor)
             del self._hot[actor.id]
             del self._touched[actor.id]

@@ -18,8 +18,27 @@ from gateway.errors import error_middleware
 from gateway.keys import REGISTRY
 from gateway.routes import add_routes
 from persistence.flusher import Flusher
+from persistence.journal import Journal
 from persistence.journal_file import FileJournal
 from persistence.sqlite import SQLiteStore
+from persistence.store import Store
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.store == "scylla":
+        from persistence.scylla import ScyllaStore
+
+        return ScyllaStore(settings.scylla())
+    return SQLiteStore(settings.data_dir / "canopy.db")
+
+
+def open_journal(settings: Settings) -> Journal:
+    if settings.journal == "redis":
+        from persistence.journal_redis import RedisJournal
+
+        return RedisJournal(settings.redis_url)
+    fsync: str | float = settings.fsync if settings.fsync == "always" else float(settings.fsync)
+    return FileJournal(settings.data_dir / "journal", fsync=fsync)
 
 
 def create_app(settings: Settings) -> web.Application:

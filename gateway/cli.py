@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start a node")
     config.add_arguments(serve)
+    migrate = commands.add_parser("migrate", help="create the Cassandra keyspace and tables")
+    config.add_arguments(migrate)
     args = parser.parse_args(argv)
     try:
         settings = config.build(args)
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "migrate":
+        from persistence.scylla import migrate as create_schema  # the driver is an extra
+
+        create_schema(settings.scylla())
+        print(f"keyspace {settings.scylla_keyspace} is ready on {settings.scylla_nodes}")
+        return 0
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     web.run_app(
         create_app(settings),

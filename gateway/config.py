@@ -11,10 +11,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.actor import ActorConfig, Durability
 from engine.registry import RegistryConfig
 from persistence.flusher import FlusherConfig
+
+if TYPE_CHECKING:
+    from persistence.scylla import ScyllaConfig
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,30 @@ class Settings:
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
     shutdown_timeout: float = 10.0
+    store: str = "sqlite"  # or "scylla"
+    journal: str = "file"  # or "redis"
+    scylla_nodes: str = "127.0.0.1:9042"
+    scylla_keyspace: str = "canopy"
+    scylla_replication: str = "SimpleStrategy:1"
+    scylla_consistency: str = "LOCAL_QUORUM"
+    redis_url: str = "redis://127.0.0.1:6379/0"
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
             actor=ActorConfig(durability=self.durability, max_lineage_depth=self.max_lineage_depth),
             max_hot_messages=self.max_hot_messages,
             idle_seconds=self.idle_seconds,
+        )
+
+    def scylla(self) -> ScyllaConfig:
+        from persistence.scylla import ScyllaConfig  # the driver is an optional extra
+
+        return ScyllaConfig(
+            nodes=tuple(n for n in self.scylla_nodes.split(",") if n.strip()),
+            keyspace=self.scylla_keyspace,
+            replication=self.scylla_replication,
+            consistency=self.scylla_consistency,
+            batch_size=self.max_batch_size,
         )
 
     def flusher(self) -> FlusherConfig:
@@ -60,13 +82,26 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "max_body_bytes": (("CANOPY_MAX_BODY_BYTES",), int),
     "max_unflushed_bytes": (("CANOPY_MAX_UNFLUSHED_BYTES",), int),
     "flush_interval": (("CANOPY_FLUSH_INTERVAL",), float),
+    "store": (("CANOPY_STORE",), str),
+    "journal": (("CANOPY_JOURNAL",), str),
+    "scylla_nodes": (("CANOPY_SCYLLA_NODES", "SCYLLA_NODES"), str),
+    "scylla_keyspace": (("CANOPY_SCYLLA_KEYSPACE", "SCYLLA_KEYSPACE"), str),
+    "scylla_replication": (("CANOPY_SCYLLA_REPLICATION",), str),
+    "scylla_consistency": (("CANOPY_SCYLLA_CONSISTENCY",), str),
+    "redis_url": (("CANOPY_REDIS_URL", "REDIS_URL"), str),
+}
+
+_CHOICES = {
+    "durability": ("memory", "journal", "store"),
+    "store": ("sqlite", "scylla"),
+    "journal": ("file", "redis"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (variables, _) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        choices = ("memory", "journal", "store") if name == "durability" else None
+        choices = _CHOICES.get(name)
         parser.add_argument(
             flag, dest=name, default=None, help=f"env: {', '.join(variables)}", choices=choices
         )

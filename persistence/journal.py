@@ -22,6 +22,14 @@ class Journal(Protocol):
 
     async def __aexit__(self, *exc: object) -> None: ...
 
+    async def acquire(self, conversation_id: str) -> None:
+        """Become the conversation's owner before reading its tail or appending to it."""
+        ...
+
+    def release(self, conversation_id: str) -> None:
+        """Forget ownership of a passivated conversation."""
+        ...
+
     def append(self, conversation_id: str, seq: int, payload: bytes) -> Awaitable[None]:
         """Queue a record now (order of calls is order in the log); await its durability."""
         ...

@@ -90,6 +90,12 @@ class FileJournal:
             os.close(fd)
         self._open_fds.clear()
 
+    async def acquire(self, conversation_id: str) -> None:
+        """A file journal has one owner, this node: nothing to fence."""
+
+    def release(self, conversation_id: str) -> None:
+        pass
+
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
         self._frames.append(frame(payload))
         if self._group is None:

@@ -1,0 +1,161 @@
+"""The Redis journal: one Redis Stream per conversation, fenced by an ownership epoch.
+
+Each record is an entry `{seq}-1` in the conversation's stream. Appends go through a
+Lua script that checks the caller's epoch against the conversation's epoch key and
+adds the entry atomically, so a node that lost ownership can never append (fencing).
+Appends made in one event-loop tick are sent in one pipeline (group commit). Trimming
+removes entries up to the flushed seq and deletes an emptied stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError, ResponseError
+
+from persistence import redis_keys
+from persistence.journal import JournalError
+
+_APPEND = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' is not the owner')
+end
+redis.call('XADD', KEYS[1], ARGV[2] .. '-1', 'r', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+return 1
+"""
+
+_TRIM = """
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+
+class Fenced(JournalError):
+    """Another node activated the conversation since this node did."""
+
+
+class RedisJournal:
+    """Journal backend over Redis Streams (see module docstring)."""
+
+    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+        self._client: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._epochs: dict[str, int] = {}
+        self._batch: list[tuple[str, int, bytes, asyncio.Future[None]]] = []
+        self._sending = asyncio.Lock()  # batches go out in order, one at a time
+        self._append_script: Any = None
+        self._trim_script: Any = None
+
+    async def __aenter__(self) -> RedisJournal:
+        self._append_script = self._client.register_script(_APPEND)
+        self._trim_script = self._client.register_script(_TRIM)
+        try:
+            await self._client.ping()
+        except RedisError as exc:
+            raise JournalError(f"redis unavailable: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        while self._batch:
+            await asyncio.sleep(0)  # let the tick's pipeline go out
+        await self._client.aclose()
+
+    async def acquire(self, conversation_id: str) -> None:
+        """Become the conversation's owner: appends from any earlier owner are refused."""
+        try:
+            self._epochs[conversation_id] = int(
+                await self._client.incr(redis_keys.epoch(conversation_id))
+            )
+        except RedisError as exc:
+            raise JournalError(f"redis unavailable: {exc}") from exc
+
+    def release(self, conversation_id: str) -> None:
+        self._epochs.pop(conversation_id, None)
+
+    def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._send_batch)
+        self._batch.append((conversation_id, seq, payload, future))
+        return future
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        asyncio.ensure_future(self._send(batch))
+
+    async def _send(self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]) -> None:
+        async with self._sending:
+            await self._send_in_order(batch)
+
+    async def _send_in_order(
+        self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]
+    ) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for conversation_id, seq, payload, future in batch:
+            epoch = self._epochs.get(conversation_id)
+            if epoch is None:
+                future.set_exception(Fenced(f"conversation {conversation_id} is not acquired"))
+                continue
+            keys = [
+                redis_keys.journal(conversation_id),
+                redis_keys.epoch(conversation_id),
+                redis_keys.JOURNALED,
+            ]
+            await self._append_script(keys, [epoch, seq, payload, conversation_id], client=pipe)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(JournalError(f"redis unavailable: {exc}"))
+            return
+        pending = [future for *_, future in batch if not future.done()]
+        for future, result in zip(pending, results, strict=True):
+            if isinstance(result, ResponseError):
+                kind = Fenced if str(result).startswith("FENCED") else JournalError
+                future.set_exception(kind(str(result)))
+            else:
+                future.set_result(None)
+
+    async def replay(self) -> list[bytes]:
+        try:
+            conversation_ids = await self._client.smembers(redis_keys.JOURNALED)
+            payloads: list[bytes] = []
+            for raw in sorted(conversation_ids):
+                conversation_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                await self.acquire(conversation_id)
+                payloads += await self.tail(conversation_id, 0)
+        except RedisError as exc:
+            raise JournalError(f"redis unavailable: {exc}") from exc
+        return payloads
+
+    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+        try:
+            entries = await self._client.xrange(
+                redis_keys.journal(conversation_id), min=f"{after_seq + 1}-0"
+            )
+        except RedisError as exc:
+            raise JournalError(f"redis unavailable: {exc}") from exc
+        return [fields[b"r"] for _, fields in entries or () if fields]  # type: ignore[misc]
+
+    async def mark(self) -> object:
+        return None  # trimming is per conversation, by flushed seq
+
+    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for conversation_id, seq in flushed.items():
+                keys = [redis_keys.journal(conversation_id), redis_keys.JOURNALED]
+                await self._trim_script(keys, [f"{seq + 1}-0", conversation_id], client=pipe)
+            await pipe.execute()
+        except RedisError as exc:
+            raise JournalError(f"redis unavailable: {exc}") from exc

@@ -1,0 +1,19 @@
+"""Every Redis key Canopy uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "canopy:"
+
+
+def journal(conversation_id: str) -> str:
+    """Stream of a conversation's unflushed journal records; entry id = `{seq}-1`."""
+    return f"{PREFIX}journal:{{{conversation_id}}}"
+
+
+def epoch(conversation_id: str) -> str:
+    """Ownership epoch of a conversation, incremented at each activation (fencing)."""
+    return f"{PREFIX}epoch:{{{conversation_id}}}"
+
+
+# Conversations whose journal stream is not empty: what start-up recovery replays.
+JOURNALED = f"{PREFIX}journaled"

@@ -1,0 +1,398 @@
+"""The ScyllaDB / Apache Cassandra Store, on cassandra-driver.
+
+Prepared statements, token-aware routing, configurable consistency (LOCAL_QUORUM by
+default), per-partition unlogged batches of at most `batch_size` statements, and an
+explicit write timestamp on every write derived from the conversation's version, so
+a replayed older batch can never overwrite a newer one. Driver futures are bridged
+to asyncio: nothing here blocks the event loop.
+
+Cold activation reads one partition per table (conversation, messages, branches,
+shares), all keyed by the conversation id and issued concurrently: never a query
+per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import msgspec
+from cassandra import ConsistencyLevel
+from cassandra.cluster import Cluster, ResponseFuture, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
+
+from persistence.records import Branch, Conversation, Message, Share, Snapshot
+from persistence.store import Changes, StoreError
+
+_BATCH_BYTES = 32 * 1024
+_encode = msgspec.msgpack.Encoder().encode
+_conversation = msgspec.msgpack.Decoder(Conversation).decode
+_message = msgspec.msgpack.Decoder(Message).decode
+_branch = msgspec.msgpack.Decoder(Branch).decode
+_share = msgspec.msgpack.Decoder(Share).decode
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS conversations (
+        conversation_id uuid PRIMARY KEY, version bigint, deleted boolean, body blob)""",
+    """CREATE TABLE IF NOT EXISTS messages (
+        conversation_id uuid, message_id uuid, parent_id uuid, seq int, body blob,
+        PRIMARY KEY (conversation_id, message_id))""",
+    """CREATE TABLE IF NOT EXISTS branches (
+        conversation_id uuid, branch_id uuid, body blob,
+        PRIMARY KEY (conversation_id, branch_id))""",
+    """CREATE TABLE IF NOT EXISTS shares (
+        conversation_id uuid, shared_with text, body blob,
+        PRIMARY KEY (conversation_id, shared_with))""",
+    # A user's conversations, most recent first; the lookup table finds the row to move.
+    """CREATE TABLE IF NOT EXISTS user_conversations (
+        user_id text, last_activity timestamp, conversation_id uuid,
+        PRIMARY KEY (user_id, last_activity, conversation_id))
+        WITH CLUSTERING ORDER BY (last_activity DESC, conversation_id ASC)""",
+    """CREATE TABLE IF NOT EXISTS user_conversation_activity (
+        user_id text, conversation_id uuid, last_activity timestamp,
+        PRIMARY KEY (user_id, conversation_id))""",
+    """CREATE TABLE IF NOT EXISTS conversation_members (
+        conversation_id uuid, user_id text, PRIMARY KEY (conversation_id, user_id))""",
+)
+
+
+@dataclass(frozen=True)
+class ScyllaConfig:
+    nodes: tuple[str, ...] = ("127.0.0.1:9042",)
+    keyspace: str = "canopy"
+    replication: str = "SimpleStrategy:1"  # or "NetworkTopologyStrategy:dc1=3,dc2=3"
+    consistency: str = "LOCAL_QUORUM"
+    batch_size: int = 100
+    connect_timeout: float = 10.0
+    request_timeout: float = 5.0
+
+    def contact_points(self) -> tuple[list[str], int]:
+        hosts, port = [], 9042
+        for node in self.nodes:
+            host, _, maybe_port = node.strip().partition(":")
+            hosts.append(host)
+            if maybe_port:
+                port = int(maybe_port)
+        return hosts, port
+
+    def replication_map(self) -> dict[str, Any]:
+        strategy, _, spec = self.replication.partition(":")
+        if strategy == "SimpleStrategy":
+            return {"class": strategy, "replication_factor": int(spec or 1)}
+        factors = dict(item.split("=") for item in spec.split(",") if item)
+        return {"class": strategy, **{dc: int(n) for dc, n in factors.items()}}
+
+
+def _cluster(config: ScyllaConfig) -> Cluster:
+    hosts, port = config.contact_points()
+    return Cluster(
+        hosts,
+        port=port,
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        connect_timeout=config.connect_timeout,
+        control_connection_timeout=config.connect_timeout,
+    )
+
+
+def migrate(config: ScyllaConfig) -> None:
+    """Create the keyspace and tables if missing (blocking; `canopy migrate`)."""
+    cluster = _cluster(config)
+    try:
+        session = cluster.connect()
+        replication = config.replication_map()
+        session.execute(
+            f"CREATE KEYSPACE IF NOT EXISTS {config.keyspace} WITH replication = {replication!r}"
+        )
+        session.set_keyspace(config.keyspace)
+        for statement in TABLES:
+            session.execute(statement)
+    finally:
+        cluster.shutdown()
+
+
+def _uuid(value: str) -> uuid.UUID:
+    return uuid.UUID(value)
+
+
+class ScyllaStore:
+    """Store backend over ScyllaDB or Apache Cassandra (see module docstring)."""
+
+    def __init__(self, config: ScyllaConfig) -> None:
+        self._config = config
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+        self._prepared: dict[str, PreparedStatement] = {}
+
+    async def __aenter__(self) -> ScyllaStore:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, migrate, self._config)
+            self._cluster = _cluster(self._config)
+            self._session = await loop.run_in_executor(
+                None, self._cluster.connect, self._config.keyspace
+            )
+        except Exception as exc:
+            if self._cluster is not None:
+                self._cluster.shutdown()
+            raise StoreError(f"cannot connect to {','.join(self._config.nodes)}: {exc}") from exc
+        session = self._session
+        assert session is not None
+        session.default_timeout = self._config.request_timeout
+        session.default_consistency_level = getattr(
+            ConsistencyLevel, self._config.consistency
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._cluster is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
+            self._cluster = None
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def load(self, conversation_id: str) -> Snapshot | None:
+        key = (_uuid(conversation_id),)
+        meta_rows, message_rows, branch_rows, share_rows = await asyncio.gather(
+            self._query("SELECT body FROM conversations WHERE conversation_id = ?", key),
+            self._query("SELECT body FROM messages WHERE conversation_id = ?", key),
+            self._query("SELECT body FROM branches WHERE conversation_id = ?", key),
+            self._query("SELECT body FROM shares WHERE conversation_id = ?", key),
+        )
+        if not meta_rows:
+            return None
+        conversation = _conversation(meta_rows[0][0])
+        if conversation.deleted:
+            return Snapshot(conversation, [], [], [])
+        messages = sorted((_message(row[0]) for row in message_rows), key=lambda m: m.seq)
+        branches = sorted((_branch(row[0]) for row in branch_rows), key=lambda b: b.created_at)
+        shares = sorted((_share(row[0]) for row in share_rows), key=lambda s: s.shared_at)
+        return Snapshot(conversation, messages, branches, shares)
+
+    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
+        rows = await self._query(
+            "SELECT conversation_id, last_activity FROM user_conversations"
+            " WHERE user_id = ? LIMIT ?",
+            (user_id, limit * 2),
+        )
+        seen: dict[str, float] = {}
+        for conversation_id, activity in rows:  # stale rows of a replay may repeat an id
+            seen.setdefault(str(conversation_id), activity.replace(tzinfo=UTC).timestamp())
+        return sorted(seen.items(), key=lambda item: item[1], reverse=True)[:limit]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write(self, conversation_id: str, changes: Changes) -> None:
+        cid = _uuid(conversation_id)
+        stamp = changes.version  # monotonic per conversation: the explicit write timestamp
+        statements: list[tuple[str, Sequence[Any]]] = []
+        if changes.deleted:
+            statements += [
+                ("DELETE FROM messages USING TIMESTAMP ? WHERE conversation_id = ?", (stamp, cid)),
+                ("DELETE FROM branches USING TIMESTAMP ? WHERE conversation_id = ?", (stamp, cid)),
+                ("DELETE FROM shares USING TIMESTAMP ? WHERE conversation_id = ?", (stamp, cid)),
+            ]
+        else:
+            statements += self._row_statements(cid, changes, stamp)
+        if changes.conversation is not None:
+            meta = changes.conversation
+            statements.append(
+                (
+                    "INSERT INTO conversations (conversation_id, version, deleted, body)"
+                    " VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
+                    (cid, meta.version, meta.deleted, _encode(meta), stamp),
+                )
+            )
+        await self._batched(statements)
+        if changes.conversation is not None:
+            await self._list_for_members(cid, changes, stamp)
+
+    def _row_statements(
+        self, cid: uuid.UUID, changes: Changes, stamp: int
+    ) -> list[tuple[str, Sequence[Any]]]:
+        rows: list[tuple[str, Sequence[Any]]] = []
+        for m in changes.messages.values():
+            parent = _uuid(m.parent_id) if m.parent_id else None
+            rows.append(
+                (
+                    "INSERT INTO messages (conversation_id, message_id, parent_id, seq, body)"
+                    " VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                    (cid, _uuid(m.message_id), parent, m.seq, _encode(m), stamp),
+                )
+            )
+        for branch_id, branch in changes.branches.items():
+            if branch is None:
+                rows.append(
+                    (
+                        "DELETE FROM branches USING TIMESTAMP ?"
+                        " WHERE conversation_id = ? AND branch_id = ?",
+                        (stamp, cid, _uuid(branch_id)),
+                    )
+                )
+            else:
+                rows.append(
+                    (
+                        "INSERT INTO branches (conversation_id, branch_id, body)"
+                        " VALUES (?, ?, ?) USING TIMESTAMP ?",
+                        (cid, _uuid(branch_id), _encode(branch), stamp),
+                    )
+                )
+        for user, share in changes.shares.items():
+            if share is None:
+                rows.append(
+                    (
+                        "DELETE FROM shares USING TIMESTAMP ?"
+                        " WHERE conversation_id = ? AND shared_with = ?",
+                        (stamp, cid, user),
+                    )
+                )
+            else:
+                rows.append(
+                    (
+                        "INSERT INTO shares (conversation_id, shared_with, body)"
+                        " VALUES (?, ?, ?) USING TIMESTAMP ?",
+                        (cid, user, _encode(share), stamp),
+                    )
+                )
+        return rows
+
+    async def _list_for_members(self, cid: uuid.UUID, changes: Changes, stamp: int) -> None:
+        """Move the conversation's row in each member's listing; drop it for ex-members."""
+        meta = changes.conversation
+        assert meta is not None
+        members = set() if meta.deleted else set(changes.members)
+        previous = {
+            row[0]
+            for row in await self._query(
+                "SELECT user_id FROM conversation_members WHERE conversation_id = ?", (cid,)
+            )
+        }
+        for user in previous | members:
+            old = await self._query(
+                "SELECT last_activity FROM user_conversation_activity"
+                " WHERE user_id = ? AND conversation_id = ?",
+                (user, cid),
+            )
+            statements: list[tuple[str, Sequence[Any]]] = []
+            if old:
+                statements.append(
+                    (
+                        "DELETE FROM user_conversations USING TIMESTAMP ?"
+                        " WHERE user_id = ? AND last_activity = ? AND conversation_id = ?",
+                        (stamp, user, old[0][0], cid),
+                    )
+                )
+            if user in members:
+                statements += [
+                    (
+                        "INSERT INTO user_conversations (user_id, last_activity, conversation_id)"
+                        " VALUES (?, ?, ?) USING TIMESTAMP ?",
+                        (user, meta.updated_at, cid, stamp),
+                    ),
+                    (
+                        "INSERT INTO user_conversation_activity"
+                        " (user_id, conversation_id, last_activity) VALUES (?, ?, ?)"
+                        " USING TIMESTAMP ?",
+                        (user, cid, meta.updated_at, stamp),
+                    ),
+                    (
+                        "INSERT INTO conversation_members (conversation_id, user_id)"
+                        " VALUES (?, ?) USING TIMESTAMP ?",
+                        (cid, user, stamp),
+                    ),
+                ]
+            else:
+                statements += [
+                    (
+                        "DELETE FROM user_conversation_activity USING TIMESTAMP ?"
+                        " WHERE user_id = ? AND conversation_id = ?",
+                        (stamp, user, cid),
+                    ),
+                    (
+                        "DELETE FROM conversation_members USING TIMESTAMP ?"
+                        " WHERE conversation_id = ? AND user_id = ?",
+                        (stamp, cid, user),
+                    ),
+                ]
+            await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
+
+    # -- driver plumbing -------------------------------------------------------------------
+
+    async def _statement(self, cql: str) -> PreparedStatement:
+        """The prepared statement for `cql`, prepared off the loop on first use."""
+        prepared = self._prepared.get(cql)
+        if prepared is None:
+            if self._session is None:
+                raise StoreError("store is closed")
+            try:
+                prepared = await asyncio.get_running_loop().run_in_executor(
+                    None, self._session.prepare, cql
+                )
+            except Exception as exc:
+                raise StoreError(f"cassandra: {exc}") from exc
+            self._prepared[cql] = prepared
+        return prepared
+
+    async def _batched(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
+        """Unlogged batches of one partition: at most `batch_size` statements, ~32 KiB each.
+
+        Cassandra refuses batches over 50 KiB by default, so large contents split earlier.
+        """
+        batches: list[BatchStatement] = []
+        batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
+        for cql, params in statements:
+            weight = sum(len(p) for p in params if isinstance(p, bytes | str))
+            if len(batch) and (
+                len(batch) >= self._config.batch_size or size + weight > _BATCH_BYTES
+            ):
+                batches.append(batch)
+                batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
+            batch.add(await self._statement(cql), params)
+            size += weight
+        if len(batch):
+            batches.append(batch)
+        await asyncio.gather(*(self._execute(b) for b in batches))
+
+    async def _query(self, cql: str, params: Sequence[Any]) -> list[Any]:
+        return await self._execute((await self._statement(cql)).bind(params))
+
+    async def _execute(self, statement: Any) -> list[Any]:
+        if self._session is None:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Any]] = loop.create_future()
+        rows: list[Any] = []
+        try:
+            response: ResponseFuture = self._session.execute_async(statement)
+        except Exception as exc:
+            raise StoreError(f"cassandra: {exc}") from exc
+
+        def on_page(page: list[Any]) -> None:
+            rows.extend(page)
+            if response.has_more_pages:
+                response.start_fetching_next_page()
+            else:
+                loop.call_soon_threadsafe(_resolve, done, rows)
+
+        def on_error(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_fail, done, exc)
+
+        response.add_callbacks(on_page, on_error)
+        try:
+            return await done
+        except Exception as exc:
+            raise StoreError(f"cassandra: {exc}") from exc
+
+
+def _resolve(future: asyncio.Future[list[Any]], rows: list[Any]) -> None:
+    if not future.done():
+        future.set_result(rows)
+
+
+def _fail(future: asyncio.Future[list[Any]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
