@@ -110,6 +110,8 @@ class ConversationState:
                 del self.branches[branch_id]
                 changes.branches[branch_id] = None
             case ShareSet(share=share):
+                # Re-sharing moves the user last: shares stay ordered by shared_at, as loaded.
+                self.shares.pop(share.shared_with, None)
                 self.shares[share.shared_with] = share
                 changes.shares[share.shared_with] = share
             case ShareRevoked(shared_with=user):

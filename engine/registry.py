@@ -19,7 +19,7 @@ from typing import TypeVar
 from engine.actor import ActorConfig, ConversationActor, Passivated, new_id, now
 from engine.conversation import ConversationState, root_content
 from engine.errors import CanopyError, NotFound, Unavailable
-from persistence.flusher import Flusher
+from persistence.flusher import Backpressure, Flusher
 from persistence.journal import Journal, JournalError
 from persistence.records import Conversation, Created, Message, Record, decode_record, encode_record
 from persistence.store import Store, StoreError
@@ -134,7 +134,7 @@ class Registry:
             await asyncio.shield(passivating)
         try:
             snapshot = await self._store.load(conversation_id)
-            if snapshot is None:
+            if snapshot is None or snapshot.conversation.deleted:
                 raise NotFound(f"conversation {conversation_id} not found")
             await self._journal.acquire(conversation_id)
             tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
@@ -205,7 +205,10 @@ class Registry:
             )
         event = Created(meta, messages)
         payload = encode_record(Record(conversation_id, 1, event))
-        self._flusher.check_capacity()
+        try:
+            self._flusher.check_capacity()
+        except Backpressure as exc:
+            raise Unavailable(str(exc), retry_after=exc.retry_after) from None
         with self._flusher.mutation():
             try:
                 await self._journal.acquire(conversation_id)

@@ -170,7 +170,7 @@ class Flusher:
 
         async def write(conversation_id: str) -> bool:
             async with semaphore:
-                pending = self._dirty.get(conversation_id)
+                pending = self._dirty.get(conversation_id) or self._writing.get(conversation_id)
                 if pending is None:
                     return True  # flushed meanwhile (passivation)
                 version = pending.version
@@ -182,7 +182,10 @@ class Flusher:
                 flushed[conversation_id] = version
                 return True
 
-        results = await asyncio.gather(*(write(cid) for cid in list(self._dirty)))
+        # A conversation being written by flush(cid) right now is covered by the mark too:
+        # flushing it again waits for that write and retries it if it failed.
+        covered = [*self._dirty, *(cid for cid in self._writing if cid not in self._dirty)]
+        results = await asyncio.gather(*(write(cid) for cid in covered))
         if not all(results):
             self._failures += 1
             return False

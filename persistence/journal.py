@@ -35,7 +35,7 @@ class Journal(Protocol):
         ...
 
     async def replay(self) -> list[bytes]:
-        """Every record not yet trimmed, in append order (start-up recovery)."""
+        """Every record not yet trimmed, each conversation's in append order (recovery)."""
         ...
 
     async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:

@@ -40,7 +40,8 @@ def read_frames(data: bytes) -> tuple[list[bytes], int]:
         length, crc = _HEADER.unpack_from(data, offset)
         start = offset + _HEADER.size
         end = start + length
-        if end > size or zlib.crc32(data[start:end]) != crc:
+        # Records are never empty: a zero length is a zero-filled (torn) tail.
+        if not length or end > size or zlib.crc32(data[start:end]) != crc:
             break  # a torn or corrupt tail: everything after it is unacknowledged
         payloads.append(data[start:end])
         offset = end

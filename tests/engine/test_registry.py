@@ -1,0 +1,329 @@
+"""Registry: activation, passivation, the memory budget, deletion and crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+
+from engine.actor import ConversationActor
+from engine.errors import NotFound, Unavailable
+from persistence.records import Branch, Conversation, Message, Share
+
+if TYPE_CHECKING:
+    from conftest import Engine, EngineFactory
+
+State = tuple[Conversation, list[Message], dict[str, Branch], dict[str, Share]]
+
+
+def state_of(actor: ConversationActor) -> State:
+    return (
+        actor.meta,
+        list(actor.messages()),
+        {b.branch_id: b for b in actor.branches()},
+        {s.shared_with: s for s in actor.shares()},
+    )
+
+
+async def until(condition: Callable[[], bool], ticks: int = 1000) -> None:
+    """Yield to the event loop until `condition` holds (bounded, no wall-clock sleep)."""
+    for _ in range(ticks):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def evictions_done(engine: Engine) -> None:
+    """Await the eviction task the registry spawned when it went over its budget."""
+    evicting = [t for t in engine.registry._tasks if t.get_coro().__name__ == "_evict"]
+    await asyncio.gather(*evicting)
+
+
+async def busy_conversation(engine: Engine) -> ConversationActor:
+    """A conversation touched by every kind of mutation."""
+    actor = await engine.conversation(title="busy")
+    cid, root = actor.id, actor.meta.root_id
+    a = await engine.say(cid, root, "a", metadata={"model": "m1"})
+    b = await engine.say(cid, a.message_id, "b", role="assistant")
+    await engine.say(cid, root, "sibling")
+    await engine.registry.run(
+        cid, lambda x: x.update(title="renamed", description="d", is_public=True)
+    )
+    kept = await actor.create_branch(name="main", leaf_id=b.message_id, created_by="alice")
+    gone = await actor.create_branch(name="tmp", leaf_id=a.message_id, created_by="alice")
+    await actor.update_branch(kept.branch_id, name="main2", leaf_id=None)
+    await actor.delete_branch(gone.branch_id)
+    await engine.say(cid, None, "on main", branch_id=kept.branch_id)
+    await actor.share(shared_with="bob", permission="read", shared_by="alice")
+    await actor.share(shared_with="carol", permission="fork", shared_by="alice")
+    await actor.share(shared_with="dave", permission="branch", shared_by="alice")
+    await actor.revoke("dave")
+    return actor
+
+
+# -- activation -------------------------------------------------------------------------------
+
+
+async def test_get_unknown_conversation_raises_not_found(engine: Engine) -> None:
+    with pytest.raises(NotFound):
+        await engine.registry.get("00000000-0000-0000-0000-000000000000")
+
+
+async def test_hot_get_returns_the_same_actor_without_activation(engine: Engine) -> None:
+    actor = await engine.conversation()
+    activations = engine.registry.activations
+    assert await engine.registry.get(actor.id) is actor
+    assert engine.registry.activations == activations
+
+
+async def test_concurrent_first_touches_share_one_activation(engine: Engine) -> None:
+    actor = await engine.conversation()
+    await engine.say(actor.id, actor.meta.root_id)
+    assert await engine.registry.passivate(actor.id)
+    activations = engine.registry.activations
+    actors = await asyncio.gather(*(engine.registry.get(actor.id) for _ in range(20)))
+    assert engine.registry.activations == activations + 1
+    assert len({id(a) for a in actors}) == 1
+    assert actors[0] is not actor and not actors[0].closed
+    assert state_of(actors[0]) == state_of(actor)
+
+
+async def test_passivation_then_reactivation_is_identical(engine: Engine) -> None:
+    actor = await busy_conversation(engine)
+    before = state_of(actor)
+    passivations = engine.registry.passivations
+    assert await engine.registry.passivate(actor.id)
+    assert actor.closed
+    assert engine.registry.passivations == passivations + 1
+    stored = await engine.sqlite.load(actor.id)
+    assert stored is not None and stored.conversation == before[0]
+    again = await engine.registry.get(actor.id)
+    assert again is not actor
+    assert state_of(again) == before
+    assert [b.branch_id for b in again.branches()] == [b.branch_id for b in actor.branches()]
+
+
+async def test_share_order_is_the_same_after_reactivation(engine: Engine) -> None:
+    actor = await engine.conversation()
+    for user, permission in (("bob", "read"), ("carol", "read"), ("bob", "fork")):
+        await actor.share(shared_with=user, permission=permission, shared_by="alice")
+    before = [s.shared_with for s in actor.shares()]
+    assert await engine.registry.passivate(actor.id)
+    again = await engine.registry.get(actor.id)
+    assert [s.shared_with for s in again.shares()] == before
+
+
+async def test_reactivated_actor_accepts_appends(engine: Engine) -> None:
+    actor = await engine.conversation()
+    first = await engine.say(actor.id, actor.meta.root_id)
+    assert await engine.registry.passivate(actor.id)
+    second = await engine.say(actor.id, first.message_id)
+    again = await engine.registry.get(actor.id)
+    assert [n.message_id for n in again.lineage(second.message_id)] == [
+        actor.meta.root_id,
+        first.message_id,
+        second.message_id,
+    ]
+    assert (second.seq, again.meta.version, again.meta.message_count) == (2, 3, 3)
+
+
+# -- the memory budget --------------------------------------------------------------------------
+
+
+async def test_memory_budget_passivates_least_recently_used(open_engine: EngineFactory) -> None:
+    engine = await open_engine(max_hot_messages=10)
+    actors = []
+    for i in range(3):  # 3 conversations x 3 messages = 9 hot messages
+        actor = await engine.conversation(title=f"c{i}")
+        await engine.say(actor.id, actor.meta.root_id)
+        await engine.say(actor.id, actor.meta.root_id)
+        actors.append(actor)
+    assert engine.registry.hot_messages == 9 and engine.registry.passivations == 0
+    await engine.registry.get(actors[0].id)  # c0 is now the most recently used
+    expected = {a.id: state_of(a) for a in actors}
+    newcomer = await engine.conversation(title="c3")
+    await engine.say(newcomer.id, newcomer.meta.root_id)  # 11 > 10: evict down to 9
+    await evictions_done(engine)
+    assert [a.closed for a in actors] == [False, True, False]
+    assert engine.registry.passivations == 1
+    assert engine.registry.hot_messages == 8 and len(engine.registry) == 3
+    for actor in actors:
+        again = await engine.registry.get(actor.id)
+        assert state_of(again) == expected[actor.id]
+
+
+async def test_memory_budget_evicts_many_to_get_under_target(open_engine: EngineFactory) -> None:
+    engine = await open_engine(max_hot_messages=20)
+    actors = [await engine.conversation(title=f"c{i}") for i in range(20)]
+    assert engine.registry.passivations == 0
+    big = await engine.conversation(title="big")  # 21 > 20: evict down to 18
+    await evictions_done(engine)
+    assert engine.registry.hot_messages <= 18
+    assert [a.closed for a in actors[:3]] == [True, True, True]
+    assert not any(a.closed for a in actors[3:]) and not big.closed
+    assert engine.registry.activations == 0
+    for actor in actors[:3]:
+        assert state_of(await engine.registry.get(actor.id)) == state_of(actor)
+    assert engine.registry.activations == 3
+
+
+# -- mutations racing passivation ----------------------------------------------------------------
+
+
+async def test_append_racing_passivation_is_not_lost(engine: Engine) -> None:
+    actor = await engine.conversation()
+    node, passivated = await asyncio.gather(
+        engine.say(actor.id, actor.meta.root_id, "racing"), engine.registry.passivate(actor.id)
+    )
+    assert passivated and actor.closed
+    again = await engine.registry.get(actor.id)
+    assert again.message(node.message_id) == node
+
+
+async def test_passivation_racing_append_is_not_lost(engine: Engine) -> None:
+    actor = await engine.conversation()
+    passivated, node = await asyncio.gather(
+        engine.registry.passivate(actor.id), engine.say(actor.id, actor.meta.root_id, "racing")
+    )
+    assert passivated and actor.closed
+    again = await engine.registry.get(actor.id)
+    assert again.message(node.message_id) == node
+
+
+async def test_append_waiting_on_a_passivating_actor_retries_on_a_fresh_one(engine: Engine) -> None:
+    actor = await engine.conversation()
+    activations = engine.registry.activations
+    passivating = asyncio.ensure_future(engine.registry.passivate(actor.id))
+    await until(actor.lock.locked)  # the passivation holds the lock while it flushes
+    node, passivated = await asyncio.gather(
+        engine.say(actor.id, actor.meta.root_id, "late"), passivating
+    )
+    assert passivated and actor.closed
+    assert node.message_id not in actor.state.tree  # applied to the new actor only
+    again = await engine.registry.get(actor.id)
+    assert again is not actor and again.message(node.message_id) == node
+    assert engine.registry.activations == activations + 1
+    assert await engine.registry.passivate(again.id)
+    assert (await engine.registry.get(actor.id)).message(node.message_id) == node
+
+
+# -- deletion -----------------------------------------------------------------------------------
+
+
+async def deleted_conversation(engine: Engine) -> ConversationActor:
+    actor = await engine.conversation()
+    await engine.say(actor.id, actor.meta.root_id)
+    await engine.registry.run(actor.id, lambda a: a.delete())
+    return actor
+
+
+async def test_deleted_conversation_is_not_found_while_hot(engine: Engine) -> None:
+    actor = await deleted_conversation(engine)
+    with pytest.raises(NotFound):
+        await engine.registry.get(actor.id)
+    with pytest.raises(NotFound):
+        await actor.append(
+            parent_id=actor.meta.root_id,
+            role="human",
+            content=b"{}",
+            content_metadata={},
+            created_by="alice",
+        )
+
+
+async def test_deleted_conversation_is_not_found_after_passivation(engine: Engine) -> None:
+    actor = await deleted_conversation(engine)
+    assert await engine.registry.passivate(actor.id)
+    with pytest.raises(NotFound):
+        await engine.registry.get(actor.id)
+
+
+async def test_deleted_conversation_is_not_found_after_restart(open_engine: EngineFactory) -> None:
+    first = await open_engine()
+    actor = await deleted_conversation(first)
+    await first.close()
+    second = await open_engine()
+    with pytest.raises(NotFound):
+        await second.registry.get(actor.id)
+
+
+async def test_deleted_conversation_leaves_the_owners_listing(engine: Engine) -> None:
+    kept = await engine.conversation()
+    await deleted_conversation(engine)
+    assert await engine.registry.user_conversations("alice", 10) == [kept.id]
+    await engine.flusher.flush_all()
+    assert await engine.registry.user_conversations("alice", 10) == [kept.id]
+
+
+# -- crash recovery -----------------------------------------------------------------------------
+
+
+async def test_recovery_replays_every_acknowledged_write(open_engine: EngineFactory) -> None:
+    first = await open_engine()
+    stored = await first.conversation(title="stored first")
+    assert await first.flusher.flush_all()  # in the store; the journal now holds only what follows
+    cid = stored.id
+    a = await first.say(cid, stored.meta.root_id, "a")
+    await first.say(cid, a.message_id, "b")
+    await stored.share(shared_with="bob", permission="read", shared_by="alice")
+    fresh = await busy_conversation(first)  # never reached the store
+    expected = {cid: state_of(stored), fresh.id: state_of(fresh)}
+    old_segments = set(first.journal.segments())
+    snapshot = await first.sqlite.load(cid)
+    assert snapshot is not None and len(snapshot.messages) == 1
+    assert await first.sqlite.load(fresh.id) is None
+    await first.crash()
+
+    second = await open_engine()
+    for conversation_id, state in expected.items():
+        assert state_of(await second.registry.get(conversation_id)) == state
+        snapshot = await second.sqlite.load(conversation_id)
+        assert snapshot is not None and snapshot.conversation == state[0]
+        assert snapshot.messages == state[1]
+    remaining = second.journal.segments()
+    assert old_segments.isdisjoint(remaining)
+    assert all((second.directory / "journal" / name).stat().st_size == 0 for name in remaining)
+
+
+async def test_recovery_is_idempotent_across_two_crashes(open_engine: EngineFactory) -> None:
+    first = await open_engine()
+    actor = await busy_conversation(first)
+    expected = state_of(actor)
+    await first.crash()
+    second = await open_engine()
+    await second.crash()
+    third = await open_engine()
+    assert state_of(await third.registry.get(actor.id)) == expected
+
+
+async def test_recovery_of_a_conversation_deleted_and_passivated(
+    open_engine: EngineFactory,
+) -> None:
+    first = await open_engine()
+    actor = await first.conversation()
+    assert await first.flusher.flush_all()  # Created is stored and trimmed from the journal
+    await first.say(actor.id, actor.meta.root_id)
+    await first.registry.run(actor.id, lambda a: a.delete())
+    assert await first.registry.passivate(actor.id)  # the store holds the tombstone
+    await first.crash()
+    second = await open_engine()
+    with pytest.raises(NotFound):
+        await second.registry.get(actor.id)
+
+
+# -- backpressure on creation -------------------------------------------------------------------
+
+
+async def test_create_over_the_unflushed_limit_raises_unavailable(
+    open_engine: EngineFactory,
+) -> None:
+    engine = await open_engine(max_unflushed_bytes=1)
+    await engine.conversation()
+    hot = len(engine.registry)
+    with pytest.raises(Unavailable) as raised:
+        await engine.conversation()
+    assert raised.value.retry_after > 0
+    assert len(engine.registry) == hot

@@ -1,0 +1,149 @@
+"""MessageTree: the in-memory index of one conversation's nodes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from msgspec.structs import replace
+
+from engine.tree import MessageTree
+from persistence.records import Message
+
+AT = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def node(message_id: str, parent: Message | None = None, seq: int = 0) -> Message:
+    depth = 1 if parent is None else parent.depth + 1
+    parent_id = None if parent is None else parent.message_id
+    role = "root" if parent is None else "human"
+    return Message(
+        message_id, parent_id, role, b'{"type":"text","text":"x"}', {}, AT, "u", depth, seq
+    )
+
+
+def chain(length: int) -> tuple[MessageTree, list[Message]]:
+    """A tree that is one path of `length` nodes, root first."""
+    nodes = [node("m0")]
+    tree = MessageTree(nodes[0])
+    for seq in range(1, length):
+        nodes.append(node(f"m{seq}", nodes[-1], seq))
+        tree.add(nodes[-1])
+    return tree, nodes
+
+
+def test_new_tree_holds_only_its_root() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    assert len(tree) == 1
+    assert tree.root is root
+    assert tree.get("root") is root
+    assert "root" in tree
+    assert list(tree) == [root]
+    assert list(tree.children("root")) == []
+
+
+def test_add_makes_a_node_gettable_and_contained() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    child = node("child", root, 1)
+    tree.add(child)
+    assert len(tree) == 2
+    assert tree.get("child") is child
+    assert "child" in tree
+
+
+def test_unknown_ids_are_absent() -> None:
+    tree = MessageTree(node("root"))
+    assert tree.get("nope") is None
+    assert "nope" not in tree
+    assert 42 not in tree
+
+
+def test_iteration_follows_creation_order_across_parents() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    a = node("a", root, 1)
+    b = node("b", root, 2)
+    a1 = node("a1", a, 3)
+    b1 = node("b1", b, 4)
+    a2 = node("a2", a, 5)
+    for n in (a, b, a1, b1, a2):
+        tree.add(n)
+    assert [n.message_id for n in tree] == ["root", "a", "b", "a1", "b1", "a2"]
+
+
+def test_children_are_in_insertion_order_and_per_parent() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    kids = [node(f"k{i}", root, i + 1) for i in range(3)]
+    grandchild = node("g", kids[1], 4)
+    for n in (*kids, grandchild):
+        tree.add(n)
+    assert list(tree.children("root")) == kids
+    assert list(tree.children("k1")) == [grandchild]
+    assert list(tree.children("k0")) == []
+    assert list(tree.children("unknown")) == []
+
+
+@pytest.mark.parametrize("depth", [1, 2, 1000])
+def test_lineage_runs_from_root_to_node(depth: int) -> None:
+    tree, nodes = chain(depth)
+    path = tree.lineage(nodes[-1].message_id)
+    assert path == nodes
+    assert len(path) == depth == path[-1].depth
+    assert path[0] is tree.root
+
+
+def test_lineage_of_a_branch_skips_siblings() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    a, b = node("a", root, 1), node("b", root, 2)
+    b1 = node("b1", b, 3)
+    for n in (a, b, b1):
+        tree.add(n)
+    assert [n.message_id for n in tree.lineage("b1")] == ["root", "b", "b1"]
+    assert [n.message_id for n in tree.lineage("a")] == ["root", "a"]
+
+
+def test_lineage_of_unknown_id_raises_key_error() -> None:
+    tree = MessageTree(node("root"))
+    with pytest.raises(KeyError):
+        tree.lineage("nope")
+
+
+def test_replace_swaps_a_node_everywhere_it_is_seen() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    a, b = node("a", root, 1), node("b", root, 2)
+    a1 = node("a1", a, 3)
+    for n in (a, b, a1):
+        tree.add(n)
+    done = replace(a, status="failed")
+    tree.replace(done)
+    assert tree.get("a") is done
+    assert list(tree.children("root")) == [done, b]
+    assert tree.lineage("a1") == [root, done, a1]
+    assert [n.message_id for n in tree] == ["root", "a", "b", "a1"]
+    assert next(n for n in tree if n.message_id == "a").status == "failed"
+    assert len(tree) == 4
+
+
+def test_replace_root_updates_root_and_lineage() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    a = node("a", root, 1)
+    tree.add(a)
+    new_root = replace(root, content=b'{"type":"metadata","title":"new"}')
+    tree.replace(new_root)
+    assert tree.root is new_root
+    assert tree.get("root") is new_root
+    assert tree.lineage("a") == [new_root, a]
+    assert list(tree.children("root")) == [a]
+    assert list(tree) == [new_root, a]
+
+
+def test_replace_of_unknown_node_raises_key_error() -> None:
+    tree = MessageTree(node("root"))
+    with pytest.raises(KeyError):
+        tree.replace(node("ghost", node("root")))

@@ -1,0 +1,111 @@
+"""The Journal contract: every backend (see JOURNALS in conftest.py) must pass all of it.
+
+Record `n` of a conversation carries seq `n` (seqs start at 1, as the engine's do) and
+the owner acquires a conversation before appending to it, as the registry does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from persistence.journal import Journal
+
+if TYPE_CHECKING:
+    from conftest import Journals
+
+
+def payload(n: int, cid: str = "c1") -> bytes:
+    return f"{cid}:{n:06d}:".encode() + bytes(range(n % 256))  # varied lengths, any bytes
+
+
+def payloads(numbers: range, cid: str = "c1") -> list[bytes]:
+    return [payload(n, cid) for n in numbers]
+
+
+async def append_all(journal: Journal, numbers: range, cid: str = "c1") -> None:
+    await journal.acquire(cid)
+    await asyncio.gather(*(journal.append(cid, n, payload(n, cid)) for n in numbers))
+
+
+async def test_empty_journal_replays_nothing(journals: Journals) -> None:
+    journal = await journals.open()
+    assert await journal.replay() == []
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == []
+
+
+async def test_replay_after_reopen_returns_records_in_append_order(journals: Journals) -> None:
+    journal = await journals.open()
+    await journal.acquire("c1")
+    for n in range(1, 201):
+        await journal.append("c1", n, payload(n))
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == payloads(range(1, 201))
+
+
+async def test_replay_keeps_the_order_across_conversations(journals: Journals) -> None:
+    journal = await journals.open()
+    order = [(f"c{n % 3}", n // 3 + 1) for n in range(30)]
+    for cid in ("c0", "c1", "c2"):
+        await journal.acquire(cid)
+    for cid, seq in order:
+        await journal.append(cid, seq, payload(seq, cid))
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == [payload(seq, cid) for cid, seq in order]
+
+
+async def test_appends_in_one_tick_resolve_together(journals: Journals) -> None:
+    journal = await journals.open()
+    await journal.acquire("c1")
+    acks = [asyncio.ensure_future(journal.append("c1", n, payload(n))) for n in range(1, 101)]
+    await acks[0]
+    assert all(ack.done() for ack in acks)
+    await asyncio.gather(*acks)
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == payloads(range(1, 101))
+
+
+async def test_trim_drops_records_covered_by_the_mark_only(journals: Journals) -> None:
+    journal = await journals.open()
+    await append_all(journal, range(1, 11))
+    mark = await journal.mark()
+    await append_all(journal, range(11, 16))
+    await journal.trim(mark, {"c1": 10})
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == payloads(range(11, 16))
+
+
+async def test_records_appended_during_trim_are_kept(journals: Journals) -> None:
+    journal = await journals.open()
+    await append_all(journal, range(1, 4))
+    mark = await journal.mark()
+    late = journal.append("c1", 4, payload(4))
+    await journal.trim(mark, {"c1": 3})
+    await late
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == [payload(4)]
+
+
+async def test_successive_marks_trim_successively(journals: Journals) -> None:
+    journal = await journals.open()
+    await append_all(journal, range(1, 5))
+    first = await journal.mark()
+    await append_all(journal, range(5, 9))
+    await journal.mark()
+    await append_all(journal, range(9, 13))
+    await journal.trim(first, {"c1": 4})
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == payloads(range(5, 13))
+    mark = await journal.mark()
+    await journal.trim(mark, {"c1": 12})
+    journal = await journals.reopen(journal)
+    assert await journal.replay() == []
+
+
+async def test_fsync_always_mode_keeps_every_record(journals: Journals) -> None:
+    journal = await journals.open(fsync="always")
+    await append_all(journal, range(1, 21))
+    await append_all(journal, range(1, 3), cid="c2")
+    journal = await journals.reopen(journal, fsync="always")
+    assert await journal.replay() == payloads(range(1, 21)) + payloads(range(1, 3), "c2")

@@ -1,0 +1,200 @@
+"""The Store contract: every backend (see STORES in conftest.py) must pass all of it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
+
+from persistence.records import Snapshot
+from persistence.store import Store
+
+if TYPE_CHECKING:
+    from conftest import Rows
+
+
+async def full(store: Store, rows: Rows, cid: str = "c1") -> Snapshot:
+    """Write a conversation with a root, two messages, two branches and two shares."""
+    root = rows.message(f"{cid}-root", None, 0)
+    a = rows.message("a", root.message_id, 1)
+    b = rows.message("b", root.message_id, 2)
+    conversation = rows.conversation(cid, version=5, message_count=3)
+    branches = {
+        "br1": rows.branch("br1", "a"),
+        "br2": rows.branch("br2", "b", created_at=rows.at(1)),
+    }
+    shares = {"bob": rows.share("bob"), "carol": rows.share("carol", "fork", shared_at=rows.at(1))}
+    await store.write(
+        cid,
+        rows.changes(
+            conversation,
+            (b, root, a),
+            branches,
+            shares,
+            frozenset({"alice", "bob", "carol"}),
+        ),
+    )
+    return Snapshot(conversation, [root, a, b], list(branches.values()), list(shares.values()))
+
+
+async def load(store: Store, cid: str) -> Snapshot:
+    snapshot = await store.load(cid)
+    assert snapshot is not None
+    return snapshot
+
+
+async def listing(store: Store, user: str, limit: int = 100) -> list[str]:
+    return [cid for cid, _ in await store.user_conversations(user, limit)]
+
+
+async def test_load_of_unknown_conversation_is_none(store: Store) -> None:
+    assert await store.load("unknown") is None
+    assert await store.user_conversations("nobody", 10) == []
+
+
+async def test_written_changes_load_back(store: Store, rows: Rows) -> None:
+    written = await full(store, rows)
+    loaded = await load(store, "c1")
+    assert loaded.conversation == written.conversation
+    assert loaded.messages == written.messages  # ordered by seq, not by write order
+    assert {b.branch_id: b for b in loaded.branches} == {b.branch_id: b for b in written.branches}
+    assert {s.shared_with: s for s in loaded.shares} == {s.shared_with: s for s in written.shares}
+    for user in ("alice", "bob", "carol"):
+        assert await listing(store, user) == ["c1"]
+
+
+async def test_conversations_do_not_see_each_others_rows(store: Store, rows: Rows) -> None:
+    await full(store, rows, "c1")
+    other = await full(store, rows, "c2")
+    assert (await load(store, "c1")).conversation.conversation_id == "c1"
+    loaded = await load(store, "c2")
+    assert loaded.messages[0].message_id == "c2-root"
+    assert len(loaded.messages) == 3 and len(loaded.branches) == 2
+    assert loaded.conversation == other.conversation
+
+
+async def test_newer_rows_overwrite_older_ones(store: Store, rows: Rows) -> None:
+    await full(store, rows)
+    streaming = rows.message("a", "c1-root", 1, status="in_progress")
+    moved = rows.branch("br1", "b", last_updated=rows.at(9))
+    await store.write(
+        "c1",
+        rows.changes(
+            rows.conversation("c1", version=6, message_count=3),
+            (streaming,),
+            {"br1": moved},
+        ),
+    )
+    done = replace(streaming, content=b'{"type":"text","text":"done"}', status="complete")
+    await store.write(
+        "c1", rows.changes(rows.conversation("c1", version=7, message_count=3), (done,))
+    )
+    loaded = await load(store, "c1")
+    assert [m.message_id for m in loaded.messages] == ["c1-root", "a", "b"]
+    assert loaded.messages[1] == done
+    assert {b.branch_id: b for b in loaded.branches}["br1"] == moved
+    assert loaded.conversation.version == 7
+
+
+async def test_none_deletes_a_branch_or_share(store: Store, rows: Rows) -> None:
+    await full(store, rows)
+    await store.write(
+        "c1",
+        rows.changes(
+            rows.conversation("c1", version=6),
+            branches={"br1": None},
+            shares={"bob": None},
+            members=frozenset({"alice", "carol"}),
+        ),
+    )
+    loaded = await load(store, "c1")
+    assert [b.branch_id for b in loaded.branches] == ["br2"]
+    assert [s.shared_with for s in loaded.shares] == ["carol"]
+    assert len(loaded.messages) == 3
+
+
+async def test_members_change_removes_revoked_users(store: Store, rows: Rows) -> None:
+    await full(store, rows)
+    await store.write(
+        "c1",
+        rows.changes(
+            rows.conversation("c1", version=6),
+            shares={"bob": None},
+            members=frozenset({"alice", "carol"}),
+        ),
+    )
+    assert await listing(store, "bob") == []
+    assert await listing(store, "carol") == ["c1"]
+    assert await listing(store, "alice") == ["c1"]
+
+
+async def test_delete_leaves_a_tombstone(store: Store, rows: Rows) -> None:
+    written = await full(store, rows)
+    await full(store, rows, "kept")
+    tombstone = replace(written.conversation, version=6, deleted=True, updated_at=rows.at(60))
+    await store.write("c1", rows.changes(tombstone, members=frozenset({"alice", "bob", "carol"})))
+    assert await load(store, "c1") == Snapshot(tombstone, [], [], [])
+    for user in ("alice", "bob", "carol"):
+        assert "c1" not in await listing(store, user)
+    assert await listing(store, "alice") == ["kept"]
+
+
+async def test_listing_is_most_recent_first_and_limited(store: Store, rows: Rows) -> None:
+    for n, cid in enumerate(["old", "newest", "middle"]):
+        seconds = {"old": 10, "middle": 20, "newest": 30}[cid]
+        conversation = rows.conversation(cid, version=n + 1, updated_at=rows.at(seconds))
+        await store.write(cid, rows.changes(conversation, (rows.message(f"{cid}-root", None, 0),)))
+    assert await store.user_conversations("alice", 10) == [
+        ("newest", rows.at(30).timestamp()),
+        ("middle", rows.at(20).timestamp()),
+        ("old", rows.at(10).timestamp()),
+    ]
+    assert await listing(store, "alice", 2) == ["newest", "middle"]
+    assert await listing(store, "bob") == []
+
+
+async def test_listing_follows_the_latest_activity(store: Store, rows: Rows) -> None:
+    for cid, seconds in (("a", 10), ("b", 20)):
+        await store.write(cid, rows.changes(rows.conversation(cid, updated_at=rows.at(seconds))))
+    assert await listing(store, "alice") == ["b", "a"]
+    await store.write("a", rows.changes(rows.conversation("a", version=2, updated_at=rows.at(30))))
+    assert await listing(store, "alice") == ["a", "b"]
+
+
+async def test_older_conversation_row_never_overwrites_a_newer_one(
+    store: Store, rows: Rows
+) -> None:
+    newer = rows.conversation("c1", version=5, title="newer")
+    await store.write("c1", rows.changes(newer))
+    await store.write("c1", rows.changes(rows.conversation("c1", version=3, title="older")))
+    assert (await load(store, "c1")).conversation == newer
+    older_delete = rows.conversation("c1", version=4, deleted=True)
+    await store.write("c1", rows.changes(older_delete))
+    assert (await load(store, "c1")).conversation == newer
+
+
+async def test_writing_the_same_changes_twice_is_idempotent(store: Store, rows: Rows) -> None:
+    root = rows.message("c1-root", None, 0)
+    changes = rows.changes(
+        rows.conversation("c1", version=2),
+        (root, rows.message("a", "c1-root", 1)),
+        {"br": rows.branch("br", "a")},
+        {"bob": rows.share("bob")},
+        frozenset({"alice", "bob"}),
+    )
+    await store.write("c1", changes)
+    once = await load(store, "c1")
+    listed = await store.user_conversations("bob", 10)
+    await store.write("c1", changes)
+    assert await load(store, "c1") == once
+    assert await store.user_conversations("bob", 10) == listed
+    assert len(once.messages) == 2
+
+
+async def test_writing_a_deletion_twice_is_idempotent(store: Store, rows: Rows) -> None:
+    written = await full(store, rows)
+    changes = rows.changes(replace(written.conversation, version=6, deleted=True))
+    await store.write("c1", changes)
+    await store.write("c1", changes)
+    assert await load(store, "c1") == Snapshot(changes.conversation, [], [], [])  # type: ignore[arg-type]
+    assert await listing(store, "alice") == []
