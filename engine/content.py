@@ -14,7 +14,7 @@ import msgspec
 from engine.errors import InvalidInput
 
 
-class Metadata(msgspec.Struct, tag="metadata", omit_defaults=True):
+class Metadata(msgspec.Struct, tag="metadata"):
     title: str
     description: str | None = None
     is_public: bool = False
@@ -81,8 +81,3 @@ def normalize(content: dict[str, Any]) -> bytes:
         except msgspec.ValidationError as exc:
             raise InvalidInput(f"content ({kind}): {exc}") from None
     return _encode(content)
-
-
-def metadata(meta: Metadata) -> bytes:
-    """The root message's content, derived from the conversation's metadata."""
-    return _encode(meta)

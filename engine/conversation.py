@@ -7,9 +7,9 @@ application also records what it changed into the flusher's `Changes`.
 
 from __future__ import annotations
 
+import msgspec
 from msgspec.structs import replace
 
-from engine import content
 from engine.tree import MessageTree
 from persistence.records import (
     Appended,
@@ -134,13 +134,16 @@ class ConversationState:
 
 
 def root_content(meta: Conversation) -> bytes:
-    """The root message's `metadata` content, derived from the conversation row."""
-    return content.metadata(
-        content.Metadata(
-            title=meta.title,
-            description=meta.description,
-            is_public=meta.is_public,
-            fork_from_conversation_id=meta.fork_from_conversation_id,
-            fork_from_message_id=meta.fork_from_message_id,
-        )
-    )
+    """The root message's `metadata` content: title, description and is_public always,
+    fork provenance when there is some (as seed 000 writes it)."""
+    body: dict[str, object] = {
+        "type": "metadata",
+        "title": meta.title,
+        "description": meta.description,
+        "is_public": meta.is_public,
+    }
+    if meta.fork_from_conversation_id is not None:
+        body["fork_from_conversation_id"] = meta.fork_from_conversation_id
+    if meta.fork_from_message_id is not None:
+        body["fork_from_message_id"] = meta.fork_from_message_id
+    return msgspec.json.encode(body)

@@ -37,6 +37,10 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
         raise InvalidInput(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise MalformedJSON("request body is not valid UTF-8") from None
+    except RecursionError:
+        raise MalformedJSON("request body is nested too deeply") from None
 
 
 def path_id(request: web.Request, name: str) -> str:

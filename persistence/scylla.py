@@ -14,7 +14,6 @@ per message.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -22,7 +21,13 @@ from typing import Any
 
 import msgspec
 from cassandra import ConsistencyLevel
-from cassandra.cluster import Cluster, ResponseFuture, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    ResponseFuture,
+    Session,
+)
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
@@ -38,26 +43,26 @@ _share = msgspec.msgpack.Decoder(Share).decode
 
 TABLES = (
     """CREATE TABLE IF NOT EXISTS conversations (
-        conversation_id uuid PRIMARY KEY, version bigint, deleted boolean, body blob)""",
+        conversation_id text PRIMARY KEY, version bigint, deleted boolean, body blob)""",
     """CREATE TABLE IF NOT EXISTS messages (
-        conversation_id uuid, message_id uuid, parent_id uuid, seq int, body blob,
+        conversation_id text, message_id text, parent_id text, seq int, body blob,
         PRIMARY KEY (conversation_id, message_id))""",
     """CREATE TABLE IF NOT EXISTS branches (
-        conversation_id uuid, branch_id uuid, body blob,
+        conversation_id text, branch_id text, body blob,
         PRIMARY KEY (conversation_id, branch_id))""",
     """CREATE TABLE IF NOT EXISTS shares (
-        conversation_id uuid, shared_with text, body blob,
+        conversation_id text, shared_with text, body blob,
         PRIMARY KEY (conversation_id, shared_with))""",
     # A user's conversations, most recent first; the lookup table finds the row to move.
     """CREATE TABLE IF NOT EXISTS user_conversations (
-        user_id text, last_activity timestamp, conversation_id uuid,
+        user_id text, last_activity timestamp, conversation_id text,
         PRIMARY KEY (user_id, last_activity, conversation_id))
         WITH CLUSTERING ORDER BY (last_activity DESC, conversation_id ASC)""",
     """CREATE TABLE IF NOT EXISTS user_conversation_activity (
-        user_id text, conversation_id uuid, last_activity timestamp,
+        user_id text, conversation_id text, last_activity timestamp,
         PRIMARY KEY (user_id, conversation_id))""",
     """CREATE TABLE IF NOT EXISTS conversation_members (
-        conversation_id uuid, user_id text, PRIMARY KEY (conversation_id, user_id))""",
+        conversation_id text, user_id text, PRIMARY KEY (conversation_id, user_id))""",
 )
 
 
@@ -90,10 +95,15 @@ class ScyllaConfig:
 
 def _cluster(config: ScyllaConfig) -> Cluster:
     hosts, port = config.contact_points()
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        consistency_level=getattr(ConsistencyLevel, config.consistency),
+        request_timeout=config.request_timeout,
+    )
     return Cluster(
         hosts,
         port=port,
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=config.connect_timeout,
         control_connection_timeout=config.connect_timeout,
     )
@@ -113,10 +123,6 @@ def migrate(config: ScyllaConfig) -> None:
             session.execute(statement)
     finally:
         cluster.shutdown()
-
-
-def _uuid(value: str) -> uuid.UUID:
-    return uuid.UUID(value)
 
 
 class ScyllaStore:
@@ -140,12 +146,6 @@ class ScyllaStore:
             if self._cluster is not None:
                 self._cluster.shutdown()
             raise StoreError(f"cannot connect to {','.join(self._config.nodes)}: {exc}") from exc
-        session = self._session
-        assert session is not None
-        session.default_timeout = self._config.request_timeout
-        session.default_consistency_level = getattr(
-            ConsistencyLevel, self._config.consistency
-        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -156,7 +156,7 @@ class ScyllaStore:
     # -- reads --------------------------------------------------------------------------
 
     async def load(self, conversation_id: str) -> Snapshot | None:
-        key = (_uuid(conversation_id),)
+        key = (conversation_id,)
         meta_rows, message_rows, branch_rows, share_rows = await asyncio.gather(
             self._query("SELECT body FROM conversations WHERE conversation_id = ?", key),
             self._query("SELECT body FROM messages WHERE conversation_id = ?", key),
@@ -181,47 +181,55 @@ class ScyllaStore:
         )
         seen: dict[str, float] = {}
         for conversation_id, activity in rows:  # stale rows of a replay may repeat an id
-            seen.setdefault(str(conversation_id), activity.replace(tzinfo=UTC).timestamp())
+            seen.setdefault(conversation_id, activity.replace(tzinfo=UTC).timestamp())
         return sorted(seen.items(), key=lambda item: item[1], reverse=True)[:limit]
 
     # -- writes ---------------------------------------------------------------------------
 
     async def write(self, conversation_id: str, changes: Changes) -> None:
-        cid = _uuid(conversation_id)
-        stamp = changes.version  # monotonic per conversation: the explicit write timestamp
+        cid = conversation_id
+        stamp = changes.version  # monotonic per conversation: the base of write timestamps
         statements: list[tuple[str, Sequence[Any]]] = []
         if changes.deleted:
             statements += [
-                ("DELETE FROM messages USING TIMESTAMP ? WHERE conversation_id = ?", (stamp, cid)),
-                ("DELETE FROM branches USING TIMESTAMP ? WHERE conversation_id = ?", (stamp, cid)),
-                ("DELETE FROM shares USING TIMESTAMP ? WHERE conversation_id = ?", (stamp, cid)),
+                (
+                    "DELETE FROM messages USING TIMESTAMP ? WHERE conversation_id = ?",
+                    (_erase(stamp), cid),
+                ),
+                (
+                    "DELETE FROM branches USING TIMESTAMP ? WHERE conversation_id = ?",
+                    (_erase(stamp), cid),
+                ),
+                (
+                    "DELETE FROM shares USING TIMESTAMP ? WHERE conversation_id = ?",
+                    (_erase(stamp), cid),
+                ),
             ]
         else:
-            statements += self._row_statements(cid, changes, stamp)
+            statements += self._row_statements(cid, changes, _put(stamp))
         if changes.conversation is not None:
             meta = changes.conversation
             statements.append(
                 (
                     "INSERT INTO conversations (conversation_id, version, deleted, body)"
                     " VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
-                    (cid, meta.version, meta.deleted, _encode(meta), stamp),
+                    (cid, meta.version, meta.deleted, _encode(meta), _put(stamp)),
                 )
             )
         await self._batched(statements)
         if changes.conversation is not None:
-            await self._list_for_members(cid, changes, stamp)
+            await self._list_for_members(cid, changes, _put(stamp))
 
     def _row_statements(
-        self, cid: uuid.UUID, changes: Changes, stamp: int
+        self, cid: str, changes: Changes, stamp: int
     ) -> list[tuple[str, Sequence[Any]]]:
         rows: list[tuple[str, Sequence[Any]]] = []
         for m in changes.messages.values():
-            parent = _uuid(m.parent_id) if m.parent_id else None
             rows.append(
                 (
                     "INSERT INTO messages (conversation_id, message_id, parent_id, seq, body)"
                     " VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
-                    (cid, _uuid(m.message_id), parent, m.seq, _encode(m), stamp),
+                    (cid, m.message_id, m.parent_id, m.seq, _encode(m), _put(stamp)),
                 )
             )
         for branch_id, branch in changes.branches.items():
@@ -230,7 +238,7 @@ class ScyllaStore:
                     (
                         "DELETE FROM branches USING TIMESTAMP ?"
                         " WHERE conversation_id = ? AND branch_id = ?",
-                        (stamp, cid, _uuid(branch_id)),
+                        (_erase(stamp), cid, branch_id),
                     )
                 )
             else:
@@ -238,7 +246,7 @@ class ScyllaStore:
                     (
                         "INSERT INTO branches (conversation_id, branch_id, body)"
                         " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                        (cid, _uuid(branch_id), _encode(branch), stamp),
+                        (cid, branch_id, _encode(branch), _put(stamp)),
                     )
                 )
         for user, share in changes.shares.items():
@@ -247,7 +255,7 @@ class ScyllaStore:
                     (
                         "DELETE FROM shares USING TIMESTAMP ?"
                         " WHERE conversation_id = ? AND shared_with = ?",
-                        (stamp, cid, user),
+                        (_erase(stamp), cid, user),
                     )
                 )
             else:
@@ -255,12 +263,12 @@ class ScyllaStore:
                     (
                         "INSERT INTO shares (conversation_id, shared_with, body)"
                         " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                        (cid, user, _encode(share), stamp),
+                        (cid, user, _encode(share), _put(stamp)),
                     )
                 )
         return rows
 
-    async def _list_for_members(self, cid: uuid.UUID, changes: Changes, stamp: int) -> None:
+    async def _list_for_members(self, cid: str, changes: Changes, stamp: int) -> None:
         """Move the conversation's row in each member's listing; drop it for ex-members."""
         meta = changes.conversation
         assert meta is not None
@@ -278,12 +286,12 @@ class ScyllaStore:
                 (user, cid),
             )
             statements: list[tuple[str, Sequence[Any]]] = []
-            if old:
+            if old and (user not in members or old[0][0] != meta.updated_at.replace(tzinfo=None)):
                 statements.append(
                     (
                         "DELETE FROM user_conversations USING TIMESTAMP ?"
                         " WHERE user_id = ? AND last_activity = ? AND conversation_id = ?",
-                        (stamp, user, old[0][0], cid),
+                        (_erase(stamp), user, old[0][0], cid),
                     )
                 )
             if user in members:
@@ -291,18 +299,18 @@ class ScyllaStore:
                     (
                         "INSERT INTO user_conversations (user_id, last_activity, conversation_id)"
                         " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                        (user, meta.updated_at, cid, stamp),
+                        (user, meta.updated_at, cid, _put(stamp)),
                     ),
                     (
                         "INSERT INTO user_conversation_activity"
                         " (user_id, conversation_id, last_activity) VALUES (?, ?, ?)"
                         " USING TIMESTAMP ?",
-                        (user, cid, meta.updated_at, stamp),
+                        (user, cid, meta.updated_at, _put(stamp)),
                     ),
                     (
                         "INSERT INTO conversation_members (conversation_id, user_id)"
                         " VALUES (?, ?) USING TIMESTAMP ?",
-                        (cid, user, stamp),
+                        (cid, user, _put(stamp)),
                     ),
                 ]
             else:
@@ -310,12 +318,12 @@ class ScyllaStore:
                     (
                         "DELETE FROM user_conversation_activity USING TIMESTAMP ?"
                         " WHERE user_id = ? AND conversation_id = ?",
-                        (stamp, user, cid),
+                        (_erase(stamp), user, cid),
                     ),
                     (
                         "DELETE FROM conversation_members USING TIMESTAMP ?"
                         " WHERE conversation_id = ? AND user_id = ?",
-                        (stamp, cid, user),
+                        (_erase(stamp), cid, user),
                     ),
                 ]
             await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
@@ -372,7 +380,7 @@ class ScyllaStore:
             raise StoreError(f"cassandra: {exc}") from exc
 
         def on_page(page: list[Any]) -> None:
-            rows.extend(page)
+            rows.extend(page or ())  # writes answer with no rows
             if response.has_more_pages:
                 response.start_fetching_next_page()
             else:
@@ -386,6 +394,16 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
+
+
+def _put(version: int) -> int:
+    """Write timestamp of an insert at `version`: above any delete of the same version."""
+    return 2 * version + 1
+
+
+def _erase(version: int) -> int:
+    """Write timestamp of a delete at `version`: above every insert of older versions."""
+    return 2 * version
 
 
 def _resolve(future: asyncio.Future[list[Any]], rows: list[Any]) -> None:

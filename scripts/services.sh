@@ -68,14 +68,25 @@ take_lock() {
     flock 9
 }
 
+# True if process $1 exists and is not a zombie.  kill -0 alone is not
+# enough: a daemon that exited stays a zombie until init reaps it, which
+# takes ~2 s under this machine's init (or forever under a lazy one).
+pid_running() {
+    local stat
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+    stat=${stat##*) }
+    [[ ${stat%% *} != Z ]]
+}
+
 # Print the pid recorded in $1 if that process is alive and its command line
 # contains $2 (guards against a stale pid file whose pid was reused).
 live_pid() {
-    local pidfile=$1 pattern=$2 pid
+    local pidfile=$1 pattern=$2 pid cmdline
     [[ -r $pidfile ]] || return 1
     pid=$(tr -dc '0-9' <"$pidfile")
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
+    [[ -n $pid ]] && pid_running "$pid" || return 1
+    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $cmdline == *"$pattern"* ]] || return 1
     echo "$pid"
 }
 
@@ -86,19 +97,21 @@ render() {
     mv "$dst.tmp" "$dst"
 }
 
-# wait_until NAME TIMEOUT CHECK_FN PIDFILE PATTERN LOGFILE
-# Poll CHECK_FN once a second; fail early if the server process died.
+# wait_until NAME TIMEOUT CHECK_FN PIDFILE PATTERN LOGFILE...
+# Poll CHECK_FN once a second; fail early if the server process died.  On
+# failure the tails of the given logs are shown (the last one is named).
 wait_until() {
-    local name=$1 timeout=$2 check=$3 pidfile=$4 pattern=$5 logfile=$6
-    local start=$SECONDS elapsed
+    local name=$1 timeout=$2 check=$3 pidfile=$4 pattern=$5
+    shift 5
+    local logs=("$@") logfile="${*: -1}" start=$SECONDS elapsed f
     while ! "$check"; do
         elapsed=$((SECONDS - start))
         if ! live_pid "$pidfile" "$pattern" >/dev/null; then
-            show_log_tail "$logfile"
+            for f in "${logs[@]}"; do show_log_tail "$f"; done
             die "$name exited during start-up (log: $logfile)"
         fi
         if ((elapsed >= timeout)); then
-            show_log_tail "$logfile"
+            for f in "${logs[@]}"; do show_log_tail "$f"; done
             die "$name did not answer within ${timeout}s (log: $logfile); it is still running, see '$0 stop'"
         fi
         if ((elapsed > 0 && elapsed % 15 == 0)); then
@@ -110,38 +123,39 @@ wait_until() {
 
 # stop_pid NAME PIDFILE PATTERN TIMEOUT: SIGTERM, wait, then SIGKILL.
 stop_pid() {
-    local name=$1 pidfile=$2 pattern=$3 timeout=$4 pid waited=0
+    local name=$1 pidfile=$2 pattern=$3 timeout=$4 pid t0=$SECONDS
     if ! pid=$(live_pid "$pidfile" "$pattern"); then
         rm -f "$pidfile"
-        log "$name: not running (no live process from this script)"
+        log "$name: not running (no live process started by this script)"
         return 0
     fi
     log "$name: stopping pid $pid (SIGTERM)..."
     kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && ((waited < timeout)); do
-        sleep 1
-        waited=$((waited + 1))
+    while pid_running "$pid" && ((SECONDS - t0 < timeout)); do
+        sleep 0.2
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_running "$pid"; then
         log "$name: still alive after ${timeout}s, sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+        while pid_running "$pid"; do sleep 0.2; done
     fi
     rm -f "$pidfile"
-    log "$name: stopped (${waited}s)"
+    log "$name: stopped ($((SECONDS - t0))s)"
 }
 
 APT_UPDATED=
 apt_install() {
     local sudo=""
     ((EUID == 0)) || sudo=sudo
+    local apt_log="$STATE_DIR/apt.log"
     if [[ -z $APT_UPDATED ]]; then
         log "apt-get update..."
-        $sudo apt-get update -qq
+        $sudo apt-get update >"$apt_log" 2>&1 || { show_log_tail "$apt_log"; die "apt-get update failed"; }
         APT_UPDATED=1
     fi
     log "apt-get install $*..."
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "$@" >>"$apt_log" 2>&1 ||
+        { show_log_tail "$apt_log"; die "apt-get install $* failed"; }
 }
 
 # ------------------------------------------------------------------ redis --
@@ -155,25 +169,46 @@ redis_install() {
     if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
         return 0
     fi
-    # Debian's policy-rc.d / lack of systemd usually keeps the packaged
-    # service from starting; if it does start, "start" simply reuses it.
     apt_install redis-server redis-tools
+    # On a machine with systemd the package starts its own service on 6379;
+    # we run our own instance instead, so switch off the one we just installed.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+        log "redis: disabling the Debian redis-server service installed just now"
+        systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
 }
 
 redis_start() {
+    local pid
     if redis_up; then
         log "redis: already running on $HOST:$REDIS_PORT$(redis_owner_note)"
         return 0
     fi
+    if pid=$(live_pid "$REDIS_PIDFILE" redis-server); then
+        # Ours but not answering yet (e.g. still loading a big AOF): wait.
+        log "redis: pid $pid is still starting up, waiting..."
+    else
+        redis_launch
+    fi
+    wait_until redis "$REDIS_START_TIMEOUT" redis_up "$REDIS_PIDFILE" redis-server "$REDIS_STATE/redis.log"
+    log "redis: up on $HOST:$REDIS_PORT (pid $(cat "$REDIS_PIDFILE"))"
+}
+
+redis_launch() {
     redis_install
     mkdir -p "$REDIS_STATE/data"
     render "$TEMPLATES/redis.conf" "$REDIS_STATE/redis.conf" REDIS_STATE "$REDIS_STATE"
+    rm -f "$REDIS_PIDFILE"
     log "redis: starting (state: $REDIS_STATE)..."
-    # daemonize yes: redis-server forks, writes its pid file and returns.
+    # daemonize yes: redis-server forks and returns; the child writes the
+    # pid file a moment later, so give it a few seconds to appear.
     redis-server "$REDIS_STATE/redis.conf" 9>&- ||
         { show_log_tail "$REDIS_STATE/redis.log"; die "redis-server failed to start"; }
-    wait_until redis "$REDIS_START_TIMEOUT" redis_up "$REDIS_PIDFILE" redis-server "$REDIS_STATE/redis.log"
-    log "redis: up on $HOST:$REDIS_PORT (pid $(cat "$REDIS_PIDFILE"))"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s $REDIS_PIDFILE ]] && break
+        sleep 0.1
+    done
 }
 
 redis_owner_note() {
@@ -185,7 +220,12 @@ redis_owner_note() {
     fi
 }
 
-redis_stop() { stop_pid redis "$REDIS_PIDFILE" redis-server "$REDIS_STOP_TIMEOUT"; }
+redis_stop() {
+    stop_pid redis "$REDIS_PIDFILE" redis-server "$REDIS_STOP_TIMEOUT"
+    if redis_up; then
+        log "redis: a server not started by this script answers on $HOST:$REDIS_PORT; left alone"
+    fi
+}
 
 redis_status() {
     if redis_up; then
@@ -239,8 +279,7 @@ cassandra_check_prereqs() {
 # JVM flags: conf/jvm17-server.options of Cassandra 5.0 (JPMS opens/exports,
 # netty settings) plus a small heap and fast-start choices for a 2-core box.
 cassandra_jvm_opts() {
-    local jamm
-    jamm=$(find "$CASSANDRA_LIB" -name 'jamm-*.jar' | head -n1)
+    local jamm=("$CASSANDRA_LIB"/jamm-*.jar)
     local opts=(
         -Xms512m -Xmx1g -XX:MaxDirectMemorySize=512m
         -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
@@ -279,7 +318,7 @@ cassandra_jvm_opts() {
         -Dio.netty.allocator.useCacheForAllThreads=true
         -Dio.netty.allocator.maxOrder=11
         # jamm measures object sizes for memtable accounting (as bin/cassandra does).
-        "-javaagent:$jamm"
+        "-javaagent:${jamm[0]}"
         "-Dcassandra.config=file://$CASSANDRA_STATE/conf/cassandra.yaml"
         "-Dlogback.configurationFile=file://$CASSANDRA_STATE/conf/logback.xml"
         "-Dcassandra.logdir=$CASSANDRA_STATE/logs"
@@ -328,7 +367,8 @@ cassandra_start() {
         cassandra_launch
     fi
     wait_until cassandra "$CASSANDRA_START_TIMEOUT" cassandra_up \
-        "$CASSANDRA_PIDFILE" CassandraDaemon "$CASSANDRA_STATE/logs/system.log"
+        "$CASSANDRA_PIDFILE" CassandraDaemon \
+        "$CASSANDRA_STATE/logs/console.log" "$CASSANDRA_STATE/logs/system.log"
     log "cassandra: up on $HOST:$CQL_PORT, version $(cassandra_version), pid $(cat "$CASSANDRA_PIDFILE") ($((SECONDS - t0))s)"
 }
 
@@ -341,7 +381,12 @@ cassandra_owner_note() {
     fi
 }
 
-cassandra_stop() { stop_pid cassandra "$CASSANDRA_PIDFILE" CassandraDaemon "$CASSANDRA_STOP_TIMEOUT"; }
+cassandra_stop() {
+    stop_pid cassandra "$CASSANDRA_PIDFILE" CassandraDaemon "$CASSANDRA_STOP_TIMEOUT"
+    if cassandra_up; then
+        log "cassandra: a server not started by this script answers on $HOST:$CQL_PORT; left alone"
+    fi
+}
 
 cassandra_status() {
     local version pid
@@ -359,7 +404,7 @@ cassandra_status() {
 # ------------------------------------------------------------------- main --
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 

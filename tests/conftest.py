@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,15 @@ async def start_node(
     for node in reversed(started):
         await node.close()
     await session.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_keyspace() -> Iterator[None]:
+    """The Cassandra keyspace of this run (made on first use) goes away at the end."""
+    yield
+    from tests.backends import drop_keyspace
+
+    drop_keyspace()
 
 
 @pytest.fixture

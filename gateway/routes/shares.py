@@ -46,7 +46,7 @@ async def revoke(request: web.Request) -> web.Response:
 @routes.get("/api/v1/users/{user_id}/conversations")
 async def user_conversations(request: web.Request) -> web.Response:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
     ids = await request.app[REGISTRY].user_conversations(request.match_info["user_id"], int(raw))
     return json_response(ids)

@@ -67,7 +67,12 @@ async def test_create_makes_a_root_only_conversation(engine: Engine) -> None:
     root = actor.message(actor.meta.root_id)
     assert len(actor) == 1
     assert (root.role, root.depth, root.parent_id, root.seq) == ("root", 1, None, 0)
-    assert msgspec.json.decode(root.content) == {"type": "metadata", "title": "Plans"}
+    assert msgspec.json.decode(root.content) == {
+        "type": "metadata",
+        "title": "Plans",
+        "description": None,
+        "is_public": False,
+    }
     assert actor.lineage(root.message_id) == [root]
     assert list(actor.children(root.message_id)) == []
     assert (actor.meta.title, actor.meta.created_by) == ("Plans", "bob")

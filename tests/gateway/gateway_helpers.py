@@ -18,19 +18,45 @@ if TYPE_CHECKING:
 API = "/api/v1"
 Json = Any
 
-CONVERSATION_KEYS = frozenset({
-    "conversation_id", "title", "description", "created_at", "created_by", "is_public",
-    "fork_from_conversation_id", "fork_from_message_id",
-})
-MESSAGE_KEYS = frozenset({
-    "conversation_id", "message_id", "parent_message_id", "role", "content",
-    "content_metadata", "lineage", "depth", "created_at", "created_by",
-})
+CONVERSATION_KEYS = frozenset(
+    {
+        "conversation_id",
+        "title",
+        "description",
+        "created_at",
+        "created_by",
+        "is_public",
+        "fork_from_conversation_id",
+        "fork_from_message_id",
+    }
+)
+MESSAGE_KEYS = frozenset(
+    {
+        "conversation_id",
+        "message_id",
+        "parent_message_id",
+        "role",
+        "content",
+        "content_metadata",
+        "lineage",
+        "depth",
+        "created_at",
+        "created_by",
+    }
+)
 TREE_KEYS = frozenset({"conversation_id", "messages", "total_messages"})
-BRANCH_KEYS = frozenset({
-    "conversation_id", "branch_id", "branch_name", "leaf_message_id", "created_at",
-    "last_updated", "created_by", "is_active",
-})
+BRANCH_KEYS = frozenset(
+    {
+        "conversation_id",
+        "branch_id",
+        "branch_name",
+        "leaf_message_id",
+        "created_at",
+        "last_updated",
+        "created_by",
+        "is_active",
+    }
+)
 SHARE_KEYS = frozenset({"conversation_id", "shared_with", "permission", "shared_at", "shared_by"})
 ERROR_KEYS = frozenset({"code", "message"})
 
@@ -81,7 +107,10 @@ async def append(
     **fields: Json,
 ) -> Json:
     body: dict[str, Json] = {
-        "role": role, "content": {"type": "text", "text": text}, "created_by": "alice", **fields
+        "role": role,
+        "content": {"type": "text", "text": text},
+        "created_by": "alice",
+        **fields,
     }
     if parent is not None:
         body["parent_message_id"] = parent
@@ -133,16 +162,16 @@ async def user_conversations(node: Node, user: str, query: str = "") -> list[str
 async def state(node: Node, cids: Iterable[str], users: Iterable[str] = ()) -> Json:
     """Everything the API shows about some conversations and users, as (status, body) pairs."""
     paths = [
-        conv_path(cid, suffix)
-        for cid in cids
-        for suffix in ("", "/tree", "/branches", "/shares")
+        conv_path(cid, suffix) for cid in cids for suffix in ("", "/tree", "/branches", "/shares")
     ]
     paths += [f"{API}/users/{user}/conversations" for user in users]
     return {path: await node.request("GET", path) for path in paths}
 
 
 @asynccontextmanager
-async def unchanged(node: Node, *cids: str, users: Iterable[str] = ("alice",)) -> AsyncIterator[None]:
+async def unchanged(
+    node: Node, *cids: str, users: Iterable[str] = ("alice",)
+) -> AsyncIterator[None]:
     """Assert that what runs inside changes nothing the API shows about `cids` and `users`."""
     users = tuple(users)
     before = await state(node, cids, users)

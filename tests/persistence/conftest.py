@@ -24,9 +24,11 @@ from persistence.journal_file import FileJournal
 from persistence.records import Branch, Conversation, Message, Share
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, Store
+from tests.backends import cassandra_store, redis_journal
 
 STORES: dict[str, Callable[[Path], AbstractAsyncContextManager[Store]]] = {
     "sqlite": lambda directory: SQLiteStore(directory / "canopy.db"),
+    "cassandra": cassandra_store,
 }
 
 # Options are backend-neutral names; each factory maps the ones it understands.
@@ -34,6 +36,7 @@ JOURNALS: dict[str, Callable[..., AbstractAsyncContextManager[Journal]]] = {
     "file": lambda directory, fsync="0.05": FileJournal(
         directory / "journal", fsync=fsync if fsync == "always" else float(fsync)
     ),
+    "redis": lambda directory, fsync="0.05": redis_journal(directory),
 }
 
 

@@ -1,0 +1,70 @@
+"""Opening the real server backends in tests, each test starting from empty data."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import redis
+
+from persistence.journal_redis import RedisJournal
+from persistence.scylla import TABLES, ScyllaConfig, ScyllaStore
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+
+SCYLLA = ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=KEYSPACE)
+_fresh: set[Path] = set()
+
+
+def first_use(place: Path) -> bool:
+    """True the first time a test's scratch directory opens a backend: time to wipe it."""
+    if place in _fresh:
+        return False
+    _fresh.add(place)
+    return True
+
+
+@functools.cache
+def _admin_session():  # type: ignore[no-untyped-def]
+    from persistence.scylla import _cluster, migrate
+
+    migrate(SCYLLA)
+    return _cluster(SCYLLA).connect(KEYSPACE)
+
+
+def wipe_cassandra() -> None:
+    session = _admin_session()
+    for statement in TABLES:
+        table = statement.split("EXISTS", 1)[1].split("(", 1)[0].strip()
+        session.execute(f"TRUNCATE {table}")
+
+
+def wipe_redis() -> None:
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.flushdb()
+
+
+def drop_keyspace() -> None:
+    if _admin_session.cache_info().currsize:
+        session = _admin_session()
+        session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}")
+        session.cluster.shutdown()
+
+
+@asynccontextmanager
+async def cassandra_store(directory: Path) -> AsyncIterator[ScyllaStore]:
+    require("cassandra")
+    if first_use(directory):
+        wipe_cassandra()
+    async with ScyllaStore(SCYLLA) as store:
+        yield store
+
+
+@asynccontextmanager
+async def redis_journal(directory: Path) -> AsyncIterator[RedisJournal]:
+    require("redis")
+    if first_use(directory / "redis"):
+        wipe_redis()
+    async with RedisJournal(REDIS_URL) as journal:
+        yield journal
