@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench services services-stop clean
 
 install: $(STAMP)
 
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/canopy serve --data-dir $${CANOPY_DATA_DIR:-./data}
 
-test: install
+test: install services
 	$(BIN)/pytest -q
+
+# Real Redis (Debian package) and Apache Cassandra 5.0 (from Maven Central) on loopback.
+services:
+	scripts/services.sh start
+
+services-stop:
+	scripts/services.sh stop
 
 lint: install
 	$(BIN)/ruff check engine gateway persistence tests bench

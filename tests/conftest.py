@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Settings
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
 
 
 class Node:
@@ -47,20 +48,47 @@ class Node:
 NodeFactory = Callable[..., Awaitable[Node]]
 
 
+BACKENDS: dict[str, dict[str, Any]] = {
+    "embedded": {},
+    "cassandra+redis": {
+        "store": "scylla",
+        "journal": "redis",
+        "scylla_nodes": CASSANDRA_NODES,
+        "scylla_keyspace": KEYSPACE,
+        "redis_url": REDIS_URL,
+    },
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings of one storage configuration; server backends start each test empty."""
+    if request.param == "cassandra+redis":
+        from tests.backends import wipe_cassandra, wipe_redis
+
+        require("cassandra")
+        require("redis")
+        wipe_cassandra()
+        wipe_redis()
+    return BACKENDS[request.param]
+
+
 @pytest.fixture
 async def start_node(
-    tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
+    tmp_path: Path, unused_tcp_port_factory: Callable[[], int], backend: dict[str, Any]
 ) -> AsyncIterator[NodeFactory]:
     """Start nodes in this process on 127.0.0.1; each is stopped gracefully at teardown.
 
-    Keyword arguments override Settings fields (data_dir defaults to a per-test dir).
+    Every test using it runs once per backend. Keyword arguments override Settings
+    fields (data_dir defaults to a per-test dir).
     """
     started: list[Node] = []
     session = aiohttp.ClientSession()
 
     async def start(**overrides: Any) -> Node:
         settings = dataclasses.replace(
-            Settings(data_dir=tmp_path / "data", port=unused_tcp_port_factory()), **overrides
+            Settings(data_dir=tmp_path / "data", port=unused_tcp_port_factory(), **backend),
+            **overrides,
         )
         runner = web.AppRunner(create_app(settings), access_log=None)
         await runner.setup()
