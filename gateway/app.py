@@ -15,7 +15,7 @@ from aiohttp import web
 from engine.registry import Registry
 from gateway.config import Settings
 from gateway.errors import error_middleware
-from gateway.keys import REGISTRY
+from gateway.keys import FLUSHER, REGISTRY
 from gateway.routes import add_routes
 from persistence.flusher import Flusher
 from persistence.journal import Journal
@@ -47,14 +47,10 @@ def create_app(settings: Settings) -> web.Application:
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            store = await stack.enter_async_context(SQLiteStore(settings.data_dir / "canopy.db"))
-            fsync: str | float = (
-                settings.fsync if settings.fsync == "always" else float(settings.fsync)
-            )
-            journal = await stack.enter_async_context(
-                FileJournal(settings.data_dir / "journal", fsync=fsync)
-            )
+            store = await stack.enter_async_context(open_store(settings))
+            journal = await stack.enter_async_context(open_journal(settings))
             flusher = await stack.enter_async_context(Flusher(store, journal, settings.flusher()))
+            app[FLUSHER] = flusher
             app[REGISTRY] = await stack.enter_async_context(
                 Registry(store, journal, flusher, settings.registry())
             )

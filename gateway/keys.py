@@ -5,5 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.registry import Registry
+from persistence.flusher import Flusher
 
 REGISTRY = web.AppKey("registry", Registry)
+FLUSHER = web.AppKey("flusher", Flusher)

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from persistence.journal import Journal
+from persistence.journal import Journal, JournalError
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,13 @@ class Flusher:
         if not all(results):
             self._failures += 1
             return False
+        try:
+            await self._journal.trim(mark, flushed)
+        except JournalError as exc:  # stored already; the records are trimmed next cycle
+            log.warning("journal trim failed: %s", exc)
+            self._failures += 1
+            return False
         self._failures = 0
-        await self._journal.trim(mark, flushed)
         return True
 
     async def _wait_settled(self) -> None:

@@ -99,20 +99,24 @@ class RedisJournal:
     async def _send_in_order(
         self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]
     ) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for conversation_id, seq, payload, future in batch:
-            epoch = self._epochs.get(conversation_id)
-            if epoch is None:
-                future.set_exception(Fenced(f"conversation {conversation_id} is not acquired"))
-                continue
-            keys = [
-                redis_keys.journal(conversation_id),
-                redis_keys.epoch(conversation_id),
-                redis_keys.JOURNALED,
-            ]
-            await self._append_script(keys, [epoch, seq, payload, conversation_id], client=pipe)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for conversation_id, seq, payload, future in batch:
+                    epoch = self._epochs.get(conversation_id)
+                    if epoch is None:
+                        future.set_exception(
+                            Fenced(f"conversation {conversation_id} is not acquired")
+                        )
+                        continue
+                    keys = [
+                        redis_keys.journal(conversation_id),
+                        redis_keys.epoch(conversation_id),
+                        redis_keys.JOURNALED,
+                    ]
+                    await self._append_script(
+                        keys, [epoch, seq, payload, conversation_id], client=pipe
+                    )
+                results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             for *_, future in batch:
                 if not future.done():
@@ -123,6 +127,8 @@ class RedisJournal:
             if isinstance(result, ResponseError):
                 kind = Fenced if str(result).startswith("FENCED") else JournalError
                 future.set_exception(kind(str(result)))
+            elif isinstance(result, Exception):
+                future.set_exception(JournalError(f"redis: {result}"))
             else:
                 future.set_result(None)
 
@@ -152,10 +158,10 @@ class RedisJournal:
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for conversation_id, seq in flushed.items():
-                keys = [redis_keys.journal(conversation_id), redis_keys.JOURNALED]
-                await self._trim_script(keys, [f"{seq + 1}-0", conversation_id], client=pipe)
-            await pipe.execute()
+            async with self._client.pipeline(transaction=False) as pipe:
+                for conversation_id, seq in flushed.items():
+                    keys = [redis_keys.journal(conversation_id), redis_keys.JOURNALED]
+                    await self._trim_script(keys, [f"{seq + 1}-0", conversation_id], client=pipe)
+                await pipe.execute()
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc

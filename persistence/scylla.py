@@ -28,7 +28,11 @@ from cassandra.cluster import (
     ResponseFuture,
     Session,
 )
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
@@ -106,6 +110,8 @@ def _cluster(config: ScyllaConfig) -> Cluster:
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=config.connect_timeout,
         control_connection_timeout=config.connect_timeout,
+        # The hot tier must notice a returning cluster within seconds, not minutes.
+        reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
     )
 
 

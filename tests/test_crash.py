@@ -13,6 +13,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.backends import wipe_cassandra, wipe_redis
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+
 WRITERS = 16
 KILL_AFTER_ACKS = 600
 
@@ -117,11 +120,27 @@ async def _write_until_killed(
             enough.set()
 
 
-@pytest.mark.parametrize("durability", ["journal", "store"])
+def server_backends() -> tuple[str, ...]:
+    """Command-line options for Cassandra + Redis, both emptied for this test."""
+    require("cassandra")
+    require("redis")
+    wipe_cassandra()
+    wipe_redis()
+    return (
+        "--store", "scylla", "--journal", "redis", "--scylla-nodes", CASSANDRA_NODES,
+        "--scylla-keyspace", KEYSPACE, "--redis-url", REDIS_URL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("durability", "backends"),
+    [("journal", "embedded"), ("store", "embedded"), ("journal", "cassandra+redis")],
+)
 async def test_sigkill_under_16_writers_loses_no_acknowledged_message(
-    node_process: Callable[..., NodeProcess], durability: str
+    node_process: Callable[..., NodeProcess], durability: str, backends: str
 ) -> None:
-    first = node_process("--durability", durability)
+    options = server_backends() if backends == "cassandra+redis" else ()
+    first = node_process("--durability", durability, *options)
     await first.start()
     acked: dict[tuple[str, str], str] = {}
     enough = asyncio.Event()
@@ -135,7 +154,7 @@ async def test_sigkill_under_16_writers_loses_no_acknowledged_message(
         assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
         await asyncio.gather(*writers)
 
-        second = node_process()
+        second = node_process(*options)
         await second.start()
         conversations = {cid for cid, _ in acked}
         assert len(conversations) == WRITERS
