@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine.actor import ConversationActor
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
@@ -41,14 +42,19 @@ async def run(kind: str, conversations: int, messages: int, interval: float) -> 
             Flusher(store, journal, FlusherConfig(interval=interval)) as flusher,
             Registry(store, journal, flusher, RegistryConfig()) as registry,
         ):
-            actors = [await registry.create(title="b", created_by="bench") for _ in range(conversations)]
+            actors = [
+                await registry.create(title="b", created_by="bench") for _ in range(conversations)
+            ]
 
-            async def writer(actor: object) -> None:
-                parent = actor.meta.root_id  # type: ignore[attr-defined]
+            async def writer(actor: ConversationActor) -> None:
+                parent = actor.meta.root_id
                 for _ in range(messages):
-                    node = await actor.append(  # type: ignore[attr-defined]
-                        parent_id=parent, role="user", content=text,
-                        content_metadata={}, created_by="bench",
+                    node = await actor.append(
+                        parent_id=parent,
+                        role="user",
+                        content=text,
+                        content_metadata={},
+                        created_by="bench",
                     )
                     parent = node.message_id
 

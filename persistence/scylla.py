@@ -14,7 +14,7 @@ per message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -224,7 +224,7 @@ class ScyllaStore:
             )
         await self._batched(statements)
         if changes.conversation is not None:
-            await self._list_for_members(cid, changes, _put(stamp))
+            await self._list_for_members(cid, changes, stamp)
 
     def _row_statements(
         self, cid: str, changes: Changes, stamp: int
@@ -238,40 +238,8 @@ class ScyllaStore:
                     (cid, m.message_id, m.parent_id, m.seq, _encode(m), _put(stamp)),
                 )
             )
-        for branch_id, branch in changes.branches.items():
-            if branch is None:
-                rows.append(
-                    (
-                        "DELETE FROM branches USING TIMESTAMP ?"
-                        " WHERE conversation_id = ? AND branch_id = ?",
-                        (_erase(stamp), cid, branch_id),
-                    )
-                )
-            else:
-                rows.append(
-                    (
-                        "INSERT INTO branches (conversation_id, branch_id, body)"
-                        " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                        (cid, branch_id, _encode(branch), _put(stamp)),
-                    )
-                )
-        for user, share in changes.shares.items():
-            if share is None:
-                rows.append(
-                    (
-                        "DELETE FROM shares USING TIMESTAMP ?"
-                        " WHERE conversation_id = ? AND shared_with = ?",
-                        (_erase(stamp), cid, user),
-                    )
-                )
-            else:
-                rows.append(
-                    (
-                        "INSERT INTO shares (conversation_id, shared_with, body)"
-                        " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                        (cid, user, _encode(share), _put(stamp)),
-                    )
-                )
+        rows += _keyed_rows("branches", "branch_id", changes.branches, cid, stamp)
+        rows += _keyed_rows("shares", "shared_with", changes.shares, cid, stamp)
         return rows
 
     async def _list_for_members(self, cid: str, changes: Changes, stamp: int) -> None:
@@ -400,6 +368,26 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
+
+
+def _keyed_rows(
+    table: str, key: str, rows: Mapping[str, msgspec.Struct | None], cid: str, stamp: int
+) -> list[tuple[str, Sequence[Any]]]:
+    """Upserts and deletions (None) of a table keyed by (conversation_id, `key`)."""
+    statements: list[tuple[str, Sequence[Any]]] = []
+    for row_key, row in rows.items():
+        if row is None:
+            statements.append((
+                f"DELETE FROM {table} USING TIMESTAMP ? WHERE conversation_id = ? AND {key} = ?",
+                (_erase(stamp), cid, row_key),
+            ))  # fmt: skip
+        else:
+            statements.append((
+                f"INSERT INTO {table} (conversation_id, {key}, body) VALUES (?, ?, ?)"
+                " USING TIMESTAMP ?",
+                (cid, row_key, _encode(row), _put(stamp)),
+            ))  # fmt: skip
+    return statements
 
 
 def _put(version: int) -> int:

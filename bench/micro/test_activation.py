@@ -35,7 +35,9 @@ STORES: dict[str, Callable[[Path], AbstractAsyncContextManager[Store]]] = {
 
 
 @pytest.fixture(params=sorted(STORES))
-def loaded_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Store, str]]:
+def loaded_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Any, Store, str]]:
     """(loop, open store, id of a stored 1,000-message conversation)."""
     loop = asyncio.new_event_loop()
     stack = contextlib.AsyncExitStack()

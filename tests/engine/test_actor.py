@@ -14,18 +14,10 @@ from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
 from persistence.records import Snapshot
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, Store
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from conftest import Engine, EngineFactory
-
-
-async def until(condition: Callable[[], bool], ticks: int = 1000) -> None:
-    """Yield to the event loop until `condition` holds (bounded, no wall-clock sleep)."""
-    for _ in range(ticks):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 def footprint(engine: Engine, actor: ConversationActor) -> tuple[object, ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from engine.actor import ConversationActor
 from engine.errors import NotFound, Unavailable
 from persistence.records import Branch, Conversation, Message, Share
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from conftest import Engine, EngineFactory
@@ -25,15 +25,6 @@ def state_of(actor: ConversationActor) -> State:
         {b.branch_id: b for b in actor.branches()},
         {s.shared_with: s for s in actor.shares()},
     )
-
-
-async def until(condition: Callable[[], bool], ticks: int = 1000) -> None:
-    """Yield to the event loop until `condition` holds (bounded, no wall-clock sleep)."""
-    for _ in range(ticks):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 async def evictions_done(engine: Engine) -> None:

@@ -18,18 +18,10 @@ from persistence.journal_file import FileJournal
 from persistence.records import Message, Snapshot
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, StoreError
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from conftest import Rows
-
-
-async def until(condition: Callable[[], bool], ticks: int = 1000) -> None:
-    """Yield to the event loop until `condition` holds (bounded, no wall-clock sleep)."""
-    for _ in range(ticks):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 class ScriptedStore:
