@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -166,7 +166,7 @@ class Registry:
         description: str | None = None,
         is_public: bool = False,
         fork_from: tuple[str, str | None] | None = None,
-        copied: list[Message] = [],  # noqa: B006 - never mutated
+        copied: Sequence[Message] = (),
     ) -> ConversationActor:
         """Create a conversation with its root message (and a fork's copied messages)."""
         at = now()
