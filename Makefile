@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench services services-stop clean
+.PHONY: install run test lint bench bench-save bench-check services services-stop clean
 
 install: $(STAMP)
 
@@ -31,9 +31,19 @@ lint: install
 	$(BIN)/ruff check engine gateway persistence tests bench
 	$(BIN)/mypy
 
+BENCH := $(BIN)/pytest -q bench --benchmark-only -p no:cacheprovider -p no:unraisableexception \
+	--benchmark-columns=median,mean,ops,rounds --benchmark-storage=file://bench/baseline
+
 bench: install
-	$(BIN)/pytest -q bench --benchmark-only -p no:cacheprovider -p no:unraisableexception \
-		--benchmark-columns=median,mean,ops,rounds
+	$(BENCH)
+
+# The regression suite: compare with the committed baseline, fail past +25% on a median.
+bench-check: install
+	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=median:25%
+
+# Record a new baseline (on a quiet machine) and commit bench/baseline/.
+bench-save: install
+	rm -rf bench/baseline && $(BENCH) --benchmark-save=baseline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
