@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-save bench-check services services-stop clean
+.PHONY: install run test lint bench bench-save bench-check loadtest services services-stop clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ bench: install
 # The regression suite: compare with the committed baseline, fail past +25% on a median.
 bench-check: install
 	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=median:25%
+
+# A chat frontend's day, headless and bounded (32 users, 30 s): bench/results/.
+loadtest: install
+	$(BIN)/python -m bench.loadtest --users 32 --seconds 30
 
 # Record a new baseline (on a quiet machine) and commit bench/baseline/.
 bench-save: install
