@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -35,7 +35,7 @@ from persistence.records import (
     Updated,
     encode_record,
 )
-from persistence.store import StoreError
+from persistence.store import Changes, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -249,30 +249,47 @@ class ConversationActor:
             raise InvalidInput(f"leaf_message_id {leaf_id} is not in conversation {self.id}")
 
     async def _commit(self, event: Event) -> None:
-        """Journal the event per the durability mode, apply it, and mark it dirty."""
-        flusher = self._flusher
-        try:
-            flusher.check_capacity()
-        except Backpressure as exc:
-            raise Unavailable(str(exc), retry_after=exc.retry_after) from None
         self._seq += 1
         seq = self._seq
-        payload = encode_record(Record(self.id, seq, event))
-        with flusher.mutation():
-            if self._config.durability == "memory":
-                appended = asyncio.ensure_future(self._journal.append(self.id, seq, payload))
-                appended.add_done_callback(_log_failure)
-            else:
-                try:
-                    await self._journal.append(self.id, seq, payload)
-                except JournalError as exc:
-                    raise Unavailable(f"journal unavailable: {exc}") from None
-            self.state.apply(seq, event, flusher.changes(self.id))
-        if self._config.durability == "store":
+        await commit(
+            self._journal, self._flusher, self._config.durability, self.id, seq, event,
+            lambda changes: self.state.apply(seq, event, changes),
+        )  # fmt: skip
+
+
+async def commit(
+    journal: Journal,
+    flusher: Flusher,
+    durability: Durability,
+    conversation_id: str,
+    seq: int,
+    event: Event,
+    apply: Callable[[Changes], None],
+) -> None:
+    """Journal an event per the durability mode, `apply` it, and leave it dirty to flush.
+
+    Every mutation goes through here: the conversation's own and its creation.
+    """
+    try:
+        flusher.check_capacity()
+    except Backpressure as exc:
+        raise Unavailable(str(exc), retry_after=exc.retry_after) from None
+    payload = encode_record(Record(conversation_id, seq, event))
+    with flusher.mutation():
+        if durability == "memory":
+            appended = asyncio.ensure_future(journal.append(conversation_id, seq, payload))
+            appended.add_done_callback(_log_failure)
+        else:
             try:
-                await flusher.flush(self.id)
-            except StoreError as exc:
-                raise Unavailable(f"store unavailable: {exc}") from None
+                await journal.append(conversation_id, seq, payload)
+            except JournalError as exc:
+                raise Unavailable(f"journal unavailable: {exc}") from None
+        apply(flusher.changes(conversation_id))
+    if durability == "store":
+        try:
+            await flusher.flush(conversation_id)
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from None
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

@@ -16,13 +16,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine.actor import ActorConfig, ConversationActor, Passivated, new_id, now
+from msgspec.structs import replace
+
+from engine.actor import ActorConfig, ConversationActor, Passivated, commit, new_id, now
 from engine.conversation import ConversationState, root_content
 from engine.errors import CanopyError, NotFound, Unavailable
-from persistence.flusher import Backpressure, Flusher
+from persistence.flusher import Flusher
 from persistence.journal import Journal, JournalError
-from persistence.records import Conversation, Created, Message, Record, decode_record, encode_record
-from persistence.store import Store, StoreError
+from persistence.records import Conversation, Created, Message, Record, decode_record
+from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -186,44 +188,28 @@ class Registry:
             version=1,
         )
         root = Message(root_id, None, "root", root_content(meta), {}, at, created_by, 1, 0)
-        messages = [root]
-        for seq, node in enumerate(copied, start=1):
-            parent = root_id if node.depth == 2 else node.parent_id  # re-hang on the new root
-            messages.append(
-                Message(
-                    node.message_id,
-                    parent,
-                    node.role,
-                    node.content,
-                    node.content_metadata,
-                    node.created_at,
-                    node.created_by,
-                    node.depth,
-                    seq,
-                    node.status,
-                )
-            )
+        # Copies get their own seq; the old root's children hang on the new root.
+        messages = [root] + [
+            replace(node, parent_id=root_id if node.depth == 2 else node.parent_id, seq=seq)
+            for seq, node in enumerate(copied, start=1)
+        ]
         event = Created(meta, messages)
-        payload = encode_record(Record(conversation_id, 1, event))
         try:
-            self._flusher.check_capacity()
-        except Backpressure as exc:
-            raise Unavailable(str(exc), retry_after=exc.retry_after) from None
-        with self._flusher.mutation():
-            try:
-                await self._journal.acquire(conversation_id)
-                await self._journal.append(conversation_id, 1, payload)
-            except JournalError as exc:
-                raise Unavailable(f"journal unavailable: {exc}") from None
-            state = ConversationState.from_created(1, event, self._flusher.changes(conversation_id))
-        actor = self._admit(
-            ConversationActor(state, self._journal, self._flusher, self._config.actor)
-        )
-        if self._config.actor.durability == "store":
-            try:
-                await self._flusher.flush(conversation_id)
-            except StoreError as exc:
-                raise Unavailable(f"store unavailable: {exc}") from None
+            await self._journal.acquire(conversation_id)
+        except JournalError as exc:
+            raise Unavailable(f"journal unavailable: {exc}") from None
+
+        def admit(changes: Changes) -> None:
+            state = ConversationState.from_created(1, event, changes)
+            self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+
+        # A creation waits for the journal even in `memory` mode: ids handed out must exist.
+        durability = self._config.actor.durability
+        await commit(
+            self._journal, self._flusher, "journal" if durability == "memory" else durability,
+            conversation_id, 1, event, admit,
+        )  # fmt: skip
+        actor = self._hot[conversation_id]
         self._check_budget()
         return actor
 
