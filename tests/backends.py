@@ -33,6 +33,13 @@ def _admin_session():  # type: ignore[no-untyped-def]
     return _cluster(SCYLLA).connect(KEYSPACE)
 
 
+def reset_admin_session() -> None:
+    """Forget the admin connection (after a Cassandra restart); the next use reconnects."""
+    if _admin_session.cache_info().currsize:
+        _admin_session().cluster.shutdown()
+        _admin_session.cache_clear()
+
+
 def wipe_cassandra() -> None:
     session = _admin_session()
     for statement in TABLES:

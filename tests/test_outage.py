@@ -13,7 +13,7 @@ import pytest
 
 from gateway.keys import FLUSHER
 from persistence.scylla import ScyllaStore
-from tests.backends import SCYLLA
+from tests.backends import SCYLLA, reset_admin_session
 from tests.conftest import Node, NodeFactory
 
 OUTAGE_SECONDS = 30
@@ -23,6 +23,8 @@ SERVICES = Path(__file__).resolve().parents[1] / "scripts" / "services.sh"
 async def services(*args: str) -> None:
     process = await asyncio.create_subprocess_exec(str(SERVICES), *args)
     assert await process.wait() == 0, f"services.sh {' '.join(args)} failed"
+    if args[0] == "start":
+        reset_admin_session()  # its connections died with the old process
 
 
 async def text_message(node: Node, cid: str, parent: str, text: str) -> tuple[int, Any]:
