@@ -15,12 +15,12 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from persistence.journal import Journal, JournalError
+from persistence.keyed_lock import KeyedLock
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Flusher:
         self._config = config
         self._dirty: dict[str, Changes] = {}
         self._writing: dict[str, Changes] = {}
-        self._locks: dict[str, list[Any]] = {}  # [lock, users]
+        self._exclusive = KeyedLock()  # one writer per conversation
         self._generation = 0
         self._inflight: defaultdict[int, int] = defaultdict(int)
         self._settled = asyncio.Condition()
@@ -137,21 +137,6 @@ class Flusher:
                 del self._writing[conversation_id]
             self.batches_written += 1
             self.messages_written += len(changes.messages)
-
-    @asynccontextmanager
-    async def _exclusive(self, conversation_id: str) -> AsyncIterator[None]:
-        """One writer per conversation; the lock lives only while someone uses it."""
-        entry = self._locks.get(conversation_id)
-        if entry is None:
-            entry = self._locks[conversation_id] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._locks[conversation_id]
 
     async def flush_all(self, retries: int = 0) -> bool:
         """One cycle: mark the journal, write every dirty conversation, trim on success."""

@@ -49,3 +49,35 @@ class Journal(Protocol):
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         """Drop records covered by `mark` now that the Store holds them."""
         ...
+
+
+class NoJournal:
+    """The journal of write-through mode (`--cache off`): every write reaches the Store
+    before its ack, so there is nothing to log, replay or trim."""
+
+    async def __aenter__(self) -> NoJournal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def acquire(self, conversation_id: str) -> None:
+        pass
+
+    def release(self, conversation_id: str) -> None:
+        pass
+
+    async def append(self, conversation_id: str, seq: int, payload: bytes) -> None:
+        pass
+
+    async def replay(self) -> list[bytes]:
+        return []
+
+    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+        return []
+
+    async def mark(self) -> object:
+        return None
+
+    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
+        pass

@@ -162,10 +162,19 @@ class ScyllaStore:
     # -- reads --------------------------------------------------------------------------
 
     async def load(self, conversation_id: str) -> Snapshot | None:
+        head: Snapshot | None
+        head, message_rows = await asyncio.gather(
+            self.head(conversation_id),
+            self._query("SELECT body FROM messages WHERE conversation_id = ?", (conversation_id,)),
+        )
+        if head is not None and not head.conversation.deleted:
+            head.messages = sorted((_message(row[0]) for row in message_rows), key=_by_seq)
+        return head
+
+    async def head(self, conversation_id: str) -> Snapshot | None:
         key = (conversation_id,)
-        meta_rows, message_rows, branch_rows, share_rows = await asyncio.gather(
+        meta_rows, branch_rows, share_rows = await asyncio.gather(
             self._query("SELECT body FROM conversations WHERE conversation_id = ?", key),
-            self._query("SELECT body FROM messages WHERE conversation_id = ?", key),
             self._query("SELECT body FROM branches WHERE conversation_id = ?", key),
             self._query("SELECT body FROM shares WHERE conversation_id = ?", key),
         )
@@ -174,10 +183,32 @@ class ScyllaStore:
         conversation = _conversation(meta_rows[0][0])
         if conversation.deleted:
             return Snapshot(conversation, [], [], [])
-        messages = sorted((_message(row[0]) for row in message_rows), key=lambda m: m.seq)
         branches = sorted((_branch(row[0]) for row in branch_rows), key=lambda b: b.created_at)
         shares = sorted((_share(row[0]) for row in share_rows), key=lambda s: s.shared_at)
-        return Snapshot(conversation, messages, branches, shares)
+        return Snapshot(conversation, [], branches, shares)
+
+    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
+        # CQL has no recursion: one point read per ancestor, as a store-backed service does.
+        path: list[Message] = []
+        next_id: str | None = message_id
+        while next_id is not None:
+            rows = await self._query(
+                "SELECT body FROM messages WHERE conversation_id = ? AND message_id = ?",
+                (conversation_id, next_id),
+            )
+            if not rows:
+                break
+            path.append(_message(rows[0][0]))
+            next_id = path[-1].parent_id
+        return path[::-1]
+
+    async def children(self, conversation_id: str, message_id: str) -> list[Message]:
+        # parent_id is a regular column: filtered within the one partition, not indexed.
+        rows = await self._query(
+            "SELECT body FROM messages WHERE conversation_id = ? AND parent_id = ? ALLOW FILTERING",
+            (conversation_id, message_id),
+        )
+        return sorted((_message(row[0]) for row in rows), key=_by_seq)
 
     async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
         rows = await self._query(
@@ -388,6 +419,10 @@ def _keyed_rows(
                 (cid, row_key, _encode(row), _put(stamp)),
             ))  # fmt: skip
     return statements
+
+
+def _by_seq(message: Message) -> int:
+    return message.seq
 
 
 def _put(version: int) -> int:

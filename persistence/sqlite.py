@@ -94,6 +94,15 @@ class SQLiteStore:
     async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
         return await self._run(self._user_conversations, user_id, limit)
 
+    async def head(self, conversation_id: str) -> Snapshot | None:
+        return await self._run(self._head, conversation_id)
+
+    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
+        return await self._run(self._lineage, conversation_id, message_id)
+
+    async def children(self, conversation_id: str, message_id: str) -> list[Message]:
+        return await self._run(self._children, conversation_id, message_id)
+
     # -- on the store thread -----------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -122,6 +131,18 @@ class SQLiteStore:
         return self._db
 
     def _load(self, conversation_id: str) -> Snapshot | None:
+        snapshot = self._head(conversation_id)
+        if snapshot is not None and not snapshot.conversation.deleted:
+            snapshot.messages = [
+                _message(body)
+                for (body,) in self._conn.execute(
+                    "SELECT body FROM messages WHERE conversation_id = ? ORDER BY seq",
+                    (conversation_id,),
+                )
+            ]
+        return snapshot
+
+    def _head(self, conversation_id: str) -> Snapshot | None:
         db = self._conn
         row = db.execute(
             "SELECT body FROM conversations WHERE conversation_id = ?", (conversation_id,)
@@ -131,13 +152,6 @@ class SQLiteStore:
         conversation = _conversation(row[0])
         if conversation.deleted:
             return Snapshot(conversation, [], [], [])
-        messages = [
-            _message(body)
-            for (body,) in db.execute(
-                "SELECT body FROM messages WHERE conversation_id = ? ORDER BY seq",
-                (conversation_id,),
-            )
-        ]
         branches = [
             _branch(body)
             for (body,) in db.execute(
@@ -152,7 +166,27 @@ class SQLiteStore:
         ]
         branches.sort(key=lambda b: b.created_at)
         shares.sort(key=lambda s: s.shared_at)
-        return Snapshot(conversation, messages, branches, shares)
+        return Snapshot(conversation, [], branches, shares)
+
+    def _lineage(self, conversation_id: str, message_id: str) -> list[Message]:
+        rows = self._conn.execute(
+            "WITH RECURSIVE path(parent_id, body, level) AS ("
+            " SELECT parent_id, body, 0 FROM messages"
+            "  WHERE conversation_id = ?1 AND message_id = ?2"
+            " UNION ALL"
+            " SELECT m.parent_id, m.body, path.level + 1 FROM messages m JOIN path"
+            "  ON m.conversation_id = ?1 AND m.message_id = path.parent_id)"
+            " SELECT body FROM path ORDER BY level DESC",
+            (conversation_id, message_id),
+        )
+        return [_message(body) for (body,) in rows]
+
+    def _children(self, conversation_id: str, message_id: str) -> list[Message]:
+        rows = self._conn.execute(
+            "SELECT body FROM messages WHERE conversation_id = ? AND parent_id = ? ORDER BY seq",
+            (conversation_id, message_id),
+        )
+        return [_message(body) for (body,) in rows]
 
     def _write(self, conversation_id: str, changes: Changes) -> None:
         db = self._conn

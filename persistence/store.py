@@ -1,8 +1,10 @@
 """The Store protocol: where flushed conversation state lives durably.
 
 Every backend (SQLite embedded, ScyllaDB/Cassandra) implements it and runs the same
-contract suite. Writes are idempotent upserts of one conversation's coalesced changes,
-so replaying a journal after a crash can never do harm.
+contract suite. The hot tier needs only `load`, `write` and `user_conversations`; the
+targeted queries serve the store-backed mode (`--cache off`) the benchmarks compare
+with. Writes are idempotent upserts of one conversation's coalesced changes, so
+replaying a journal after a crash can never do harm.
 """
 
 from __future__ import annotations
@@ -67,4 +69,18 @@ class Store(Protocol):
 
     async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
         """(conversation_id, last activity as epoch seconds), most recent first."""
+        ...
+
+    # Targeted queries: what a store-backed service (`--cache off`) asks per request.
+
+    async def head(self, conversation_id: str) -> Snapshot | None:
+        """Like `load` but without messages: the conversation row, its branches and shares."""
+        ...
+
+    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
+        """The path root..message by parent walk in the store; empty if the message is unknown."""
+        ...
+
+    async def children(self, conversation_id: str, message_id: str) -> list[Message]:
+        """The message's children in creation order."""
         ...

@@ -198,3 +198,50 @@ async def test_writing_a_deletion_twice_is_idempotent(store: Store, rows: Rows) 
     await store.write("c1", changes)
     assert await load(store, "c1") == Snapshot(changes.conversation, [], [], [])  # type: ignore[arg-type]
     assert await listing(store, "alice") == []
+
+
+# -- targeted queries (the store-backed `--cache off` mode) ----------------------------------
+
+
+async def deep(store: Store, rows: Rows, cid: str = "c1") -> list[str]:
+    """A chain root -> m1 -> m2 -> m3 with side children under m1 (written out of order)."""
+    root = rows.message(f"{cid}-root", None, 0)
+    chain = [root] + [rows.message(f"m{i}", f"m{i - 1}" if i > 1 else root.message_id, i)
+                      for i in range(1, 4)]  # fmt: skip
+    sides = [rows.message(f"s{i}", "m1", 4 + i) for i in range(3)]
+    everything = tuple(reversed(chain + sides))
+    await store.write(cid, rows.changes(rows.conversation(cid, message_count=7), everything))
+    return [m.message_id for m in chain]
+
+
+async def test_lineage_walks_parents_in_the_store(store: Store, rows: Rows) -> None:
+    chain = await deep(store, rows)
+    await deep(store, rows, "other")  # same message ids in another conversation
+    path = await store.lineage("c1", "m3")
+    assert [m.message_id for m in path] == chain
+    assert path[-1] == rows.message("m3", "m2", 3)
+    assert [m.message_id for m in await store.lineage("c1", "s1")] == ["c1-root", "m1", "s1"]
+    assert [m.message_id for m in await store.lineage("c1", "c1-root")] == ["c1-root"]
+    assert await store.lineage("c1", "unknown") == []
+    assert await store.lineage("unknown", "m1") == []
+
+
+async def test_children_come_in_creation_order(store: Store, rows: Rows) -> None:
+    await deep(store, rows)
+    assert [m.message_id for m in await store.children("c1", "m1")] == ["m2", "s0", "s1", "s2"]
+    assert [m.message_id for m in await store.children("c1", "m3")] == []
+    assert await store.children("c1", "unknown") == []
+    assert await store.children("other", "m1") == []
+
+
+async def test_head_is_the_conversation_without_its_messages(store: Store, rows: Rows) -> None:
+    written = await full(store, rows)
+    head = await store.head("c1")
+    assert head is not None
+    assert head.conversation == written.conversation and head.messages == []
+    assert [b.branch_id for b in head.branches] == ["br1", "br2"]
+    assert [s.shared_with for s in head.shares] == ["bob", "carol"]
+    assert await store.head("unknown") is None
+    tombstone = replace(written.conversation, version=6, deleted=True)
+    await store.write("c1", rows.changes(tombstone))
+    assert await store.head("c1") == Snapshot(tombstone, [], [], [])
