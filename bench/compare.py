@@ -1,0 +1,652 @@
+"""Canopy against a store-backed service and the bare HTTP stack, one workload, one run.
+
+    python -m bench.compare [--quick] [--json PATH] [--stores sqlite,cassandra]
+
+Systems, each a server subprocess started fresh for each store:
+  canopy     `canopy serve`: trees in memory, writes journalled then written behind
+  cache_off  `canopy serve --cache off`: every read is a targeted store query (one
+             message, children by parent, lineage by a parent walk) and every write
+             goes through to the store, as a conventional store-backed service does
+  ceiling    `python -m bench.ceiling`: bare aiohttp+uvloop answering a constant
+             message-sized JSON body; get_message only
+Stores: sqlite (embedded) always; cassandra when 127.0.0.1:9042 accepts connections,
+a fresh keyspace per node (`canopy_bench_<pid>_<system>`, dropped at the end); on
+Cassandra, canopy journals to Redis (127.0.0.1:6379 db 13, flushed before and after)
+when Redis answers, else to its file journal.
+
+Workload, seeded over HTTP into every node (texts of 200 characters):
+  A  the root, a chain down to depth 100, and 9 more children under the depth-2 message
+     (which so has 10 children, one of them the chain's next): 109 messages
+  T  the root and a chain down to depth 100: 100 messages
+  B  the root, one chain of 99 and nine chains of 100 below the root: 1,000 messages
+Ops: get_message = GET A's depth-2 message; children = its 10 children; lineage_100 =
+GET the lineage of A's depth-100 leaf; tree_100 = GET T's tree; append = POST a child
+under A's depth-2 message; fork_1000 = POST a fork of B. Before timing, every node's
+answers are checked for the same shapes (depths, counts), and every timed request must
+answer 200: errors are counted, reported, and make the run exit 1.
+
+For each op: a brief warm-up; at concurrency 1 a bounded number of sequential requests
+(1000 reads, 300 appends, 50 forks; capped at 10 s) gives p50 and p99; at concurrency
+32 keep-alive connections, min(N requests, 3 s) gives rps. --quick divides the counts by
+5 and caps the phases at 2 s and 1 s. With two or more CPUs the servers are pinned to one
+and this client (bench/client.py, no per-request coroutine or JSON) to another; the table
+shows both processes' CPU use at concurrency 32, so a saturated client would show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import uvloop
+
+from bench.client import Connection, Result, build_request, call, run
+
+CASSANDRA = ("127.0.0.1", 9042)
+REDIS = ("127.0.0.1", 6379)
+REDIS_URL = "redis://127.0.0.1:6379/13"
+API = "/api/v1/conversations"
+OPS = ("get_message", "children", "lineage_100", "tree_100", "append", "fork_1000")
+KIND = {op: "read" for op in OPS} | {"append": "append", "fork_1000": "fork"}
+READS = ("get_message", "children", "lineage_100", "tree_100")
+CONCURRENCY = 32
+
+
+def log(message: str) -> None:
+    print(f"[compare] {message}", file=sys.stderr, flush=True)
+
+
+# -- settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many requests, and how long, each phase may take (per op kind)."""
+
+    sequential: dict[str, int]
+    concurrent: dict[str, int]
+    warm: dict[str, int]
+    sequential_seconds: float
+    concurrent_seconds: float
+    warm_seconds: float = 0.5
+
+    @classmethod
+    def default(cls, quick: bool) -> Budget:
+        scale = 5 if quick else 1
+        return cls(
+            sequential={"read": 1000 // scale, "append": 300 // scale, "fork": 50 // scale},
+            concurrent={"read": 100_000, "append": 20_000, "fork": 1000 // scale},
+            warm={"read": 200, "append": 20, "fork": 4},
+            sequential_seconds=2.0 if quick else 10.0,
+            concurrent_seconds=1.0 if quick else 3.0,
+        )
+
+
+@dataclass(frozen=True)
+class Store:
+    name: str  # "sqlite" or "cassandra"
+    redis: bool = False  # canopy journals to Redis (Cassandra only)
+
+    def flags(self, system: str, keyspace: str) -> list[str]:
+        if self.name == "sqlite":
+            return []
+        flags = ["--store", "scylla", "--scylla-nodes", f"{CASSANDRA[0]}:{CASSANDRA[1]}"]
+        flags += ["--scylla-keyspace", keyspace]
+        if self.redis and system == "canopy":
+            flags += ["--journal", "redis", "--redis-url", REDIS_URL]
+        return flags
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    ops: tuple[str, ...]
+    command: Callable[[int, Path], list[str]]
+    uses_store: bool = True
+
+
+def _serve(*extra: str) -> Callable[[int, Path], list[str]]:
+    def command(port: int, data_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+                "--data-dir", str(data_dir), *extra]  # fmt: skip
+
+    return command
+
+
+# In running order: the ceiling just before canopy, whose get_message is compared with it.
+SYSTEMS = (
+    System("ceiling", ("get_message",), lambda port, _: [sys.executable, "-m", "bench.ceiling",
+                                                          "--port", str(port)], uses_store=False),
+    System("canopy", OPS, _serve()),
+    System("cache_off", OPS, _serve("--cache", "off")),
+)  # fmt: skip
+ORDER = ("canopy", "cache_off", "ceiling")  # in the table, under each op
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def answers(address: tuple[str, int], probe: bytes = b"", expect: bytes = b"") -> bool:
+    try:
+        with socket.create_connection(address, timeout=1.0) as connection:
+            if probe:
+                connection.sendall(probe)
+                return connection.recv(64).startswith(expect)
+            return True
+    except OSError:
+        return False
+
+
+def has_cache_flag() -> bool:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--help"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    return "--cache" in help_text
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin every thread of `pid` (threads started later inherit it)."""
+    if not cpus:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Node:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@contextlib.contextmanager
+def node(command: list[str], port: int, log_path: Path, cpus: set[int] | None) -> Iterator[Node]:
+    """A server subprocess, ready (it printed "Running on"); terminated however we leave."""
+    with open(log_path, "wb") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    started = Node(process, port, log_path)
+    try:
+        pin(process.pid, cpus)
+        deadline = time.monotonic() + 120
+        while "Running on" not in log_path.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command[1:4])} did not start:\n{started.tail()}")
+            time.sleep(0.05)
+        pin(process.pid, cpus)
+        yield started
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=120)  # a canopy node flushes every dirty conversation first
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def migrate(keyspace: str, store: Store) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "migrate", *store.flags("migrate", keyspace)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"migrate {keyspace} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def drop_keyspaces(keyspaces: list[str]) -> None:
+    if not keyspaces:
+        return
+    try:
+        from cassandra.cluster import Cluster
+
+        cluster = Cluster([CASSANDRA[0]], port=CASSANDRA[1])
+        try:
+            session = cluster.connect()
+            for keyspace in keyspaces:
+                session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        finally:
+            cluster.shutdown()
+    except Exception as exc:  # leave a note, never mask the run's own outcome
+        log(f"could not drop keyspaces {keyspaces}: {exc}")
+
+
+def flush_redis() -> None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        client.flushdb()
+        client.close()
+    except Exception as exc:
+        log(f"could not flush {REDIS_URL}: {exc}")
+
+
+# -- workload ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    a: str  # conversation ids
+    t: str
+    b: str
+    a_depth2: str  # message ids
+    a_leaf: str
+
+
+def text(tag: str, i: int) -> dict[str, str]:
+    words = f"{tag} message {i}: " + "the quick brown fox jumps over the lazy dog; " * 5
+    return {"type": "text", "text": words[:200]}
+
+
+def message(parent: str, tag: str, i: int) -> dict[str, object]:
+    role = "human" if i % 2 else "assistant"
+    return {"parent_message_id": parent, "role": role, "content": text(tag, i),
+            "created_by": "bench"}  # fmt: skip
+
+
+async def conversation(connection: Connection, title: str) -> tuple[str, str]:
+    """A new conversation: (its id, its root message's id)."""
+    body = {"title": title, "created_by": "bench"}
+    cid = (await call(connection, "POST", API, body))["conversation_id"]
+    tree = await call(connection, "GET", f"{API}/{cid}/tree")
+    return cid, tree["messages"][0]["message_id"]
+
+
+async def chain(connection: Connection, cid: str, parent: str, length: int, tag: str) -> list[str]:
+    ids = []
+    for i in range(length):
+        answer = await call(connection, "POST", f"{API}/{cid}/messages", message(parent, tag, i))
+        parent = answer["message_id"]
+        ids.append(parent)
+    return ids
+
+
+async def seed(port: int) -> Workload:
+    pool = [await Connection.open(port) for _ in range(12)]
+    try:
+        a, a_root = await conversation(pool[0], "A")
+        t, t_root = await conversation(pool[0], "T")
+        b, b_root = await conversation(pool[0], "B")
+        chains = await asyncio.gather(
+            chain(pool[0], a, a_root, 99, "a"),
+            chain(pool[1], t, t_root, 99, "t"),
+            chain(pool[2], b, b_root, 99, "b0"),
+            *(chain(pool[2 + k], b, b_root, 100, f"b{k}") for k in range(1, 10)),
+        )
+        a_chain = chains[0]
+        await asyncio.gather(*(chain(pool[k], a, a_chain[0], 1, f"side{k}") for k in range(9)))
+        return Workload(a, t, b, a_depth2=a_chain[0], a_leaf=a_chain[-1])
+    finally:
+        for connection in pool:
+            connection.close()
+
+
+async def check(port: int, w: Workload) -> None:
+    """Every system must answer the same shapes, or the comparison means nothing."""
+    c = await Connection.open(port)
+    try:
+        got = await call(c, "GET", f"{API}/{w.a}/messages/{w.a_depth2}")
+        expect(got["depth"] == 2 and len(got["lineage"]) == 2, "get_message: depth 2", got)
+        got = await call(c, "GET", f"{API}/{w.a}/messages/{w.a_depth2}/children")
+        expect(len(got) == 10, "children: 10", len(got))
+        got = await call(c, "GET", f"{API}/{w.a}/messages/{w.a_leaf}/lineage")
+        expect(len(got) == 100 and got[-1]["depth"] == 100, "lineage_100: 100", len(got))
+        got = await call(c, "GET", f"{API}/{w.t}/tree")
+        expect(got["total_messages"] == len(got["messages"]) == 100, "tree_100: 100", len(got))
+        got = await call(c, "GET", f"{API}/{w.a}/tree")
+        expect(got["total_messages"] == 109, "A: 109 messages", got["total_messages"])
+        got = await call(c, "GET", f"{API}/{w.b}/tree")
+        expect(got["total_messages"] == 1000, "B: 1000 messages", got["total_messages"])
+        got = await call(c, "POST", f"{API}/{w.a}/messages", message(w.a_leaf, "check", 0))
+        expect(got["depth"] == 101, "append under the leaf: depth 101", got["depth"])
+        fork = await call(c, "POST", f"{API}/{w.b}/fork", {"title": "f", "created_by": "bench"})
+        got = await call(c, "GET", f"{API}/{fork['conversation_id']}/tree")
+        expect(got["total_messages"] == 1000, "fork_1000: 1000 messages", got["total_messages"])
+    finally:
+        c.close()
+
+
+def expect(ok: bool, what: str, got: object) -> None:
+    if not ok:
+        raise AssertionError(f"workload check failed: {what}; got {str(got)[:300]}")
+
+
+def requests(op: str, w: Workload, port: int) -> list[bytes]:
+    get = {
+        "get_message": f"{API}/{w.a}/messages/{w.a_depth2}",
+        "children": f"{API}/{w.a}/messages/{w.a_depth2}/children",
+        "lineage_100": f"{API}/{w.a}/messages/{w.a_leaf}/lineage",
+        "tree_100": f"{API}/{w.t}/tree",
+    }
+    if op in get:
+        return [build_request("GET", get[op], port=port)]
+    if op == "append":
+        bodies = [message(w.a_depth2, "append", i) for i in range(2)]  # both roles
+        return [build_request("POST", f"{API}/{w.a}/messages", b, port=port) for b in bodies]
+    fork = {"title": "fork", "created_by": "bench"}
+    return [build_request("POST", f"{API}/{w.b}/fork", fork, port=port)]
+
+
+CEILING_WORKLOAD = Workload(
+    a="00000000-0000-4000-8000-000000000000", t="", b="",
+    a_depth2="00000000-0000-4000-8000-000000000002", a_leaf="",
+)  # fmt: skip
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    op: str
+    system: str
+    store: str
+    p50_ms: float
+    p99_ms: float
+    rps: float
+    sequential: int  # requests timed at concurrency 1
+    concurrent: int  # requests at concurrency 32
+    client_cpu: float  # share of one core used at concurrency 32
+    server_cpu: float
+    errors: int = 0
+    first_error: str = ""
+
+    def row(self) -> dict[str, object]:
+        return {"op": self.op, "system": self.system, "store": self.store,
+                "p50_ms": round(self.p50_ms, 4), "p99_ms": round(self.p99_ms, 4),
+                "rps": round(self.rps, 1)}  # fmt: skip
+
+
+async def measure(
+    started: Node, op: str, batch: list[bytes], budget: Budget, system: str, store: str
+) -> Measurement:
+    kind = KIND[op]
+    port = started.port
+    warm = await run(
+        port, batch, connections=8, count=budget.warm[kind], seconds=budget.warm_seconds
+    )
+    one = await run(port, batch, count=budget.sequential[kind], seconds=budget.sequential_seconds)
+    server = cpu_seconds(started.process.pid)
+    many = await run(
+        port, batch, connections=CONCURRENCY, count=budget.concurrent[kind],
+        seconds=budget.concurrent_seconds,
+    )  # fmt: skip
+    server = (cpu_seconds(started.process.pid) - server) / many.elapsed
+    errors: list[Result] = [r for r in (warm, one, many) if r.errors]
+    return Measurement(
+        op, system, store, one.percentile_ms(50), one.percentile_ms(99), many.rps,
+        one.count, many.count, many.cpu / many.elapsed, server,
+        sum(r.errors for r in errors), errors[0].first_error if errors else "",
+    )  # fmt: skip
+
+
+@dataclass
+class Plan:
+    budget: Budget
+    stores: list[Store]
+    systems: list[System]
+    server_cpus: set[int] | None
+    keyspaces: list[str] = field(default_factory=list)
+    results: list[Measurement] = field(default_factory=list)
+
+
+async def run_system(plan: Plan, store: Store, system: System) -> None:
+    keyspace = f"canopy_bench_{os.getpid()}_{system.name}"
+    if store.name == "cassandra" and system.uses_store:
+        plan.keyspaces.append(keyspace)
+        log(f"{store.name} {system.name}: migrate {keyspace}")
+        migrate(keyspace, store)
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="canopy-compare-") as data:
+        command = system.command(port, Path(data) / "data")
+        if system.uses_store:
+            command += store.flags(system.name, keyspace)
+        with node(command, port, Path(data) / "node.log", plan.server_cpus) as started:
+            try:
+                await run_ops(plan, store, system, started)
+            except BaseException:
+                log(f"{system.name} failed; the last lines of its log:\n{started.tail()}")
+                raise
+
+
+async def run_ops(plan: Plan, store: Store, system: System, started: Node) -> None:
+    if system.uses_store:
+        began = time.perf_counter()
+        workload = await seed(started.port)
+        await check(started.port, workload)
+        log(f"{store.name} {system.name}: seeded in {time.perf_counter() - began:.1f} s")
+        await asyncio.sleep(0.5)  # let a write-behind node flush the seed before timing
+    else:
+        workload = CEILING_WORKLOAD
+    for op in system.ops:
+        batch = requests(op, workload, started.port)
+        result = await measure(started, op, batch, plan.budget, system.name, store.name)
+        plan.results.append(result)
+        log(
+            f"{store.name} {system.name} {op}: p50 {result.p50_ms:.3f} ms, "
+            f"p99 {result.p99_ms:.3f} ms, {result.rps:,.0f} rps"
+            + (f", {result.errors} ERRORS ({result.first_error})" if result.errors else "")
+        )
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def find(results: list[Measurement], op: str, system: str, store: str) -> Measurement | None:
+    return next((m for m in results if (m.op, m.system, m.store) == (op, system, store)), None)
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float:
+    if not numerator or not denominator or math.isnan(numerator) or math.isnan(denominator):
+        return math.nan
+    return numerator / denominator
+
+
+def table(results: list[Measurement], store: str) -> str:
+    head = (
+        f"{'op':<12} {'system':<10} {'p50 ms':>8} {'p99 ms':>8} {'rps':>9} "
+        f"{'p50 off/canopy':>14} {'rps canopy/off':>14} {'rps canopy/ceil':>15} "
+        f"{'srv cpu':>7} {'cli cpu':>7}"
+    )
+    lines = [f"store: {store}", head, "-" * len(head)]
+    ceiling = find(results, "get_message", "ceiling", store)
+    rows = sorted(
+        (m for m in results if m.store == store),
+        key=lambda m: (OPS.index(m.op), ORDER.index(m.system)),
+    )
+    for m in rows:
+        cells = ["", "", ""]
+        if m.system == "canopy":
+            off = find(results, m.op, "cache_off", store)
+            cells[0] = f"{ratio(off.p50_ms, m.p50_ms):.1f}x" if off else "n/a"
+            cells[1] = f"{ratio(m.rps, off.rps):.1f}x" if off else "n/a"
+            if m.op == "get_message":
+                cells[2] = f"{ratio(m.rps, ceiling.rps):.2f}" if ceiling else "n/a"
+        lines.append(
+            f"{m.op:<12} {m.system:<10} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.rps:>9,.0f} "
+            f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>15} "
+            f"{m.server_cpu:>7.0%} {m.client_cpu:>7.0%}"
+            + (f"  {m.errors} ERRORS" if m.errors else "")
+        )
+    return "\n".join(lines)
+
+
+def targets(results: list[Measurement], store: str) -> list[dict[str, object]]:
+    """The issue's targets: get_message rps >= 70% of the ceiling, reads' p50 >= 10x
+    lower than cache_off, appends' p50 >= 3x lower."""
+    found: list[dict[str, object]] = []
+
+    def add(name: str, value: float, goal: float) -> None:
+        if not math.isnan(value):
+            found.append({"store": store, "target": name, "value": round(value, 3),
+                          "goal": goal, "met": value >= goal})  # fmt: skip
+
+    def canopy(op: str) -> Measurement | None:
+        return find(results, op, "canopy", store)
+
+    def off(op: str) -> Measurement | None:
+        return find(results, op, "cache_off", store)
+
+    def p50(m: Measurement | None) -> float | None:
+        return m.p50_ms if m else None
+
+    def rps(m: Measurement | None) -> float | None:
+        return m.rps if m else None
+
+    add(
+        "get_message rps canopy/ceiling",
+        ratio(rps(canopy("get_message")), rps(find(results, "get_message", "ceiling", store))),
+        0.7,
+    )
+    for op in READS:
+        add(f"{op} p50 cache_off/canopy", ratio(p50(off(op)), p50(canopy(op))), 10.0)
+    add("append p50 cache_off/canopy", ratio(p50(off("append")), p50(canopy("append"))), 3.0)
+    return found
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.compare", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="a fifth of the requests")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--stores", default="auto", help="sqlite,cassandra (default: auto)")
+    parser.add_argument("--systems", default=",".join(ORDER))
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    return parser.parse_args(argv)
+
+
+def choose(args: argparse.Namespace) -> tuple[list[Store], list[System]]:
+    cassandra = answers(CASSANDRA)
+    wanted = {"sqlite", "cassandra"} if args.stores == "auto" else set(args.stores.split(","))
+    stores = [Store("sqlite")] if "sqlite" in wanted else []
+    if "cassandra" in wanted and cassandra:
+        stores.append(Store("cassandra", redis=answers(REDIS, b"PING\r\n", b"+PONG")))
+    elif "cassandra" in wanted:
+        log(f"cassandra: skipped, nothing answers on {CASSANDRA[0]}:{CASSANDRA[1]}")
+    names = args.systems.split(",")
+    systems = [s for s in SYSTEMS if s.name in names]
+    if any(s.name == "cache_off" for s in systems) and not has_cache_flag():
+        log("cache_off: skipped, `gateway.cli serve` has no --cache option yet")
+        systems = [s for s in systems if s.name != "cache_off"]
+    return stores, systems
+
+
+def placement(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, client CPUs): one core each when there are two or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    began = time.perf_counter()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        log(f"the machine is busy (load average {load:.1f}): expect noisy figures")
+    stores, systems = choose(args)
+    server_cpus, client_cpus = placement(args.no_pin)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    budget = Budget.default(args.quick)
+    plan = Plan(budget, stores, systems, server_cpus)
+    redis_used = any(s.redis for s in stores)
+    if redis_used:
+        flush_redis()
+    try:
+        for store in stores:
+            for system in systems:
+                await run_system(plan, store, system)
+    finally:
+        drop_keyspaces(plan.keyspaces)
+        if redis_used:
+            flush_redis()
+    seconds = time.perf_counter() - began
+    found = [t for store in stores for t in targets(plan.results, store.name)]
+    report(plan, found, seconds, args)
+    errors = sum(m.errors for m in plan.results)
+    if errors:
+        for m in plan.results:
+            if m.errors:
+                log(f"ERRORS: {m.store} {m.system} {m.op}: {m.errors}, first: {m.first_error}")
+        return 1
+    return 0
+
+
+def report(
+    plan: Plan, found: list[dict[str, object]], seconds: float, args: argparse.Namespace
+) -> None:
+    for store in plan.stores:
+        print()
+        print(table(plan.results, store.name))
+        for target in (t for t in found if t["store"] == store.name):
+            verdict = "ok" if target["met"] else "MISSED"
+            print(f"  target {target['target']}: {target['value']} (>= {target['goal']}) {verdict}")
+    print(f"\n{len(plan.results)} rows in {seconds:.0f} s")
+    if args.json:
+        document = {
+            "results": [m.row() for m in plan.results],
+            "details": [asdict(m) for m in plan.results],
+            "targets": found,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform(), "loadavg_end": os.getloadavg()},
+            "settings": {"quick": args.quick, "concurrency": CONCURRENCY,
+                         "budget": asdict(plan.budget), "seconds": round(seconds, 1),
+                         "pinned": plan.server_cpus is not None,
+                         "stores": [asdict(s) for s in plan.stores]},
+        }  # fmt: skip
+        args.json.write_text(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+
+
+def finite(value: object) -> object:
+    """NaN (a phase with no successful request) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    return uvloop.run(main_async(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

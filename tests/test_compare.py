@@ -1,0 +1,94 @@
+"""The comparison harness's client against a real ceiling server: counting and percentiles.
+
+No timing assertions: these check that the numbers `bench.compare` prints are counted
+right, not what they are.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.client import Connection, Result, build_request, call, run
+from bench.compare import free_port, node
+
+PATH = "/api/v1/conversations/00000000-0000-4000-8000-000000000000/messages/x"
+
+
+@pytest.fixture(scope="module")
+def ceiling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
+    log = tmp_path_factory.mktemp("ceiling") / "ceiling.log"
+    with node(command, port, log, cpus=None):
+        yield port
+
+
+async def test_sequential_run_counts_every_request(ceiling: int) -> None:
+    result = await run(ceiling, [build_request("GET", PATH, port=ceiling)], count=50, seconds=30)
+    assert (result.count, result.errors, len(result.latencies_ns)) == (50, 0, 50)
+    assert 0 < result.percentile_ms(50) <= result.percentile_ms(99)
+    assert result.elapsed > 0 and result.rps > 0
+
+
+async def test_concurrent_run_stops_at_the_count(ceiling: int) -> None:
+    batch = [build_request("GET", PATH, port=ceiling)]
+    result = await run(ceiling, batch, connections=32, count=1000, seconds=30)
+    assert (result.count, result.errors) == (1000, 0)
+
+
+async def test_concurrent_run_stops_at_the_deadline(ceiling: int) -> None:
+    batch = [build_request("GET", PATH, port=ceiling)]
+    began = time.perf_counter()
+    result = await run(ceiling, batch, connections=4, count=10**9, seconds=0.3)
+    assert 0 < result.count < 10**9 and result.errors == 0
+    assert time.perf_counter() - began < 10
+
+
+async def test_non_200_answers_are_counted_as_errors(ceiling: int) -> None:
+    good = build_request("GET", PATH, port=ceiling)
+    bad = build_request("GET", "/nowhere", port=ceiling)
+    result = await run(ceiling, [good, bad], connections=2, count=20, seconds=30)
+    assert (result.count, result.errors, len(result.latencies_ns)) == (20, 10, 10)
+    assert result.first_error.startswith("404")
+
+
+async def test_post_bodies_and_decoded_answers(ceiling: int) -> None:
+    connection = await Connection.open(ceiling)
+    try:
+        answer = await call(connection, "GET", PATH)
+        assert answer["depth"] == 2 and len(answer["content"]["text"]) == 200
+        status, _ = await connection.fetch(build_request("POST", PATH, {"a": 1}, port=ceiling))
+        assert status == 405  # the route is GET only; the connection stays usable
+        assert (await call(connection, "GET", PATH))["depth"] == 2
+    finally:
+        connection.close()
+
+
+async def test_a_dead_server_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
+    with node(command, port, tmp_path / "ceiling.log", cpus=None) as started:
+        connection = await Connection.open(port)
+        started.process.kill()
+        started.process.wait()
+        status, reason = await connection.fetch(build_request("GET", PATH, port=port))
+        assert status == 0 and reason
+
+
+def test_percentiles_are_nearest_rank() -> None:
+    result = Result(latencies_ns=[i * 1_000_000 for i in range(100, 0, -1)])
+    assert result.percentile_ms(50) == 50.0
+    assert result.percentile_ms(99) == 99.0
+    assert result.percentile_ms(100) == 100.0
+    assert Result().count == 0
+
+
+def test_a_server_that_never_starts_is_reported(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(RuntimeError, match="boom"), node(command, 1, tmp_path / "x.log", None):
+        pass
