@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine.actor import ConversationActor
+from engine.actor import ConversationActor, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
@@ -49,13 +49,7 @@ async def run(kind: str, conversations: int, messages: int, interval: float) -> 
             async def writer(actor: ConversationActor) -> None:
                 parent = actor.meta.root_id
                 for _ in range(messages):
-                    node = await actor.append(
-                        parent_id=parent,
-                        role="user",
-                        content=text,
-                        content_metadata={},
-                        created_by="bench",
-                    )
+                    node = await actor.append(NewMessage(parent, "user", text, {}, "bench"))
                     parent = node.message_id
 
             started = time.perf_counter()

@@ -50,6 +50,18 @@ class ActorConfig:
     max_lineage_depth: int = 1000
 
 
+@dataclass(frozen=True)
+class NewMessage:
+    """What a client asks to append: the parent (or a branch to append to) and the body."""
+
+    parent_id: str | None
+    role: str
+    content: bytes  # canonical JSON (engine.content.normalize)
+    content_metadata: dict[str, str]
+    created_by: str
+    branch_id: str | None = None
+
+
 class Passivated(Exception):
     """The actor was dropped while the caller waited; the registry retries on a fresh one."""
 
@@ -131,22 +143,14 @@ class ConversationActor:
 
     # -- mutations: serialized, journaled before applied -------------------------------------
 
-    async def append(
-        self,
-        *,
-        parent_id: str | None,
-        role: str,
-        content: bytes,
-        content_metadata: dict[str, str],
-        created_by: str,
-        branch_id: str | None = None,
-    ) -> Message:
-        if role not in ROLES:
-            raise InvalidInput(f"role must be one of {', '.join(sorted(ROLES))}; got {role!r}")
+    async def append(self, new: NewMessage) -> Message:
+        if new.role not in ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(sorted(ROLES))}; got {new.role!r}")
         async with self._lock:
             self._check_open()
-            if branch_id is not None:
-                leaf = self.branch(branch_id).leaf_message_id
+            parent_id = new.parent_id
+            if new.branch_id is not None:
+                leaf = self.branch(new.branch_id).leaf_message_id  # the branch must exist
                 parent_id = parent_id or leaf
             if parent_id is None:
                 raise InvalidInput("parent_message_id is required (or a branch_id to append to)")
@@ -161,15 +165,15 @@ class ConversationActor:
             node = Message(
                 message_id=new_id(),
                 parent_id=parent_id,
-                role=role,
-                content=content,
-                content_metadata=content_metadata,
+                role=new.role,
+                content=new.content,
+                content_metadata=new.content_metadata,
                 created_at=now(),
-                created_by=created_by,
+                created_by=new.created_by,
                 depth=parent.depth + 1,
-                seq=len(self.state.tree),
+                seq=self.meta.message_count,  # the tree may hold only a path (store-backed mode)
             )
-            await self._commit(Appended(node, branch_id))
+            await self._commit(Appended(node, new.branch_id))
             return node
 
     async def update(

@@ -12,13 +12,21 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from msgspec.structs import replace
 
-from engine.actor import ActorConfig, ConversationActor, Passivated, commit, new_id, now
+from engine.actor import (
+    ActorConfig,
+    ConversationActor,
+    NewMessage,
+    Passivated,
+    commit,
+    new_id,
+    now,
+)
 from engine.conversation import ConversationState, root_content
 from engine.errors import CanopyError, NotFound, Unavailable
 from persistence.flusher import Flusher
@@ -171,29 +179,15 @@ class Registry:
         copied: Sequence[Message] = (),
     ) -> ConversationActor:
         """Create a conversation with its root message (and a fork's copied messages)."""
-        at = now()
-        conversation_id, root_id = new_id(), new_id()
-        meta = Conversation(
-            conversation_id=conversation_id,
-            root_id=root_id,
+        event = created_event(
             title=title,
-            description=description,
-            created_at=at,
             created_by=created_by,
-            updated_at=at,
+            description=description,
             is_public=is_public,
-            fork_from_conversation_id=fork_from[0] if fork_from else None,
-            fork_from_message_id=fork_from[1] if fork_from else None,
-            message_count=1 + len(copied),
-            version=1,
+            fork_from=fork_from,
+            copied=copied,
         )
-        root = Message(root_id, None, "root", root_content(meta), {}, at, created_by, 1, 0)
-        # Copies get their own seq; the old root's children hang on the new root.
-        messages = [root] + [
-            replace(node, parent_id=root_id if node.depth == 2 else node.parent_id, seq=seq)
-            for seq, node in enumerate(copied, start=1)
-        ]
-        event = Created(meta, messages)
+        conversation_id = event.conversation.conversation_id
         try:
             await self._journal.acquire(conversation_id)
         except JournalError as exc:
@@ -212,6 +206,33 @@ class Registry:
         actor = self._hot[conversation_id]
         self._check_budget()
         return actor
+
+    # -- message reads and appends: what the message routes ask ---------------------------
+
+    async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
+        """The message and its lineage (ids, root first)."""
+        path = (await self.get(conversation_id)).lineage(message_id)
+        return path[-1], [node.message_id for node in path]
+
+    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
+        return (await self.get(conversation_id)).lineage(message_id)
+
+    async def children(
+        self, conversation_id: str, message_id: str
+    ) -> tuple[list[str], Iterable[Message]]:
+        """The parent's lineage (ids) and its children in creation order."""
+        actor = await self.get(conversation_id)
+        lineage = [node.message_id for node in actor.lineage(message_id)]
+        return lineage, actor.children(message_id)
+
+    async def append(self, conversation_id: str, new: NewMessage) -> tuple[Message, list[str]]:
+        """Append a message; it and its lineage (ids, root first)."""
+
+        async def append(actor: ConversationActor) -> tuple[Message, list[str]]:
+            node = await actor.append(new)
+            return node, [n.message_id for n in actor.lineage(node.message_id)]
+
+        return await self.run(conversation_id, append)
 
     # -- listing -----------------------------------------------------------------------------
 
@@ -322,3 +343,38 @@ class Registry:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def created_event(
+    *,
+    title: str,
+    created_by: str,
+    description: str | None = None,
+    is_public: bool = False,
+    fork_from: tuple[str, str | None] | None = None,
+    copied: Sequence[Message] = (),
+) -> Created:
+    """A new conversation: its row, its root message, and a fork's copied messages."""
+    at = now()
+    conversation_id, root_id = new_id(), new_id()
+    meta = Conversation(
+        conversation_id=conversation_id,
+        root_id=root_id,
+        title=title,
+        description=description,
+        created_at=at,
+        created_by=created_by,
+        updated_at=at,
+        is_public=is_public,
+        fork_from_conversation_id=fork_from[0] if fork_from else None,
+        fork_from_message_id=fork_from[1] if fork_from else None,
+        message_count=1 + len(copied),
+        version=1,
+    )
+    root = Message(root_id, None, "root", root_content(meta), {}, at, created_by, 1, 0)
+    # Copies get their own seq; the old root's children hang on the new root.
+    messages = [root] + [
+        replace(node, parent_id=root_id if node.depth == 2 else node.parent_id, seq=seq)
+        for seq, node in enumerate(copied, start=1)
+    ]
+    return Created(meta, messages)

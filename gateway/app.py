@@ -2,7 +2,8 @@
 
 persistence (store, journal) -> flusher -> registry (recovery) -> routes. On shutdown
 the registry stops, the flusher writes every dirty conversation, then the journal
-and the store close.
+and the store close. With `--cache off` the store-backed service stands in for the
+registry and there is no journal: every write goes through to the store.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from engine.registry import Registry
+from engine.service import Conversations
+from engine.store_backed import StoreBacked
 from gateway.config import Settings
 from gateway.errors import error_middleware
-from gateway.keys import FLUSHER, REGISTRY
+from gateway.keys import CONVERSATIONS, FLUSHER
 from gateway.routes import add_routes
 from persistence.flusher import Flusher
-from persistence.journal import Journal
+from persistence.journal import Journal, NoJournal
 from persistence.journal_file import FileJournal
 from persistence.sqlite import SQLiteStore
 from persistence.store import Store
@@ -48,12 +51,21 @@ def create_app(settings: Settings) -> web.Application:
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(open_store(settings))
-            journal = await stack.enter_async_context(open_journal(settings))
-            flusher = await stack.enter_async_context(Flusher(store, journal, settings.flusher()))
+            if settings.cache == "off":  # the conventional design, for comparison
+                flusher = await stack.enter_async_context(
+                    Flusher(store, NoJournal(), settings.flusher())
+                )
+                conversations: Conversations = StoreBacked(
+                    store, flusher, settings.registry().actor
+                )
+            else:
+                journal = await stack.enter_async_context(open_journal(settings))
+                flusher = await stack.enter_async_context(
+                    Flusher(store, journal, settings.flusher())
+                )
+                conversations = Registry(store, journal, flusher, settings.registry())
             app[FLUSHER] = flusher
-            app[REGISTRY] = await stack.enter_async_context(
-                Registry(store, journal, flusher, settings.registry())
-            )
+            app[CONVERSATIONS] = await stack.enter_async_context(conversations)
             yield
 
     app.cleanup_ctx.append(components)

@@ -27,6 +27,7 @@ class Settings:
     port: int = 8080
     data_dir: Path = Path("data")
     durability: Durability = "journal"
+    cache: str = "on"  # "off": serve every request from the store (the comparison baseline)
     fsync: str = "0.05"  # seconds between journal fsyncs, or "always"
     max_lineage_depth: int = 1000
     max_batch_size: int = 100
@@ -74,6 +75,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "port": (("CANOPY_PORT", "SERVER_PORT"), int),
     "data_dir": (("CANOPY_DATA_DIR",), Path),
     "durability": (("CANOPY_DURABILITY",), str),
+    "cache": (("CANOPY_CACHE",), str),
     "fsync": (("CANOPY_FSYNC",), str),
     "max_lineage_depth": (("CANOPY_MAX_LINEAGE_DEPTH", "MAX_LINEAGE_DEPTH"), int),
     "max_batch_size": (("CANOPY_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"), int),
@@ -93,6 +95,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
 
 _CHOICES = {
     "durability": ("memory", "journal", "store"),
+    "cache": ("on", "off"),
     "store": ("sqlite", "scylla"),
     "journal": ("file", "redis"),
 }
@@ -120,10 +123,11 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             except ValueError:
                 raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
-    if settings.durability not in ("memory", "journal", "store"):
-        raise ValueError(
-            f"durability must be memory, journal or store; got {settings.durability!r}"
-        )
+    for name, choices in _CHOICES.items():  # the environment bypasses argparse's choices
+        if getattr(settings, name) not in choices:
+            raise ValueError(
+                f"{name} must be one of {', '.join(choices)}; got {getattr(settings, name)!r}"
+            )
     if settings.fsync != "always":
         float(settings.fsync)
     return settings

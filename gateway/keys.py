@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.registry import Registry
+from engine.service import Conversations
 from persistence.flusher import Flusher
 
-REGISTRY = web.AppKey("registry", Registry)
+CONVERSATIONS = web.AppKey("conversations", Conversations)
 FLUSHER = web.AppKey("flusher", Flusher)

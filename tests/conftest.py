@@ -50,6 +50,8 @@ NodeFactory = Callable[..., Awaitable[Node]]
 
 BACKENDS: dict[str, dict[str, Any]] = {
     "embedded": {},
+    # The store-backed comparison mode serves the same API from targeted store queries.
+    "embedded-cache-off": {"cache": "off"},
     "cassandra+redis": {
         "store": "scylla",
         "journal": "redis",

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from engine.actor import ConversationActor
 from gateway.codec import json_response, path_id, read_body, uuid_str
-from gateway.keys import REGISTRY
+from gateway.keys import CONVERSATIONS
 from gateway.schemas import CreateBranch, Deleted, UpdateBranch, branch_out, path_out
 
 routes = web.RouteTableDef()
@@ -24,24 +24,24 @@ async def create(request: web.Request) -> web.Response:
         )
         return json_response(branch_out(actor.id, branch))
 
-    return await request.app[REGISTRY].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(conversation_id, apply)
 
 
 @routes.get(BASE)
 async def list_(request: web.Request) -> web.Response:
-    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
     return json_response([branch_out(actor.id, b) for b in actor.branches()])
 
 
 @routes.get(BASE + "/{branch_id}")
 async def get(request: web.Request) -> web.Response:
-    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
     return json_response(branch_out(actor.id, actor.branch(path_id(request, "branch_id"))))
 
 
 @routes.get(BASE + "/{branch_id}/messages")
 async def messages(request: web.Request) -> web.Response:
-    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
     branch = actor.branch(path_id(request, "branch_id"))
     return json_response(path_out(actor.id, actor.lineage(branch.leaf_message_id)))
 
@@ -58,12 +58,14 @@ async def update(request: web.Request) -> web.Response:
         )
         return json_response(branch_out(actor.id, branch))
 
-    return await request.app[REGISTRY].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(conversation_id, apply)
 
 
 @routes.delete(BASE + "/{branch_id}")
 async def delete(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
-    await request.app[REGISTRY].run(conversation_id, lambda actor: actor.delete_branch(branch_id))
+    await request.app[CONVERSATIONS].run(
+        conversation_id, lambda actor: actor.delete_branch(branch_id)
+    )
     return json_response(Deleted("Branch deleted successfully"))

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from engine.actor import ConversationActor
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import REGISTRY
+from gateway.keys import CONVERSATIONS
 from gateway.schemas import (
     CreateConversation,
     Deleted,
@@ -22,7 +22,7 @@ BASE = "/api/v1/conversations"
 @routes.post(BASE)
 async def create(request: web.Request) -> web.Response:
     body = await read_body(request, CreateConversation)
-    actor = await request.app[REGISTRY].create(
+    actor = await request.app[CONVERSATIONS].create(
         title=body.title,
         created_by=body.created_by,
         description=body.description,
@@ -33,13 +33,13 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{conversation_id}")
 async def get(request: web.Request) -> web.Response:
-    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
     return json_response(conversation_out(actor.meta))
 
 
 @routes.get(BASE + "/{conversation_id}/tree")
 async def tree(request: web.Request) -> web.Response:
-    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
     return json_response(tree_out(actor.id, actor.messages()))
 
 
@@ -54,11 +54,11 @@ async def update(request: web.Request) -> web.Response:
         )
         return json_response(conversation_out(meta))
 
-    return await request.app[REGISTRY].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(conversation_id, apply)
 
 
 @routes.delete(BASE + "/{conversation_id}")
 async def delete(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
-    await request.app[REGISTRY].run(conversation_id, lambda actor: actor.delete())
+    await request.app[CONVERSATIONS].run(conversation_id, lambda actor: actor.delete())
     return json_response(Deleted("Conversation deleted successfully"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import REGISTRY
+from gateway.keys import CONVERSATIONS
 from gateway.schemas import Fork, conversation_out
 
 routes = web.RouteTableDef()
@@ -15,7 +15,7 @@ BASE = "/api/v1/conversations/{conversation_id}"
 async def _fork(
     request: web.Request, *, branch: bool = False, message: bool = False
 ) -> web.Response:
-    registry = request.app[REGISTRY]
+    registry = request.app[CONVERSATIONS]
     source = await registry.get(path_id(request, "conversation_id"))
     body = await read_body(request, Fork)
     point: str | None = None

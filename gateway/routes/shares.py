@@ -7,7 +7,7 @@ from aiohttp import web
 from engine.actor import ConversationActor
 from engine.errors import InvalidInput
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import REGISTRY
+from gateway.keys import CONVERSATIONS
 from gateway.schemas import CreateShare, Deleted, share_out
 
 routes = web.RouteTableDef()
@@ -26,12 +26,12 @@ async def create(request: web.Request) -> web.Response:
         )
         return json_response(share_out(actor.id, share))
 
-    return await request.app[REGISTRY].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(conversation_id, apply)
 
 
 @routes.get(BASE + "/shares")
 async def list_(request: web.Request) -> web.Response:
-    actor = await request.app[REGISTRY].get(path_id(request, "conversation_id"))
+    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
     return json_response([share_out(actor.id, s) for s in actor.shares()])
 
 
@@ -39,7 +39,7 @@ async def list_(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     user_id = request.match_info["user_id"]
-    await request.app[REGISTRY].run(conversation_id, lambda actor: actor.revoke(user_id))
+    await request.app[CONVERSATIONS].run(conversation_id, lambda actor: actor.revoke(user_id))
     return json_response(Deleted("Share revoked successfully"))
 
 
@@ -48,5 +48,7 @@ async def user_conversations(request: web.Request) -> web.Response:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
-    ids = await request.app[REGISTRY].user_conversations(request.match_info["user_id"], int(raw))
+    ids = await request.app[CONVERSATIONS].user_conversations(
+        request.match_info["user_id"], int(raw)
+    )
     return json_response(ids)

@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.actor import ActorConfig, ConversationActor, Durability
+from engine.actor import ActorConfig, ConversationActor, Durability, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
@@ -63,12 +63,7 @@ class Engine:
 
         async def append(actor: ConversationActor) -> Message:
             return await actor.append(
-                parent_id=parent_id,
-                role=role,
-                content=text(words),
-                content_metadata=metadata or {},
-                created_by="alice",
-                branch_id=branch_id,
+                NewMessage(parent_id, role, text(words), metadata or {}, "alice", branch_id)
             )
 
         return await self.registry.run(conversation_id, append)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
-from engine.actor import ConversationActor
+from engine.actor import ConversationActor, NewMessage
 from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
 from persistence.records import Snapshot
 from persistence.sqlite import SQLiteStore
@@ -126,7 +126,7 @@ def bad_append(**overrides: object) -> Bad:
             "created_by": "alice",
         }
         arguments.update(overrides)
-        return await actor.append(**arguments)  # type: ignore[arg-type]
+        return await actor.append(NewMessage(**arguments))  # type: ignore[arg-type]
 
     return append
 

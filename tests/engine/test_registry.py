@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from engine.actor import ConversationActor
+from engine.actor import ConversationActor, NewMessage
 from engine.errors import NotFound, Unavailable
 from persistence.records import Branch, Conversation, Message, Share
 from tests.waiting import until
@@ -216,13 +216,7 @@ async def test_deleted_conversation_is_not_found_while_hot(engine: Engine) -> No
     with pytest.raises(NotFound):
         await engine.registry.get(actor.id)
     with pytest.raises(NotFound):
-        await actor.append(
-            parent_id=actor.meta.root_id,
-            role="human",
-            content=b"{}",
-            content_metadata={},
-            created_by="alice",
-        )
+        await actor.append(NewMessage(actor.meta.root_id, "human", b"{}", {}, "alice"))
 
 
 async def test_deleted_conversation_is_not_found_after_passivation(engine: Engine) -> None:

@@ -1,0 +1,61 @@
+"""What the gateway asks of the engine, whichever serves it.
+
+`Registry` answers from hot actors in memory; `StoreBacked` (`--cache off`) answers
+every request with targeted store queries, as the conventional design Canopy replaces
+does, so the two can be compared behind the same routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+from engine.actor import ConversationActor, NewMessage
+from persistence.records import Message
+
+T = TypeVar("T")
+
+
+class Conversations(Protocol):
+    async def __aenter__(self) -> Conversations: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    async def get(self, conversation_id: str) -> ConversationActor:
+        """The conversation's state; NotFound if unknown or deleted."""
+        ...
+
+    async def run(
+        self, conversation_id: str, operation: Callable[[ConversationActor], Awaitable[T]]
+    ) -> T:
+        """Run one mutation on the conversation, serialized with its other mutations."""
+        ...
+
+    async def create(
+        self,
+        *,
+        title: str,
+        created_by: str,
+        description: str | None = None,
+        is_public: bool = False,
+        fork_from: tuple[str, str | None] | None = None,
+        copied: Sequence[Message] = (),
+    ) -> ConversationActor: ...
+
+    async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
+        """The message and its lineage (ids, root first)."""
+        ...
+
+    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]: ...
+
+    async def children(
+        self, conversation_id: str, message_id: str
+    ) -> tuple[list[str], Iterable[Message]]:
+        """The parent's lineage (ids) and its children in creation order."""
+        ...
+
+    async def append(self, conversation_id: str, new: NewMessage) -> tuple[Message, list[str]]:
+        """Append a message; it and its lineage (ids, root first)."""
+        ...
+
+    async def user_conversations(self, user_id: str, limit: int) -> list[str]: ...

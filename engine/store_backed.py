@@ -1,0 +1,153 @@
+"""The store-backed service (`--cache off`): Canopy without its hot tier, for comparison.
+
+Every request is answered by targeted store queries: a message by the parent walk of
+its lineage, children by parent, an append by the conversation head plus the parent's
+lineage. Every write goes through to the store before the ack: what a conventional
+store-backed service does. Mutations still go through the actor's validation and the
+one commit path, on a transient actor built from what the queries returned; nothing
+stays in memory between requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from engine.actor import ActorConfig, ConversationActor, NewMessage, commit
+from engine.conversation import ConversationState
+from engine.errors import InvalidInput, NotFound, Unavailable
+from engine.registry import created_event
+from persistence.flusher import Flusher
+from persistence.journal import NoJournal
+from persistence.keyed_lock import KeyedLock
+from persistence.records import Message, Snapshot
+from persistence.store import Changes, Store, StoreError
+
+T = TypeVar("T")
+
+
+class StoreBacked:
+    """Serves the gateway from the store alone; an async context manager."""
+
+    def __init__(self, store: Store, flusher: Flusher, config: ActorConfig) -> None:
+        self._store = store
+        self._flusher = flusher  # with durability "store", it writes through before the ack
+        self._journal = NoJournal()
+        self._config = replace(config, durability="store")
+        self._serialized = KeyedLock()  # read-modify-write of one conversation at a time
+
+    async def __aenter__(self) -> StoreBacked:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    # -- whole-conversation requests: tree, branches, shares, forks, updates -------------------
+
+    async def get(self, conversation_id: str) -> ConversationActor:
+        return self._actor(conversation_id, await _query(self._store.load(conversation_id)))
+
+    async def run(
+        self, conversation_id: str, operation: Callable[[ConversationActor], Awaitable[T]]
+    ) -> T:
+        async with self._serialized(conversation_id):
+            return await operation(await self.get(conversation_id))
+
+    async def create(
+        self,
+        *,
+        title: str,
+        created_by: str,
+        description: str | None = None,
+        is_public: bool = False,
+        fork_from: tuple[str, str | None] | None = None,
+        copied: Sequence[Message] = (),
+    ) -> ConversationActor:
+        event = created_event(
+            title=title,
+            created_by=created_by,
+            description=description,
+            is_public=is_public,
+            fork_from=fork_from,
+            copied=copied,
+        )
+        created: list[ConversationState] = []
+
+        def apply(changes: Changes) -> None:
+            created.append(ConversationState.from_created(1, event, changes))
+
+        cid = event.conversation.conversation_id
+        await commit(self._journal, self._flusher, "store", cid, 1, event, apply)
+        return ConversationActor(created[0], self._journal, self._flusher, self._config)
+
+    # -- targeted reads --------------------------------------------------------------------------
+
+    async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
+        path = await self.lineage(conversation_id, message_id)
+        return path[-1], [node.message_id for node in path]
+
+    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
+        path = await _query(self._store.lineage(conversation_id, message_id))
+        if not path:
+            raise NotFound(f"message {message_id} not found in conversation {conversation_id}")
+        return path
+
+    async def children(
+        self, conversation_id: str, message_id: str
+    ) -> tuple[list[str], list[Message]]:
+        path, children = await asyncio.gather(
+            self.lineage(conversation_id, message_id),
+            _query(self._store.children(conversation_id, message_id)),
+        )
+        return [node.message_id for node in path], children
+
+    async def user_conversations(self, user_id: str, limit: int) -> list[str]:
+        stored = await _query(self._store.user_conversations(user_id, limit))
+        return [conversation_id for conversation_id, _ in stored]
+
+    # -- a targeted append -----------------------------------------------------------------------
+
+    async def append(self, conversation_id: str, new: NewMessage) -> tuple[Message, list[str]]:
+        """The conversation head and the parent's lineage, then a write-through append."""
+        async with self._serialized(conversation_id):
+            head = await _query(self._store.head(conversation_id))
+            if head is None or head.conversation.deleted:
+                raise NotFound(f"conversation {conversation_id} not found")
+            parent_id = _parent_id(head, new)
+            head.messages = await _query(self._store.lineage(conversation_id, parent_id))
+            if not head.messages:
+                raise InvalidInput(
+                    f"parent_message_id {parent_id} is not in conversation {conversation_id}"
+                )
+            # The transient actor holds only the parent's path: enough to validate and apply.
+            actor = self._actor(conversation_id, head)
+            node = await actor.append(new)
+            return node, [n.message_id for n in actor.lineage(node.message_id)]
+
+    def _actor(self, conversation_id: str, snapshot: Snapshot | None) -> ConversationActor:
+        if snapshot is None or snapshot.conversation.deleted:
+            raise NotFound(f"conversation {conversation_id} not found")
+        state = ConversationState.from_snapshot(snapshot)
+        return ConversationActor(state, self._journal, self._flusher, self._config)
+
+
+def _parent_id(head: Snapshot, new: NewMessage) -> str:
+    if new.parent_id is not None:
+        return new.parent_id
+    if new.branch_id is None:
+        raise InvalidInput("parent_message_id is required (or a branch_id to append to)")
+    for branch in head.branches:
+        if branch.branch_id == new.branch_id:
+            return branch.leaf_message_id
+    raise NotFound(
+        f"branch {new.branch_id} not found in conversation {head.conversation.conversation_id}"
+    )
+
+
+async def _query(query: Coroutine[Any, Any, T]) -> T:
+    try:
+        return await query
+    except StoreError as exc:
+        raise Unavailable(f"store unavailable: {exc}") from None
