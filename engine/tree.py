@@ -1,7 +1,9 @@
 """A conversation's message tree: nodes by id, a children index, lineage by parent walk.
 
 Nodes are immutable `Message` Structs; the tree only adds and replaces them. Lineage
-is derived (an O(depth) walk of parent ids), never stored per node.
+is derived (an O(depth) walk of parent ids), never stored per node. The children index
+holds a lone child as the node itself and a list only from the second child on: most
+messages have exactly one child, and a one-item list costs 72 bytes more.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ class MessageTree:
 
     def __init__(self, root: Message) -> None:
         self._nodes: dict[str, Message] = {root.message_id: root}
-        self._children: dict[str, list[Message]] = {}
+        # parent id -> its only child, or its children (2 or more) in creation order
+        self._children: dict[str, Message | list[Message]] = {}
         self.root = root
 
     def __len__(self) -> int:
@@ -37,25 +40,38 @@ class MessageTree:
     def add(self, node: Message) -> None:
         """Insert a node whose parent is already in the tree."""
         self._nodes[node.message_id] = node
-        if node.parent_id is not None:
-            siblings = self._children.get(node.parent_id)
-            if siblings is None:
-                self._children[node.parent_id] = [node]
-            else:
-                siblings.append(node)
+        parent_id = node.parent_id
+        if parent_id is None:
+            return
+        siblings = self._children.get(parent_id)
+        if siblings is None:
+            self._children[parent_id] = node
+        elif isinstance(siblings, list):
+            siblings.append(node)
+        else:
+            self._children[parent_id] = [siblings, node]
 
     def replace(self, node: Message) -> None:
         """Swap in a new version of an existing node (status updates)."""
         old = self._nodes[node.message_id]
         self._nodes[node.message_id] = node
-        if node.parent_id is not None:
-            siblings = self._children[node.parent_id]
+        if node.parent_id is None:
+            self.root = node
+            return
+        siblings = self._children[node.parent_id]
+        if isinstance(siblings, list):
             siblings[siblings.index(old)] = node
         else:
-            self.root = node
+            self._children[node.parent_id] = node
 
     def children(self, message_id: str) -> list[Message] | tuple[Message, ...]:
-        return self._children.get(message_id, _NO_CHILDREN)
+        """The node's children in creation order."""
+        found = self._children.get(message_id)
+        if found is None:
+            return _NO_CHILDREN
+        if isinstance(found, list):
+            return found
+        return (found,)
 
     def lineage(self, message_id: str) -> list[Message]:
         """Nodes from the root down to `message_id` (which must be in the tree)."""

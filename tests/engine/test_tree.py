@@ -147,3 +147,28 @@ def test_replace_of_unknown_node_raises_key_error() -> None:
     tree = MessageTree(node("root"))
     with pytest.raises(KeyError):
         tree.replace(node("ghost", node("root")))
+
+
+def test_children_keep_creation_order_past_one_child() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    kids = [node(f"k{i}", root, i + 1) for i in range(3)]
+    seen = []
+    for kid in kids:
+        tree.add(kid)
+        seen.append(kid)
+        assert list(tree.children("root")) == seen
+        assert all(a is b for a, b in zip(tree.children("root"), seen, strict=True))
+
+
+@pytest.mark.parametrize("siblings", [1, 2, 3])
+def test_replace_a_child_keeps_its_place(siblings: int) -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    kids = [node(f"k{i}", root, i + 1) for i in range(siblings)]
+    for kid in kids:
+        tree.add(kid)
+    done = replace(kids[-1], status="failed")
+    tree.replace(done)
+    assert list(tree.children("root")) == [*kids[:-1], done]
+    assert tree.children("root")[-1] is done
