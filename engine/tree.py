@@ -1,24 +1,36 @@
 """A conversation's message tree: nodes by id, a children index, lineage by parent walk.
 
 Nodes are immutable `Message` Structs; the tree only adds and replaces them. Lineage
-is derived (an O(depth) walk of parent ids), never stored per node. The children index
-holds a lone child as the node itself and a list only from the second child on: most
-messages have exactly one child, and a one-item list costs 72 bytes more.
+is derived (an O(depth) walk of parent ids), never stored per node.
+
+A node costs memory for as long as its conversation is hot, so the tree keeps nodes
+compact: on insertion, field values equal to an object another node holds are swapped
+for that object (the parent's id string, one empty metadata dict, interned role,
+author and status strings). Values never change, only which object holds them, so
+what nodes compare and encode to is untouched. The children index holds a lone child
+as the node itself and a list only from the second child on: most messages have
+exactly one child.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 from persistence.records import Message
 
 _NO_CHILDREN: tuple[Message, ...] = ()
+# Shared by every node without metadata, as a fork's copies share their source's dicts:
+# nodes are immutable, so it is never mutated.
+_NO_METADATA: dict[str, str] = {}
+_intern = sys.intern
 
 
 class MessageTree:
     __slots__ = ("_nodes", "_children", "root")
 
     def __init__(self, root: Message) -> None:
+        _share(root)
         self._nodes: dict[str, Message] = {root.message_id: root}
         # parent id -> its only child, or its children (2 or more) in creation order
         self._children: dict[str, Message | list[Message]] = {}
@@ -39,8 +51,13 @@ class MessageTree:
 
     def add(self, node: Message) -> None:
         """Insert a node whose parent is already in the tree."""
-        self._nodes[node.message_id] = node
         parent_id = node.parent_id
+        if parent_id is not None:
+            parent = self._nodes.get(parent_id)
+            if parent is not None:  # a new index key is the parent's own id string
+                node.parent_id = parent_id = parent.message_id
+        _share(node)
+        self._nodes[node.message_id] = node
         if parent_id is None:
             return
         siblings = self._children.get(parent_id)
@@ -54,6 +71,7 @@ class MessageTree:
     def replace(self, node: Message) -> None:
         """Swap in a new version of an existing node (status updates)."""
         old = self._nodes[node.message_id]
+        _share(node)
         self._nodes[node.message_id] = node
         if node.parent_id is None:
             self.root = node
@@ -83,3 +101,15 @@ class MessageTree:
             node = nodes[node.parent_id] if node.parent_id is not None else None
         path.reverse()
         return path
+
+
+def _share(node: Message) -> None:
+    """Swap the node's field values for equal objects that other nodes already hold."""
+    metadata = node.content_metadata
+    if metadata is _NO_METADATA:
+        return  # the node (or the one it was copied from, for a fork) was shared before
+    if not metadata:
+        node.content_metadata = _NO_METADATA
+    node.role = _intern(node.role)
+    node.created_by = _intern(node.created_by)
+    node.status = _intern(node.status)

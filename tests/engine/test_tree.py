@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from msgspec.structs import replace
 
@@ -172,3 +173,37 @@ def test_replace_a_child_keeps_its_place(siblings: int) -> None:
     tree.replace(done)
     assert list(tree.children("root")) == [*kids[:-1], done]
     assert tree.children("root")[-1] is done
+
+
+def decoded(message: Message) -> Message:
+    """The node as activation builds it: decoded from the store, every value a fresh object."""
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(message), type=Message)
+
+
+def test_nodes_share_equal_values_without_changing_them() -> None:
+    root = decoded(node("root"))
+    tree = MessageTree(root)
+    first = decoded(replace(node("a", root, 300), created_by="u"))
+    second = decoded(replace(node("b", first, 301), created_by="u"))
+    encoded = [msgspec.msgpack.encode(n) for n in (first, second)]
+    assert first.parent_id is not root.message_id  # a decoded copy of the same string
+    tree.add(first)
+    tree.add(second)
+    assert [msgspec.msgpack.encode(n) for n in (first, second)] == encoded
+    assert first.parent_id is root.message_id
+    assert second.parent_id is first.message_id
+    assert first.content_metadata is second.content_metadata is root.content_metadata
+    assert first.role is second.role
+    assert first.created_by is second.created_by is root.created_by
+    assert first.status is second.status is root.status
+    assert (first.seq, second.seq) == (300, 301)
+    assert tree.lineage("b") == [root, first, second]
+
+
+def test_metadata_is_kept_when_present() -> None:
+    root = node("root")
+    tree = MessageTree(root)
+    child = replace(node("a", root, 1), content_metadata={"model": "m"})
+    tree.add(child)
+    assert child.content_metadata == {"model": "m"}
+    assert child.content_metadata is not root.content_metadata
