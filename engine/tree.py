@@ -6,10 +6,10 @@ is derived (an O(depth) walk of parent ids), never stored per node.
 A node costs memory for as long as its conversation is hot, so the tree keeps nodes
 compact: on insertion, field values equal to an object another node holds are swapped
 for that object (the parent's id string, one empty metadata dict, interned role,
-author and status strings). Values never change, only which object holds them, so
-what nodes compare and encode to is untouched. The children index holds a lone child
-as the node itself and a list only from the second child on: most messages have
-exactly one child.
+author and status strings, shared seq ints). Values never change, only which object
+holds them, so what nodes compare and encode to is untouched. The children index holds
+a lone child as the node itself and a list only from the second child on: most
+messages have exactly one child.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ _NO_CHILDREN: tuple[Message, ...] = ()
 # nodes are immutable, so it is never mutated.
 _NO_METADATA: dict[str, str] = {}
 _intern = sys.intern
+# One int object per seq value below this, for the nodes of every conversation. CPython
+# shares the ints up to 256 itself; every decoded seq above is a fresh 32-byte object.
+_SHARED_SEQS = 4096
+_SEQS = tuple(range(_SHARED_SEQS))
 
 
 class MessageTree:
@@ -113,3 +117,5 @@ def _share(node: Message) -> None:
     node.role = _intern(node.role)
     node.created_by = _intern(node.created_by)
     node.status = _intern(node.status)
+    if 256 < node.seq < _SHARED_SEQS:
+        node.seq = _SEQS[node.seq]

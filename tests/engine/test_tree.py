@@ -200,6 +200,13 @@ def test_nodes_share_equal_values_without_changing_them() -> None:
     assert tree.lineage("b") == [root, first, second]
 
 
+def test_seq_values_are_shared_across_trees() -> None:
+    left, right = decoded(node("l", node("root"), 1000)), decoded(node("r", node("root"), 1000))
+    MessageTree(node("root")).add(left)
+    MessageTree(node("root")).add(right)
+    assert left.seq is right.seq
+
+
 def test_metadata_is_kept_when_present() -> None:
     root = node("root")
     tree = MessageTree(root)
