@@ -20,8 +20,9 @@ def test_lineage(benchmark: Any, depth: int) -> None:
     assert len(path) == depth
 
 
-@pytest.mark.parametrize("fanout", [10, 1000])
+@pytest.mark.parametrize("fanout", [1, 10, 1000])
 def test_children(benchmark: Any, fanout: int) -> None:
+    """A lone child (most messages) is indexed as itself; siblings as a list."""
     state = chain_state(2, fanout_at_root=fanout - 1)
     children = benchmark(state.tree.children, "m0")
     assert len(children) == fanout
