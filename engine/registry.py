@@ -209,6 +209,9 @@ class Registry:
 
     # -- message reads and appends: what the message routes ask ---------------------------
 
+    async def revision(self, conversation_id: str) -> int:
+        return (await self.get(conversation_id)).meta.version
+
     async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
         """The message and its lineage (ids, root first)."""
         path = (await self.get(conversation_id)).lineage(message_id)

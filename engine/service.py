@@ -42,6 +42,11 @@ class Conversations(Protocol):
         copied: Sequence[Message] = (),
     ) -> ConversationActor: ...
 
+    async def revision(self, conversation_id: str) -> int | None:
+        """The conversation's version when served from memory (responses may be cached
+        against it); None when every read must go to the store."""
+        ...
+
     async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
         """The message and its lineage (ids, root first)."""
         ...

@@ -84,6 +84,9 @@ class StoreBacked:
 
     # -- targeted reads --------------------------------------------------------------------------
 
+    async def revision(self, conversation_id: str) -> None:
+        return None  # nothing is cached in this mode
+
     async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
         path = await self.lineage(conversation_id, message_id)
         return path[-1], [node.message_id for node in path]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.service import Conversations
+from gateway.response_cache import ResponseCache
 from persistence.flusher import Flusher
 
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FLUSHER = web.AppKey("flusher", Flusher)
+RESPONSES = web.AppKey("responses", ResponseCache)

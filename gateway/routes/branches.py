@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.actor import ConversationActor
-from gateway.codec import json_response, path_id, read_body, uuid_str
+from gateway.codec import cached_json_response, json_response, path_id, read_body, uuid_str
 from gateway.keys import CONVERSATIONS
 from gateway.schemas import CreateBranch, Deleted, UpdateBranch, branch_out, path_out
 
@@ -41,9 +41,15 @@ async def get(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{branch_id}/messages")
 async def messages(request: web.Request) -> web.Response:
-    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
-    branch = actor.branch(path_id(request, "branch_id"))
-    return json_response(path_out(actor.id, actor.lineage(branch.leaf_message_id)))
+    conversation_id = path_id(request, "conversation_id")
+    branch_id = path_id(request, "branch_id")
+
+    async def build() -> object:
+        actor = await request.app[CONVERSATIONS].get(conversation_id)
+        branch = actor.branch(branch_id)
+        return path_out(actor.id, actor.lineage(branch.leaf_message_id))
+
+    return await cached_json_response(request, conversation_id, build)
 
 
 @routes.put(BASE + "/{branch_id}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.actor import ConversationActor
-from gateway.codec import json_response, path_id, read_body
+from gateway.codec import cached_json_response, json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS
 from gateway.schemas import (
     CreateConversation,
@@ -39,8 +39,13 @@ async def get(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{conversation_id}/tree")
 async def tree(request: web.Request) -> web.Response:
-    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
-    return json_response(tree_out(actor.id, actor.messages()))
+    conversation_id = path_id(request, "conversation_id")
+
+    async def build() -> object:
+        actor = await request.app[CONVERSATIONS].get(conversation_id)
+        return tree_out(actor.id, actor.messages())
+
+    return await cached_json_response(request, conversation_id, build)
 
 
 @routes.put(BASE + "/{conversation_id}")

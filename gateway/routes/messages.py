@@ -6,7 +6,7 @@ from aiohttp import web
 
 from engine import content
 from engine.actor import NewMessage
-from gateway.codec import json_response, path_id, read_body, uuid_str
+from gateway.codec import cached_json_response, json_response, path_id, read_body, uuid_str
 from gateway.keys import CONVERSATIONS
 from gateway.schemas import CreateMessage, children_out, message_out, path_out
 
@@ -51,5 +51,10 @@ async def children(request: web.Request) -> web.Response:
 @routes.get(BASE + "/{message_id}/lineage")
 async def lineage(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
-    path = await request.app[CONVERSATIONS].lineage(conversation_id, path_id(request, "message_id"))
-    return json_response(path_out(conversation_id, path))
+    message_id = path_id(request, "message_id")
+
+    async def build() -> object:
+        path = await request.app[CONVERSATIONS].lineage(conversation_id, message_id)
+        return path_out(conversation_id, path)
+
+    return await cached_json_response(request, conversation_id, build)

@@ -1,0 +1,50 @@
+"""Encoded bodies of large read responses, keyed by request path and conversation version.
+
+A conversation's version moves on every mutation, so an entry is never served stale:
+once the version moves on it is simply never asked for again and ages out of the LRU.
+Only bodies worth keeping are stored (lineages, whole trees: O(depth²) ids on the wire),
+within a node-wide byte budget.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+Key = tuple[str, int]  # (request path, conversation version)
+
+
+class ResponseCache:
+    __slots__ = ("_entries", "_bytes", "max_bytes", "min_bytes", "hits", "misses")
+
+    def __init__(self, max_bytes: int, min_bytes: int = 8 * 1024) -> None:
+        self._entries: OrderedDict[Key, bytes] = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
+        self.min_bytes = min_bytes
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Key) -> bytes | None:
+        body = self._entries.get(key)
+        if body is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return body
+
+    def put(self, key: Key, body: bytes) -> None:
+        if not self.min_bytes <= len(body) <= self.max_bytes // 4 or key in self._entries:
+            return
+        self._entries[key] = body
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= len(evicted)
