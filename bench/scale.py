@@ -10,6 +10,8 @@ journal durability) is started on loopback; its RSS is read from /proc right aft
 start and again once every conversation was activated by one GET. One keep-alive
 client then times lineage at depth 100 and appends, spread across conversations, and
 the same lineage is timed in-process (the engine alone, no HTTP) on a copy of the data.
+The node's response cache is off: with it, every lineage at 10^3 (one conversation)
+would be a hit and none at 10^6, hiding how the tree itself scales.
 
 bytes_per_message is (RSS after activation - RSS at start) / N; beyond text subtracts
 the 200 characters of text. The node must not passivate anything during a size: its
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import os
 import random
 import re
 import socket
@@ -51,7 +54,7 @@ PER_CONVERSATION = 1000
 CHAIN = 100  # the main chain's depth, root included: lineage is timed at its tip
 BRANCH = 10  # messages per side branch
 TEXT_CHARS = 200
-REQUESTS = 500  # timed requests per measure (after a short warm-up)
+REQUESTS = 2000  # timed requests per measure (after a short warm-up)
 IN_FLIGHT = 8  # concurrent activations
 
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "owls")
@@ -159,7 +162,12 @@ class Node:
             self.port = probe.getsockname()[1]
         command = [sys.executable, "-m", "gateway.cli", "serve"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "CANOPY_RESPONSE_CACHE_BYTES": "0"},  # see the module docstring
+        )
         self.log: deque[str] = deque(maxlen=200)
         assert self.process.stdout is not None
         for raw in self.process.stdout:
@@ -253,24 +261,22 @@ def time_http(port: int, conversations: list[Seeded]) -> tuple[float, float, flo
         if i >= 20:
             timings.append((time.perf_counter() - started) * 1000)
     lineage = percentiles(timings)
-    leaves = {item.conversation_id: item.tip_id for item in conversations}
     text = "y" * TEXT_CHARS
     timings = []
     for i, item in enumerate(spread(conversations, REQUESTS + 20, seed=2)):
-        cid = item.conversation_id
+        # Every append hangs on the chain's tip, so each one costs the same at every size.
         body = msgspec.json.encode(
             {
-                "parent_message_id": leaves[cid],
+                "parent_message_id": item.tip_id,
                 "role": "human",
                 "content": {"type": "text", "text": text},
                 "created_by": "bench",
             }
         )
         started = time.perf_counter()
-        reply = client.call("POST", f"{base}/{cid}/messages", body)
+        client.call("POST", f"{base}/{item.conversation_id}/messages", body)
         if i >= 20:
             timings.append((time.perf_counter() - started) * 1000)
-        leaves[cid] = msgspec.json.decode(reply)["message_id"]
     return (*lineage, *percentiles(timings))
 
 
