@@ -2,7 +2,7 @@
 
     python -m bench.compare [--quick] [--json PATH] [--stores sqlite,cassandra]
 
-Systems, each a server subprocess started fresh for each store:
+Systems, each a server subprocess started fresh on each store:
   canopy     `canopy serve`: trees in memory, writes journalled then written behind
   cache_off  `canopy serve --cache off`: every read is a targeted store query (one
              message, children by parent, lineage by a parent walk) and every write
@@ -28,11 +28,13 @@ answer 200: errors are counted, reported, and make the run exit 1.
 For each op: a brief warm-up; at concurrency 1 a bounded number of sequential requests
 (1000 reads, 300 appends, 50 forks; capped at 10 s) gives p50 and p99; at concurrency
 32 keep-alive connections, min(N requests, 3 s) in three slices gives rps (the median
-slice's). --quick divides the counts by 5 and caps the phases at 2 s and 1 s. With two
-or more CPUs the servers are pinned to one and this client (bench/client.py, no
-per-request coroutine or JSON) to another; the table shows both processes' CPU use at
-concurrency 32, so a saturated client would show, and the rest of the machine's (a
-co-located Cassandra competes for the same cores).
+slice's). --quick divides the counts by 5 and caps the phases at 2 s and 1 s. The
+ceiling stays up beside canopy and their get_message slices alternate, so a drift in
+the machine's speed moves both. With two or more CPUs the servers are pinned to one and
+this client (bench/client.py: no per-request coroutine, no body copies, no JSON) to
+another; the table shows both processes' CPU use at concurrency 32, so a saturated
+client would show, and the rest of the machine's (a co-located Cassandra competes for
+the same cores).
 """
 
 from __future__ import annotations
@@ -130,7 +132,6 @@ def _serve(*extra: str) -> Callable[[int, Path], list[str]]:
     return command
 
 
-# In running order: the ceiling just before canopy, whose get_message is compared with it.
 SYSTEMS = (
     System("ceiling", ("get_message",), lambda port, _: [sys.executable, "-m", "bench.ceiling",
                                                           "--port", str(port)], uses_store=False),
@@ -398,36 +399,69 @@ class Measurement:
                 "rps": round(self.rps, 1)}  # fmt: skip
 
 
-async def measure(
-    started: Node, op: str, batch: list[bytes], budget: Budget, system: str, store: str
-) -> Measurement:
+@dataclass(frozen=True)
+class Target:
+    """One server and the requests it gets for the op being measured."""
+
+    node: Node
+    system: str
+    batch: list[bytes]
+
+
+async def measure(targets: list[Target], op: str, budget: Budget, store: str) -> list[Measurement]:
+    """Measure `op` on each target. At concurrency 32 their slices alternate (A B A B A B)
+    and each reports its median slice: a drift in the machine's speed, or a burst of
+    background work (Cassandra compacting on the same cores), hits both and moves less.
+    """
     kind = KIND[op]
-    port = started.port
-    warm = await run(
-        port, batch, connections=8, count=budget.warm[kind], seconds=budget.warm_seconds
-    )
-    one = await run(port, batch, count=budget.sequential[kind], seconds=budget.sequential_seconds)
-    # Concurrency 32 in three slices, the median slice's rps reported: one burst of
-    # background work (Cassandra compacting on the same machine) moves it less.
-    server, machine = cpu_seconds(started.process.pid), machine_cpu_seconds()
-    slices = [
-        await run(
-            port, batch, connections=CONCURRENCY, count=budget.concurrent[kind] // SLICES,
-            seconds=budget.concurrent_seconds / SLICES,
+    phases: list[list[Result]] = []
+    for target in targets:
+        port, batch = target.node.port, target.batch
+        warm = await run(
+            port, batch, connections=8, count=budget.warm[kind], seconds=budget.warm_seconds
         )
-        for _ in range(SLICES)
-    ]  # fmt: skip
-    elapsed = sum(r.elapsed for r in slices)
-    server = cpu_seconds(started.process.pid) - server
-    client = sum(r.cpu for r in slices)
-    other = machine_cpu_seconds() - machine - server - client
-    errors: list[Result] = [r for r in (warm, one, *slices) if r.errors]
-    return Measurement(
-        op, system, store, one.percentile_ms(50), one.percentile_ms(99),
-        statistics.median(r.rps for r in slices), one.count, sum(r.count for r in slices),
-        client / elapsed, server / elapsed, max(0.0, other / elapsed),
-        sum(r.errors for r in errors), errors[0].first_error if errors else "",
-    )  # fmt: skip
+        one = await run(
+            port, batch, count=budget.sequential[kind], seconds=budget.sequential_seconds
+        )
+        phases.append([warm, one])
+    slices: list[list[Result]] = [[] for _ in targets]
+    server = [0.0] * len(targets)
+    other = [0.0] * len(targets)
+    for _ in range(SLICES):
+        for i, target in enumerate(targets):
+            pid = target.node.process.pid
+            server_before, machine_before = cpu_seconds(pid), machine_cpu_seconds()
+            result = await run(
+                target.node.port, target.batch, connections=CONCURRENCY,
+                count=budget.concurrent[kind] // SLICES, seconds=budget.concurrent_seconds / SLICES,
+            )  # fmt: skip
+            used = cpu_seconds(pid) - server_before
+            server[i] += used
+            other[i] += machine_cpu_seconds() - machine_before - used - result.cpu
+            slices[i].append(result)
+    measured = []
+    for i, target in enumerate(targets):
+        warm, one = phases[i]
+        elapsed = sum(r.elapsed for r in slices[i])
+        failed = [r for r in (warm, one, *slices[i]) if r.errors]
+        measured.append(
+            Measurement(
+                op,
+                target.system,
+                store,
+                one.percentile_ms(50),
+                one.percentile_ms(99),
+                statistics.median(r.rps for r in slices[i]),
+                one.count,
+                sum(r.count for r in slices[i]),
+                sum(r.cpu for r in slices[i]) / elapsed,
+                server[i] / elapsed,
+                max(0.0, other[i] / elapsed),
+                sum(r.errors for r in failed),
+                failed[0].first_error if failed else "",
+            )  # fmt: skip
+        )
+    return measured
 
 
 @dataclass
@@ -436,11 +470,14 @@ class Plan:
     stores: list[Store]
     systems: list[System]
     server_cpus: set[int] | None
+    ops: tuple[str, ...] = OPS
     keyspaces: list[str] = field(default_factory=list)
     results: list[Measurement] = field(default_factory=list)
 
 
-async def run_system(plan: Plan, store: Store, system: System) -> None:
+@contextlib.contextmanager
+def start(plan: Plan, store: Store, system: System) -> Iterator[Node]:
+    """A fresh node of `system` on `store` (its own data directory or keyspace)."""
     keyspace = f"canopy_bench_{os.getpid()}_{system.name}"
     if store.name == "cassandra" and system.uses_store:
         plan.keyspaces.append(keyspace)
@@ -453,27 +490,52 @@ async def run_system(plan: Plan, store: Store, system: System) -> None:
             command += store.flags(system.name, keyspace)
         with node(command, port, Path(data) / "node.log", plan.server_cpus) as started:
             try:
-                await run_ops(plan, store, system, started)
+                yield started
             except BaseException:
                 log(f"{system.name} failed; the last lines of its log:\n{started.tail()}")
                 raise
 
 
-async def run_ops(plan: Plan, store: Store, system: System, started: Node) -> None:
-    if system.uses_store:
-        began = time.perf_counter()
-        workload = await seed(started.port)
-        await check(started.port, workload)
-        log(f"{store.name} {system.name}: seeded in {time.perf_counter() - began:.1f} s")
-        await asyncio.sleep(0.5)  # let a write-behind node flush the seed before timing
-    else:
-        workload = CEILING_WORKLOAD
-    for op in system.ops:
-        batch = requests(op, workload, started.port)
-        result = await measure(started, op, batch, plan.budget, system.name, store.name)
+async def run_store(plan: Plan, store: Store) -> None:
+    """Every system on `store`. The ceiling stays up beside canopy (idle servers cost
+    nothing) so that their get_message slices can alternate."""
+    ceiling = next((s for s in plan.systems if s.name == "ceiling"), None)
+    others = [s for s in plan.systems if s is not ceiling]
+    with contextlib.ExitStack() as stack:
+        beside = stack.enter_context(start(plan, store, ceiling)) if ceiling else None
+        for system in others:
+            with start(plan, store, system) as started:
+                await run_ops(plan, store, system, started, beside)
+                if system.name == "canopy":
+                    beside = None  # measured with canopy
+        if beside is not None and "get_message" in plan.ops:
+            await record(plan, store, [Target(beside, "ceiling", ceiling_requests(beside))])
+
+
+def ceiling_requests(ceiling: Node) -> list[bytes]:
+    return requests("get_message", CEILING_WORKLOAD, ceiling.port)
+
+
+async def run_ops(
+    plan: Plan, store: Store, system: System, started: Node, ceiling: Node | None
+) -> None:
+    began = time.perf_counter()
+    workload = await seed(started.port)
+    await check(started.port, workload)
+    log(f"{store.name} {system.name}: seeded in {time.perf_counter() - began:.1f} s")
+    await asyncio.sleep(0.5)  # let a write-behind node flush the seed before timing
+    for op in (op for op in system.ops if op in plan.ops):
+        targets = [Target(started, system.name, requests(op, workload, started.port))]
+        if op == "get_message" and system.name == "canopy" and ceiling is not None:
+            targets.append(Target(ceiling, "ceiling", ceiling_requests(ceiling)))
+        await record(plan, store, targets, op)
+
+
+async def record(plan: Plan, store: Store, targets: list[Target], op: str = "get_message") -> None:
+    for result in await measure(targets, op, plan.budget, store.name):
         plan.results.append(result)
         log(
-            f"{store.name} {system.name} {op}: p50 {result.p50_ms:.3f} ms, "
+            f"{store.name} {result.system} {op}: p50 {result.p50_ms:.3f} ms, "
             f"p99 {result.p99_ms:.3f} ms, {result.rps:,.0f} rps"
             + (f", {result.errors} ERRORS ({result.first_error})" if result.errors else "")
         )
@@ -570,6 +632,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--stores", default="auto", help="sqlite,cassandra (default: auto)")
     parser.add_argument("--systems", default=",".join(ORDER))
+    parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     return parser.parse_args(argv)
 
@@ -601,21 +664,21 @@ def placement(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
 async def main_async(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     load = os.getloadavg()[0]
-    if load > 0.5:
+    if load > 1.0:
         log(f"the machine is busy (load average {load:.1f}): expect noisy figures")
     stores, systems = choose(args)
     server_cpus, client_cpus = placement(args.no_pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
     budget = Budget.default(args.quick)
-    plan = Plan(budget, stores, systems, server_cpus)
+    ops = tuple(op for op in OPS if op in args.ops.split(","))
+    plan = Plan(budget, stores, systems, server_cpus, ops)
     redis_used = any(s.redis for s in stores)
     if redis_used:
         flush_redis()
     try:
         for store in stores:
-            for system in systems:
-                await run_system(plan, store, system)
+            await run_store(plan, store)
     finally:
         drop_keyspaces(plan.keyspaces)
         if redis_used:

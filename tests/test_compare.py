@@ -92,3 +92,38 @@ def test_a_server_that_never_starts_is_reported(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
     with pytest.raises(RuntimeError, match="boom"), node(command, 1, tmp_path / "x.log", None):
         pass
+
+
+def feed(connection: Connection, data: bytes, chunk: int) -> None:
+    """Deliver `data` as the event loop would, `chunk` bytes per read."""
+    for at in range(0, len(data), chunk):
+        piece = data[at : at + chunk]
+        connection.get_buffer(len(piece))[: len(piece)] = piece
+        connection.buffer_updated(len(piece))
+
+
+def response(status: int, body: bytes) -> bytes:
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    return head.encode() + b"\r\nServer: t\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 100_000])
+@pytest.mark.parametrize("keep", [False, True])
+def test_responses_split_or_joined_anyhow_are_parsed(chunk: int, keep: bool) -> None:
+    answers: list[tuple[int, bytes]] = []
+    connection = Connection()
+    connection.keep_bodies = keep
+    connection.on_response = lambda _, status, body: answers.append((status, body))
+    big = b"x" * 70_000
+    stream = response(200, b"{}") + response(200, b"") + response(200, big) + response(404, b"no")
+    feed(connection, stream, chunk)
+    expected = [(200, b"{}"), (200, b""), (200, big)] if keep else [(200, b"")] * 3
+    assert answers == [*expected, (404, b"no")]  # error bodies are always kept
+
+
+def test_bodies_larger_than_the_buffer_are_counted_off() -> None:
+    answers: list[tuple[int, bytes]] = []
+    connection = Connection()
+    connection.on_response = lambda _, status, body: answers.append((status, body))
+    feed(connection, response(200, b"y" * (3 * Connection.BUFFER + 5)) * 2, Connection.BUFFER)
+    assert answers == [(200, b""), (200, b"")]
