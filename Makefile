@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-save bench-check loadtest services services-stop clean
+.PHONY: install run test lint bench bench-save bench-check compare scale loadtest services services-stop clean
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ bench: install
 # The regression suite: compare with the committed baseline, fail past +25% on a median.
 bench-check: install
 	$(BENCH) --benchmark-compare=0001 --benchmark-compare-fail=median:25%
+
+# Canopy vs --cache off vs a bare aiohttp ceiling, one workload, sqlite (+ Cassandra if up).
+compare: install
+	$(BIN)/python -m bench.compare --json bench/results/compare.json
+
+# Memory and latency at 10^3..10^6 hot messages on a real node.
+scale: install
+	$(BIN)/python -m bench.scale --json bench/results/scale.json
 
 # A chat frontend's day, headless and bounded (32 users, 30 s): bench/results/.
 loadtest: install

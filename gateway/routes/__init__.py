@@ -8,5 +8,6 @@ from gateway.routes import branches, conversations, forks, health, messages, sha
 
 
 def add_routes(app: web.Application) -> None:
-    for module in (health, conversations, messages, branches, forks, shares):
+    # aiohttp tries a prefix's patterns in registration order: the hottest go first.
+    for module in (messages, conversations, branches, forks, shares, health):
         app.router.add_routes(module.routes)
