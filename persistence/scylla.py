@@ -77,6 +77,7 @@ class ScyllaConfig:
     replication: str = "SimpleStrategy:1"  # or "NetworkTopologyStrategy:dc1=3,dc2=3"
     consistency: str = "LOCAL_QUORUM"
     batch_size: int = 100
+    max_in_flight: int = 128  # requests per store; past the driver's limit it refuses them
     connect_timeout: float = 10.0
     request_timeout: float = 5.0
 
@@ -139,6 +140,7 @@ class ScyllaStore:
         self._cluster: Cluster | None = None
         self._session: Session | None = None
         self._prepared: dict[str, PreparedStatement] = {}
+        self._in_flight = asyncio.Semaphore(config.max_in_flight)
 
     async def __aenter__(self) -> ScyllaStore:
         loop = asyncio.get_running_loop()
@@ -374,6 +376,10 @@ class ScyllaStore:
         return await self._execute((await self._statement(cql)).bind(params))
 
     async def _execute(self, statement: Any) -> list[Any]:
+        async with self._in_flight:
+            return await self._execute_now(statement)
+
+    async def _execute_now(self, statement: Any) -> list[Any]:
         if self._session is None:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
