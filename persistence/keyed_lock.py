@@ -16,6 +16,11 @@ class KeyedLock:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def users(self, key: str) -> int:
+        """How many hold or await the key's lock."""
+        entry = self._entries.get(key)
+        return entry[1][0] if entry is not None else 0
+
     @asynccontextmanager
     async def __call__(self, key: str) -> AsyncIterator[None]:
         entry = self._entries.get(key)

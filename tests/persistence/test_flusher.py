@@ -243,7 +243,7 @@ async def test_flush_and_cycle_never_write_one_conversation_at_once(env: Env, ro
     await until(lambda: len(env.store.attempts) == 1)
     await env.mutate("c1", 2, title="second")
     cycle = asyncio.ensure_future(env.flusher.flush_all())
-    await until(lambda: env.flusher._locks["c1"][1] == 2)  # the cycle queued behind the flush
+    await until(lambda: env.flusher._exclusive.users("c1") == 2)  # the cycle queued behind
     assert env.store.attempts == ["c1"]
     env.store.gate.set()
     await flushing
