@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from engine.actor import ConversationActor, NewMessage
+from engine.actor import ConversationActor, NewConversation, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
@@ -43,7 +43,7 @@ async def run(kind: str, conversations: int, messages: int, interval: float) -> 
             Registry(store, journal, flusher, RegistryConfig()) as registry,
         ):
             actors = [
-                await registry.create(title="b", created_by="bench") for _ in range(conversations)
+                await registry.create(NewConversation("b", "bench")) for _ in range(conversations)
             ]
 
             async def writer(actor: ConversationActor) -> None:

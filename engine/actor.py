@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from engine.conversation import ConversationState
+from msgspec.structs import replace
+
+from engine.conversation import ConversationState, root_content
 from engine.errors import InvalidInput, NotFound, Unavailable
 from persistence.flusher import Backpressure, Flusher
 from persistence.journal import Journal, JournalError
@@ -25,6 +27,7 @@ from persistence.records import (
     BranchDeleted,
     BranchSet,
     Conversation,
+    Created,
     Deleted,
     Event,
     Message,
@@ -60,6 +63,44 @@ class NewMessage:
     content_metadata: dict[str, str]
     created_by: str
     branch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NewConversation:
+    """What a client asks to create: a conversation, or a fork with the messages it copies."""
+
+    title: str
+    created_by: str
+    description: str | None = None
+    is_public: bool = False
+    fork_from: tuple[str, str | None] | None = None  # (conversation, message or None)
+    copied: Sequence[Message] = ()
+
+    def created(self) -> Created:
+        """The creation event: a new row, its root message, the copies re-numbered."""
+        at = now()
+        conversation_id, root_id = new_id(), new_id()
+        meta = Conversation(
+            conversation_id=conversation_id,
+            root_id=root_id,
+            title=self.title,
+            description=self.description,
+            created_at=at,
+            created_by=self.created_by,
+            updated_at=at,
+            is_public=self.is_public,
+            fork_from_conversation_id=self.fork_from[0] if self.fork_from else None,
+            fork_from_message_id=self.fork_from[1] if self.fork_from else None,
+            message_count=1 + len(self.copied),
+            version=1,
+        )
+        root = Message(root_id, None, "root", root_content(meta), {}, at, self.created_by, 1, 0)
+        # Copies get their own seq; the old root's children hang on the new root.
+        messages = [root] + [
+            replace(node, parent_id=root_id if node.depth == 2 else node.parent_id, seq=seq)
+            for seq, node in enumerate(self.copied, start=1)
+        ]
+        return Created(meta, messages)
 
 
 class Passivated(Exception):

@@ -12,26 +12,23 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
-
-from msgspec.structs import replace
 
 from engine.actor import (
     ActorConfig,
     ConversationActor,
+    NewConversation,
     NewMessage,
     Passivated,
     commit,
-    new_id,
-    now,
 )
-from engine.conversation import ConversationState, root_content
+from engine.conversation import ConversationState
 from engine.errors import CanopyError, NotFound, Unavailable
 from persistence.flusher import Flusher
 from persistence.journal import Journal, JournalError
-from persistence.records import Conversation, Created, Message, Record, decode_record
+from persistence.records import Created, Message, Record, decode_record
 from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -168,25 +165,9 @@ class Registry:
 
     # -- creation --------------------------------------------------------------------------
 
-    async def create(
-        self,
-        *,
-        title: str,
-        created_by: str,
-        description: str | None = None,
-        is_public: bool = False,
-        fork_from: tuple[str, str | None] | None = None,
-        copied: Sequence[Message] = (),
-    ) -> ConversationActor:
+    async def create(self, new: NewConversation) -> ConversationActor:
         """Create a conversation with its root message (and a fork's copied messages)."""
-        event = created_event(
-            title=title,
-            created_by=created_by,
-            description=description,
-            is_public=is_public,
-            fork_from=fork_from,
-            copied=copied,
-        )
+        event = new.created()
         conversation_id = event.conversation.conversation_id
         try:
             await self._journal.acquire(conversation_id)
@@ -346,38 +327,3 @@ class Registry:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def created_event(
-    *,
-    title: str,
-    created_by: str,
-    description: str | None = None,
-    is_public: bool = False,
-    fork_from: tuple[str, str | None] | None = None,
-    copied: Sequence[Message] = (),
-) -> Created:
-    """A new conversation: its row, its root message, and a fork's copied messages."""
-    at = now()
-    conversation_id, root_id = new_id(), new_id()
-    meta = Conversation(
-        conversation_id=conversation_id,
-        root_id=root_id,
-        title=title,
-        description=description,
-        created_at=at,
-        created_by=created_by,
-        updated_at=at,
-        is_public=is_public,
-        fork_from_conversation_id=fork_from[0] if fork_from else None,
-        fork_from_message_id=fork_from[1] if fork_from else None,
-        message_count=1 + len(copied),
-        version=1,
-    )
-    root = Message(root_id, None, "root", root_content(meta), {}, at, created_by, 1, 0)
-    # Copies get their own seq; the old root's children hang on the new root.
-    messages = [root] + [
-        replace(node, parent_id=root_id if node.depth == 2 else node.parent_id, seq=seq)
-        for seq, node in enumerate(copied, start=1)
-    ]
-    return Created(meta, messages)

@@ -7,10 +7,10 @@ does, so the two can be compared behind the same routes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
-from engine.actor import ConversationActor, NewMessage
+from engine.actor import ConversationActor, NewConversation, NewMessage
 from persistence.records import Message
 
 T = TypeVar("T")
@@ -31,16 +31,7 @@ class Conversations(Protocol):
         """Run one mutation on the conversation, serialized with its other mutations."""
         ...
 
-    async def create(
-        self,
-        *,
-        title: str,
-        created_by: str,
-        description: str | None = None,
-        is_public: bool = False,
-        fork_from: tuple[str, str | None] | None = None,
-        copied: Sequence[Message] = (),
-    ) -> ConversationActor: ...
+    async def create(self, new: NewConversation) -> ConversationActor: ...
 
     async def revision(self, conversation_id: str) -> int | None:
         """The conversation's version when served from memory (responses may be cached

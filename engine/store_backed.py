@@ -11,14 +11,13 @@ stays in memory between requests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from engine.actor import ActorConfig, ConversationActor, NewMessage, commit
+from engine.actor import ActorConfig, ConversationActor, NewConversation, NewMessage, commit
 from engine.conversation import ConversationState
 from engine.errors import InvalidInput, NotFound, Unavailable
-from engine.registry import created_event
 from persistence.flusher import Flusher
 from persistence.journal import NoJournal
 from persistence.keyed_lock import KeyedLock
@@ -55,24 +54,8 @@ class StoreBacked:
         async with self._serialized(conversation_id):
             return await operation(await self.get(conversation_id))
 
-    async def create(
-        self,
-        *,
-        title: str,
-        created_by: str,
-        description: str | None = None,
-        is_public: bool = False,
-        fork_from: tuple[str, str | None] | None = None,
-        copied: Sequence[Message] = (),
-    ) -> ConversationActor:
-        event = created_event(
-            title=title,
-            created_by=created_by,
-            description=description,
-            is_public=is_public,
-            fork_from=fork_from,
-            copied=copied,
-        )
+    async def create(self, new: NewConversation) -> ConversationActor:
+        event = new.created()
         created: list[ConversationState] = []
 
         def apply(changes: Changes) -> None:

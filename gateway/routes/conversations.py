@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from engine.actor import ConversationActor
+from engine.actor import ConversationActor, NewConversation
 from gateway.codec import cached_json_response, json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS
 from gateway.schemas import (
@@ -22,12 +22,8 @@ BASE = "/api/v1/conversations"
 @routes.post(BASE)
 async def create(request: web.Request) -> web.Response:
     body = await read_body(request, CreateConversation)
-    actor = await request.app[CONVERSATIONS].create(
-        title=body.title,
-        created_by=body.created_by,
-        description=body.description,
-        is_public=body.is_public,
-    )
+    new = NewConversation(body.title, body.created_by, body.description, body.is_public)
+    actor = await request.app[CONVERSATIONS].create(new)
     return json_response(conversation_out(actor.meta))
 
 

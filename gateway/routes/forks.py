@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engine.actor import NewConversation
 from gateway.codec import json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS
 from gateway.schemas import Fork, conversation_out
@@ -25,11 +26,13 @@ async def _fork(
         point = source.message(path_id(request, "message_id")).message_id
     copied = source.fork_source(point)
     forked = await registry.create(
-        title=body.title,
-        created_by=body.created_by,
-        description=f"Forked from conversation {source.id}",
-        fork_from=(source.id, point),
-        copied=copied,
+        NewConversation(
+            title=body.title,
+            created_by=body.created_by,
+            description=f"Forked from conversation {source.id}",
+            fork_from=(source.id, point),
+            copied=copied,
+        )
     )
     return json_response(conversation_out(forked.meta))
 

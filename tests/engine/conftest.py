@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.actor import ActorConfig, ConversationActor, Durability, NewMessage
+from engine.actor import ActorConfig, ConversationActor, Durability, NewConversation, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
@@ -47,7 +47,7 @@ class Engine:
     closed: bool = False
 
     async def conversation(self, title: str = "chat", owner: str = "alice") -> ConversationActor:
-        return await self.registry.create(title=title, created_by=owner)
+        return await self.registry.create(NewConversation(title, owner))
 
     async def say(
         self,
