@@ -1,13 +1,29 @@
-"""HTTP routes, one module per resource of seed 000's API."""
+"""HTTP routes, one module per resource of seed 000's API.
+
+The conversation API resolves through one segment trie (gateway.router); the few
+routes outside it have literal prefixes of their own, which aiohttp's index finds
+directly.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.router import SegmentRouter
 from gateway.routes import branches, conversations, forks, health, messages, shares
+
+CONVERSATIONS = "/api/v1/conversations"
 
 
 def add_routes(app: web.Application) -> None:
-    # aiohttp tries a prefix's patterns in registration order: the hottest go first.
+    api = SegmentRouter(CONVERSATIONS)
     for module in (messages, conversations, branches, forks, shares, health):
-        app.router.add_routes(module.routes)
+        for route in module.routes:
+            assert isinstance(route, web.RouteDef), route
+            if route.path == CONVERSATIONS or route.path.startswith(CONVERSATIONS + "/"):
+                api.add(route.method, route.path, route.handler)
+                if route.method == "GET" and route.kwargs.get("allow_head", True):
+                    api.add("HEAD", route.path, route.handler)  # as aiohttp's add_get does
+            else:
+                app.router.add_route(route.method, route.path, route.handler)
+    app.router.register_resource(api)
