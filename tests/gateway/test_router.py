@@ -8,6 +8,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.typedefs import Handler
 
 from gateway.router import SegmentRouter
+from gateway.routes import add_routes, messages, shares
 
 
 def _named(name: str) -> Handler:
@@ -115,3 +116,19 @@ async def test_in_an_application_the_index_sends_only_the_prefix_here(
         match = await app.router.resolve(make_mocked_request("GET", path, app=app))
         assert match.handler.__name__ == handler
     assert len(router) == 7 and {route.method for route in router} == {"GET", "POST", "DELETE"}
+
+
+async def test_the_api_routes_resolve_as_registered_and_get_answers_head() -> None:
+    app = web.Application()
+    add_routes(app)
+    app.freeze()
+    cid, mid = "c1", "m1"
+    cases = [
+        ("GET", f"/api/v1/conversations/{cid}/messages/{mid}", messages.get),
+        ("HEAD", f"/api/v1/conversations/{cid}/messages/{mid}", messages.get),
+        ("POST", f"/api/v1/conversations/{cid}/messages", messages.create),
+        ("GET", "/api/v1/users/alice/conversations", shares.user_conversations),
+    ]
+    for method, path, handler in cases:
+        match = await app.router.resolve(make_mocked_request(method, path, app=app))
+        assert match.handler is handler, (method, path)
