@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from bench.scale import CHAIN, PER_CONVERSATION, TEXT_CHARS, conversation, texts
+from bench.scale import CHAIN, PER_CONVERSATION, TEXT_CHARS, conversation, percentiles, texts
 from engine.tree import MessageTree
 from persistence.records import Message
 
@@ -77,7 +77,7 @@ class Columns:
         self.seqs.append(node.seq)
         self.created.append(node.created_at.timestamp())
         content = node.content
-        if content.startswith(_TEXT) and content.endswith(b"}") and content[22:23] == b'"':
+        if content.startswith(_TEXT + b'"') and content.endswith(b"}"):  # a JSON string follows
             content = content[len(_TEXT) : -1]
         self.contents.append(content)
 
@@ -133,8 +133,7 @@ def median_us(call: Any, repeat: int = 2000) -> float:
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
-    times.sort()
-    return times[len(times) // 2] * 1e6
+    return percentiles(times)[0] * 1e6
 
 
 def measure(layout: str, messages: int) -> dict[str, object]:

@@ -41,10 +41,14 @@ class SegmentRouter(web.AbstractResource):
         self._root = _Segment()  # the prefix itself
         self._routes: list[ResourceRoute] = []
 
+    def covers(self, path: str) -> bool:
+        """Whether `path` is the prefix or below it: the paths aiohttp's index sends here."""
+        return path == self._prefix or path.startswith(self._prefix + "/")
+
     def add(self, method: str, pattern: str, handler: Any) -> ResourceRoute:
         """Register `handler` for `method` on `pattern`, the prefix and then segments in
         which "{name}" is a parameter."""
-        if not pattern.startswith(self._prefix):
+        if not self.covers(pattern):
             raise ValueError(f"{pattern} is not under {self._prefix}")
         segment = self._root
         for part in pattern[len(self._prefix) :].split("/")[1:]:

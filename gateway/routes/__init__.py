@@ -20,7 +20,7 @@ def add_routes(app: web.Application) -> None:
     for module in (messages, conversations, branches, forks, shares, health):
         for route in module.routes:
             assert isinstance(route, web.RouteDef), route
-            if route.path == CONVERSATIONS or route.path.startswith(CONVERSATIONS + "/"):
+            if api.covers(route.path):
                 api.add(route.method, route.path, route.handler)
                 if route.method == "GET" and route.kwargs.get("allow_head", True):
                     api.add("HEAD", route.path, route.handler)  # as aiohttp's add_get does
