@@ -10,6 +10,12 @@ growth is the layout's alone:
 - `structs`: the same Structs (sharing equal values as the tree makes them) in a plain
   list, the tree's indexes dropped: the floor of any layout whose nodes are `Message`
   Structs.
+- `lean`: the leanest node a Struct layout can have whose reads still return nodes that
+  already exist: a `gc=False` Struct per message holding its id, parent, first child and
+  next sibling, text without its wrapper, a float timestamp and one small shared code
+  for role, author and status (no depth, seq or metadata), with one id -> node dict.
+  It cannot answer the wire (no depth, no datetime); it is the floor of the node model
+  DESIGN.md names, measured rather than argued.
 - `columns`: a prototype columnar layout, per conversation: an id -> row dict, the id
   strings, parent/first-child/next-sibling/kind/seq arrays, float timestamps, and
   text content without its `{"type":"text","text":...}` wrapper. Nodes are built
@@ -38,9 +44,64 @@ from bench.scale import CHAIN, PER_CONVERSATION, TEXT_CHARS, conversation, perce
 from engine.tree import MessageTree
 from persistence.records import Message
 
-LAYOUTS = ("tree", "structs", "columns")
+LAYOUTS = ("tree", "structs", "lean", "columns")
 _TEXT = b'{"type":"text","text":'
 _NO_METADATA: dict[str, str] = {}
+
+
+class LeanNode(msgspec.Struct, gc=False):
+    message_id: str
+    parent: LeanNode | None
+    first_child: LeanNode | None
+    next_sibling: LeanNode | None
+    content: bytes
+    created: float
+    kind: int  # index into Lean.kind_values: (role, created_by, status)
+
+
+class Lean:
+    """One conversation's messages as the leanest Structs; children newest first."""
+
+    kind_values: list[tuple[str, str, str]] = []
+    kind_codes: dict[tuple[str, str, str], int] = {}
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, LeanNode] = {}
+
+    def add(self, node: Message) -> None:
+        parent = None if node.parent_id is None else self.nodes[node.parent_id]
+        kind = (node.role, node.created_by, node.status)
+        code = self.kind_codes.setdefault(kind, len(self.kind_values))
+        if code == len(self.kind_values):
+            self.kind_values.append(kind)
+        lean = LeanNode(
+            node.message_id,
+            parent,
+            None,
+            None if parent is None else parent.first_child,
+            _unwrapped(node.content),
+            node.created_at.timestamp(),
+            code,
+        )
+        if parent is not None:
+            parent.first_child = lean
+        self.nodes[node.message_id] = lean
+
+    def lineage(self, message_id: str) -> list[LeanNode]:
+        path = []
+        node: LeanNode | None = self.nodes[message_id]
+        while node is not None:
+            path.append(node)
+            node = node.parent
+        path.reverse()
+        return path
+
+
+def _unwrapped(content: bytes) -> bytes:
+    """A text content's JSON string alone; any other content as it is."""
+    if content.startswith(_TEXT + b'"') and content.endswith(b"}"):  # a JSON string follows
+        return content[len(_TEXT) : -1]
+    return content
 
 
 class Columns:
@@ -76,10 +137,7 @@ class Columns:
         self.kinds.append(code)
         self.seqs.append(node.seq)
         self.created.append(node.created_at.timestamp())
-        content = node.content
-        if content.startswith(_TEXT + b'"') and content.endswith(b"}"):  # a JSON string follows
-            content = content[len(_TEXT) : -1]
-        self.contents.append(content)
+        self.contents.append(_unwrapped(node.content))
 
     def path(self, message_id: str) -> list[int]:
         parents = self.parents
@@ -150,7 +208,11 @@ def measure(layout: str, messages: int) -> dict[str, object]:
     before = rss()
     for blob in encoded:
         nodes = _decode(blob)
-        if layout != "columns":
+        if layout == "lean":
+            last = Lean()
+            for node in nodes:
+                last.add(node)
+        elif layout != "columns":
             last = MessageTree(nodes[0])  # the nodes share equal values from here on
             for node in nodes[1:]:
                 last.add(node)
@@ -167,7 +229,7 @@ def measure(layout: str, messages: int) -> dict[str, object]:
         "messages": messages,
         "bytes_per_message_beyond_text": round(grown / messages - TEXT_CHARS, 1),
     }
-    if isinstance(last, MessageTree):
+    if isinstance(last, MessageTree | Lean):
         row["lineage_100_us"] = round(median_us(lambda: last.lineage(tip_id)), 1)
     elif isinstance(last, Columns):
         row["lineage_100_walk_us"] = round(median_us(lambda: last.path(tip_id)), 1)

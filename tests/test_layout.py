@@ -1,4 +1,4 @@
-"""bench.layout's columnar prototype answers what the tree answers, so its timings count."""
+"""bench.layout's prototypes answer what the tree answers, so their timings count."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import msgspec
 
-from bench.layout import Columns
+from bench.layout import Columns, Lean
 from bench.scale import conversation, texts
 from engine.tree import MessageTree
 from persistence.records import Message
@@ -25,3 +25,28 @@ def test_columns_rebuild_the_nodes_the_tree_holds() -> None:
     for message_id in (tip_id, nodes[0].message_id, nodes[5].message_id, nodes[-1].message_id):
         assert columns.lineage(message_id) == tree.lineage(message_id)
     assert len(columns.path(tip_id)) == 100
+
+
+def test_lean_nodes_walk_the_lineage_and_children_the_tree_holds() -> None:
+    _, nodes, tip_id = conversation(4, texts(random.Random(4)))
+    tree, lean = MessageTree(nodes[0]), Lean()
+    lean.add(nodes[0])
+    for node in nodes[1:]:
+        tree.add(node)
+        lean.add(node)
+    for message_id in (tip_id, nodes[0].message_id, nodes[-1].message_id):
+        walked = lean.lineage(message_id)
+        assert [n.message_id for n in walked] == [n.message_id for n in tree.lineage(message_id)]
+        assert [n.created for n in walked] == [
+            n.created_at.timestamp() for n in tree.lineage(message_id)
+        ]
+    for parent in (nodes[0], nodes[2]):
+        children, child = [], lean.nodes[parent.message_id].first_child
+        while child is not None:
+            children.append(child.message_id)
+            child = child.next_sibling
+        assert children[::-1] == [n.message_id for n in tree.children(parent.message_id)]
+    text = lean.nodes[tip_id].content  # the text alone, still a JSON string
+    assert msgspec.json.decode(b'{"type":"text","text":' + text + b"}") == msgspec.json.decode(
+        tree.get(tip_id).content
+    )
