@@ -329,7 +329,7 @@ async def commit(
                 await journal.append(conversation_id, seq, payload)
             except JournalError as exc:
                 raise Unavailable(f"journal unavailable: {exc}") from None
-        apply(flusher.changes(conversation_id))
+        flusher.record(conversation_id, apply)
     if durability == "store":
         try:
             await flusher.flush(conversation_id)

@@ -261,15 +261,26 @@ class Registry:
 
     def _replay(self, record: Record) -> None:
         """Apply a journal record unless the conversation already reflects it."""
-        changes = self._flusher.changes(record.conversation_id)
         actor = self._hot.get(record.conversation_id)
         if actor is None:
-            assert isinstance(record.event, Created)
-            state = ConversationState.from_created(record.seq, record.event, changes)
-            self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
+            event = record.event
+            assert isinstance(event, Created)
+
+            def admit(changes: Changes) -> None:
+                state = ConversationState.from_created(record.seq, event, changes)
+                self._admit(
+                    ConversationActor(state, self._journal, self._flusher, self._config.actor)
+                )
+
+            self._flusher.record(record.conversation_id, admit)
         elif record.seq > actor.state.version and not actor.meta.deleted:
             before = len(actor)
-            actor.state.apply(record.seq, record.event, changes)
+            state = actor.state
+
+            def apply(changes: Changes) -> None:
+                state.apply(record.seq, record.event, changes)
+
+            self._flusher.record(record.conversation_id, apply)
             actor.resync()
             self._hot_messages += len(actor) - before
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -52,6 +52,9 @@ class Flusher:
         self._config = config
         self._dirty: dict[str, Changes] = {}
         self._writing: dict[str, Changes] = {}
+        # The nbytes of every Changes in both sets, kept as they grow and are written:
+        # every mutation checks it, so summing the sets there would cost O(dirty).
+        self._unflushed = 0
         self._exclusive = KeyedLock()  # one writer per conversation
         self._generation = 0
         self._inflight: defaultdict[int, int] = defaultdict(int)
@@ -93,13 +96,18 @@ class Flusher:
                 del self._inflight[generation]
                 asyncio.get_running_loop().create_task(self._notify_settled())
 
-    def changes(self, conversation_id: str) -> Changes:
-        """The dirty changes of a conversation, created empty on first use; wakes the flusher."""
+    def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
+        """Let `apply` record what a mutation changed in the conversation's dirty changes
+        (created empty on first use, which wakes the flusher)."""
         found = self._dirty.get(conversation_id)
         if found is None:
             found = self._dirty[conversation_id] = Changes()
             self._wake.set()
-        return found
+        before = found.nbytes
+        try:
+            apply(found)
+        finally:
+            self._unflushed += found.nbytes - before
 
     def check_capacity(self) -> None:
         if self.unflushed_bytes > self._config.max_unflushed_bytes:
@@ -107,9 +115,7 @@ class Flusher:
 
     @property
     def unflushed_bytes(self) -> int:
-        return sum(c.nbytes for c in self._dirty.values()) + sum(
-            c.nbytes for c in self._writing.values()
-        )
+        return self._unflushed
 
     def pending(self) -> Iterator[tuple[str, Changes]]:
         """Unflushed changes, older before newer for each conversation (read-your-writes)."""
@@ -135,6 +141,7 @@ class Flusher:
                 raise
             finally:
                 del self._writing[conversation_id]
+            self._unflushed -= changes.nbytes
             self.batches_written += 1
             self.messages_written += len(changes.messages)
 

@@ -78,7 +78,8 @@ class Env:
         with self.flusher.mutation():
             await self.journal.append(cid, seq, self.record(cid, seq))
             conversation = self.rows.conversation(cid, version=seq, title=title)
-            self.flusher.changes(cid).absorb(self.rows.changes(conversation, messages))
+            changes = self.rows.changes(conversation, messages)
+            self.flusher.record(cid, lambda dirty: dirty.absorb(changes))
 
     @staticmethod
     def record(cid: str, seq: int) -> bytes:
@@ -231,6 +232,32 @@ async def test_failed_batch_merged_back_under_newer_changes(env: Env, rows: Rows
     assert loaded.conversation == rows.conversation("c1", version=2, title="B")
     assert loaded.messages == [first, newer, only_in_a]
     assert env.store.written == [("c1", 2)]
+
+
+async def test_unflushed_bytes_follow_mutations_failures_and_merge_back(
+    env: Env, rows: Rows
+) -> None:
+    first = root(rows)
+    await env.mutate(
+        "c1", 1, messages=(first, rows.message("a", first.message_id, 1, content=b"A" * 40))
+    )
+    await env.mutate("c2", 1, messages=(root(rows, "c2"),))
+    expected = 40 + len(first.content) + len(root(rows, "c2").content)
+    assert env.flusher.unflushed_bytes == expected
+    env.store.gate.clear()
+    env.store.fail_next = 1
+    failing = asyncio.ensure_future(env.flusher.flush("c1"))
+    await until(lambda: env.store.attempts == ["c1"])
+    await env.mutate("c1", 2, messages=(rows.message("b", first.message_id, 2, content=b"B" * 7),))
+    assert env.flusher.unflushed_bytes == expected + 7  # the batch being written still counts
+    env.store.gate.set()
+    with pytest.raises(StoreError):
+        await failing
+    assert env.flusher.unflushed_bytes == expected + 7  # merged back, counted once
+    await env.flusher.flush("c2")
+    assert env.flusher.unflushed_bytes == 47 + len(first.content)
+    assert await env.flusher.flush_all()
+    assert env.flusher.unflushed_bytes == 0
 
 
 # -- one writer per conversation -----------------------------------------------------------------
