@@ -1,13 +1,15 @@
-"""Redis-journal specifics: epoch fencing between two owners of one conversation."""
+"""Redis-journal specifics: epoch fencing between two owners, scripts Redis forgot."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import redis
 
 from persistence.journal_redis import Fenced
 from tests.backends import redis_journal
+from tests.services import REDIS_URL
 
 
 async def test_a_node_that_lost_ownership_cannot_append(tmp_path: Path) -> None:
@@ -26,3 +28,24 @@ async def test_appending_without_acquiring_is_refused(tmp_path: Path) -> None:
         with pytest.raises(Fenced):
             await journal.append("c9", 1, b"x")
         assert await journal.tail("c9", 0) == []
+
+
+async def test_appends_and_trims_survive_redis_forgetting_its_scripts(tmp_path: Path) -> None:
+    """A Redis restart or SCRIPT FLUSH drops cached scripts: they are loaded again, and a
+    record whose script never ran is sent again, once, in its place in the order."""
+    async with redis_journal(tmp_path) as journal, redis_journal(tmp_path) as rival:
+        await journal.acquire("c1")
+        await journal.append("c1", 1, b"first")
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.script_flush()
+        second, third = journal.append("c1", 2, b"second"), journal.append("c1", 3, b"third")
+        await second
+        await third
+        assert await journal.tail("c1", 0) == [b"first", b"second", b"third"]
+        await rival.acquire("c1")  # fencing still holds on the reloaded script
+        with pytest.raises(Fenced):
+            await journal.append("c1", 4, b"stale")
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.script_flush()
+        await rival.trim(await rival.mark(), {"c1": 2})
+        assert await rival.tail("c1", 0) == [b"third"]
