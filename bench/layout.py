@@ -49,6 +49,21 @@ _TEXT = b'{"type":"text","text":'
 _NO_METADATA: dict[str, str] = {}
 
 
+class Kinds:
+    """Each distinct (role, created_by, status) once, numbered in order of first use."""
+
+    def __init__(self) -> None:
+        self.values: list[tuple[str, str, str]] = []
+        self._codes: dict[tuple[str, str, str], int] = {}
+
+    def code(self, node: Message) -> int:
+        kind = (node.role, node.created_by, node.status)
+        code = self._codes.setdefault(kind, len(self.values))
+        if code == len(self.values):
+            self.values.append(kind)
+        return code
+
+
 class LeanNode(msgspec.Struct, gc=False):
     message_id: str
     parent: LeanNode | None
@@ -56,24 +71,19 @@ class LeanNode(msgspec.Struct, gc=False):
     next_sibling: LeanNode | None
     content: bytes
     created: float
-    kind: int  # index into Lean.kind_values: (role, created_by, status)
+    kind: int  # in Lean.kinds
 
 
 class Lean:
     """One conversation's messages as the leanest Structs; children newest first."""
 
-    kind_values: list[tuple[str, str, str]] = []
-    kind_codes: dict[tuple[str, str, str], int] = {}
+    kinds = Kinds()  # one table for every conversation
 
     def __init__(self) -> None:
         self.nodes: dict[str, LeanNode] = {}
 
     def add(self, node: Message) -> None:
         parent = None if node.parent_id is None else self.nodes[node.parent_id]
-        kind = (node.role, node.created_by, node.status)
-        code = self.kind_codes.setdefault(kind, len(self.kind_values))
-        if code == len(self.kind_values):
-            self.kind_values.append(kind)
         lean = LeanNode(
             node.message_id,
             parent,
@@ -81,7 +91,7 @@ class Lean:
             None if parent is None else parent.first_child,
             _unwrapped(node.content),
             node.created_at.timestamp(),
-            code,
+            self.kinds.code(node),
         )
         if parent is not None:
             parent.first_child = lean
@@ -113,9 +123,8 @@ class Columns:
         self.parents = array.array("i")
         self.first_child = array.array("i")
         self.next_sibling = array.array("i")
-        self.kinds = array.array("I")  # index into kind_values: (role, created_by, status)
-        self.kind_values: list[tuple[str, str, str]] = []
-        self.kind_codes: dict[tuple[str, str, str], int] = {}
+        self.kinds = array.array("I")  # codes in kind_table
+        self.kind_table = Kinds()
         self.seqs = array.array("i")
         self.created = array.array("d")
         self.contents: list[bytes] = []
@@ -130,11 +139,7 @@ class Columns:
         self.next_sibling.append(-1 if parent < 0 else self.first_child[parent])
         if parent >= 0:
             self.first_child[parent] = row  # children are read back newest first
-        kind = (node.role, node.created_by, node.status)
-        code = self.kind_codes.setdefault(kind, len(self.kind_values))
-        if code == len(self.kind_values):
-            self.kind_values.append(kind)
-        self.kinds.append(code)
+        self.kinds.append(self.kind_table.code(node))
         self.seqs.append(node.seq)
         self.created.append(node.created_at.timestamp())
         self.contents.append(_unwrapped(node.content))
@@ -150,7 +155,7 @@ class Columns:
         return rows
 
     def lineage(self, message_id: str) -> list[Message]:
-        ids, parents, kinds, values = self.ids, self.parents, self.kinds, self.kind_values
+        ids, parents, kinds, values = self.ids, self.parents, self.kinds, self.kind_table.values
         fromtimestamp = datetime.fromtimestamp
         nodes = []
         for depth, row in enumerate(self.path(message_id), 1):
