@@ -147,21 +147,27 @@ class Registry:
             tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
-        state = ConversationState.from_snapshot(snapshot)
-        actor = self._admit(
-            ConversationActor(state, self._journal, self._flusher, self._config.actor)
-        )
+        actor = self._admit(ConversationState.from_snapshot(snapshot))
         for payload in tail:
             self._replay(decode_record(payload))
         self.activations += 1
         self._check_budget()
         return actor
 
-    def _admit(self, actor: ConversationActor) -> ConversationActor:
+    def _admit(self, state: ConversationState) -> ConversationActor:
+        actor = ConversationActor(state, self._journal, self._flusher, self._config.actor)
         self._hot[actor.id] = actor
         self._touched[actor.id] = time.monotonic()
         self._hot_messages += len(actor)
         return actor
+
+    def _admitting(self, seq: int, event: Created) -> Callable[[Changes], None]:
+        """What applies a creation event: admit the actor it makes."""
+
+        def admit(changes: Changes) -> None:
+            self._admit(ConversationState.from_created(seq, event, changes))
+
+        return admit
 
     # -- creation --------------------------------------------------------------------------
 
@@ -174,15 +180,11 @@ class Registry:
         except JournalError as exc:
             raise Unavailable(f"journal unavailable: {exc}") from None
 
-        def admit(changes: Changes) -> None:
-            state = ConversationState.from_created(1, event, changes)
-            self._admit(ConversationActor(state, self._journal, self._flusher, self._config.actor))
-
         # A creation waits for the journal even in `memory` mode: ids handed out must exist.
         durability = self._config.actor.durability
         await commit(
             self._journal, self._flusher, "journal" if durability == "memory" else durability,
-            conversation_id, 1, event, admit,
+            conversation_id, 1, event, self._admitting(1, event),
         )  # fmt: skip
         actor = self._hot[conversation_id]
         self._check_budget()
@@ -263,16 +265,8 @@ class Registry:
         """Apply a journal record unless the conversation already reflects it."""
         actor = self._hot.get(record.conversation_id)
         if actor is None:
-            event = record.event
-            assert isinstance(event, Created)
-
-            def admit(changes: Changes) -> None:
-                state = ConversationState.from_created(record.seq, event, changes)
-                self._admit(
-                    ConversationActor(state, self._journal, self._flusher, self._config.actor)
-                )
-
-            self._flusher.record(record.conversation_id, admit)
+            assert isinstance(record.event, Created)
+            self._flusher.record(record.conversation_id, self._admitting(record.seq, record.event))
         elif record.seq > actor.state.version and not actor.meta.deleted:
             before = len(actor)
             state = actor.state

@@ -53,19 +53,16 @@ def create_app(settings: Settings) -> web.Application:
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(open_store(settings))
-            if settings.cache == "off":  # the conventional design, for comparison
-                flusher = await stack.enter_async_context(
-                    Flusher(store, NoJournal(), settings.flusher())
-                )
-                conversations: Conversations = StoreBacked(
-                    store, flusher, settings.registry().actor
-                )
-            else:
-                journal = await stack.enter_async_context(open_journal(settings))
-                flusher = await stack.enter_async_context(
-                    Flusher(store, journal, settings.flusher())
-                )
-                conversations = Registry(store, journal, flusher, settings.registry())
+            cache_off = settings.cache == "off"  # the conventional design, for comparison
+            journal = await stack.enter_async_context(
+                NoJournal() if cache_off else open_journal(settings)
+            )
+            flusher = await stack.enter_async_context(Flusher(store, journal, settings.flusher()))
+            conversations: Conversations = (
+                StoreBacked(store, flusher, settings.registry().actor)
+                if cache_off
+                else Registry(store, journal, flusher, settings.registry())
+            )
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)
             yield

@@ -34,13 +34,13 @@ async def cached_json_response(
     """The response of a read that depends only on the conversation's state, encoded once
     per version of it (see gateway.response_cache); store-backed mode never caches."""
     revision = await request.app[CONVERSATIONS].revision(conversation_id)
-    cache = request.app[RESPONSES]
-    key = (request.path, revision or 0)
-    body = cache.get(key) if revision is not None else None
+    if revision is None:
+        return json_response(await build())
+    cache, key = request.app[RESPONSES], (request.path, revision)
+    body = cache.get(key)
     if body is None:
         body = _encoder.encode(await build())
-        if revision is not None:
-            cache.put(key, body)
+        cache.put(key, body)
     return web.Response(body=body, content_type="application/json")
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from engine.actor import ActorConfig, Durability
 from engine.registry import RegistryConfig
@@ -96,7 +96,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
 }
 
 _CHOICES = {
-    "durability": ("memory", "journal", "store"),
+    "durability": get_args(Durability),
     "cache": ("on", "off"),
     "store": ("sqlite", "scylla"),
     "journal": ("file", "redis"),

@@ -2,7 +2,7 @@
 
 `write -> journal -> ack -> dirty -> flusher -> Store batch -> journal trim`
 
-Actors record what each applied mutation changed in `changes(conversation_id)`;
+Actors record what each applied mutation changed through `record(conversation_id, apply)`;
 repeated updates of one row coalesce there. A cycle writes every dirty conversation
 as one batch (one partition), retries failures with backoff, and trims the journal
 only when everything the journal mark covers is stored. Writes to one conversation
@@ -85,7 +85,7 @@ class Flusher:
 
     @contextmanager
     def mutation(self) -> Iterator[None]:
-        """Bracket journal append + apply + `changes()` so a journal mark waits for them."""
+        """Bracket journal append + `record()` so a journal mark waits for them."""
         generation = self._generation
         self._inflight[generation] += 1
         try:

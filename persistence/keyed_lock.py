@@ -13,9 +13,6 @@ class KeyedLock:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # lock, [users]
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def users(self, key: str) -> int:
         """How many hold or await the key's lock."""
         entry = self._entries.get(key)

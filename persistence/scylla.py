@@ -232,17 +232,10 @@ class ScyllaStore:
         if changes.deleted:
             statements += [
                 (
-                    "DELETE FROM messages USING TIMESTAMP ? WHERE conversation_id = ?",
+                    f"DELETE FROM {table} USING TIMESTAMP ? WHERE conversation_id = ?",
                     (_erase(stamp), cid),
-                ),
-                (
-                    "DELETE FROM branches USING TIMESTAMP ? WHERE conversation_id = ?",
-                    (_erase(stamp), cid),
-                ),
-                (
-                    "DELETE FROM shares USING TIMESTAMP ? WHERE conversation_id = ?",
-                    (_erase(stamp), cid),
-                ),
+                )
+                for table in ("messages", "branches", "shares")
             ]
         else:
             statements += self._row_statements(cid, changes, _put(stamp))
