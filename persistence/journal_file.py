@@ -64,7 +64,9 @@ class FileJournal:
         self._recovered: list[int] = []  # segments present at start-up, oldest first
         self._open_fds: dict[int, int] = {}  # segment index -> fd, for the current and retired
         self._frames: list[bytes] = []
-        self._group: asyncio.Future[None] | None = None
+        # One future per appender, not one per group: an appender that stops waiting
+        # (cancelled) must not cancel its group-mates' acks or the writer.
+        self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._unsynced = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,10 +101,11 @@ class FileJournal:
 
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
         self._frames.append(frame(payload))
-        if self._group is None:
-            self._group = asyncio.get_running_loop().create_future()
+        if not self._waiters:
             self._wake.set()
-        return self._group
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     async def replay(self) -> list[bytes]:
         payloads: list[bytes] = []
@@ -157,8 +160,8 @@ class FileJournal:
         self._index = index
 
     async def _drain(self) -> None:
-        while self._group is not None:
-            await asyncio.shield(self._group)
+        while self._waiters:
+            await asyncio.wait([self._waiters[-1]])
 
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,9 +169,8 @@ class FileJournal:
             await self._wake.wait()
             self._wake.clear()
             while self._frames:
-                frames, group = self._frames, self._group
-                self._frames, self._group = [], None
-                assert group is not None
+                frames, waiters = self._frames, self._waiters
+                self._frames, self._waiters = [], []
                 try:
                     data = b"".join(frames)
                     view = memoryview(data)
@@ -179,10 +181,15 @@ class FileJournal:
                     else:
                         self._unsynced = True
                 except OSError as exc:
-                    group.set_exception(JournalError(f"journal write failed: {exc}"))
+                    failure = JournalError(f"journal write failed: {exc}")
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(failure)
                     continue
                 self.records_written += len(frames)
-                group.set_result(None)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def _syncer(self) -> None:
         loop = asyncio.get_running_loop()

@@ -111,7 +111,10 @@ class RedisJournal:
         self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]
     ) -> None:
         calls: list[Call] = []
+        sent: list[asyncio.Future[None]] = []  # in step with calls
         for conversation_id, seq, payload, future in batch:
+            if future.done():  # its appender stopped waiting before it was sent
+                continue
             epoch = self._epochs.get(conversation_id)
             if epoch is None:
                 future.set_exception(Fenced(f"conversation {conversation_id} is not acquired"))
@@ -122,6 +125,7 @@ class RedisJournal:
                 redis_keys.JOURNALED,
             ]
             calls.append((keys, [epoch, seq, payload, conversation_id]))
+            sent.append(future)
         try:
             results = await self._run(_APPEND, calls)
         except (RedisError, OSError) as exc:
@@ -129,8 +133,9 @@ class RedisJournal:
                 if not future.done():
                     future.set_exception(JournalError(f"redis unavailable: {exc}"))
             return
-        pending = [future for *_, future in batch if not future.done()]
-        for future, result in zip(pending, results, strict=True):
+        for future, result in zip(sent, results, strict=True):
+            if future.done():  # its appender stopped waiting meanwhile
+                continue
             if isinstance(result, ResponseError):
                 kind = Fenced if str(result).startswith("FENCED") else JournalError
                 future.set_exception(kind(str(result)))

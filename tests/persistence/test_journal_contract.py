@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import pytest
+
 from persistence.journal import Journal
 
 if TYPE_CHECKING:
@@ -113,3 +115,25 @@ async def test_fsync_always_mode_keeps_every_record(journals: Journals) -> None:
     await append_all(journal, range(1, 3), cid="c2")
     journal = await journals.reopen(journal, fsync="always")
     assert await journal.replay() == payloads(range(1, 21)) + payloads(range(1, 3), "c2")
+
+
+async def test_an_appender_that_stops_waiting_leaves_the_others_acknowledged(
+    journals: Journals,
+) -> None:
+    journal = await journals.open()
+    await journal.acquire("c1")
+
+    async def handler() -> None:
+        await journal.append("c1", 2, payload(2))
+
+    waiting = asyncio.ensure_future(handler())
+    # its request goes away once it waits on its ack, before the journal gets to write
+    asyncio.get_running_loop().call_soon(waiting.cancel)
+    first = journal.append("c1", 1, payload(1))
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await journal.append("c1", 3, payload(3))  # the journal still takes appends
+    journal = await journals.reopen(journal)
+    replayed = await journal.replay()  # record 2 may or may not have been written
+    assert [p for p in replayed if p != payload(2)] == [payload(1), payload(3)]
