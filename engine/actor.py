@@ -135,9 +135,10 @@ class ConversationActor:
         """Held by every mutation; passivation takes it to drop the actor between them."""
         return self._lock
 
-    def resync(self) -> None:
-        """Follow the state after a journal replay applied records to it directly."""
-        self._seq = max(self._seq, self.state.version)
+    def resync(self, last_seq: int = 0) -> None:
+        """Follow the state after a journal replay applied records to it directly; new
+        records are numbered past every seq the journal holds (`last_seq`)."""
+        self._seq = max(self._seq, self.state.version, last_seq)
 
     # -- reads: synchronous, from memory -------------------------------------------------
 
@@ -297,7 +298,8 @@ class ConversationActor:
         self._seq += 1
         seq = self._seq
         await commit(
-            self._journal, self._flusher, self._config.durability, self.id, seq, event,
+            self._journal, self._flusher, self._config.durability,
+            Record(self.id, seq, event, prev=self.state.version),
             lambda changes: self.state.apply(seq, event, changes),
         )  # fmt: skip
 
@@ -306,27 +308,26 @@ async def commit(
     journal: Journal,
     flusher: Flusher,
     durability: Durability,
-    conversation_id: str,
-    seq: int,
-    event: Event,
+    record: Record,
     apply: Callable[[Changes], None],
 ) -> None:
-    """Journal an event per the durability mode, `apply` it, and leave it dirty to flush.
+    """Journal a record per the durability mode, `apply` it, and leave it dirty to flush.
 
     Every mutation goes through here: the conversation's own and its creation.
     """
+    conversation_id = record.conversation_id
     try:
         flusher.check_capacity()
     except Backpressure as exc:
         raise Unavailable(str(exc), retry_after=exc.retry_after) from None
-    payload = encode_record(Record(conversation_id, seq, event))
+    payload = encode_record(record)
     with flusher.mutation():
         if durability == "memory":
-            appended = asyncio.ensure_future(journal.append(conversation_id, seq, payload))
+            appended = asyncio.ensure_future(journal.append(conversation_id, record.seq, payload))
             appended.add_done_callback(_log_failure)
         else:
             try:
-                await journal.append(conversation_id, seq, payload)
+                await journal.append(conversation_id, record.seq, payload)
             except JournalError as exc:
                 raise Unavailable(f"journal unavailable: {exc}") from None
         flusher.record(conversation_id, apply)

@@ -7,6 +7,8 @@ application also records what it changed into the flusher's `Changes`.
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 from msgspec.structs import replace
 
@@ -29,6 +31,8 @@ from persistence.records import (
 )
 from persistence.store import Changes
 
+log = logging.getLogger(__name__)
+
 _ROW_BYTES = 200  # rough size of a row besides its content, for the unflushed-bytes limit
 
 
@@ -44,8 +48,15 @@ class ConversationState:
     ) -> None:
         self.meta = meta
         self.tree = MessageTree(messages[0])  # the root comes first
-        for node in messages[1:]:
-            self.tree.add(node)
+        orphans = 0
+        for node in messages[1:]:  # in creation order: a parent comes before its children
+            if node.parent_id in self.tree and node.message_id not in self.tree:
+                self.tree.add(node)
+            else:
+                orphans += 1
+        if orphans:  # stored by a node before replay stopped at gaps; never served
+            log.error("conversation %s: %d stored messages without a parent skipped",
+                      meta.conversation_id, orphans)  # fmt: skip
         self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
         self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
 
@@ -69,6 +80,27 @@ class ConversationState:
     def members(self) -> frozenset[str]:
         """Users whose conversation listing shows this conversation."""
         return frozenset((self.meta.created_by, *self.shares))
+
+    def refuses(self, event: Event) -> str | None:
+        """Why a replayed event cannot apply to this state (live mutations are validated
+        before they are journaled, so only damage or a gap makes one inconsistent)."""
+        match event:
+            case Appended(message=node, branch_id=branch_id):
+                if node.parent_id not in self.tree:
+                    return f"the parent of message {node.message_id} is missing"
+                if node.message_id in self.tree:
+                    return f"message {node.message_id} exists already"
+                if branch_id is not None and branch_id not in self.branches:
+                    return f"branch {branch_id} is missing"
+            case BranchDeleted(branch_id=branch_id) if branch_id not in self.branches:
+                return f"branch {branch_id} is missing"
+            case ShareRevoked(shared_with=user) if user not in self.shares:
+                return f"no share with {user} to revoke"
+            case BranchSet(branch=branch) if branch.leaf_message_id not in self.tree:
+                return f"leaf {branch.leaf_message_id} is missing"
+            case Created():
+                return "the conversation exists already"
+        return None
 
     def apply(self, seq: int, event: Event, changes: Changes) -> None:
         """Apply one journaled event (already validated) and record what it changed."""

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from engine import replay
 from engine.actor import (
     ActorConfig,
     ConversationActor,
@@ -27,8 +28,8 @@ from engine.actor import (
 from engine.conversation import ConversationState
 from engine.errors import CanopyError, NotFound, Unavailable
 from persistence.flusher import Flusher
-from persistence.journal import Journal, JournalError
-from persistence.records import Created, Message, Record, decode_record
+from persistence.journal import Entry, Journal, JournalError
+from persistence.records import Created, Message, Record, Snapshot
 from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -135,24 +136,85 @@ class Registry:
         finally:
             del self._activating[conversation_id]
 
-    async def _load(self, conversation_id: str) -> ConversationActor:
+    async def _load(
+        self, conversation_id: str, replayed: list[replay.Replayed] | None = None
+    ) -> ConversationActor:
+        """Build the actor from the Store plus the journal records after its version
+        (`replayed` at recovery, else the journal's tail)."""
         passivating = self._passivating.get(conversation_id)
         if passivating is not None:
             await asyncio.shield(passivating)
         try:
             snapshot = await self._store.load(conversation_id)
-            if snapshot is None or snapshot.conversation.deleted:
+            if snapshot is not None and snapshot.conversation.deleted:
                 raise NotFound(f"conversation {conversation_id} not found")
             await self._journal.acquire(conversation_id)
-            tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
+            if replayed is None:
+                if snapshot is None:
+                    raise NotFound(f"conversation {conversation_id} not found")
+                tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
+                replayed = await self._decode(tail)
+            actor = await self._replay(conversation_id, snapshot, replayed)
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
-        actor = self._admit(ConversationState.from_snapshot(snapshot))
-        for payload in tail:
-            self._replay(decode_record(payload))
         self.activations += 1
         self._check_budget()
         return actor
+
+    async def _decode(self, entries: list[Entry]) -> list[replay.Replayed]:
+        """The entries that decode; the others are set aside (quarantined)."""
+        decoded, undecodable = replay.decode(entries)
+        for entry, reason in undecodable:
+            await self._journal.set_aside(entry, reason)
+        return decoded
+
+    async def _replay(
+        self, conversation_id: str, snapshot: Snapshot | None, replayed: list[replay.Replayed]
+    ) -> ConversationActor:
+        """Apply the acknowledged chain of `replayed` on top of `snapshot`; set aside what
+        cannot be applied (behind a gap, or inconsistent with the state)."""
+        plan = replay.plan(replayed, snapshot.conversation.version if snapshot else 0)
+        actor = self._admit(ConversationState.from_snapshot(snapshot)) if snapshot else None
+        for position, step in enumerate(plan.apply):
+            problem = self._apply_replayed(actor, step.record)
+            if problem is not None:
+                plan.stranded[:0] = plan.apply[position:]
+                break
+            actor = self._hot[conversation_id]
+        if plan.stranded:
+            version = actor.state.version if actor else 0
+            log.error("conversation %s: journal replay stopped at seq %d (%s); %d later "
+                      "records set aside", conversation_id, version,
+                      problem or "a record is missing", len(plan.stranded))  # fmt: skip
+            for step in plan.stranded:
+                await self._journal.set_aside(
+                    step.entry, f"{conversation_id}: after seq {version}, where replay stopped"
+                )
+        if actor is None:
+            raise NotFound(f"conversation {conversation_id} not found")
+        actor.resync(plan.last_seq)
+        return actor
+
+    def _apply_replayed(self, actor: ConversationActor | None, record: Record) -> str | None:
+        """Apply one replayed record; why it cannot be, if it cannot (nothing changed then)."""
+        event = record.event
+        if actor is None:
+            if not isinstance(event, Created):
+                return "the conversation's creation is missing"
+            self._flusher.record(record.conversation_id, self._admitting(record.seq, event))
+            return None
+        problem = actor.state.refuses(event)
+        if problem is not None:
+            return problem
+        before = len(actor)
+        state = actor.state
+
+        def apply(changes: Changes) -> None:
+            state.apply(record.seq, event, changes)
+
+        self._flusher.record(record.conversation_id, apply)
+        self._hot_messages += len(actor) - before
+        return None
 
     def _admit(self, state: ConversationState) -> ConversationActor:
         actor = ConversationActor(state, self._journal, self._flusher, self._config.actor)
@@ -184,7 +246,7 @@ class Registry:
         durability = self._config.actor.durability
         await commit(
             self._journal, self._flusher, "journal" if durability == "memory" else durability,
-            conversation_id, 1, event, self._admitting(1, event),
+            Record(conversation_id, 1, event, prev=0), self._admitting(1, event),
         )  # fmt: skip
         actor = self._hot[conversation_id]
         self._check_budget()
@@ -244,39 +306,21 @@ class Registry:
 
     async def recover(self) -> None:
         """Replay the journal into actors, then flush, before the node serves."""
-        payloads = await self._journal.replay()
-        for payload in payloads:
-            record = decode_record(payload)
-            if record.conversation_id not in self._hot and not isinstance(record.event, Created):
-                try:
-                    await self._activate(record.conversation_id)
-                except NotFound:
-                    log.error("journal record for unknown conversation %s", record.conversation_id)
-                    continue
-            self._replay(record)
-        if payloads:
+        entries = await self._journal.replay()
+        by_conversation: dict[str, list[replay.Replayed]] = {}
+        for step in await self._decode(entries):
+            by_conversation.setdefault(step.record.conversation_id, []).append(step)
+        for conversation_id, mine in by_conversation.items():
+            try:
+                await self._load(conversation_id, mine)
+            except NotFound:
+                log.error("journal records for unknown conversation %s", conversation_id)
+        if entries:
             log.info(
-                "recovered %d journal records into %d conversations", len(payloads), len(self._hot)
+                "recovered %d journal records into %d conversations", len(entries), len(self._hot)
             )
         if not await self._flusher.flush_all(retries=10):
             raise Unavailable("cannot flush recovered journal records to the store")
-
-    def _replay(self, record: Record) -> None:
-        """Apply a journal record unless the conversation already reflects it."""
-        actor = self._hot.get(record.conversation_id)
-        if actor is None:
-            assert isinstance(record.event, Created)
-            self._flusher.record(record.conversation_id, self._admitting(record.seq, record.event))
-        elif record.seq > actor.state.version and not actor.meta.deleted:
-            before = len(actor)
-            state = actor.state
-
-            def apply(changes: Changes) -> None:
-                state.apply(record.seq, record.event, changes)
-
-            self._flusher.record(record.conversation_id, apply)
-            actor.resync()
-            self._hot_messages += len(actor) - before
 
     async def passivate(self, conversation_id: str) -> bool:
         """Flush the actor and drop it; False (and still hot) if the flush failed."""

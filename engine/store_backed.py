@@ -21,7 +21,7 @@ from engine.errors import InvalidInput, NotFound, Unavailable
 from persistence.flusher import Flusher
 from persistence.journal import NoJournal
 from persistence.keyed_lock import KeyedLock
-from persistence.records import Message, Snapshot
+from persistence.records import Message, Record, Snapshot
 from persistence.store import Changes, Store, StoreError
 
 T = TypeVar("T")
@@ -62,7 +62,7 @@ class StoreBacked:
             created.append(ConversationState.from_created(1, event, changes))
 
         cid = event.conversation.conversation_id
-        await commit(self._journal, self._flusher, "store", cid, 1, event, apply)
+        await commit(self._journal, self._flusher, "store", Record(cid, 1, event, prev=0), apply)
         return ConversationActor(created[0], self._journal, self._flusher, self._config)
 
     # -- targeted reads --------------------------------------------------------------------------

@@ -102,7 +102,8 @@ class MessageTree:
         node: Message | None = nodes[message_id]
         while node is not None:
             path.append(node)
-            node = nodes[node.parent_id] if node.parent_id is not None else None
+            # .get: the tree refuses orphans, and a read must never raise on one anyway
+            node = nodes.get(node.parent_id) if node.parent_id is not None else None
         path.reverse()
         return path
 

@@ -8,11 +8,22 @@ Streams. Both run the same contract suite.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class JournalError(Exception):
     """The journal could not take or give records; writes must fail fast."""
+
+
+class JournalDamaged(JournalError):
+    """Recovery found damage before the journal's tail and was not allowed to go past it."""
+
+
+class Entry(NamedTuple):
+    """One replayed record: its payload and where it lies (for reports and set-asides)."""
+
+    payload: bytes
+    origin: str  # e.g. "journal-0000000003.log@1234", "canopy:journal:{c} 7-1"
 
 
 class Journal(Protocol):
@@ -34,12 +45,16 @@ class Journal(Protocol):
         """Queue a record now (order of calls is order in the log); await its durability."""
         ...
 
-    async def replay(self) -> list[bytes]:
+    async def replay(self) -> list[Entry]:
         """Every record not yet trimmed, each conversation's in append order (recovery)."""
         ...
 
-    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+    async def tail(self, conversation_id: str, after_seq: int) -> list[Entry]:
         """Records of one conversation after `after_seq` (activation after a node's death)."""
+        ...
+
+    async def set_aside(self, entry: Entry, reason: str) -> None:
+        """Keep a record recovery cannot apply where trimming never reaches it."""
         ...
 
     async def mark(self) -> object:
@@ -48,6 +63,10 @@ class Journal(Protocol):
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         """Drop records covered by `mark` now that the Store holds them."""
+        ...
+
+    def stats(self) -> dict[str, object]:
+        """Counters for the admin API and metrics."""
         ...
 
 
@@ -70,14 +89,20 @@ class NoJournal:
     async def append(self, conversation_id: str, seq: int, payload: bytes) -> None:
         pass
 
-    async def replay(self) -> list[bytes]:
+    async def replay(self) -> list[Entry]:
         return []
 
-    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+    async def tail(self, conversation_id: str, after_seq: int) -> list[Entry]:
         return []
+
+    async def set_aside(self, entry: Entry, reason: str) -> None:
+        pass
 
     async def mark(self) -> object:
         return None
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         pass
+
+    def stats(self) -> dict[str, object]:
+        return {"kind": "none"}

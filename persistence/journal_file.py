@@ -1,4 +1,4 @@
-"""The embedded journal: append-only segment files of length + CRC framed records.
+"""The embedded journal: append-only segment files of magic + length + CRC framed records.
 
 Appends made in one event-loop tick are written with one `write()` (group commit).
 In the default mode a record is durable against a process crash once `write()`
@@ -7,6 +7,13 @@ returns (it is in the OS page cache) and fsync runs on an interval; with
 
 Trimming is by segment: `mark()` starts a new segment, and `trim()` deletes the
 segments before it once the flusher has stored everything they hold.
+
+Recovery never discards a valid record. Every frame starts with a magic word and its
+CRC covers its length, so after damage the reader resynchronises at the next frame
+that checks out. Only a torn tail (the last write of the last segment cut short, or
+zeros a power loss left) is truncated; damage anywhere else stops recovery with
+`JournalDamaged` unless the journal was opened with `recover_damaged`, and then the
+damaged segment is copied into `damaged/` before anything else happens.
 """
 
 from __future__ import annotations
@@ -15,52 +22,133 @@ import asyncio
 import logging
 import os
 import re
+import shutil
 import struct
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-from persistence.journal import JournalError
+from persistence.journal import Entry, JournalDamaged, JournalError
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("<II")  # payload length, crc32 of payload
+SEGMENT_MAGIC = b"CNPYJRN2"  # first bytes of every segment in this format
+FRAME_MAGIC = b"\xf0\x9f\x8c\xb3"
+_HEADER = struct.Struct("<4sII")  # magic, payload length, crc32 of (length, payload)
+_LENGTH = struct.Struct("<I")
+_LEGACY_HEADER = struct.Struct("<II")  # before the magic words: length, crc32 of payload
 _SEGMENT = re.compile(r"^journal-(\d{10})\.log$")
+DAMAGED = "damaged"  # sub-directory: copies of damaged segments, records set aside
 
 
 def _segment_name(index: int) -> str:
     return f"journal-{index:010d}.log"
 
 
-def read_frames(data: bytes) -> tuple[list[bytes], int]:
-    """Decode frames from `data`; returns the payloads and the offset where valid data ends."""
-    payloads: list[bytes] = []
-    offset, size = 0, len(data)
-    while offset + _HEADER.size <= size:
-        length, crc = _HEADER.unpack_from(data, offset)
-        start = offset + _HEADER.size
-        end = start + length
-        # Records are never empty: a zero length is a zero-filled (torn) tail.
-        if not length or end > size or zlib.crc32(data[start:end]) != crc:
-            break  # a torn or corrupt tail: everything after it is unacknowledged
-        payloads.append(data[start:end])
-        offset = end
-    return payloads, offset
+def _crc(length: int, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(_LENGTH.pack(length)))
 
 
 def frame(payload: bytes) -> bytes:
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return _HEADER.pack(FRAME_MAGIC, len(payload), _crc(len(payload), payload)) + payload
+
+
+class Scan(NamedTuple):
+    """What one segment holds: intact frames, damaged ranges, and where a torn tail starts."""
+
+    frames: list[tuple[int, bytes]]  # (offset, payload)
+    damaged: list[tuple[int, int]]  # [start, end) byte ranges that are not intact frames
+    torn_at: int | None  # offset of a torn tail (cut short or zeroed), if any
+
+
+def _frame_at(data: bytes, offset: int) -> bytes | None:
+    if offset + _HEADER.size > len(data):
+        return None
+    magic, length, crc = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    end = start + length
+    if magic != FRAME_MAGIC or not length or end > len(data):
+        return None
+    payload = data[start:end]
+    return payload if _crc(length, payload) == crc else None
+
+
+def _next_frame(data: bytes, position: int) -> int | None:
+    """Offset of the next intact frame at or after `position`."""
+    while (found := data.find(FRAME_MAGIC, position)) >= 0:
+        if _frame_at(data, found) is not None:
+            return found
+        position = found + 1
+    return None
+
+
+def _looks_torn(tail: bytes) -> bool:
+    """A write cut short leaves a prefix of one frame; a power loss may leave zeros."""
+    if not tail.strip(b"\x00"):
+        return True
+    if len(tail) < _HEADER.size:
+        return bool(FRAME_MAGIC.startswith(tail[: len(FRAME_MAGIC)]))
+    magic, length, _ = _HEADER.unpack_from(tail)
+    return bool(magic == FRAME_MAGIC and _HEADER.size + length > len(tail))
+
+
+def scan(data: bytes, *, last: bool) -> Scan:
+    """Read a segment: every intact frame, resynchronising past damage."""
+    if not data.startswith(SEGMENT_MAGIC):
+        if not data or SEGMENT_MAGIC.startswith(data):
+            return Scan([], [], 0 if data else None)  # created, header cut short
+        return _scan_legacy(data, last=last)
+    frames: list[tuple[int, bytes]] = []
+    damaged: list[tuple[int, int]] = []
+    offset = len(SEGMENT_MAGIC)
+    while offset < len(data):
+        payload = _frame_at(data, offset)
+        if payload is not None:
+            frames.append((offset, payload))
+            offset += _HEADER.size + len(payload)
+            continue
+        resume = _next_frame(data, offset + 1)
+        if resume is None:
+            break
+        damaged.append((offset, resume))
+        offset = resume
+    if offset < len(data):
+        if last and _looks_torn(data[offset:]):
+            return Scan(frames, damaged, offset)
+        damaged.append((offset, len(data)))
+    return Scan(frames, damaged, None)
+
+
+def _scan_legacy(data: bytes, *, last: bool) -> Scan:
+    """Segments written before the magic words: no resynchronisation is possible."""
+    frames: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset + _LEGACY_HEADER.size <= len(data):
+        length, crc = _LEGACY_HEADER.unpack_from(data, offset)
+        start, end = offset + _LEGACY_HEADER.size, offset + _LEGACY_HEADER.size + length
+        if not length or end > len(data) or zlib.crc32(data[start:end]) != crc:
+            break
+        frames.append((offset, data[start:end]))
+        offset = end
+    if offset == len(data):
+        return Scan(frames, [], None)
+    return Scan(frames, [], offset) if last else Scan(frames, [(offset, len(data))], None)
 
 
 class FileJournal:
     """Journal backend over segment files in one directory (see module docstring)."""
 
-    def __init__(self, directory: Path, *, fsync: str | float = 0.05) -> None:
+    def __init__(
+        self, directory: Path, *, fsync: str | float = 0.05, recover_damaged: bool = False
+    ) -> None:
         self._dir = directory
         self._fsync_always = fsync == "always"
         self._fsync_interval = 0.05 if self._fsync_always else float(fsync)
+        self._recover_damaged = recover_damaged
         self._fd = -1
         self._index = 0
+        self._size = 0  # bytes in the current segment: a failed write is cut back to it
         self._recovered: list[int] = []  # segments present at start-up, oldest first
         self._open_fds: dict[int, int] = {}  # segment index -> fd, for the current and retired
         self._frames: list[bytes] = []
@@ -71,6 +159,8 @@ class FileJournal:
         self._unsynced = False
         self._tasks: list[asyncio.Task[None]] = []
         self.records_written = 0
+        self.damaged_bytes = 0
+        self.set_aside_records = 0
 
     async def __aenter__(self) -> FileJournal:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +179,10 @@ class FileJournal:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for fd in self._open_fds.values():
-            os.fsync(fd)
-            os.close(fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self._open_fds.clear()
 
     async def acquire(self, conversation_id: str) -> None:
@@ -107,64 +199,123 @@ class FileJournal:
         self._waiters.append(waiter)
         return waiter
 
-    async def replay(self) -> list[bytes]:
-        payloads: list[bytes] = []
-        for position, index in enumerate(self._recovered):
-            path = self._dir / _segment_name(index)
-            data = path.read_bytes()
-            found, valid = read_frames(data)
-            if valid < len(data):
-                last = position == len(self._recovered) - 1
-                log.warning(
-                    "journal %s: %d bytes after offset %d are torn; %s",
-                    path.name,
-                    len(data) - valid,
-                    valid,
-                    "truncating" if last else "older segment is damaged",
-                )
-                if last:
-                    os.truncate(path, valid)
-            payloads.extend(found)
-        return payloads
+    async def replay(self) -> list[Entry]:
+        """Every intact record of the segments found at start-up, oldest first.
 
-    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+        Reads everything before changing anything: with damage and no permission to
+        recover past it, JournalDamaged leaves every file as it was.
+        """
+        scans = []
+        for position, index in enumerate(self._recovered):
+            data = (self._dir / _segment_name(index)).read_bytes()
+            last = position == len(self._recovered) - 1
+            scans.append((_segment_name(index), scan(data, last=last), len(data)))
+        damage = [(name, found.damaged) for name, found, _ in scans if found.damaged]
+        if damage:
+            self._keep_damaged(damage)
+        entries: list[Entry] = []
+        for name, found, size in scans:
+            if found.torn_at is not None:
+                log.warning("journal %s: %d torn bytes after offset %d truncated",
+                            name, size - found.torn_at, found.torn_at)  # fmt: skip
+                os.truncate(self._dir / name, found.torn_at)
+            entries += (Entry(payload, f"{name}@{offset}") for offset, payload in found.frames)
+        return entries
+
+    def _keep_damaged(self, damage: list[tuple[str, list[tuple[int, int]]]]) -> None:
+        ranges = "; ".join(
+            f"{name} bytes {', '.join(f'{a}-{b}' for a, b in spans)}" for name, spans in damage
+        )
+        if not self._recover_damaged:
+            raise JournalDamaged(
+                f"journal {self._dir} is damaged before its tail ({ranges}); nothing was "
+                "changed. Start with --recover-damaged to replay every intact record; the "
+                f"damaged segments are then kept in {self._dir / DAMAGED}"
+            )
+        aside = self._dir / DAMAGED
+        aside.mkdir(exist_ok=True)
+        for name, spans in damage:
+            shutil.copy2(self._dir / name, aside / name)
+            self.damaged_bytes += sum(b - a for a, b in spans)
+        log.error("journal damaged before its tail, recovering every intact record: %s; "
+                  "damaged segments copied to %s", ranges, aside)  # fmt: skip
+
+    async def tail(self, conversation_id: str, after_seq: int) -> list[Entry]:
         # The file journal belongs to one node, which replays all of it before serving;
         # an actor activated later finds everything already in the Store.
         return []
 
+    async def set_aside(self, entry: Entry, reason: str) -> None:
+        """Append the record to `damaged/set-aside.log` (same framing), which trim never
+        touches, so an operator can inspect or replay it."""
+        aside = self._dir / DAMAGED
+        aside.mkdir(exist_ok=True)
+        path = aside / "set-aside.log"
+        with path.open("ab") as out:
+            if not out.tell():
+                out.write(SEGMENT_MAGIC)
+            out.write(frame(entry.payload))
+            out.flush()
+            os.fsync(out.fileno())
+        self.set_aside_records += 1
+        log.error("journal record at %s set aside in %s: %s", entry.origin, path, reason)
+
     async def mark(self) -> object:
-        self._open_segment(self._index + 1)
+        try:
+            self._open_segment(self._index + 1)
+        except OSError as exc:
+            raise JournalError(f"cannot start a journal segment: {exc}") from exc
         return self._index
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         assert isinstance(mark, int)
         await self._drain()
-        for index in sorted(self._open_fds):
-            if index < mark:
-                fd = self._open_fds.pop(index)
-                os.close(fd)
-        for path in self._dir.iterdir():
-            found = _SEGMENT.match(path.name)
-            if found and int(found.group(1)) < mark:
-                path.unlink(missing_ok=True)
+        try:
+            for index in sorted(self._open_fds):
+                if index < mark:
+                    os.close(self._open_fds.pop(index))
+            for path in self._dir.iterdir():
+                found = _SEGMENT.match(path.name)
+                if found and int(found.group(1)) < mark:
+                    path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise JournalError(f"journal trim failed: {exc}") from exc
         self._recovered = [i for i in self._recovered if i >= mark]
 
     def segments(self) -> list[str]:
         """Names of the segment files on disk, oldest first (for tests and the admin page)."""
         return sorted(p.name for p in self._dir.iterdir() if _SEGMENT.match(p.name))
 
+    def stats(self) -> dict[str, object]:
+        return {
+            "kind": "file",
+            "segment": self._index,
+            "open_segments": len(self._open_fds),
+            "records_written": self.records_written,
+            "queued": len(self._frames),
+            "damaged_bytes": self.damaged_bytes,
+            "set_aside_records": self.set_aside_records,
+        }
+
     def _open_segment(self, index: int) -> None:
         path = self._dir / _segment_name(index)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._open_fds[index] = self._fd
-        self._index = index
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if not size:
+                os.write(fd, SEGMENT_MAGIC)
+                size = len(SEGMENT_MAGIC)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._size, self._index = fd, size, index
+        self._open_fds[index] = fd
 
     async def _drain(self) -> None:
         while self._waiters:
             await asyncio.wait([self._waiters[-1]])
 
     async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -172,15 +323,8 @@ class FileJournal:
                 frames, waiters = self._frames, self._waiters
                 self._frames, self._waiters = [], []
                 try:
-                    data = b"".join(frames)
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-                    if self._fsync_always:
-                        await loop.run_in_executor(None, os.fsync, self._fd)
-                    else:
-                        self._unsynced = True
-                except OSError as exc:
+                    await self._write(b"".join(frames))
+                except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure
                     failure = JournalError(f"journal write failed: {exc}")
                     for waiter in waiters:
                         if not waiter.done():
@@ -190,6 +334,26 @@ class FileJournal:
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
+
+    async def _write(self, data: bytes) -> None:
+        """Write one group; on failure cut the segment back so no partial frame stays."""
+        fd, before = self._fd, self._size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._fsync_always:
+                await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                log.exception("journal: cannot cut back a failed write")
+            raise
+        if fd == self._fd:
+            self._size = before + len(data)
+        if not self._fsync_always:
+            self._unsynced = True
 
     async def _syncer(self) -> None:
         loop = asyncio.get_running_loop()

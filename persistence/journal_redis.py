@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,10 @@ import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from persistence import redis_keys
-from persistence.journal import JournalError
+from persistence.redis_keys import SET_ASIDE
+from persistence.journal import Entry, JournalError
+
+log = logging.getLogger(__name__)
 
 _APPEND = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
@@ -66,6 +70,7 @@ class RedisJournal:
         self._epochs: dict[str, int] = {}
         self._batch: list[tuple[str, int, bytes, asyncio.Future[None]]] = []
         self._sending = asyncio.Lock()  # batches go out in order, one at a time
+        self.set_aside_records = 0
 
     async def __aenter__(self) -> RedisJournal:
         try:
@@ -144,10 +149,10 @@ class RedisJournal:
             else:
                 future.set_result(None)
 
-    async def replay(self) -> list[bytes]:
+    async def replay(self) -> list[Entry]:
         try:
             conversation_ids = await self._client.smembers(redis_keys.JOURNALED)
-            payloads: list[bytes] = []
+            payloads: list[Entry] = []
             for raw in sorted(conversation_ids):
                 conversation_id = raw.decode() if isinstance(raw, bytes) else str(raw)
                 await self.acquire(conversation_id)
@@ -156,14 +161,40 @@ class RedisJournal:
             raise JournalError(f"redis unavailable: {exc}") from exc
         return payloads
 
-    async def tail(self, conversation_id: str, after_seq: int) -> list[bytes]:
+    async def tail(self, conversation_id: str, after_seq: int) -> list[Entry]:
+        stream = redis_keys.journal(conversation_id)
         try:
-            entries = await self._client.xrange(
-                redis_keys.journal(conversation_id), min=f"{after_seq + 1}-0"
-            )
+            entries = await self._client.xrange(stream, min=f"{after_seq + 1}-0")
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
-        return [fields[b"r"] for _, fields in entries or () if fields]  # type: ignore[misc]
+        return [
+            Entry(fields[b"r"], f"{stream} {entry_id.decode()}")  # type: ignore[union-attr,arg-type]
+            for entry_id, fields in entries or ()
+            if fields
+        ]
+
+    async def set_aside(self, entry: Entry, reason: str) -> None:
+        """Move the record to the set-aside stream: out of the conversation's stream (a
+        later append reuses its seq), never trimmed."""
+        stream, entry_id = entry.origin.rsplit(" ", 1)
+        fields = {"origin": entry.origin, "reason": reason, "r": entry.payload}
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(SET_ASIDE, fields)  # type: ignore[arg-type]
+                pipe.xdel(stream, entry_id)
+                await pipe.execute()
+        except RedisError as exc:
+            raise JournalError(f"redis unavailable: {exc}") from exc
+        self.set_aside_records += 1
+        log.error("journal record at %s set aside in %s: %s", entry.origin, SET_ASIDE, reason)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "kind": "redis",
+            "owned": len(self._epochs),
+            "queued": len(self._batch),
+            "set_aside_records": self.set_aside_records,
+        }
 
     async def mark(self) -> object:
         return None  # trimming is per conversation, by flushed seq

@@ -116,11 +116,18 @@ Event = Created | Appended | Updated | Deleted | BranchSet | BranchDeleted | Sha
 
 
 class Record(msgspec.Struct, array_like=True):
-    """A journal entry: the event and its position in the conversation's history."""
+    """A journal entry: the event and its position in the conversation's history.
+
+    `prev` is the seq of the record this one was applied on top of (0 for a creation).
+    Seqs are not dense (a failed append still uses one up), so replay follows `prev`
+    links: a record whose predecessor is missing lies after a gap. -1: written before
+    the links existed.
+    """
 
     conversation_id: str
     seq: int
     event: Event
+    prev: int = -1
 
 
 _record_encoder = msgspec.msgpack.Encoder()

@@ -17,3 +17,6 @@ def epoch(conversation_id: str) -> str:
 
 # Conversations whose journal stream is not empty: what start-up recovery replays.
 JOURNALED = f"{PREFIX}journaled"
+
+# Journal records recovery could not apply (undecodable, after a gap): kept, never trimmed.
+SET_ASIDE = f"{PREFIX}set-aside"

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from persistence.journal_file import SEGMENT_MAGIC
 from tests.backends import wipe_cassandra, wipe_redis
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
 
@@ -180,7 +181,7 @@ async def test_sigterm_flushes_everything_and_trims_the_journal(
         )
     assert await node.stop(signal.SIGTERM) == 0
     journal = node.data_dir / "journal"
-    assert sum(os.path.getsize(p) for p in journal.iterdir()) == 0
+    assert all(os.path.getsize(p) == len(SEGMENT_MAGIC) for p in journal.iterdir())
 
     import sqlite3
 

@@ -9,6 +9,7 @@ import pytest
 
 from engine.actor import ConversationActor, NewMessage
 from engine.errors import NotFound, Unavailable
+from persistence.journal_file import SEGMENT_MAGIC
 from persistence.records import Branch, Conversation, Message, Share
 from tests.waiting import until
 
@@ -270,7 +271,10 @@ async def test_recovery_replays_every_acknowledged_write(open_engine: EngineFact
         assert snapshot.messages == state[1]
     remaining = second.journal.segments()
     assert old_segments.isdisjoint(remaining)
-    assert all((second.directory / "journal" / name).stat().st_size == 0 for name in remaining)
+    assert all(
+        (second.directory / "journal" / name).stat().st_size == len(SEGMENT_MAGIC)
+        for name in remaining
+    )
 
 
 async def test_recovery_is_idempotent_across_two_crashes(open_engine: EngineFactory) -> None:

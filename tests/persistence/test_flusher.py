@@ -93,7 +93,7 @@ class Env:
     async def replay_from_disk(self) -> list[bytes]:
         """What a node restarting now would recover from the journal directory."""
         async with FileJournal(self.directory / "journal") as journal:
-            return await journal.replay()
+            return [entry.payload for entry in await journal.replay()]
 
 
 OpenEnv = Callable[..., Awaitable[Env]]

@@ -1,16 +1,22 @@
-"""FileJournal specifics: framing, torn and corrupt tails, segments, group commit."""
+"""FileJournal specifics: framing, torn tails, damage before the tail, segments, group commit."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from persistence.journal_file import FileJournal, frame
+from persistence import journal_file
+from persistence.journal import Entry, JournalDamaged, JournalError
+from persistence.journal_file import DAMAGED, SEGMENT_MAGIC, FileJournal, frame, scan
 
-OpenJournal = Callable[[], Awaitable[FileJournal]]
+OpenJournal = Callable[..., Awaitable[FileJournal]]
 Written = Callable[[int], Awaitable[Path]]
 
 
@@ -19,7 +25,16 @@ def payload(n: int) -> bytes:
 
 
 def size_of(count: int) -> int:
-    return sum(len(frame(payload(n))) for n in range(count))
+    return len(SEGMENT_MAGIC) + sum(len(frame(payload(n))) for n in range(count))
+
+
+def offset_of(n: int) -> int:
+    """Where frame `n` starts in a segment written by `written`."""
+    return size_of(n)
+
+
+async def replayed(journal: FileJournal) -> list[bytes]:
+    return [entry.payload for entry in await journal.replay()]
 
 
 @pytest.fixture
@@ -32,8 +47,8 @@ async def open_journal(journal_dir: Path) -> AsyncIterator[OpenJournal]:
     """Open FileJournals on one directory; all are closed at teardown (closing is idempotent)."""
     opened: list[FileJournal] = []
 
-    async def open_() -> FileJournal:
-        journal = await FileJournal(journal_dir).__aenter__()
+    async def open_(**options: bool) -> FileJournal:
+        journal = await FileJournal(journal_dir, **options).__aenter__()  # type: ignore[arg-type]
         opened.append(journal)
         return journal
 
@@ -57,7 +72,16 @@ def written(open_journal: OpenJournal, journal_dir: Path) -> Written:
     return write
 
 
-@pytest.mark.parametrize("cut", [1, 5, 8, 9, len(frame(payload(4))) - 1])
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# -- torn tails: the last write cut short, truncated as before -------------------------------
+
+
+@pytest.mark.parametrize("cut", [1, 5, 8, 12, 13, len(frame(payload(4))) - 1])
 async def test_torn_last_record_is_dropped_and_truncated(
     open_journal: OpenJournal, written: Written, cut: int
 ) -> None:
@@ -65,23 +89,23 @@ async def test_torn_last_record_is_dropped_and_truncated(
     with path.open("r+b") as f:
         f.truncate(size_of(5) - cut)
     journal = await open_journal()
-    assert await journal.replay() == [payload(n) for n in range(4)]
+    assert await replayed(journal) == [payload(n) for n in range(4)]
     assert path.stat().st_size == size_of(4)
 
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x07", b"\xff" * 7, b"\x10\x00\x00\x00\xde\xad\xbe\xef", frame(b"next")[:-1], b"\x00" * 3],
+    [frame(b"next")[:1], frame(b"next")[:7], frame(b"next")[:12], frame(b"next")[:-1], b"\0" * 3],
     ids=["one-byte", "short-header", "header-only", "frame-minus-one", "zeros-short"],
 )
-async def test_garbage_after_the_last_record_is_truncated(
+async def test_a_cut_short_write_after_the_last_record_is_truncated(
     open_journal: OpenJournal, written: Written, garbage: bytes
 ) -> None:
     path = await written(5)
     with path.open("ab") as f:
         f.write(garbage)
     journal = await open_journal()
-    assert await journal.replay() == [payload(n) for n in range(5)]
+    assert await replayed(journal) == [payload(n) for n in range(5)]
     assert path.stat().st_size == size_of(5)
 
 
@@ -93,20 +117,8 @@ async def test_zero_filled_tail_yields_no_records(
     with path.open("ab") as f:
         f.write(b"\x00" * 4096)
     journal = await open_journal()
-    assert await journal.replay() == [payload(n) for n in range(5)]
+    assert await replayed(journal) == [payload(n) for n in range(5)]
     assert path.stat().st_size == size_of(5)
-
-
-async def test_crc_mismatch_in_last_record_drops_only_that_record(
-    open_journal: OpenJournal, written: Written
-) -> None:
-    path = await written(5)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
-    path.write_bytes(bytes(data))
-    journal = await open_journal()
-    assert await journal.replay() == [payload(n) for n in range(4)]
-    assert path.stat().st_size == size_of(4)
 
 
 async def test_appends_after_a_torn_tail_survive_the_next_restart(
@@ -114,13 +126,166 @@ async def test_appends_after_a_torn_tail_survive_the_next_restart(
 ) -> None:
     path = await written(3)
     with path.open("ab") as f:
-        f.write(b"\x01\x02\x03")
+        f.write(frame(b"torn")[:9])
     journal = await open_journal()
-    assert await journal.replay() == [payload(n) for n in range(3)]
+    assert await replayed(journal) == [payload(n) for n in range(3)]
     await journal.append("c", 3, payload(3))
     await journal.__aexit__(None, None, None)
     journal = await open_journal()
-    assert await journal.replay() == [payload(n) for n in range(4)]
+    assert await replayed(journal) == [payload(n) for n in range(4)]
+
+
+async def test_a_segment_whose_header_was_cut_short_is_empty(
+    open_journal: OpenJournal, journal_dir: Path
+) -> None:
+    journal_dir.mkdir()
+    (journal_dir / "journal-0000000001.log").write_bytes(SEGMENT_MAGIC[:3])
+    journal = await open_journal()
+    assert await replayed(journal) == []
+
+
+# -- damage before the tail: never discarded ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(lambda: offset_of(2) + 14, id="payload-mid-segment"),
+        pytest.param(lambda: offset_of(2) + 5, id="length-mid-segment"),
+        pytest.param(lambda: offset_of(2), id="magic-mid-segment"),
+        pytest.param(lambda: 20, id="first-frame"),
+        pytest.param(lambda: size_of(5) - 1, id="last-frame-complete"),
+    ],
+)
+async def test_a_flipped_byte_refuses_recovery_and_changes_nothing(
+    open_journal: OpenJournal, written: Written, journal_dir: Path, where: Callable[[], int]
+) -> None:
+    path = await written(5)
+    flip(path, where())
+    damaged = path.read_bytes()
+    with pytest.raises(JournalDamaged, match=r"journal-0000000001\.log bytes \d+-\d+"):
+        await (await open_journal()).replay()
+    assert path.read_bytes() == damaged
+    assert not (journal_dir / DAMAGED).exists()
+
+
+@pytest.mark.parametrize("flipped", [2, 0, 4], ids=["mid-segment", "first-frame", "last-frame"])
+async def test_recover_damaged_replays_every_intact_record_and_keeps_the_segment(
+    open_journal: OpenJournal, written: Written, journal_dir: Path, flipped: int
+) -> None:
+    path = await written(5)
+    flip(path, offset_of(flipped) + 14)
+    damaged = path.read_bytes()
+    journal = await open_journal(recover_damaged=True)
+    entries = await journal.replay()
+    assert [e.payload for e in entries] == [payload(n) for n in range(5) if n != flipped]
+    assert entries[0].origin == f"{path.name}@{offset_of(1 if flipped == 0 else 0)}"
+    assert (journal_dir / DAMAGED / path.name).read_bytes() == damaged
+    assert journal.stats()["damaged_bytes"] == len(frame(payload(flipped)))
+
+
+async def test_damage_in_an_older_segment_with_a_newer_one_intact(
+    open_journal: OpenJournal, journal_dir: Path
+) -> None:
+    journal = await open_journal()
+    await asyncio.gather(*(journal.append("c", n, payload(n)) for n in range(4)))
+    await journal.mark()
+    await asyncio.gather(*(journal.append("c", n, payload(n)) for n in range(4, 8)))
+    older = journal_dir / journal.segments()[0]
+    await journal.__aexit__(None, None, None)
+    flip(older, offset_of(1) + 14)
+    with pytest.raises(JournalDamaged, match=older.name):
+        await (await open_journal()).replay()
+    journal = await open_journal(recover_damaged=True)
+    assert await replayed(journal) == [payload(n) for n in range(8) if n != 1]
+
+
+async def test_a_torn_tail_in_an_older_segment_is_damage(
+    open_journal: OpenJournal, journal_dir: Path
+) -> None:
+    """Only the newest segment can have been cut short by a crash."""
+    journal = await open_journal()
+    await journal.append("c", 0, payload(0))
+    await journal.mark()
+    await journal.append("c", 1, payload(1))
+    older = journal_dir / journal.segments()[0]
+    await journal.__aexit__(None, None, None)
+    with older.open("ab") as f:
+        f.write(frame(b"torn")[:9])
+    with pytest.raises(JournalDamaged):
+        await (await open_journal()).replay()
+
+
+def test_resynchronisation_skips_a_false_magic_inside_damage() -> None:
+    good = [frame(payload(n)) for n in range(3)]
+    noise = journal_file.FRAME_MAGIC + b"\xff" * 20  # a magic word with no valid frame behind
+    data = SEGMENT_MAGIC + good[0] + noise + good[1] + good[2]
+    found = scan(data, last=True)
+    assert [p for _, p in found.frames] == [payload(n) for n in range(3)]
+    start = len(SEGMENT_MAGIC) + len(good[0])
+    assert found.damaged == [(start, start + len(noise))]
+
+
+def test_segments_written_before_the_magic_words_are_still_read() -> None:
+    def legacy(data: bytes) -> bytes:
+        return struct.pack("<II", len(data), zlib.crc32(data)) + data
+
+    data = b"".join(legacy(payload(n)) for n in range(3))
+    assert [p for _, p in scan(data, last=False).frames] == [payload(n) for n in range(3)]
+    torn = scan(data + legacy(b"cut")[:5], last=True)
+    assert (len(torn.frames), torn.torn_at, torn.damaged) == (3, len(data), [])
+
+
+async def test_set_aside_records_are_kept_framed_where_trim_never_goes(
+    open_journal: OpenJournal, journal_dir: Path
+) -> None:
+    journal = await open_journal()
+    await journal.set_aside(Entry(b"kept", "journal-0000000009.log@8"), "test")
+    mark = await journal.mark()
+    await journal.trim(mark, {})
+    kept = (journal_dir / DAMAGED / "set-aside.log").read_bytes()
+    assert [p for _, p in scan(kept, last=False).frames] == [b"kept"]
+
+
+# -- failures while running ------------------------------------------------------------------
+
+
+async def test_a_failed_write_leaves_no_partial_frame(
+    open_journal: OpenJournal, journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = await open_journal()
+    await journal.append("c", 0, payload(0))
+    real_write = os.write
+
+    def half_then_full(fd: int, data: memoryview) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_file.os, "write", half_then_full)
+    with pytest.raises(JournalError, match="No space"):
+        await journal.append("c", 1, payload(1))
+    monkeypatch.setattr(journal_file.os, "write", real_write)
+    await journal.append("c", 2, payload(2))
+    await journal.__aexit__(None, None, None)
+    assert await replayed(await open_journal()) == [payload(0), payload(2)]
+
+
+async def test_mark_without_descriptors_raises_a_journal_error(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = await open_journal()
+
+    def no_descriptors(*args: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(journal_file.os, "open", no_descriptors)
+    with pytest.raises(JournalError, match="Too many open files"):
+        await journal.mark()
+    monkeypatch.undo()
+    await journal.append("c", 0, payload(0))  # the journal still takes appends
+
+
+# -- groups and segments ---------------------------------------------------------------------
 
 
 async def test_one_tick_of_appends_is_one_group(open_journal: OpenJournal) -> None:
@@ -150,4 +315,4 @@ async def test_each_open_and_mark_starts_a_segment_and_trim_deletes_files(
     await journal.__aexit__(None, None, None)
     journal = await open_journal()
     assert journal.segments() == ["journal-0000000002.log", "journal-0000000003.log"]
-    assert await journal.replay() == [payload(2)]
+    assert await replayed(journal) == [payload(2)]
