@@ -1,7 +1,7 @@
 """The aiohttp application: components composed in a fixed order, shut down in reverse.
 
-persistence (store, journal) -> flusher -> registry (recovery) -> routes. On shutdown
-the registry stops, the flusher writes every dirty conversation, then the journal
+data-dir lock -> persistence (store, journal) -> flusher -> registry (recovery) -> routes.
+On shutdown the registry stops, the flusher writes every dirty conversation, then the journal
 and the store close. With `--cache off` the store-backed service stands in for the
 registry and there is no journal: every write goes through to the store.
 """
@@ -21,6 +21,7 @@ from gateway.errors import error_middleware
 from gateway.keys import CONVERSATIONS, FLUSHER, RESPONSES
 from gateway.response_cache import ResponseCache
 from gateway.routes import add_routes
+from persistence.data_dir import DataDirLock
 from persistence.flusher import Flusher
 from persistence.journal import Journal, NoJournal
 from persistence.journal_file import FileJournal
@@ -42,7 +43,9 @@ def open_journal(settings: Settings) -> Journal:
 
         return RedisJournal(settings.redis_url)
     fsync: str | float = settings.fsync if settings.fsync == "always" else float(settings.fsync)
-    return FileJournal(settings.data_dir / "journal", fsync=fsync)
+    return FileJournal(
+        settings.data_dir / "journal", fsync=fsync, recover_damaged=settings.recover_damaged
+    )
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -52,6 +55,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            # Before anything in the data dir is opened: a second process touches nothing.
+            await stack.enter_async_context(DataDirLock(settings.data_dir))
             store = await stack.enter_async_context(open_store(settings))
             cache_off = settings.cache == "off"  # the conventional design, for comparison
             journal = await stack.enter_async_context(

@@ -11,6 +11,8 @@ from aiohttp import web
 
 from gateway import config
 from gateway.app import create_app
+from persistence.data_dir import DataDirLock, DataDirLocked
+from persistence.journal import JournalDamaged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +20,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="canopy", description="Canopy: the hot tier for AI chat history."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="start a node")
-    config.add_arguments(serve)
-    migrate = commands.add_parser("migrate", help="create the Cassandra keyspace and tables")
-    config.add_arguments(migrate)
+    for command, about in (
+        ("serve", "start a node"),
+        ("migrate", "create the Cassandra keyspace and tables"),
+    ):
+        config.add_arguments(commands.add_parser(command, help=about))
     args = parser.parse_args(argv)
     try:
         settings = config.build(args)
@@ -30,12 +33,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "migrate":
-        from persistence.scylla import migrate as create_schema  # the driver is an extra
+    try:
+        if args.command == "migrate":
+            return migrate(settings)
+        return serve(settings)
+    except (DataDirLocked, JournalDamaged) as exc:
+        print(f"canopy {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 2
 
+
+def migrate(settings: config.Settings) -> int:
+    from persistence.scylla import migrate as create_schema  # the driver is an extra
+
+    with DataDirLock(settings.data_dir):
         create_schema(settings.scylla())
-        print(f"keyspace {settings.scylla_keyspace} is ready on {settings.scylla_nodes}")
-        return 0
+    print(f"keyspace {settings.scylla_keyspace} is ready on {settings.scylla_nodes}")
+    return 0
+
+
+def serve(settings: config.Settings) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     web.run_app(
         create_app(settings),

@@ -45,6 +45,7 @@ class Settings:
     scylla_replication: str = "SimpleStrategy:1"
     scylla_consistency: str = "LOCAL_QUORUM"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    recover_damaged: bool = False  # replay past journal damage (the segment is kept aside)
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -93,6 +94,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "scylla_replication": (("CANOPY_SCYLLA_REPLICATION",), str),
     "scylla_consistency": (("CANOPY_SCYLLA_CONSISTENCY",), str),
     "redis_url": (("CANOPY_REDIS_URL", "REDIS_URL"), str),
+    "recover_damaged": (("CANOPY_RECOVER_DAMAGED",), bool),
 }
 
 _CHOICES = {
@@ -104,12 +106,23 @@ _CHOICES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (variables, _) in _OPTIONS.items():
+    for name, (variables, kind) in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        choices = _CHOICES.get(name)
-        parser.add_argument(
-            flag, dest=name, default=None, help=f"env: {', '.join(variables)}", choices=choices
-        )
+        help = f"env: {', '.join(variables)}"
+        if kind is bool:
+            parser.add_argument(flag, dest=name, default=None, action="store_const", const="1",
+                                help=help)  # fmt: skip
+        else:
+            parser.add_argument(
+                flag, dest=name, default=None, help=help, choices=_CHOICES.get(name)
+            )
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(raw)
+    return lowered in ("1", "true", "yes", "on")
 
 
 def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -121,7 +134,7 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             raw = next((environ[v] for v in variables if environ.get(v)), None)
         if raw is not None:
             try:
-                values[name] = kind(raw)
+                values[name] = _flag(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
     settings = Settings(**values)  # type: ignore[arg-type]

@@ -150,6 +150,7 @@ class FileJournal:
         self._index = 0
         self._size = 0  # bytes in the current segment: a failed write is cut back to it
         self._recovered: list[int] = []  # segments present at start-up, oldest first
+        self._replayed = False  # until then, trim must not touch the recovered segments
         self._open_fds: dict[int, int] = {}  # segment index -> fd, for the current and retired
         self._frames: list[bytes] = []
         # One future per appender, not one per group: an appender that stops waiting
@@ -214,6 +215,7 @@ class FileJournal:
         if damage:
             self._keep_damaged(damage)
         entries: list[Entry] = []
+        self._replayed = True
         for name, found, size in scans:
             if found.torn_at is not None:
                 log.warning("journal %s: %d torn bytes after offset %d truncated",
@@ -270,13 +272,14 @@ class FileJournal:
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         assert isinstance(mark, int)
         await self._drain()
+        kept = set() if self._replayed else set(self._recovered)  # a refused recovery
         try:
             for index in sorted(self._open_fds):
                 if index < mark:
                     os.close(self._open_fds.pop(index))
             for path in self._dir.iterdir():
                 found = _SEGMENT.match(path.name)
-                if found and int(found.group(1)) < mark:
+                if found and int(found.group(1)) < mark and int(found.group(1)) not in kept:
                     path.unlink(missing_ok=True)
         except OSError as exc:
             raise JournalError(f"journal trim failed: {exc}") from exc

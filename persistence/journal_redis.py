@@ -24,8 +24,8 @@ import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from persistence import redis_keys
-from persistence.redis_keys import SET_ASIDE
 from persistence.journal import Entry, JournalError
+from persistence.redis_keys import SET_ASIDE
 
 log = logging.getLogger(__name__)
 

@@ -111,6 +111,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         max_unflushed_bytes: int = 256 * 1024 * 1024,
         flush_interval: float = HOUR,
         wrap_store: Callable[[SQLiteStore], Store] | None = None,
+        recover_damaged: bool = False,
     ) -> Engine:
         directory = directory or tmp_path / "node"
         flusher_config = FlusherConfig(
@@ -127,7 +128,9 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         async with contextlib.AsyncExitStack() as stack:
             sqlite = await stack.enter_async_context(SQLiteStore(directory / "canopy.db"))
             store: Store = wrap_store(sqlite) if wrap_store else sqlite
-            journal = await stack.enter_async_context(FileJournal(directory / "journal"))
+            journal = await stack.enter_async_context(
+                FileJournal(directory / "journal", recover_damaged=recover_damaged)
+            )
             flusher = await stack.enter_async_context(Flusher(store, journal, flusher_config))
             registry = await stack.enter_async_context(
                 Registry(store, journal, flusher, registry_config)

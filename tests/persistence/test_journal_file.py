@@ -169,6 +169,20 @@ async def test_a_flipped_byte_refuses_recovery_and_changes_nothing(
     assert not (journal_dir / DAMAGED).exists()
 
 
+async def test_a_refused_recovery_never_trims_what_it_did_not_replay(
+    open_journal: OpenJournal, written: Written
+) -> None:
+    """A node that fails to start still closes its flusher, which marks and trims."""
+    path = await written(5)
+    flip(path, offset_of(2) + 14)
+    damaged = path.read_bytes()
+    journal = await open_journal()
+    with pytest.raises(JournalDamaged):
+        await journal.replay()
+    await journal.trim(await journal.mark(), {})
+    assert path.read_bytes() == damaged
+
+
 @pytest.mark.parametrize("flipped", [2, 0, 4], ids=["mid-segment", "first-frame", "last-frame"])
 async def test_recover_damaged_replays_every_intact_record_and_keeps_the_segment(
     open_journal: OpenJournal, written: Written, journal_dir: Path, flipped: int

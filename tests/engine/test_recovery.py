@@ -1,0 +1,200 @@
+"""Recovery past damage: the acknowledged chain of each conversation is replayed, what
+cannot be applied is set aside, and no read raises on what replay left out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from engine.actor import ConversationActor
+from engine.replay import Replayed, plan
+from persistence.journal import Entry, JournalDamaged, JournalError
+from persistence.journal_file import DAMAGED, frame, scan
+from persistence.records import Deleted, Message, Record, decode_record
+from persistence.store import Changes
+from tests.engine.conftest import Engine, EngineFactory, text
+
+
+def frames_of(path: Path) -> Iterator[tuple[int, Record]]:
+    for offset, payload in scan(path.read_bytes(), last=False).frames:
+        yield offset, decode_record(payload)
+
+
+def segment(engine: Engine) -> Path:
+    return engine.directory / "journal" / engine.journal.segments()[-1]
+
+
+async def chat(engine: Engine, words: list[str]) -> tuple[ConversationActor, list[Message]]:
+    actor = await engine.conversation()
+    said, parent = [], actor.meta.root_id
+    for word in words:
+        said.append(await engine.say(actor.id, parent, word))
+        parent = said[-1].message_id
+    return actor, said
+
+
+def ids(actor: ConversationActor) -> list[str]:
+    return [m.message_id for m in actor.messages()]
+
+
+def set_aside(engine: Engine) -> list[Record]:
+    path = engine.directory / "journal" / DAMAGED / "set-aside.log"
+    return [record for _, record in frames_of(path)] if path.exists() else []
+
+
+def damage_record(path: Path, cid: str, seq: int) -> None:
+    """Flip a byte inside the payload of the conversation's record `seq`."""
+    for offset, record in frames_of(path):
+        if record.conversation_id == cid and record.seq == seq:
+            data = bytearray(path.read_bytes())
+            data[offset + 20] ^= 0xFF
+            path.write_bytes(bytes(data))
+            return
+    raise AssertionError(f"no record {cid}/{seq}")
+
+
+async def test_a_damaged_record_stops_its_conversation_and_no_other(
+    open_engine: EngineFactory,
+) -> None:
+    first = await open_engine()
+    hurt, hurt_said = await chat(first, ["a", "b", "c", "d"])
+    whole, whole_said = await chat(first, ["x", "y", "z"])
+    path = segment(first)
+    await first.crash()
+    damage_record(path, hurt.id, 3)  # "b": its child "c" would be an orphan
+
+    with pytest.raises(JournalDamaged, match=path.name):
+        await open_engine()
+    second = await open_engine(recover_damaged=True)
+    healed = await second.registry.get(hurt.id)
+    assert ids(healed) == [hurt.meta.root_id, hurt_said[0].message_id]  # up to the gap
+    for message_id in ids(healed):
+        healed.lineage(message_id)
+    intact = await second.registry.get(whole.id)
+    assert ids(intact)[1:] == [m.message_id for m in whole_said]
+    aside = set_aside(second)
+    assert [(r.conversation_id, r.seq) for r in aside] == [(hurt.id, 4), (hurt.id, 5)]
+    assert (second.directory / "journal" / DAMAGED / path.name).exists()
+
+    await second.close()  # what stood is stored; new writes go on after the gap
+    third = await open_engine()
+    again = await third.registry.get(hurt.id)
+    assert ids(again) == ids(healed)
+    added = await third.say(hurt.id, hurt_said[0].message_id, "after")
+    assert again.lineage(added.message_id)[-1].message_id == added.message_id
+
+
+async def test_damage_in_an_older_segment_with_a_newer_one_intact(
+    open_engine: EngineFactory,
+) -> None:
+    first = await open_engine()
+    actor, said = await chat(first, ["a", "b"])
+    older = segment(first)
+    await first.journal.mark()  # what follows goes to a newer segment, never trimmed
+    other, other_said = await chat(first, ["p", "q"])
+    more = [await first.say(actor.id, said[-1].message_id, "c")]
+    await first.crash()
+    damage_record(older, actor.id, 3)
+
+    second = await open_engine(recover_damaged=True)
+    healed = await second.registry.get(actor.id)
+    assert ids(healed) == [actor.meta.root_id, said[0].message_id]
+    assert more[0].message_id not in ids(healed)
+    assert [r.seq for r in set_aside(second) if r.conversation_id == actor.id] == [4]
+    assert ids(await second.registry.get(other.id))[1:] == [m.message_id for m in other_said]
+
+
+async def test_an_undecodable_payload_is_set_aside_and_the_node_starts(
+    open_engine: EngineFactory,
+) -> None:
+    first = await open_engine()
+    actor, said = await chat(first, ["a"])
+    path = segment(first)
+    await first.crash()
+    with path.open("ab") as f:
+        f.write(frame(b"\x93\xa1x\x01\xc1"))  # a valid frame whose payload is no Record
+        f.write(frame(msgspec.msgpack.encode(["c", "not", "a record"])))
+    second = await open_engine()
+    assert ids(await second.registry.get(actor.id))[1:] == [said[0].message_id]
+    aside = (second.directory / "journal" / DAMAGED / "set-aside.log").read_bytes()
+    assert len(scan(aside, last=False).frames) == 2
+    assert second.journal.stats()["set_aside_records"] == 2
+
+
+async def test_a_failed_append_that_reached_the_journal_is_not_replayed(
+    open_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client of a failed append was told so; its retry is what was acknowledged."""
+    first = await open_engine()
+    actor, said = await chat(first, ["a"])
+    journal = first.journal
+    real_append = journal.append
+    failed: list[int] = []
+
+    async def lands_then_fails(cid: str, seq: int, payload: bytes) -> None:
+        await real_append(cid, seq, payload)
+        failed.append(seq)
+        raise JournalError("timed out after the write")
+
+    monkeypatch.setattr(journal, "append", lands_then_fails)
+    with pytest.raises(Exception, match="timed out"):
+        await first.say(actor.id, said[0].message_id, "lost")
+    monkeypatch.setattr(journal, "append", real_append)
+    retried = await first.say(actor.id, said[0].message_id, "retried")
+    await first.crash()
+
+    second = await open_engine()
+    healed = await second.registry.get(actor.id)
+    assert ids(healed)[1:] == [said[0].message_id, retried.message_id]
+    assert [m.content for m in healed.messages()][-1] == text("retried")
+    assert failed and set_aside(second) == []
+
+
+async def test_orphans_a_store_holds_are_never_served(engine: Engine) -> None:
+    actor, said = await chat(engine, ["a"])
+    await engine.flusher.flush_all()
+    orphan = msgspec.structs.replace(said[0], message_id="orphan", parent_id="missing", seq=9)
+    child = msgspec.structs.replace(said[0], message_id="child", parent_id="orphan", seq=10)
+    await engine.sqlite.write(actor.id, Changes(messages={"orphan": orphan, "child": child}))
+    assert await engine.registry.passivate(actor.id)
+    again = await engine.registry.get(actor.id)
+    assert ids(again) == [actor.meta.root_id, said[0].message_id]
+    for message_id in ids(again):
+        assert again.lineage(message_id)[0].message_id == actor.meta.root_id
+
+
+# -- the plan alone --------------------------------------------------------------------------
+
+
+def replayed(cid: str, seq: int, prev: int) -> Replayed:
+    record = Record(cid, seq, Deleted(datetime.now(UTC)), prev)
+    return Replayed(record, Entry(b"", f"test@{seq}"))
+
+
+@pytest.mark.parametrize(
+    ("links", "base", "applied", "stranded", "superseded"),
+    [
+        ([(1, 0), (2, 1), (3, 2)], 0, [1, 2, 3], [], 0),
+        ([(1, 0), (2, 1), (3, 2)], 2, [3], [], 0),
+        ([(1, 0), (3, 2), (4, 3)], 0, [1], [3, 4], 0),  # record 2 lost
+        ([(1, 0), (2, 1), (3, 1), (4, 3)], 0, [1, 3, 4], [], 1),  # 2 failed, 3 retried
+        ([(5, 4), (6, 5)], 4, [5, 6], [], 0),
+        ([(1, -1), (3, -1)], 0, [1, 3], [], 0),  # written before the links: journal order
+    ],
+)
+def test_plan_follows_links_from_the_stored_version(
+    links: list[tuple[int, int]],
+    base: int,
+    applied: list[int],
+    stranded: list[int],
+    superseded: int,
+) -> None:
+    result = plan([replayed("c", seq, prev) for seq, prev in links], base)
+    assert [r.record.seq for r in result.apply] == applied
+    assert [r.record.seq for r in result.stranded] == stranded
+    assert result.superseded == superseded
+    assert result.last_seq == max(seq for seq, _ in links)
