@@ -168,7 +168,8 @@ class FileJournal:
         self._recovered = sorted(
             int(m.group(1)) for p in self._dir.iterdir() if (m := _SEGMENT.match(p.name))
         )
-        self._open_segment((self._recovered[-1] if self._recovered else 0) + 1)
+        # The first write or mark opens the next segment: a refused recovery adds no file.
+        self._index = self._recovered[-1] if self._recovered else 0
         self._tasks = [asyncio.create_task(self._writer(), name="journal-writer")]
         if not self._fsync_always:
             self._tasks.append(asyncio.create_task(self._syncer(), name="journal-fsync"))
@@ -263,6 +264,8 @@ class FileJournal:
         log.error("journal record at %s set aside in %s: %s", entry.origin, path, reason)
 
     async def mark(self) -> object:
+        if self._fd < 0:  # nothing written this run: the next write opens the next segment
+            return self._index + 1
         try:
             self._open_segment(self._index + 1)
         except OSError as exc:
@@ -340,6 +343,8 @@ class FileJournal:
 
     async def _write(self, data: bytes) -> None:
         """Write one group; on failure cut the segment back so no partial frame stays."""
+        if self._fd < 0:
+            self._open_segment(self._index + 1)
         fd, before = self._fd, self._size
         try:
             view = memoryview(data)
@@ -362,7 +367,7 @@ class FileJournal:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._fsync_interval)
-            if self._unsynced:
+            if self._unsynced and self._fd >= 0:
                 self._unsynced = False
                 try:
                     await loop.run_in_executor(None, os.fsync, self._fd)

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Settings
+from tests.processes import NodeProcess
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
 
 
@@ -117,3 +118,20 @@ def _drop_test_keyspace() -> Iterator[None]:
 @pytest.fixture
 async def node(start_node: NodeFactory) -> Node:
     return await start_node()
+
+
+@pytest.fixture
+async def node_process(
+    tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
+) -> AsyncIterator[Callable[..., NodeProcess]]:
+    made: list[NodeProcess] = []
+
+    def make(*extra: str) -> NodeProcess:
+        made.append(NodeProcess(tmp_path / "data", unused_tcp_port_factory(), *extra))
+        return made[-1]
+
+    yield make
+    for node in made:
+        if node.process is not None and node.process.returncode is None:
+            node.process.kill()
+            await node.process.wait()

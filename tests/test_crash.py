@@ -5,88 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from persistence.journal_file import SEGMENT_MAGIC
 from tests.backends import wipe_cassandra, wipe_redis
+from tests.processes import NodeProcess
+from tests.processes import post_json as _post
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
 
 WRITERS = 16
 KILL_AFTER_ACKS = 600
-
-
-class NodeProcess:
-    """`canopy serve` in a subprocess; ready once it prints its address."""
-
-    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
-        self.data_dir, self.port, self.extra = data_dir, port, extra
-        self.base = f"http://127.0.0.1:{port}"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        assert self.process.stdout is not None
-        seen = []
-        async with asyncio.timeout(60):
-            while True:
-                line = await self.process.stdout.readline()
-                assert line, f"node exited before serving: {b''.join(seen)!r}"
-                seen.append(line)
-                if b"Running on" in line:
-                    break
-        asyncio.get_running_loop().create_task(self._drain())
-
-    async def _drain(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        while await self.process.stdout.readline():
-            pass
-
-    async def stop(self, sig: signal.Signals) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        async with asyncio.timeout(60):
-            return await self.process.wait()
-
-
-@pytest.fixture
-async def node_process(
-    tmp_path: Path, unused_tcp_port_factory: Callable[[], int]
-) -> AsyncIterator[Callable[..., NodeProcess]]:
-    made: list[NodeProcess] = []
-
-    def make(*extra: str) -> NodeProcess:
-        made.append(NodeProcess(tmp_path / "data", unused_tcp_port_factory(), *extra))
-        return made[-1]
-
-    yield make
-    for node in made:
-        if node.process is not None and node.process.returncode is None:
-            node.process.kill()
-            await node.process.wait()
-
-
-async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with session.post(url, json=body) as response:
-        assert response.status == 200, await response.text()
-        return await response.json()  # type: ignore[no-any-return]
 
 
 async def _write_until_killed(

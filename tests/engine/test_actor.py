@@ -209,8 +209,8 @@ async def test_create_branch_on_unknown_leaf_is_rejected(engine: Engine) -> None
 
 async def test_store_mode_writes_through_before_any_flush_cycle(open_engine: EngineFactory) -> None:
     engine = await open_engine(durability="store")
-    segments = engine.journal.segments()
     actor = await engine.conversation()
+    segments = engine.journal.segments()
     node = await engine.say(actor.id, actor.meta.root_id, "kept")
     stored = await engine.sqlite.load(actor.id)
     assert stored is not None

@@ -288,6 +288,7 @@ async def test_mark_without_descriptors_raises_a_journal_error(
     open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     journal = await open_journal()
+    await journal.append("c", 0, payload(0))
 
     def no_descriptors(*args: object) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
@@ -296,7 +297,7 @@ async def test_mark_without_descriptors_raises_a_journal_error(
     with pytest.raises(JournalError, match="Too many open files"):
         await journal.mark()
     monkeypatch.undo()
-    await journal.append("c", 0, payload(0))  # the journal still takes appends
+    await journal.append("c", 1, payload(1))  # the journal still takes appends
 
 
 # -- groups and segments ---------------------------------------------------------------------
@@ -319,8 +320,9 @@ async def test_each_open_and_mark_starts_a_segment_and_trim_deletes_files(
     open_journal: OpenJournal,
 ) -> None:
     journal = await open_journal()
-    assert journal.segments() == ["journal-0000000001.log"]
+    assert journal.segments() == []  # the first write opens one
     await journal.append("c", 1, payload(1))
+    assert journal.segments() == ["journal-0000000001.log"]
     mark = await journal.mark()
     assert journal.segments() == ["journal-0000000001.log", "journal-0000000002.log"]
     await journal.append("c", 2, payload(2))
@@ -328,5 +330,7 @@ async def test_each_open_and_mark_starts_a_segment_and_trim_deletes_files(
     assert journal.segments() == ["journal-0000000002.log"]
     await journal.__aexit__(None, None, None)
     journal = await open_journal()
-    assert journal.segments() == ["journal-0000000002.log", "journal-0000000003.log"]
+    assert journal.segments() == ["journal-0000000002.log"]
     assert await replayed(journal) == [payload(2)]
+    await journal.append("c", 3, payload(3))
+    assert journal.segments() == ["journal-0000000002.log", "journal-0000000003.log"]
