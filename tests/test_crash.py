@@ -123,3 +123,87 @@ async def test_sigterm_flushes_everything_and_trims_the_journal(
     ).fetchone()
     db.close()
     assert rows == (1,)
+
+
+class Acked:
+    """What one conversation's writer was told succeeded: messages, branches, shares."""
+
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+        self.messages: dict[str, str] = {}
+        self.branches: dict[str, str] = {}  # branch id -> leaf
+        self.shares: set[str] = set()
+
+
+async def _mixed_writes(
+    session: aiohttp.ClientSession, base: str, acked: Acked, parent: str, enough: asyncio.Event
+) -> None:
+    """Appends, with a branch every 3rd and a share every 5th, until the node dies."""
+    url = f"{base}/api/v1/conversations/{acked.cid}"
+    for i in range(10_000):
+        text = f"{acked.cid} {len(acked.messages)} {i}"
+        body = {"parent_message_id": parent, "role": "human", "created_by": "crash",
+                "content": {"type": "text", "text": text}}  # fmt: skip
+        try:
+            parent = (await _post(session, f"{url}/messages", body))["message_id"]
+            acked.messages[parent] = text
+            if i % 3 == 0:
+                branch = {"branch_name": f"b{i}", "leaf_message_id": parent, "created_by": "c"}
+                acked.branches[(await _post(session, f"{url}/branches", branch))["branch_id"]] = (
+                    parent
+                )
+            if i % 5 == 0:
+                user = f"user-{len(acked.shares)}-{i}"
+                share = {"shared_with": user, "permission": "read", "shared_by": "crash"}
+                await _post(session, f"{url}/share", share)
+                acked.shares.add(user)
+        except (aiohttp.ClientError, AssertionError):
+            return  # the node died mid-request: that write was never acknowledged
+        if i >= 20:
+            enough.set()
+
+
+async def _check(session: aiohttp.ClientSession, base: str, acked: Acked) -> str:
+    """Everything acknowledged is served; the newest acknowledged message id."""
+    url = f"{base}/api/v1/conversations/{acked.cid}"
+    async with session.get(f"{url}/tree") as response:
+        assert response.status == 200
+        stored = {m["message_id"]: m["content"] for m in (await response.json())["messages"]}
+    for mid, text in acked.messages.items():
+        assert stored.get(mid) == {"type": "text", "text": text}, mid
+    async with session.get(f"{url}/branches") as response:
+        branches = {b["branch_id"]: b["leaf_message_id"] for b in await response.json()}
+    assert acked.branches.items() <= branches.items()
+    async with session.get(f"{url}/shares") as response:
+        assert acked.shares <= {s["shared_with"] for s in await response.json()}
+    return list(acked.messages)[-1]
+
+
+async def test_three_sigkills_under_mixed_writes_lose_nothing_acknowledged(
+    node_process: Callable[..., NodeProcess],
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        node = node_process()
+        await node.start()
+        chats = []
+        for w in range(6):
+            created = await _post(session, f"{node.base}/api/v1/conversations",
+                                  {"title": f"m{w}", "created_by": "crash"})  # fmt: skip
+            async with session.get(f"{node.base}/api/v1/conversations/"
+                                   f"{created['conversation_id']}/tree") as response:  # fmt: skip
+                root = (await response.json())["messages"][0]["message_id"]
+            chats.append((Acked(created["conversation_id"]), root))
+        for _ in range(3):
+            enough = [asyncio.Event() for _ in chats]
+            writers = [
+                asyncio.create_task(_mixed_writes(session, node.base, acked, leaf, done))
+                for (acked, leaf), done in zip(chats, enough, strict=True)
+            ]
+            async with asyncio.timeout(120):
+                await asyncio.gather(*(done.wait() for done in enough))
+            assert await node.stop(signal.SIGKILL) == -signal.SIGKILL
+            await asyncio.gather(*writers)
+            node = node_process()
+            await node.start()
+            chats = [(acked, await _check(session, node.base, acked)) for acked, _ in chats]
+        assert await node.stop(signal.SIGTERM) == 0
