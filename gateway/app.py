@@ -17,6 +17,7 @@ from engine.registry import Registry
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.config import Settings
+from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
 from gateway.keys import CONVERSATIONS, FLUSHER, RESPONSES
 from gateway.response_cache import ResponseCache
@@ -47,6 +48,7 @@ def open_journal(settings: Settings) -> Journal:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app.on_response_prepare.append(drop_server_header)
     add_routes(app)
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
 

@@ -34,6 +34,7 @@ class Settings:
     max_hot_messages: int = 2_000_000
     idle_seconds: float = 600.0
     max_body_bytes: int = 1024 * 1024
+    max_connections: int = 0  # 0: derived from RLIMIT_NOFILE (gateway.connections)
     response_cache_bytes: int = 64 * 1024 * 1024  # encoded lineages and trees, per node
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
@@ -83,6 +84,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "max_hot_messages": (("CANOPY_MAX_HOT_MESSAGES",), int),
     "idle_seconds": (("CANOPY_IDLE_SECONDS",), float),
     "max_body_bytes": (("CANOPY_MAX_BODY_BYTES",), int),
+    "max_connections": (("CANOPY_MAX_CONNECTIONS",), int),
     "response_cache_bytes": (("CANOPY_RESPONSE_CACHE_BYTES",), int),
     "max_unflushed_bytes": (("CANOPY_MAX_UNFLUSHED_BYTES",), int),
     "flush_interval": (("CANOPY_FLUSH_INTERVAL",), float),

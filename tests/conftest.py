@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.connections import EdgeRunner, EdgeSite, default_max_connections
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
 
 
@@ -92,9 +93,14 @@ async def start_node(
             Settings(data_dir=tmp_path / "data", port=unused_tcp_port_factory(), **backend),
             **overrides,
         )
-        runner = web.AppRunner(create_app(settings), access_log=None)
+        runner = EdgeRunner(
+            create_app(settings),
+            max_connections=settings.max_connections or default_max_connections(),
+            shutdown_timeout=settings.shutdown_timeout,
+            access_log=None,
+        )
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await EdgeSite(runner, settings.host, settings.port).start()
         node = Node(settings, runner, session)
         started.append(node)
         return node
