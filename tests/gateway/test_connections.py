@@ -4,6 +4,7 @@ descriptor limit, shutdown with stalled clients, and aborted uploads through a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import signal
@@ -231,3 +232,47 @@ async def test_sigterm_with_stalled_clients_finishes_within_the_shutdown_timeout
             async with session.get(f"{again.base}{API}/conversations/{cid}") as response:
                 assert response.status == 200, cid
     assert await again.stop(signal.SIGTERM) == 0
+
+
+ABORTED = 300
+RSS_MARGIN = 60 * 1024 * 1024  # 300 aborted uploads leaked ~360 MB before the fix
+
+
+async def _abort_uploads(port: int, n: int, batch: int = 30) -> None:
+    """`n` uploads declaring 1 MB that hang up after 900 KB, `batch` at a time."""
+    data = head(
+        "POST", f"{API}/conversations", port, "Content-Type: application/json",
+        f"Content-Length: {1024 * 1024}",
+    ) + b'{"title": "' + b"x" * 900 * 1024  # fmt: skip
+
+    async def one() -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    for _ in range(n // batch):
+        await asyncio.gather(*(one() for _ in range(batch)))
+
+
+async def test_aborted_uploads_do_not_grow_rss(node_process: Callable[..., NodeProcess]) -> None:
+    node = node_process()
+    await node.start()
+    assert node.process is not None
+    await _abort_uploads(node.port, 60)  # warm the allocator
+    answer = await exchange(node.port, head("GET", "/health", node.port))
+    assert answer.status == 200
+    baseline = _rss_bytes(node.process.pid)
+    await _abort_uploads(node.port, ABORTED)
+    answer = await exchange(node.port, head("GET", "/health", node.port))
+    assert answer.status == 200
+    # the node may still be finishing the last handlers: poll, with a deadline
+    grown = _rss_bytes(node.process.pid) - baseline
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            while grown >= RSS_MARGIN:
+                await asyncio.sleep(0.1)
+                grown = _rss_bytes(node.process.pid) - baseline
+    assert grown < RSS_MARGIN, f"RSS grew {grown / 2**20:.0f} MB"
+    assert _failures(node) == []
+    assert await node.stop(signal.SIGTERM) == 0
