@@ -17,8 +17,10 @@ from engine.registry import Registry
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.config import Settings
+from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
-from gateway.keys import CONVERSATIONS, FLUSHER, RESPONSES
+from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
+from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES
 from gateway.response_cache import ResponseCache
 from gateway.routes import add_routes
 from persistence.data_dir import DataDirLock
@@ -49,7 +51,18 @@ def open_journal(settings: Settings) -> Journal:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    limits = EdgeLimits(
+        settings.max_body_bytes,
+        settings.body_timeout,
+        settings.hosts(),
+        BodyBudget(settings.max_body_buffer_bytes),
+    )
+    app = web.Application(
+        middlewares=[error_middleware, edge_middleware(limits)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[EDGE] = limits
+    app.on_response_prepare.append(drop_server_header)
     add_routes(app)
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
 

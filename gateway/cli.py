@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
 import uvloop
-from aiohttp import web
 
-from gateway import config
+from gateway import config, connections
 from gateway.app import create_app
 from persistence.data_dir import DataDirLock, DataDirLocked
 from persistence.journal import JournalDamaged
@@ -53,15 +53,16 @@ def migrate(settings: config.Settings) -> int:
 
 def serve(settings: config.Settings) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    web.run_app(
+    serving = connections.serve(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
+        settings.host,
+        settings.port,
+        max_connections=settings.max_connections or connections.default_max_connections(),
         shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
-        loop=uvloop.new_event_loop(),
-        print=lambda message: print(message, flush=True),
+        announce=lambda message: print(message, flush=True),
     )
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serving)
     return 0
 
 

@@ -11,7 +11,8 @@ import msgspec
 from aiohttp import web
 
 from engine.errors import CanopyError, InvalidInput
-from gateway.keys import CONVERSATIONS, RESPONSES
+from gateway.guards import read_limited
+from gateway.keys import CONVERSATIONS, EDGE, RESPONSES
 
 T = TypeVar("T")
 
@@ -49,7 +50,7 @@ async def read_body(request: web.Request, kind: type[T]) -> T:
     decoder = _decoders.get(kind)
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
-    data = await request.read()
+    data = await read_limited(request, request.app[EDGE])
     try:
         return decoder.decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:

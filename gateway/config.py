@@ -34,6 +34,10 @@ class Settings:
     max_hot_messages: int = 2_000_000
     idle_seconds: float = 600.0
     max_body_bytes: int = 1024 * 1024
+    body_timeout: float = 10.0  # seconds to receive a whole request body (408 past it)
+    max_body_buffer_bytes: int = 64 * 1024 * 1024  # bodies still arriving, node-wide (503)
+    max_connections: int = 0  # 0: derived from RLIMIT_NOFILE (gateway.connections)
+    allowed_hosts: str = ""  # host names answered besides IP literals and localhost; "*": any
     response_cache_bytes: int = 64 * 1024 * 1024  # encoded lineages and trees, per node
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
@@ -65,6 +69,9 @@ class Settings:
             batch_size=self.max_batch_size,
         )
 
+    def hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
     def flusher(self) -> FlusherConfig:
         return FlusherConfig(
             interval=self.flush_interval, max_unflushed_bytes=self.max_unflushed_bytes
@@ -84,6 +91,10 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "max_hot_messages": (("CANOPY_MAX_HOT_MESSAGES",), int),
     "idle_seconds": (("CANOPY_IDLE_SECONDS",), float),
     "max_body_bytes": (("CANOPY_MAX_BODY_BYTES",), int),
+    "body_timeout": (("CANOPY_BODY_TIMEOUT",), float),
+    "max_body_buffer_bytes": (("CANOPY_MAX_BODY_BUFFER_BYTES",), int),
+    "max_connections": (("CANOPY_MAX_CONNECTIONS",), int),
+    "allowed_hosts": (("CANOPY_ALLOWED_HOSTS",), str),
     "response_cache_bytes": (("CANOPY_RESPONSE_CACHE_BYTES",), int),
     "max_unflushed_bytes": (("CANOPY_MAX_UNFLUSHED_BYTES",), int),
     "flush_interval": (("CANOPY_FLUSH_INTERVAL",), float),

@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.service import Conversations
+from gateway.guards import EdgeLimits
 from gateway.response_cache import ResponseCache
 from persistence.flusher import Flusher
 
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
 RESPONSES = web.AppKey("responses", ResponseCache)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -18,10 +18,21 @@ from persistence.records import Branch, Conversation, Message, Share
 
 # -- requests -----------------------------------------------------------------------------
 
+# A user or branch name: it identifies something (a share with `shared_with: ""` could
+# never be revoked by path), so it may not be empty. Titles and descriptions may be.
+Name = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+def _require_a_change(update: msgspec.Struct) -> None:
+    """A PUT must set at least one field: `{}` or only unknown fields would change nothing
+    and still bump the version. msgspec turns the ValueError into a 422."""
+    if all(getattr(update, field) is None for field in update.__struct_fields__):
+        raise ValueError(f"nothing to update: give one of {', '.join(update.__struct_fields__)}")
+
 
 class CreateConversation(msgspec.Struct):
     title: str
-    created_by: str
+    created_by: Name
     description: str | None = None
     is_public: bool = False
 
@@ -31,36 +42,42 @@ class UpdateConversation(msgspec.Struct):
     description: str | None = None
     is_public: bool | None = None
 
+    def __post_init__(self) -> None:
+        _require_a_change(self)
+
 
 class CreateMessage(msgspec.Struct):
     role: str
     content: dict[str, Any]
-    created_by: str
+    created_by: Name
     parent_message_id: uuid.UUID | None = None
     content_metadata: dict[str, str] = {}
     branch_id: uuid.UUID | None = None
 
 
 class CreateBranch(msgspec.Struct):
-    branch_name: str
+    branch_name: Name
     leaf_message_id: uuid.UUID
-    created_by: str
+    created_by: Name
 
 
 class UpdateBranch(msgspec.Struct):
-    branch_name: str | None = None
+    branch_name: Name | None = None
     leaf_message_id: uuid.UUID | None = None
+
+    def __post_init__(self) -> None:
+        _require_a_change(self)
 
 
 class Fork(msgspec.Struct):
     title: str
-    created_by: str
+    created_by: Name
 
 
 class CreateShare(msgspec.Struct):
-    shared_with: str
+    shared_with: Name
     permission: str
-    shared_by: str
+    shared_by: Name
 
 
 # -- responses ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.connections import EdgeRunner, EdgeSite, default_max_connections
 from tests.processes import NodeProcess
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
 
@@ -93,9 +94,14 @@ async def start_node(
             Settings(data_dir=tmp_path / "data", port=unused_tcp_port_factory(), **backend),
             **overrides,
         )
-        runner = web.AppRunner(create_app(settings), access_log=None)
+        runner = EdgeRunner(
+            create_app(settings),
+            max_connections=settings.max_connections or default_max_connections(),
+            shutdown_timeout=settings.shutdown_timeout,
+            access_log=None,
+        )
         await runner.setup()
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        await EdgeSite(runner, settings.host, settings.port).start()
         node = Node(settings, runner, session)
         started.append(node)
         return node
@@ -126,8 +132,10 @@ async def node_process(
 ) -> AsyncIterator[Callable[..., NodeProcess]]:
     made: list[NodeProcess] = []
 
-    def make(*extra: str) -> NodeProcess:
-        made.append(NodeProcess(tmp_path / "data", unused_tcp_port_factory(), *extra))
+    def make(*extra: str, preexec_fn: Callable[[], None] | None = None) -> NodeProcess:
+        made.append(
+            NodeProcess(tmp_path / "data", unused_tcp_port_factory(), *extra, preexec_fn=preexec_fn)
+        )
         return made[-1]
 
     yield make

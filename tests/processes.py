@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,14 @@ import aiohttp
 class NodeProcess:
     """`canopy serve` in a subprocess; ready once it prints its address."""
 
-    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, *extra: str, preexec_fn: Callable[[], None] | None = None
+    ) -> None:
         self.data_dir, self.port, self.extra = data_dir, port, extra
         self.base = f"http://127.0.0.1:{port}"
         self.process: asyncio.subprocess.Process | None = None
+        self.preexec_fn = preexec_fn  # e.g. a lower RLIMIT_NOFILE
+        self.output: list[bytes] = []  # every line it printed or logged
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -32,6 +37,7 @@ class NodeProcess:
             *self.extra,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=self.preexec_fn,
         )
         assert self.process.stdout is not None
         seen = []
@@ -40,14 +46,15 @@ class NodeProcess:
                 line = await self.process.stdout.readline()
                 assert line, f"node exited before serving: {b''.join(seen)!r}"
                 seen.append(line)
+                self.output.append(line)
                 if b"Running on" in line:
                     break
         asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        while await self.process.stdout.readline():
-            pass
+        while line := await self.process.stdout.readline():
+            self.output.append(line)
 
     async def stop(self, sig: signal.Signals) -> int:
         assert self.process is not None

@@ -20,10 +20,8 @@ def add_routes(app: web.Application) -> None:
     for module in (messages, conversations, branches, forks, shares, health):
         for route in module.routes:
             assert isinstance(route, web.RouteDef), route
-            if api.covers(route.path):
-                api.add(route.method, route.path, route.handler)
-                if route.method == "GET" and route.kwargs.get("allow_head", True):
-                    api.add("HEAD", route.path, route.handler)  # as aiohttp's add_get does
-            else:
-                app.router.add_route(route.method, route.path, route.handler)
+            add = api.add if api.covers(route.path) else app.router.add_route
+            add(route.method, route.path, route.handler)
+            if route.method == "GET" and route.kwargs.get("allow_head", True):
+                add("HEAD", route.path, route.handler)  # as aiohttp's add_get does
     app.router.register_resource(api)

@@ -46,7 +46,8 @@ async def revoke(request: web.Request) -> web.Response:
 @routes.get("/api/v1/users/{user_id}/conversations")
 async def user_conversations(request: web.Request) -> web.Response:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
+    # the length first: int() refuses strings over 4,300 digits with a ValueError
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
     ids = await request.app[CONVERSATIONS].user_conversations(
         request.match_info["user_id"], int(raw)

@@ -33,6 +33,14 @@ async def test_health(node: Node) -> None:
     assert_timestamp(body["timestamp"])
 
 
+async def test_head_health(node: Node) -> None:
+    """Load balancers probe with HEAD: 200 and the headers of GET, without a body."""
+    async with node.session.head(node.base + "/health") as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        assert await response.read() == b""
+
+
 async def test_create_answers_the_conversation(node: Node) -> None:
     body = await create_conversation(node, title="Trip to Rome", created_by="user123")
     assert_conversation(

@@ -27,10 +27,13 @@ from gateway_helpers import (
     unchanged,
 )
 
+from gateway.keys import CONVERSATIONS
+
 if TYPE_CHECKING:
     from conftest import Node, NodeFactory
 
 USERS = ("alice", "bob", "carol")
+JSON_TYPE = {"Content-Type": "application/json"}  # raw bodies: aiohttp would send octet-stream
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,9 @@ async def test_every_route_answers_for_the_world(node: Node, world: World, name:
 async def test_malformed_json(node: Node, world: World, name: str, raw: bytes) -> None:
     method, template, _ = WRITES[name]
     async with still(node, world):
-        await expect_error(node, method, world.path(template), 400, "malformed_json", data=raw)
+        await expect_error(
+            node, method, world.path(template), 400, "malformed_json", data=raw, headers=JSON_TYPE
+        )
 
 
 # -- 422: fields ------------------------------------------------------------------------------
@@ -255,6 +260,7 @@ INVALID: dict[str, dict[str, Callable[[World], dict[str, Json]]]] = {
     "create_conversation": {
         "is_public_as_string": lambda w: {"is_public": "false"},
         "title_null": lambda w: {"title": None},
+        "empty_created_by": lambda w: {"created_by": ""},
     },
     "append": {
         "unknown_role": lambda w: {"role": "robot"},
@@ -290,13 +296,17 @@ INVALID: dict[str, dict[str, Callable[[World], dict[str, Json]]]] = {
         },
         "metadata_value_not_string": lambda w: {"content_metadata": {"k": 1}},
         "metadata_not_object": lambda w: {"content_metadata": ["k"]},
+        "empty_created_by": lambda w: {"created_by": ""},
     },
     "create_branch": {
+        "empty_branch_name": lambda w: {"branch_name": ""},
+        "empty_created_by": lambda w: {"created_by": ""},
         "malformed_leaf": lambda w: {"leaf_message_id": "123"},
         "leaf_from_other_conversation": lambda w: {"leaf_message_id": w.other_mid},
         "unknown_leaf": lambda w: {"leaf_message_id": random_id()},
     },
     "update_branch": {
+        "empty_branch_name": lambda w: {"branch_name": ""},
         "malformed_leaf": lambda w: {"leaf_message_id": "xyz"},
         "leaf_from_other_conversation": lambda w: {"leaf_message_id": w.other_mid},
         "unknown_leaf": lambda w: {"leaf_message_id": random_id()},
@@ -305,6 +315,12 @@ INVALID: dict[str, dict[str, Callable[[World], dict[str, Json]]]] = {
         "unknown_permission": lambda w: {"permission": "admin"},
         "uppercase_permission": lambda w: {"permission": "READ"},
         "empty_permission": lambda w: {"permission": ""},
+        "empty_shared_with": lambda w: {"shared_with": ""},
+        "empty_shared_by": lambda w: {"shared_by": ""},
+    },
+    **{
+        name: {"empty_created_by": lambda w: {"created_by": ""}}
+        for name in ("fork", "fork_branch", "fork_message")
     },
 }
 
@@ -319,6 +335,37 @@ async def test_invalid_field(node: Node, world: World, name: str, case: str) -> 
     async with still(node, world):
         status, answer = await call(node, world, name, body)
         assert_error(status, answer, 422, "invalid_field")
+
+
+@pytest.mark.parametrize("name", ["update_conversation", "update_branch"])
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"bogus": 1}, {"title": None, "branch_name": None}],
+    ids=["empty", "unknown", "nulls"],
+)
+async def test_update_that_changes_nothing(
+    node: Node, world: World, name: str, body: dict[str, Json]
+) -> None:
+    """422, and not even the conversation's version moves."""
+    revision = await node.app[CONVERSATIONS].revision(world.cid)
+    async with still(node, world):
+        status, answer = await call(node, world, name, body)
+        assert_error(status, answer, 422, "invalid_field")
+    assert await node.app[CONVERSATIONS].revision(world.cid) == revision
+
+
+@pytest.mark.parametrize("limit", ["9" * 5000, "0" * 5000 + "1", "-1", "1e3", "10001"])
+async def test_listing_limit_out_of_range(node: Node, world: World, limit: str) -> None:
+    async with still(node, world):
+        await expect_error(
+            node, "GET", f"{API}/users/alice/conversations?limit={limit}", 422, "invalid_field"
+        )
+
+
+async def test_revoke_an_empty_user(node: Node, world: World) -> None:
+    async with still(node, world):
+        status, answer = await node.request("DELETE", world.path("/conversations/{cid}/shares/"))
+        assert_error(status, answer, 404, "not_found")
 
 
 @pytest.mark.parametrize(("name", "param"), PATH_PARAMS)
@@ -447,10 +494,14 @@ async def test_body_over_the_limit(start_node: NodeFactory) -> None:
         for method, template, body in WRITES.values():
             padded = json.dumps({**body(w), "padding": "x" * 5000}).encode()
             assert len(padded) > 5000
-            got, answer = await node.request(method, w.path(template), data=padded)
+            got, answer = await node.request(
+                method, w.path(template), data=padded, headers=JSON_TYPE
+            )
             assert_error(got, answer, 413, "payload_too_large")
     small = json.dumps({"title": "t" * 1500, "created_by": "alice"}).encode()
-    status, answer = await node.request("POST", f"{API}/conversations", data=small)
+    status, answer = await node.request(
+        "POST", f"{API}/conversations", data=small, headers=JSON_TYPE
+    )
     assert status == 200, answer
 
 
@@ -521,7 +572,9 @@ async def test_junk_never_makes_a_500(node: Node, world: World, junk: str) -> No
     async with still(node, world):
         for name, (method, template, body) in WRITES.items():
             raw = JUNK[junk](body(world))
-            answers[name] = await node.request(method, world.path(template), data=raw)
+            answers[name] = await node.request(
+                method, world.path(template), data=raw, headers=JSON_TYPE
+            )
     assert {name: a for name, a in answers.items() if not is_client_error(*a)} == {}
 
 
@@ -545,7 +598,9 @@ async def test_content_junk_never_makes_a_500(node: Node, world: World, case: st
     body = json.dumps({**WRITES["append"][2](world), "content": "MARK"}).encode()
     raw = body.replace(b'"MARK"', CONTENT_JUNK[case])
     async with still(node, world):
-        answer = await node.request("POST", world.path("/conversations/{cid}/messages"), data=raw)
+        answer = await node.request(
+            "POST", world.path("/conversations/{cid}/messages"), data=raw, headers=JSON_TYPE
+        )
     assert is_client_error(*answer), answer
 
 

@@ -1,0 +1,308 @@
+"""The node's client connections: a cap below the descriptor limit, JSON answers to what
+the HTTP parser refuses, and a shutdown that cuts what would only stall it.
+
+aiohttp builds one `RequestHandler` protocol per connection from its `Server`, and
+`web.run_app` gives no hook into either, so the node runs its own small runner
+(`serve`): `EdgeRunner` makes an `EdgeServer`, and `EdgeSite` listens with
+`EdgeServer.accept` as the protocol factory. Past `max_connections` that factory
+answers a canned 503 and hangs up instead of building a handler: the refusal costs
+one descriptor for a moment, so a flood of idle sockets cannot push the node into
+EMFILE, where its journal, store and Redis would fail with it. Refusing at accept
+beats a middleware (it would run only once a request arrives, and an idle socket
+never sends one) and beats pausing accept (the kernel backlog would hide the node's
+state from clients, who would hang instead of hearing 503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import msgspec
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.schemas import ErrorDetail, ErrorOut
+
+log = logging.getLogger(__name__)
+
+# Descriptors kept back from client connections: stdio, the event loop's own, the
+# listening socket, SQLite (db, WAL, shm), journal segments being written, rotated and
+# trimmed, the data-dir lock, Redis and Cassandra pools. An idle node holds about 20;
+# the rest is headroom for the pools under load.
+RESERVED_DESCRIPTORS = 64
+# Refused connections are closed gracefully (the client reads its 503 rather than a
+# reset); at most this many wait at once, past which the oldest is closed.
+REFUSING_AT_ONCE = 16
+# At shutdown in-flight requests get this share of shutdown_timeout; the flush and the
+# storage close get the rest.
+DRAIN_SHARE = 0.5
+KEEPALIVE_TIMEOUT = 75.0  # as web.run_app: idle keep-alive connections close after it
+REFUSAL_LINGER = 1.0  # seconds a refused client gets to read its 503 and hang up
+
+
+def default_max_connections() -> int:
+    """Client connections that fit under the soft RLIMIT_NOFILE with the node's reserve."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(soft - RESERVED_DESCRIPTORS - REFUSING_AT_ONCE, 1)
+
+
+class RateLimitedLog:
+    """At most one warning per `interval` seconds; the next one counts those skipped."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
+        self.logger, self.interval = logger, interval
+        self._next = 0.0
+        self._skipped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._skipped += 1
+            return
+        self._next = now + self.interval
+        if self._skipped:
+            message, args = message + " (and %d more since the last line)", (*args, self._skipped)
+            self._skipped = 0
+        self.logger.warning(message, *args)
+
+
+_bad_requests = RateLimitedLog(log)
+_refusals = RateLimitedLog(log)
+
+
+async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: no `Server` header, so no versions revealed."""
+    response.headers.popall(hdrs.SERVER, None)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return msgspec.json.encode(ErrorOut(ErrorDetail(code, message)))
+
+
+class _BareResponse(web.Response):
+    """A response built outside the application (a parser error), without `Server`."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
+def _refusal() -> bytes:
+    body = error_body("unavailable", "too many connections; retry shortly")
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_REFUSAL = _refusal()
+
+
+class Refusal(asyncio.Protocol):
+    """Answers 503 at once and hangs up, holding its descriptor no longer than it must:
+    until the client's request arrived (closing with it unread would reset the
+    connection, and the client could lose the 503), its EOF, or REFUSAL_LINGER."""
+
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's is not one
+        transport.write(_REFUSAL)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.server.lingering(self)
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.close()  # its request is read: no reset
+
+    def eof_received(self) -> bool:
+        return False  # close now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.refusing.pop(self, None)
+
+
+class EdgeHandler(RequestHandler):
+    """aiohttp's protocol, answering parser errors as JSON and reporting its state."""
+
+    __slots__ = ("__weakref__", "reading_body")
+
+    def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.reading_body = False  # a stalled upload is cut first at shutdown
+
+    @property
+    def in_request(self) -> bool:
+        return self._request_in_progress
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        manager = self._manager
+        super().connection_lost(exc)
+        if isinstance(manager, EdgeServer):
+            manager.live.discard(self)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A parser error (bad request line, headers, framing) is the client's: one
+        rate-limited warning line and a JSON 400. Anything else stays a logged 500."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is already under way; cannot answer an error")
+        if isinstance(exc, HttpProcessingError):
+            detail = (message or exc.message or type(exc).__name__)[:200]
+            _bad_requests.warning("malformed HTTP request from %s: %s", request.remote, detail)
+            body = error_body("bad_request", f"malformed HTTP request: {detail}")
+        else:
+            self.log_exception("error handling request from %s", request.remote, exc_info=exc)
+            body = error_body("internal", "internal error")
+        response = _BareResponse(body=body, status=status, content_type="application/json")
+        response.force_close()
+        return response
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self.reading_body = True
+        try:
+            yield
+        finally:
+            self.reading_body = False
+
+
+class EdgeServer(web.Server):
+    """aiohttp's server, capped at `max_connections` and cutting stalls at shutdown."""
+
+    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        # Handlers made and not yet lost; weak, so one that never connected cannot leak
+        # a slot.
+        self.live: weakref.WeakSet[EdgeHandler] = weakref.WeakSet()
+        self.refusing: dict[Refusal, None] = {}  # oldest first
+        self.refused = 0
+
+    def __call__(self) -> EdgeHandler:
+        return EdgeHandler(self, loop=self._loop, **self._kwargs)
+
+    def accept(self) -> asyncio.BaseProtocol:
+        """The protocol factory: a handler, or a 503 once the cap is reached."""
+        if len(self.live) >= self.max_connections:
+            self.refused += 1
+            _refusals.warning(
+                "%d connections open, the cap (--max-connections): answering 503",
+                len(self.live),
+            )
+            return Refusal(self)
+        handler = self()
+        self.live.add(handler)
+        return handler
+
+    def lingering(self, refusal: Refusal) -> None:
+        """At most REFUSING_AT_ONCE refusals wait for their client; the oldest (most
+        likely an idle socket, which had its 503 and FIN already) goes first."""
+        if len(self.refusing) >= REFUSING_AT_ONCE:
+            oldest = next(iter(self.refusing))
+            del self.refusing[oldest]
+            if oldest.transport is not None:
+                oldest.transport.close()
+        self.refusing[refusal] = None
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Cut idle, half-sent and still-uploading connections at once (nothing of theirs
+        was acknowledged), then give in-flight requests a share of the budget."""
+        for handler in list(self.live):
+            if not handler.in_request or handler.reading_body:
+                handler.force_close()
+        drain = (timeout or 0.0) * DRAIN_SHARE
+        # RequestHandler.shutdown waits up to its timeout twice (finish, then cancel)
+        await super().shutdown(drain / 2)
+
+
+class EdgeRunner(web.AppRunner):
+    """An AppRunner whose server is an EdgeServer."""
+
+    def __init__(self, app: web.Application, *, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.max_connections = max_connections
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # runs the app's startup
+        return EdgeServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            max_connections=self.max_connections,
+            **plain._kwargs,
+        )
+
+
+class EdgeSite(web.BaseSite):
+    """A TCP site whose protocol factory is EdgeServer.accept."""
+
+    def __init__(self, runner: EdgeRunner, host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(runner, **kwargs)
+        self.host, self.bound_port = host, port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self.host}:{self.bound_port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert isinstance(server, EdgeServer)
+        self._server = await asyncio.get_running_loop().create_server(
+            server.accept, self.host, self.bound_port, backlog=self._backlog
+        )
+        self.bound_port = self._server.sockets[0].getsockname()[1]
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    max_connections: int,
+    shutdown_timeout: float,
+    announce: Callable[[str], None],
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down within `shutdown_timeout`."""
+    runner = EdgeRunner(
+        app,
+        max_connections=max_connections,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        access_log=None,
+    )
+    await runner.setup()
+    try:
+        site = EdgeSite(runner, host, port)
+        await site.start()
+        announce(f"======== Running on {site.name} ========")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
