@@ -18,8 +18,9 @@ from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.config import Settings
 from gateway.errors import error_middleware
-from gateway.keys import CONVERSATIONS, FLUSHER, RESPONSES
+from gateway.keys import CONVERSATIONS, FLUSHER, RESPONSES, SENDER
 from gateway.response_cache import ResponseCache
+from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
 from persistence.flusher import Flusher
 from persistence.journal import Journal, NoJournal
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     add_routes(app)
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
+    app[SENDER] = Sender(ResponseBudget(settings.responses()))
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:

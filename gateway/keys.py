@@ -6,8 +6,10 @@ from aiohttp import web
 
 from engine.service import Conversations
 from gateway.response_cache import ResponseCache
+from gateway.responses import Sender
 from persistence.flusher import Flusher
 
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FLUSHER = web.AppKey("flusher", Flusher)
 RESPONSES = web.AppKey("responses", ResponseCache)
+SENDER = web.AppKey("sender", Sender)
