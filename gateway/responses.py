@@ -73,8 +73,12 @@ class Listing:
         for node in self.nodes:
             metadata = node.content_metadata
             extra = sum(len(k) + len(v) + 6 for k, v in metadata.items()) if metadata else 0
-            yield _MESSAGE_BYTES + len(node.content) + len(node.created_by) + extra + (
-                lineage * node.depth
+            yield (
+                _MESSAGE_BYTES
+                + len(node.content)
+                + len(node.created_by)
+                + extra
+                + (lineage * node.depth)
             )
 
 
@@ -110,6 +114,7 @@ class ResponseBudget:
                 await self.until(lambda: self._fits(nbytes))
         except TimeoutError:
             self.refused += 1
+            log.info("refused a response of about %d bytes: %d in flight", nbytes, self.in_flight)
             raise Unavailable("too many large responses in flight", retry_after=1) from None
         self.in_flight += nbytes
 
@@ -205,12 +210,14 @@ class Sender:
         self, request: web.Request, listing: Listing, headers: dict[str, str]
     ) -> tuple[web.StreamResponse, bytes | bytearray]:
         """Encode and send a listing; the response and the body it sent."""
-        estimate = listing.estimate()
+        estimate, limit = listing.estimate(), self.budget.limits.max_response_bytes
+        if estimate > limit:
+            raise too_large(self.budget, estimate)
         if estimate <= STREAM_BYTES:
             body = encode_now(listing)
+            if len(body) > limit:
+                raise too_large(self.budget, len(body))
             return _whole(body, headers), body
-        if estimate > self.budget.limits.max_response_bytes:
-            raise too_large(self.budget, estimate)
         await self.budget.reserve(estimate)
         reserved = estimate
         try:
