@@ -121,9 +121,9 @@ async def answer_cached(
         return await app[SENDER].body(request, found.body, found.headers)
     listing = await build()
     headers = next_headers(request, listing.page, listing.next_cursor)
-    response, body = await app[SENDER].listing(request, listing, headers)
-    if cache.worth(len(body)):
-        cache.put(key, Encoded(bytes(body), headers))
+    response, chunks = await app[SENDER].listing(request, listing, headers)
+    if cache.worth(sum(map(len, chunks))):
+        cache.put(key, Encoded(b"".join(chunks), headers))
     return response
 
 
