@@ -37,7 +37,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     response_cache_bytes: int = 64 * 1024 * 1024  # encoded lineages and trees, per node
     max_response_bytes: int = 64 * 1024 * 1024  # one response; 413 (with a hint) past it
-    response_budget_bytes: int = 256 * 1024 * 1024  # large responses in flight, node-wide
+    response_budget_bytes: int = 128 * 1024 * 1024  # large responses in flight, node-wide
     write_timeout: float = 30.0  # seconds a client may take to drain one write
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
