@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Literal
 
 from msgspec.structs import replace
@@ -159,12 +160,22 @@ class ConversationActor:
         self.message(message_id)
         return self.state.tree.lineage(message_id)
 
-    def children(self, message_id: str) -> Iterable[Message]:
+    def children(self, message_id: str) -> Sequence[Message]:
+        """The message's children in creation order (a live sequence: copy to keep)."""
         self.message(message_id)
         return self.state.tree.children(message_id)
 
     def messages(self) -> Iterable[Message]:
         return self.state.tree
+
+    def messages_after(self, seq: int, limit: int) -> list[Message]:
+        """Up to `limit` messages created after the one numbered `seq` (-1: from the
+        root), in creation order: one page of the tree."""
+        tree = self.state.tree
+        page = list(islice(tree, seq + 1, seq + 1 + limit))  # seq is a node's position
+        if page and page[0].seq != seq + 1:  # numbered otherwise: find the place by seq
+            page = list(islice((node for node in tree if node.seq > seq), limit))
+        return page
 
     def branch(self, branch_id: str) -> Branch:
         found = self.state.branches.get(branch_id)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -267,7 +267,7 @@ class Registry:
 
     async def children(
         self, conversation_id: str, message_id: str
-    ) -> tuple[list[str], Iterable[Message]]:
+    ) -> tuple[list[str], Sequence[Message]]:
         """The parent's lineage (ids) and its children in creation order."""
         actor = await self.get(conversation_id)
         lineage = [node.message_id for node in actor.lineage(message_id)]

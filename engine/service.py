@@ -7,7 +7,7 @@ does, so the two can be compared behind the same routes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from engine.actor import ConversationActor, NewConversation, NewMessage
@@ -46,7 +46,7 @@ class Conversations(Protocol):
 
     async def children(
         self, conversation_id: str, message_id: str
-    ) -> tuple[list[str], Iterable[Message]]:
+    ) -> tuple[list[str], Sequence[Message]]:
         """The parent's lineage (ids) and its children in creation order."""
         ...
 

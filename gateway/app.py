@@ -20,8 +20,9 @@ from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
-from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES
+from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES, SENDER
 from gateway.response_cache import ResponseCache
+from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
 from persistence.data_dir import DataDirLock
 from persistence.flusher import Flusher
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(drop_server_header)
     add_routes(app)
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
+    app[SENDER] = Sender(ResponseBudget(settings.responses()))
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -12,7 +11,7 @@ from aiohttp import web
 
 from engine.errors import CanopyError, InvalidInput
 from gateway.guards import read_limited
-from gateway.keys import CONVERSATIONS, EDGE, RESPONSES
+from gateway.keys import EDGE
 
 T = TypeVar("T")
 
@@ -27,22 +26,6 @@ class MalformedJSON(CanopyError):
 
 def json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
-
-
-async def cached_json_response(
-    request: web.Request, conversation_id: str, build: Callable[[], Awaitable[object]]
-) -> web.Response:
-    """The response of a read that depends only on the conversation's state, encoded once
-    per version of it (see gateway.response_cache); store-backed mode never caches."""
-    revision = await request.app[CONVERSATIONS].revision(conversation_id)
-    if revision is None:
-        return json_response(await build())
-    cache, key = request.app[RESPONSES], (request.path, revision)
-    body = cache.get(key)
-    if body is None:
-        body = _encoder.encode(await build())
-        cache.put(key, body)
-    return web.Response(body=body, content_type="application/json")
 
 
 async def read_body(request: web.Request, kind: type[T]) -> T:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, get_args
 
 from engine.actor import ActorConfig, Durability
 from engine.registry import RegistryConfig
+from gateway.responses import ResponseLimits
 from persistence.flusher import FlusherConfig
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class Settings:
     max_connections: int = 0  # 0: derived from RLIMIT_NOFILE (gateway.connections)
     allowed_hosts: str = ""  # host names answered besides IP literals and localhost; "*": any
     response_cache_bytes: int = 64 * 1024 * 1024  # encoded lineages and trees, per node
+    max_response_bytes: int = 64 * 1024 * 1024  # one response; 413 (with a hint) past it
+    response_budget_bytes: int = 128 * 1024 * 1024  # large responses in flight, node-wide
+    write_timeout: float = 30.0  # seconds a client may take to drain one write
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
     shutdown_timeout: float = 10.0
@@ -56,6 +60,13 @@ class Settings:
             actor=ActorConfig(durability=self.durability, max_lineage_depth=self.max_lineage_depth),
             max_hot_messages=self.max_hot_messages,
             idle_seconds=self.idle_seconds,
+        )
+
+    def responses(self) -> ResponseLimits:
+        return ResponseLimits(
+            max_response_bytes=self.max_response_bytes,
+            budget_bytes=self.response_budget_bytes,
+            write_timeout=self.write_timeout,
         )
 
     def scylla(self) -> ScyllaConfig:
@@ -96,6 +107,9 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "max_connections": (("CANOPY_MAX_CONNECTIONS",), int),
     "allowed_hosts": (("CANOPY_ALLOWED_HOSTS",), str),
     "response_cache_bytes": (("CANOPY_RESPONSE_CACHE_BYTES",), int),
+    "max_response_bytes": (("CANOPY_MAX_RESPONSE_BYTES",), int),
+    "response_budget_bytes": (("CANOPY_RESPONSE_BUDGET_BYTES",), int),
+    "write_timeout": (("CANOPY_WRITE_TIMEOUT",), float),
     "max_unflushed_bytes": (("CANOPY_MAX_UNFLUSHED_BYTES",), int),
     "flush_interval": (("CANOPY_FLUSH_INTERVAL",), float),
     "store": (("CANOPY_STORE",), str),

@@ -7,9 +7,11 @@ from aiohttp import web
 from engine.service import Conversations
 from gateway.guards import EdgeLimits
 from gateway.response_cache import ResponseCache
+from gateway.responses import Sender
 from persistence.flusher import Flusher
 
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
 RESPONSES = web.AppKey("responses", ResponseCache)
+SENDER = web.AppKey("sender", Sender)

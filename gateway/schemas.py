@@ -8,7 +8,6 @@ content is embedded as the stored JSON bytes, never re-encoded.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -107,10 +106,25 @@ class MessageOut(msgspec.Struct):
     created_by: str
 
 
+class CompactMessageOut(msgspec.Struct):
+    """A message without its lineage (`?compact=true`): depth and parent rebuild it."""
+
+    conversation_id: str
+    message_id: str
+    parent_message_id: str | None
+    role: str
+    content: msgspec.Raw
+    content_metadata: dict[str, str]
+    depth: int
+    created_at: datetime
+    created_by: str
+
+
 class TreeOut(msgspec.Struct):
     conversation_id: str
-    messages: list[MessageOut]
-    total_messages: int
+    messages: list[MessageOut] | list[CompactMessageOut]
+    total_messages: int  # in the conversation, also when `messages` is one page of them
+    next_cursor: str | None | msgspec.UnsetType = msgspec.UNSET  # on paged requests only
 
 
 class BranchOut(msgspec.Struct):
@@ -178,30 +192,24 @@ def message_out(conversation_id: str, node: Message, lineage: list[str]) -> Mess
     )
 
 
+def compact_out(conversation_id: str, node: Message) -> CompactMessageOut:
+    return CompactMessageOut(
+        conversation_id,
+        node.message_id,
+        node.parent_id,
+        node.role,
+        msgspec.Raw(node.content),
+        node.content_metadata,
+        node.depth,
+        node.created_at,
+        node.created_by,
+    )
+
+
 def path_out(conversation_id: str, path: list[Message]) -> list[MessageOut]:
     """A root..node path, each message carrying its own lineage (a prefix of the path's)."""
     ids = [node.message_id for node in path]
     return [message_out(conversation_id, node, ids[: i + 1]) for i, node in enumerate(path)]
-
-
-def children_out(
-    conversation_id: str, parent_lineage: list[str], children: Iterable[Message]
-) -> list[MessageOut]:
-    return [
-        message_out(conversation_id, child, [*parent_lineage, child.message_id])
-        for child in children
-    ]
-
-
-def tree_out(conversation_id: str, nodes: Iterable[Message]) -> TreeOut:
-    """Every message in creation order; lineages are built once per node from the parent's."""
-    lineages: dict[str | None, list[str]] = {None: []}
-    messages = []
-    for node in nodes:
-        lineage = [*lineages[node.parent_id], node.message_id]
-        lineages[node.message_id] = lineage
-        messages.append(message_out(conversation_id, node, lineage))
-    return TreeOut(conversation_id, messages, len(messages))
 
 
 def branch_out(conversation_id: str, branch: Branch) -> BranchOut:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.actor import ConversationActor
-from gateway.codec import cached_json_response, json_response, path_id, read_body, uuid_str
+from gateway.codec import json_response, path_id, read_body, uuid_str
 from gateway.keys import CONVERSATIONS
-from gateway.schemas import CreateBranch, Deleted, UpdateBranch, branch_out, path_out
+from gateway.listings import answer_cached, path_listing
+from gateway.paging import page_of
+from gateway.responses import Listing
+from gateway.schemas import CreateBranch, Deleted, UpdateBranch, branch_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}/branches"
@@ -40,16 +43,17 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{branch_id}/messages")
-async def messages(request: web.Request) -> web.Response:
+async def messages(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
+    page = page_of(request)
 
-    async def build() -> object:
+    async def build() -> Listing:
         actor = await request.app[CONVERSATIONS].get(conversation_id)
         branch = actor.branch(branch_id)
-        return path_out(actor.id, actor.lineage(branch.leaf_message_id))
+        return path_listing(actor.id, actor.lineage(branch.leaf_message_id), page)
 
-    return await cached_json_response(request, conversation_id, build)
+    return await answer_cached(request, conversation_id, build)
 
 
 @routes.put(BASE + "/{branch_id}")

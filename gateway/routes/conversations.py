@@ -5,15 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine.actor import ConversationActor, NewConversation
-from gateway.codec import cached_json_response, json_response, path_id, read_body
+from gateway.codec import json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS
-from gateway.schemas import (
-    CreateConversation,
-    Deleted,
-    UpdateConversation,
-    conversation_out,
-    tree_out,
-)
+from gateway.listings import answer_cached, tree_listing
+from gateway.paging import page_of
+from gateway.responses import Listing
+from gateway.schemas import CreateConversation, Deleted, UpdateConversation, conversation_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations"
@@ -34,14 +31,20 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{conversation_id}/tree")
-async def tree(request: web.Request) -> web.Response:
+async def tree(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
+    page = page_of(request)
 
-    async def build() -> object:
+    async def build() -> Listing:
         actor = await request.app[CONVERSATIONS].get(conversation_id)
-        return tree_out(actor.id, actor.messages())
+        if page.limit is None:
+            nodes, more = list(actor.messages()), False
+        else:
+            nodes = actor.messages_after(page.after, page.limit + 1)
+            nodes, more = nodes[: page.limit], len(nodes) > page.limit
+        return tree_listing(actor.id, nodes, len(actor), more, actor.lineage, page)
 
-    return await cached_json_response(request, conversation_id, build)
+    return await answer_cached(request, conversation_id, build)
 
 
 @routes.put(BASE + "/{conversation_id}")

@@ -6,9 +6,12 @@ from aiohttp import web
 
 from engine import content
 from engine.actor import NewMessage
-from gateway.codec import cached_json_response, json_response, path_id, read_body, uuid_str
+from gateway.codec import json_response, path_id, read_body, uuid_str
 from gateway.keys import CONVERSATIONS
-from gateway.schemas import CreateMessage, children_out, message_out, path_out
+from gateway.listings import answer, answer_cached, children_listing, path_listing
+from gateway.paging import page_of
+from gateway.responses import Listing
+from gateway.schemas import CreateMessage, message_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}/messages"
@@ -40,21 +43,22 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{message_id}/children")
-async def children(request: web.Request) -> web.Response:
+async def children(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
-    lineage, nodes = await request.app[CONVERSATIONS].children(
-        conversation_id, path_id(request, "message_id")
-    )
-    return json_response(children_out(conversation_id, lineage, nodes))
+    message_id = path_id(request, "message_id")
+    page = page_of(request)
+    lineage, nodes = await request.app[CONVERSATIONS].children(conversation_id, message_id)
+    return await answer(request, children_listing(conversation_id, lineage, nodes, page))
 
 
 @routes.get(BASE + "/{message_id}/lineage")
-async def lineage(request: web.Request) -> web.Response:
+async def lineage(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     message_id = path_id(request, "message_id")
+    page = page_of(request)
 
-    async def build() -> object:
+    async def build() -> Listing:
         path = await request.app[CONVERSATIONS].lineage(conversation_id, message_id)
-        return path_out(conversation_id, path)
+        return path_listing(conversation_id, path, page)
 
-    return await cached_json_response(request, conversation_id, build)
+    return await answer_cached(request, conversation_id, build)

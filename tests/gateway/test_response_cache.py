@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from gateway_helpers import chain, conv_path, create_branch, new_conversation, ok
 
 from gateway.keys import RESPONSES
-from gateway.response_cache import ResponseCache
+from gateway.response_cache import Encoded, ResponseCache
 
 if TYPE_CHECKING:
     from conftest import Node
@@ -15,14 +15,14 @@ if TYPE_CHECKING:
 
 def test_lru_keeps_within_its_byte_budget() -> None:
     cache = ResponseCache(max_bytes=400, min_bytes=10)
-    cache.put(("/a", 1), b"a" * 100)
-    cache.put(("/b", 1), b"b" * 100)
-    cache.put(("/tiny", 1), b"t")  # not worth keeping
-    cache.put(("/huge", 1), b"h" * 101)  # over a quarter of the budget
-    assert cache.get(("/a", 1)) == b"a" * 100  # now the most recent
-    cache.put(("/c", 1), b"c" * 100)
-    cache.put(("/d", 1), b"d" * 100)
-    cache.put(("/e", 1), b"e" * 100)  # evicts /b, the least recent
+    cache.put(("/a", 1), Encoded(b"a" * 100, {}))
+    cache.put(("/b", 1), Encoded(b"b" * 100, {}))
+    cache.put(("/tiny", 1), Encoded(b"t", {}))  # not worth keeping
+    cache.put(("/huge", 1), Encoded(b"h" * 101, {}))  # over a quarter of the budget
+    assert cache.get(("/a", 1)) == Encoded(b"a" * 100, {})  # now the most recent
+    cache.put(("/c", 1), Encoded(b"c" * 100, {}))
+    cache.put(("/d", 1), Encoded(b"d" * 100, {}))
+    cache.put(("/e", 1), Encoded(b"e" * 100, {}))  # evicts /b, the least recent
     assert cache.get(("/b", 1)) is None and cache.get(("/tiny", 1)) is None
     assert cache.get(("/a", 1)) is not None and cache.get(("/huge", 1)) is None
     assert cache.nbytes == 400 and len(cache) == 4
