@@ -26,12 +26,14 @@ from engine.actor import (
 )
 from engine.conversation import ConversationState
 from engine.errors import CanopyError, NotFound, Unavailable
+from persistence.background import Backoff, Throttled
 from persistence.flusher import Flusher
 from persistence.journal import Journal, JournalError
 from persistence.records import Created, Message, Record, decode_record
 from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 T = TypeVar("T")
 
@@ -59,6 +61,7 @@ class Registry:
         self._passivating: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._evicting = False
+        self._eviction_backoff = Backoff(0.05, 5.0)
         self._hot_messages = 0
         self.activations = 0
         self.passivations = 0
@@ -318,6 +321,7 @@ class Registry:
                     break
         finally:
             self._evicting = False
+        self._eviction_backoff = Backoff(0.05, 5.0)
 
     async def _sweep_idle(self) -> None:
         period = max(0.05, self._config.idle_seconds / 4)

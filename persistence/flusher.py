@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from persistence.background import Backoff, Throttled
 from persistence.journal import Journal, JournalError
 from persistence.keyed_lock import KeyedLock
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Flusher:
         self._settled = asyncio.Condition()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0
+        self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         self.batches_written = 0
         self.messages_written = 0
 
@@ -111,7 +112,7 @@ class Flusher:
 
     def check_capacity(self) -> None:
         if self.unflushed_bytes > self._config.max_unflushed_bytes:
-            raise Backpressure(retry_after=max(1.0, self._backoff()))
+            raise Backpressure(retry_after=max(1.0, self._backoff.delay()))
 
     @property
     def unflushed_bytes(self) -> int:
@@ -151,11 +152,16 @@ class Flusher:
             if await self._cycle():
                 return True
             if attempt < retries:
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(self._backoff.delay())
         return False
 
     async def _cycle(self) -> bool:
-        mark = await self._journal.mark()
+        try:
+            mark = await self._journal.mark()
+        except (JournalError, OSError) as exc:  # e.g. EMFILE: no descriptor for a segment
+            throttled.warning("mark", "journal mark failed: %s; retrying", exc)
+            self._backoff.failed()
+            return False
         await self._wait_settled()
         semaphore = asyncio.Semaphore(self._config.concurrency)
         flushed: dict[str, int] = {}
@@ -169,7 +175,7 @@ class Flusher:
                 try:
                     await self.flush(conversation_id)
                 except Exception as exc:  # noqa: BLE001 - any store failure is retried
-                    log.warning("flush of %s failed: %s", conversation_id, exc)
+                    throttled.warning("flush", "flush of %s failed: %s", conversation_id, exc)
                     return False
                 flushed[conversation_id] = version
                 return True
@@ -179,15 +185,15 @@ class Flusher:
         covered = [*self._dirty, *(cid for cid in self._writing if cid not in self._dirty)]
         results = await asyncio.gather(*(write(cid) for cid in covered))
         if not all(results):
-            self._failures += 1
+            self._backoff.failed()
             return False
         try:
             await self._journal.trim(mark, flushed)
-        except JournalError as exc:  # stored already; the records are trimmed next cycle
-            log.warning("journal trim failed: %s", exc)
-            self._failures += 1
+        except (JournalError, OSError) as exc:  # stored already; trimmed next cycle
+            throttled.warning("trim", "journal trim failed: %s", exc)
+            self._backoff.failed()
             return False
-        self._failures = 0
+        self._backoff.succeeded()
         return True
 
     async def _wait_settled(self) -> None:
@@ -202,18 +208,17 @@ class Flusher:
         async with self._settled:
             self._settled.notify_all()
 
-    def _backoff(self) -> float:
-        if not self._failures:
-            return self._config.backoff_initial
-        delay = self._config.backoff_initial * 2.0 ** min(self._failures, 16)
-        jitter: float = random.uniform(0.5, 1.0)
-        return min(self._config.backoff_max, delay) * jitter
-
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(self._config.interval)
-            if not await self.flush_all():
+            try:
+                flushed = await self.flush_all()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one cycle
+                throttled.warning("cycle", "write-behind cycle failed: %r; retrying", exc)
+                self._backoff.failed()
+                flushed = False
+            if not flushed:
                 self._wake.set()  # keep retrying, with backoff
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(self._backoff.delay())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,11 @@ import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from persistence import redis_keys
+from persistence.background import Throttled
 from persistence.journal import JournalError
+
+log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 _APPEND = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
@@ -128,7 +133,8 @@ class RedisJournal:
             sent.append(future)
         try:
             results = await self._run(_APPEND, calls)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
+            throttled.warning("send", "journal append to redis failed: %r", exc)
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(JournalError(f"redis unavailable: {exc}"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ class ScriptedStore:
         self.attempts: list[str] = []
         self.written: list[tuple[str, int]] = []  # (conversation, version) of successes
         self.fail_next = 0
+        self.failure: Callable[[], Exception] = lambda: StoreError("scripted failure")
         self.gate = asyncio.Event()
         self.gate.set()
         self.success = asyncio.Event()
@@ -54,12 +56,34 @@ class ScriptedStore:
             await self.gate.wait()
             if self.fail_next:
                 self.fail_next -= 1
-                raise StoreError("scripted failure")
+                raise self.failure()
             await self.inner.write(conversation_id, changes)
             self.written.append((conversation_id, changes.version))
             self.success.set()
         finally:
             self._active[conversation_id] -= 1
+
+
+class FlakyJournal:
+    """Wraps the flusher's view of a real journal: `mark()` fails on demand, as a file
+    journal out of descriptors does, and every trim is announced."""
+
+    def __init__(self, inner: FileJournal) -> None:
+        self.inner = inner
+        self.fail_marks = 0
+        self.marks = 0
+        self.trimmed = asyncio.Event()
+
+    async def mark(self) -> object:
+        self.marks += 1
+        if self.fail_marks:
+            self.fail_marks -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await self.inner.mark()
+
+    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
+        await self.inner.trim(mark, flushed)
+        self.trimmed.set()
 
 
 @dataclass
@@ -68,6 +92,7 @@ class Env:
     sqlite: SQLiteStore
     store: ScriptedStore
     journal: FileJournal
+    flaky: FlakyJournal
     flusher: Flusher
     rows: Rows
 
@@ -109,19 +134,21 @@ async def open_env(tmp_path: Path, rows: Rows) -> AsyncIterator[OpenEnv]:
             sqlite = await stack.enter_async_context(SQLiteStore(tmp_path / "canopy.db"))
             journal = await stack.enter_async_context(FileJournal(tmp_path / "journal"))
             store = ScriptedStore(sqlite)
+            flaky = FlakyJournal(journal)
             stores.append(store)
             settings = {"interval": 3600.0, "backoff_initial": 0.001, "backoff_max": 0.01, **config}
             flusher = await stack.enter_async_context(
-                Flusher(store, journal, FlusherConfig(**settings))
+                Flusher(store, flaky, FlusherConfig(**settings))  # type: ignore[arg-type]
             )
-            stack.callback(release, store)  # runs before the flusher's final flush
-            return Env(tmp_path, sqlite, store, journal, flusher, rows)
+            stack.callback(release, store, flaky)  # runs before the flusher's final flush
+            return Env(tmp_path, sqlite, store, journal, flaky, flusher, rows)
 
         yield open_
 
 
-def release(store: ScriptedStore) -> None:
+def release(store: ScriptedStore, journal: FlakyJournal) -> None:
     store.fail_next = 0
+    journal.fail_marks = 0
     store.gate.set()
 
 
@@ -208,6 +235,27 @@ async def test_background_cycle_retries_until_the_store_recovers(
     assert env.store.attempts[:4] == ["c1"] * 4
     assert env.store.written == [("c1", 1)]
     assert (await env.load("c1")).messages == [root(rows)]
+
+
+async def test_background_cycle_outlives_failing_marks_and_writes(
+    open_env: OpenEnv, rows: Rows
+) -> None:
+    """EMFILE from the journal's mark() and OSError from the store once killed the loop."""
+    env = await open_env(interval=0.001)
+    env.flaky.fail_marks = 3
+    env.store.fail_next = 2
+    env.store.failure = lambda: OSError(errno.EMFILE, "Too many open files")
+    for cid in ("c1", "c2"):
+        await env.mutate(cid, 1, messages=(root(rows, cid),))
+    await env.flaky.trimmed.wait()
+    assert env.flaky.marks >= 4
+    assert sorted(env.store.written) == [("c1", 1), ("c2", 1)]
+    assert env.flusher.unflushed_bytes == 0
+    assert await env.replay_from_disk() == []
+    await env.mutate("c1", 2, title="after the failures")  # the loop is still there
+    env.flaky.trimmed.clear()
+    await env.flaky.trimmed.wait()
+    assert (await env.load("c1")).conversation.title == "after the failures"
 
 
 # -- failed batches never overwrite newer data -----------------------------------------------
