@@ -65,11 +65,6 @@ class ConversationState:
     def version(self) -> int:
         return self.meta.version
 
-    @property
-    def members(self) -> frozenset[str]:
-        """Users whose conversation listing shows this conversation."""
-        return frozenset((self.meta.created_by, *self.shares))
-
     def apply(self, seq: int, event: Event, changes: Changes) -> None:
         """Apply one journaled event (already validated) and record what it changed."""
         meta = self.meta
@@ -129,7 +124,6 @@ class ConversationState:
 
     def _record(self, changes: Changes) -> None:
         changes.conversation = self.meta
-        changes.members = self.members
         changes.version = self.meta.version
 
 

@@ -227,21 +227,32 @@ class Registry:
 
     async def user_conversations(self, user_id: str, limit: int) -> list[str]:
         """Conversations the user owns or was shared, most recently active first."""
-        try:
-            stored = await self._store.user_conversations(user_id, limit + 64)
+        listed, unlisted = self._unflushed_listing(user_id)
+        try:  # enough rows that `limit` remain once the unflushed removals are taken out
+            stored = await self._store.user_conversations(user_id, limit + len(unlisted))
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from None
-        activity = dict(stored)
-        for conversation_id, changes in self._flusher.pending():  # not yet in the store
-            meta = changes.conversation
-            if meta is None:
-                continue
-            if meta.deleted or user_id not in changes.members:
-                activity.pop(conversation_id, None)
-            else:
-                activity[conversation_id] = meta.updated_at.timestamp()
+        activity = {cid: at for cid, at in stored if cid not in unlisted}
+        activity.update(listed)
         ranked = sorted(activity.items(), key=lambda item: item[1], reverse=True)
         return [conversation_id for conversation_id, _ in ranked[:limit]]
+
+    def _unflushed_listing(self, user_id: str) -> tuple[dict[str, float], set[str]]:
+        """What the store's listing of the user does not know yet: the conversations it
+        shows (with their activity) and those it shows no more (deleted, revoked)."""
+        listed: dict[str, float] = {}
+        unlisted: set[str] = set()
+        for conversation_id, changes in self._flusher.pending():
+            actor = self._hot.get(conversation_id)  # dirty conversations are hot, unless
+            meta = actor.meta if actor is not None else changes.conversation  # passivating
+            if meta is None:
+                continue
+            shares = actor.state.shares if actor is not None else {}
+            if not meta.deleted and (user_id == meta.created_by or user_id in shares):
+                listed[conversation_id] = meta.updated_at.timestamp()
+            elif user_id == meta.created_by or user_id in shares or user_id in changes.shares:
+                unlisted.add(conversation_id)
+        return listed, unlisted
 
     # -- recovery, passivation, budget ----------------------------------------------------
 

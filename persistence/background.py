@@ -48,11 +48,16 @@ class Backoff:
         return self.delay()
 
     def delay(self) -> float:
-        if not self.failures:
-            return self.initial
-        delay = self.initial * 2.0 ** min(self.failures, 16)
-        jitter: float = random.uniform(0.5, 1.0)
-        return min(self.maximum, delay) * jitter
+        return backoff_delay(self.failures, self.initial, self.maximum)
 
     def succeeded(self) -> None:
         self.failures = 0
+
+
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """The wait after `failures` consecutive failures: doubling from `initial`, jittered."""
+    if not failures:
+        return initial
+    delay = initial * 2.0 ** min(failures, 16)
+    jitter: float = random.uniform(0.5, 1.0)
+    return min(maximum, delay) * jitter

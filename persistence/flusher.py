@@ -3,22 +3,29 @@
 `write -> journal -> ack -> dirty -> flusher -> Store batch -> journal trim`
 
 Actors record what each applied mutation changed through `record(conversation_id, apply)`;
-repeated updates of one row coalesce there. A cycle writes every dirty conversation
-as one batch (one partition), retries failures with backoff, and trims the journal
-only when everything the journal mark covers is stored. Writes to one conversation
-never overlap, so an old batch can never land after a newer one.
+repeated updates of one row coalesce there. Each cycle starts a write (one batch, one
+partition) for every dirty conversation not being written already, and never waits
+for them: a slow conversation holds back only itself. Failures are retried per
+conversation with backoff. The journal is trimmed as writes land: a journal mark
+waits for the versions of the conversations that were dirty when it was taken, and
+once they are all stored everything before it can go (a file journal's segments); the
+versions stored meanwhile go along (a Redis journal's per-conversation streams). Only
+one mark is pending at a time, so a stuck conversation holds journal space, never
+descriptors or other conversations' writes. Writes to one conversation never overlap,
+so an old batch can never land after a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from persistence.background import Backoff, Throttled
+from persistence.background import Backoff, Throttled, backoff_delay
 from persistence.journal import Journal, JournalError
 from persistence.keyed_lock import KeyedLock
 from persistence.store import Changes, Store
@@ -34,6 +41,17 @@ class FlusherConfig:
     concurrency: int = 16  # conversations written at once
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
+
+
+@dataclass
+class _Mark:
+    """A journal checkpoint and what it waits for: conversation -> version to be stored."""
+
+    handle: object
+    waiting: dict[str, int]
+
+
+_NO_MARK = object()  # no checkpoint is complete yet: nothing may be trimmed
 
 
 class Backpressure(Exception):
@@ -63,6 +81,15 @@ class Flusher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._flushing: dict[str, asyncio.Task[bool]] = {}  # the cycles' writes in flight
+        self._failures: Counter[str] = Counter()  # consecutive failed writes
+        self._not_before: dict[str, float] = {}  # a failing conversation's next attempt
+        self._marking = asyncio.Lock()
+        self._mark: _Mark | None = None  # the one checkpoint waiting for its versions
+        self._trimmable: object = _NO_MARK  # the newest complete checkpoint
+        self._stored: dict[str, int] = {}  # versions stored since the last trim
+        self._since_mark = False  # records were journaled after the newest mark
         self.batches_written = 0
         self.messages_written = 0
 
@@ -100,6 +127,7 @@ class Flusher:
     def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
         """Let `apply` record what a mutation changed in the conversation's dirty changes
         (created empty on first use, which wakes the flusher)."""
+        self._since_mark = True
         found = self._dirty.get(conversation_id)
         if found is None:
             found = self._dirty[conversation_id] = Changes()
@@ -145,55 +173,113 @@ class Flusher:
             self._unflushed -= changes.nbytes
             self.batches_written += 1
             self.messages_written += len(changes.messages)
+            self._stored_at(conversation_id, changes.version)
 
     async def flush_all(self, retries: int = 0) -> bool:
-        """One cycle: mark the journal, write every dirty conversation, trim on success."""
+        """Mark the journal, write every dirty conversation, trim: True once all is stored
+        and trimmed (recovery and shutdown wait for this; the background cycle does not)."""
         for attempt in range(retries + 1):
-            if await self._cycle():
+            if await self._flush_everything():
                 return True
             if attempt < retries:
                 await asyncio.sleep(self._backoff.delay())
         return False
 
+    async def _flush_everything(self) -> bool:
+        mark = await self._take_mark()
+        if mark is None:
+            return False
+        results = await asyncio.gather(*(self._write(cid) for cid in list(mark.waiting)))
+        return all(results) and not mark.waiting and await self._trim()
+
     async def _cycle(self) -> bool:
-        try:
-            mark = await self._journal.mark()
-        except (JournalError, OSError) as exc:  # e.g. EMFILE: no descriptor for a segment
-            throttled.warning("mark", "journal mark failed: %s; retrying", exc)
-            self._backoff.failed()
+        """One background cycle: start the writes that are due, trim what is stored.
+        False if something is left to retry later."""
+        if self._mark is None and self._since_mark and await self._take_mark() is None:
             return False
-        await self._wait_settled()
-        semaphore = asyncio.Semaphore(self._config.concurrency)
-        flushed: dict[str, int] = {}
+        now = asyncio.get_running_loop().time()
+        deferred = False
+        for conversation_id in list(self._dirty):
+            if conversation_id in self._flushing:
+                continue
+            if self._not_before.get(conversation_id, 0.0) > now:
+                deferred = True
+                continue
+            task = asyncio.create_task(self._write(conversation_id))
+            self._flushing[conversation_id] = task
+            task.add_done_callback(functools.partial(self._written, conversation_id))
+        trimmed = await self._trim()
+        if self._mark is None and self._since_mark:
+            self._wake.set()  # what was journaled since the last mark needs a mark of its own
+        return trimmed and not deferred
 
-        async def write(conversation_id: str) -> bool:
-            async with semaphore:
-                pending = self._dirty.get(conversation_id) or self._writing.get(conversation_id)
-                if pending is None:
-                    return True  # flushed meanwhile (passivation)
-                version = pending.version
-                try:
-                    await self.flush(conversation_id)
-                except Exception as exc:  # noqa: BLE001 - any store failure is retried
-                    throttled.warning("flush", "flush of %s failed: %s", conversation_id, exc)
-                    return False
-                flushed[conversation_id] = version
-                return True
+    def _written(self, conversation_id: str, _: asyncio.Task[bool]) -> None:
+        del self._flushing[conversation_id]
+        self._wake.set()  # newer changes, a retry or a completed mark may wait for a cycle
 
-        # A conversation being written by flush(cid) right now is covered by the mark too:
-        # flushing it again waits for that write and retries it if it failed.
-        covered = [*self._dirty, *(cid for cid in self._writing if cid not in self._dirty)]
-        results = await asyncio.gather(*(write(cid) for cid in covered))
-        if not all(results):
-            self._backoff.failed()
-            return False
+    async def _write(self, conversation_id: str) -> bool:
+        """Flush one conversation under the concurrency limit; False (logged) on failure."""
+        async with self._slots:
+            try:
+                await self.flush(conversation_id)
+            except Exception as exc:  # noqa: BLE001 - any store failure is retried
+                self._failures[conversation_id] += 1
+                failures = self._failures[conversation_id]
+                config = self._config
+                delay = backoff_delay(failures, config.backoff_initial, config.backoff_max)
+                self._not_before[conversation_id] = asyncio.get_running_loop().time() + delay
+                self._backoff.failed()
+                throttled.warning(
+                    "flush", "flush of %s failed (%d in a row): %s", conversation_id, failures, exc
+                )
+                return False
+        self._failures.pop(conversation_id, None)
+        self._not_before.pop(conversation_id, None)
+        self._backoff.succeeded()
+        return True
+
+    def _stored_at(self, conversation_id: str, version: int) -> None:
+        self._stored[conversation_id] = max(version, self._stored.get(conversation_id, 0))
+        mark = self._mark
+        if mark is not None and mark.waiting.get(conversation_id, version + 1) <= version:
+            del mark.waiting[conversation_id]
+
+    async def _take_mark(self) -> _Mark | None:
+        """A new checkpoint (replacing a pending one: it covers all that one waits for)."""
+        async with self._marking:
+            self._since_mark = False
+            try:
+                handle = await self._journal.mark()
+            except (JournalError, OSError) as exc:  # e.g. EMFILE: no descriptor for a segment
+                self._since_mark = True
+                throttled.warning("mark", "journal mark failed: %s; retrying", exc)
+                self._backoff.failed()
+                return None
+            await self._wait_settled()
+            waiting: dict[str, int] = {}
+            for conversation_id, changes in self.pending():
+                waiting[conversation_id] = max(changes.version, waiting.get(conversation_id, 0))
+            self._mark = _Mark(handle, waiting)
+            return self._mark
+
+    async def _trim(self) -> bool:
+        """Trim up to the newest complete checkpoint and the versions stored since."""
+        mark = self._mark
+        completed = mark is not None and not mark.waiting
+        if completed:
+            assert mark is not None
+            self._trimmable, self._mark = mark.handle, None
+        if self._trimmable is _NO_MARK or not (completed or self._stored):
+            return True
+        stored, self._stored = self._stored, {}
         try:
-            await self._journal.trim(mark, flushed)
-        except (JournalError, OSError) as exc:  # stored already; trimmed next cycle
+            await self._journal.trim(self._trimmable, stored)
+        except (JournalError, OSError) as exc:  # stored already; trimmed next time
+            for conversation_id, version in stored.items():
+                self._stored_at(conversation_id, version)
             throttled.warning("trim", "journal trim failed: %s", exc)
             self._backoff.failed()
             return False
-        self._backoff.succeeded()
         return True
 
     async def _wait_settled(self) -> None:
@@ -214,11 +300,11 @@ class Flusher:
             self._wake.clear()
             await asyncio.sleep(self._config.interval)
             try:
-                flushed = await self.flush_all()
+                done = await self._cycle()
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one cycle
                 throttled.warning("cycle", "write-behind cycle failed: %r; retrying", exc)
                 self._backoff.failed()
-                flushed = False
-            if not flushed:
+                done = False
+            if not done:
                 self._wake.set()  # keep retrying, with backoff
                 await asyncio.sleep(self._backoff.delay())

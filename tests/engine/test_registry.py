@@ -312,3 +312,29 @@ async def test_create_over_the_unflushed_limit_raises_unavailable(
         await engine.conversation()
     assert raised.value.retry_after > 0
     assert len(engine.registry) == hot
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+async def test_an_append_to_a_widely_shared_conversation_writes_no_share_rows(
+    engine: Engine,
+) -> None:
+    actor = await engine.conversation()
+    for n in range(200):
+        await actor.share(shared_with=f"user{n}", permission="read", shared_by="alice")
+    assert await engine.flusher.flush_all()
+    db = engine.sqlite._conn
+    before = db.total_changes
+    await engine.say(actor.id, actor.meta.root_id)
+    assert await engine.flusher.flush_all()
+    assert db.total_changes - before == 3  # the message, the conversation, the owner's listing
+    other = await engine.conversation(owner="bob")
+    assert await engine.flusher.flush_all()
+    assert await engine.registry.user_conversations("user7", 10) == [actor.id]
+    await engine.say(actor.id, actor.meta.root_id)  # the shared one is active again
+    assert await engine.flusher.flush_all()
+    assert await engine.sqlite.user_conversations("user7", 10) == [
+        (actor.id, actor.meta.updated_at.timestamp())
+    ]
+    assert other.id not in await engine.registry.user_conversations("user7", 10)

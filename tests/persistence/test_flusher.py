@@ -38,6 +38,7 @@ class ScriptedStore:
         self.gate = asyncio.Event()
         self.gate.set()
         self.success = asyncio.Event()
+        self.holds: dict[str, asyncio.Event] = {}  # conversation -> what releases its writes
         self._active: Counter[str] = Counter()
         self.overlaps: list[str] = []
 
@@ -47,6 +48,17 @@ class ScriptedStore:
     async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
         return await self.inner.user_conversations(user_id, limit)
 
+    def hold(self, conversation_id: str) -> asyncio.Event:
+        """Hold the conversation's writes until the returned event is set."""
+        held = self.holds[conversation_id] = asyncio.Event()
+        return held
+
+    async def stored(self, conversation_id: str, version: int) -> None:
+        """Wait until the conversation's changes up to `version` are written."""
+        while (conversation_id, version) not in self.written:
+            self.success.clear()
+            await self.success.wait()
+
     async def write(self, conversation_id: str, changes: Changes) -> None:
         self.attempts.append(conversation_id)
         self._active[conversation_id] += 1
@@ -54,6 +66,7 @@ class ScriptedStore:
             self.overlaps.append(conversation_id)
         try:
             await self.gate.wait()
+            await self.holds.get(conversation_id, self.gate).wait()
             if self.fail_next:
                 self.fail_next -= 1
                 raise self.failure()
@@ -115,6 +128,14 @@ class Env:
         assert snapshot is not None
         return snapshot
 
+    async def trimmed_to_nothing(self) -> None:
+        """Wait until the journal on disk holds nothing more to replay."""
+        while True:
+            self.flaky.trimmed.clear()
+            if not await self.replay_from_disk():
+                return
+            await self.flaky.trimmed.wait()
+
     async def replay_from_disk(self) -> list[bytes]:
         """What a node restarting now would recover from the journal directory."""
         async with FileJournal(self.directory / "journal") as journal:
@@ -150,6 +171,8 @@ def release(store: ScriptedStore, journal: FlakyJournal) -> None:
     store.fail_next = 0
     journal.fail_marks = 0
     store.gate.set()
+    for held in store.holds.values():
+        held.set()
 
 
 @pytest.fixture
@@ -256,6 +279,28 @@ async def test_background_cycle_outlives_failing_marks_and_writes(
     env.flaky.trimmed.clear()
     await env.flaky.trimmed.wait()
     assert (await env.load("c1")).conversation.title == "after the failures"
+
+
+# -- a slow conversation holds back only itself ---------------------------------------------
+
+
+async def test_a_stuck_conversation_never_holds_back_the_others(
+    open_env: OpenEnv, rows: Rows
+) -> None:
+    env = await open_env(interval=0.001)
+    stuck = env.store.hold("stuck")
+    await env.mutate("stuck", 1, messages=(root(rows, "stuck"),))
+    for seq in range(1, 4):  # each write of "other" waits for its own cycle
+        await env.mutate("other", seq, title=f"v{seq}", messages=(root(rows, "other"),))
+        await env.store.stored("other", seq)
+    assert "stuck" in env.store.attempts and not stuck.is_set()
+    assert (await env.load("other")).conversation.title == "v3"
+    assert await env.sqlite.load("stuck") is None
+    assert env.record("stuck", 1) in await env.replay_from_disk()  # its segment is kept
+    stuck.set()
+    await env.store.stored("stuck", 1)
+    await env.trimmed_to_nothing()
+    assert env.flusher.unflushed_bytes == 0
 
 
 # -- failed batches never overwrite newer data -----------------------------------------------
