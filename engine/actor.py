@@ -324,6 +324,7 @@ async def commit(
         if durability == "memory":
             appended = asyncio.ensure_future(journal.append(conversation_id, seq, payload))
             appended.add_done_callback(_log_failure)
+            flusher.adopt(appended)
         else:
             try:
                 await journal.append(conversation_id, seq, payload)

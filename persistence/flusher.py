@@ -41,6 +41,7 @@ class FlusherConfig:
     concurrency: int = 16  # conversations written at once
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
+    close_timeout: float = 10.0  # the final flush's budget; what is left stays journaled
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Flusher:
         self._trimmable: object = _NO_MARK  # the newest complete checkpoint
         self._stored: dict[str, int] = {}  # versions stored since the last trim
         self._since_mark = False  # records were journaled after the newest mark
+        self._appends: set[asyncio.Future[None]] = set()  # acked before the journal took them
         self.batches_written = 0
         self.messages_written = 0
 
@@ -98,10 +100,32 @@ class Flusher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stop the cycle, then flush everything within `close_timeout`. What is left
+        unflushed stays in the journal (durable), replayed by the next start."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush_all(retries=5)
+        flushed = False
+        try:
+            async with asyncio.timeout(self._config.close_timeout):
+                if self._appends:
+                    await asyncio.wait(self._appends)
+                while not (flushed := await self._flush_everything()):
+                    await asyncio.sleep(self._backoff.delay())
+        except TimeoutError:
+            pass
+        writes = list(self._flushing.values())
+        for task in writes:
+            task.cancel()
+        await asyncio.gather(*writes, return_exceptions=True)
+        if not flushed:
+            log.warning(
+                "flusher closed after %.1fs with %d conversations (%d bytes) unflushed;"
+                " their records stay in the journal and are replayed at the next start",
+                self._config.close_timeout,
+                len(self._dirty) + len(self._writing),
+                self.unflushed_bytes,
+            )
         log.info(
             "flusher closed: %d batches, %d messages written, %d bytes left unflushed",
             self.batches_written,
@@ -123,6 +147,12 @@ class Flusher:
             if not self._inflight[generation] and generation < self._generation:
                 del self._inflight[generation]
                 asyncio.get_running_loop().create_task(self._notify_settled())
+
+    def adopt(self, append: asyncio.Future[None]) -> None:
+        """Own a journal append acknowledged before it completed (`memory` durability):
+        closing waits for it, so the journal never closes under it."""
+        self._appends.add(append)
+        append.add_done_callback(self._appends.discard)
 
     def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
         """Let `apply` record what a mutation changed in the conversation's dirty changes

@@ -303,6 +303,21 @@ async def test_a_stuck_conversation_never_holds_back_the_others(
     assert env.flusher.unflushed_bytes == 0
 
 
+async def test_close_with_a_store_that_never_answers_keeps_the_journal(
+    open_env: OpenEnv, rows: Rows
+) -> None:
+    env = await open_env(interval=0.001, close_timeout=0.2)
+    env.store.hold("c1")  # never released before the close
+    await env.mutate("c1", 1, messages=(root(rows),))
+    await env.mutate("c2", 1, messages=(root(rows, "c2"),))
+    await env.store.stored("c2", 1)
+    async with asyncio.timeout(10):  # a hang detector, far above the 0.2 s budget
+        await env.flusher.__aexit__(None, None, None)
+    assert not env.flusher._flushing
+    assert await env.sqlite.load("c1") is None
+    assert env.record("c1", 1) in await env.replay_from_disk()  # replayed at the next start
+
+
 # -- failed batches never overwrite newer data -----------------------------------------------
 
 
