@@ -148,6 +148,11 @@ class ConversationActor:
     def __len__(self) -> int:
         return len(self.state.tree)
 
+    @property
+    def nbytes(self) -> int:
+        """What keeping it hot costs, by the memory budget's model."""
+        return self.state.nbytes
+
     def message(self, message_id: str) -> Message:
         node = self.state.tree.get(message_id)
         if node is None:

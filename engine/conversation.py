@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 from msgspec.structs import replace
 
+from engine.budget import CONVERSATION_BYTES, ROW_BYTES, message_bytes
 from engine.tree import MessageTree
 from persistence.records import (
     Appended,
@@ -33,7 +34,7 @@ _ROW_BYTES = 200  # rough size of a row besides its content, for the unflushed-b
 
 
 class ConversationState:
-    __slots__ = ("meta", "tree", "branches", "shares")
+    __slots__ = ("meta", "tree", "branches", "shares", "_message_bytes")
 
     def __init__(
         self,
@@ -48,6 +49,7 @@ class ConversationState:
             self.tree.add(node)
         self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
         self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
+        self._message_bytes = sum(message_bytes(m.content) for m in messages)
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> ConversationState:
@@ -65,6 +67,12 @@ class ConversationState:
     def version(self) -> int:
         return self.meta.version
 
+    @property
+    def nbytes(self) -> int:
+        """What keeping this conversation hot costs (the memory budget's model)."""
+        rows = len(self.branches) + len(self.shares)
+        return CONVERSATION_BYTES + self._message_bytes + ROW_BYTES * rows
+
     def apply(self, seq: int, event: Event, changes: Changes) -> None:
         """Apply one journaled event (already validated) and record what it changed."""
         meta = self.meta
@@ -72,6 +80,7 @@ class ConversationState:
         match event:
             case Appended(message=node, branch_id=branch_id):
                 tree.add(node)
+                self._message_bytes += message_bytes(node.content)
                 changes.messages[node.message_id] = node
                 changes.nbytes += len(node.content)
                 meta = replace(
@@ -95,6 +104,7 @@ class ConversationState:
                     updated_at=at,
                 )
                 root = replace(tree.root, content=root_content(meta))
+                self._message_bytes += len(root.content) - len(tree.root.content)
                 tree.replace(root)
                 changes.messages[root.message_id] = root
             case Deleted(at=at):
