@@ -187,6 +187,21 @@ class ConversationActor:
         nodes = self.state.tree.lineage(message_id) if message_id else list(self.state.tree)
         return [n for n in nodes if n.parent_id is not None]
 
+    async def fork_copy(
+        self, *, branch_id: str | None = None, message_id: str | None = None
+    ) -> tuple[str | None, list[Message]]:
+        """The fork point (a branch's leaf, a message, or None for all) and the messages a
+        fork copies, taken under the mutation lock: a delete in flight is applied first,
+        so a fork never copies a conversation whose deletion was acknowledged."""
+        async with self._lock:
+            self._check_open()
+            point: str | None = None
+            if branch_id is not None:
+                point = self.branch(branch_id).leaf_message_id
+            elif message_id is not None:
+                point = self.message(message_id).message_id
+            return point, self.fork_source(point)
+
     # -- mutations: serialized, journaled before applied -------------------------------------
 
     async def append(self, new: NewMessage) -> Message:
