@@ -404,3 +404,13 @@ async def test_an_append_to_a_widely_shared_conversation_writes_no_share_rows(
         (actor.id, actor.meta.updated_at.timestamp())
     ]
     assert other.id not in await engine.registry.user_conversations("user7", 10)
+
+
+async def test_listing_fills_its_limit_past_many_unflushed_deletes(engine: Engine) -> None:
+    actors = [await engine.conversation(title=f"c{i}") for i in range(100)]
+    assert await engine.flusher.flush_all()
+    for actor in actors[20:]:  # the 80 most recent, deleted but not yet flushed
+        await engine.registry.run(actor.id, lambda a: a.delete())
+    kept = [a.id for a in reversed(actors[:20])]
+    assert await engine.registry.user_conversations("alice", 10) == kept[:10]
+    assert await engine.registry.user_conversations("alice", 50) == kept
