@@ -144,7 +144,6 @@ async def seed(directory: Path, hot_messages: int) -> list[Seeded]:
             changes = Changes(
                 conversation=meta,
                 messages={n.message_id: n for n in nodes},
-                members=frozenset({meta.created_by}),
                 version=meta.version,
             )
             await store.write(meta.conversation_id, changes)

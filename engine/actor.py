@@ -150,6 +150,11 @@ class ConversationActor:
     def __len__(self) -> int:
         return len(self.state.tree)
 
+    @property
+    def nbytes(self) -> int:
+        """What keeping it hot costs, by the memory budget's model."""
+        return self.state.nbytes
+
     def message(self, message_id: str) -> Message:
         node = self.state.tree.get(message_id)
         if node is None:
@@ -193,6 +198,21 @@ class ConversationActor:
         """Non-root messages a fork copies: all of them, or the lineage of one message."""
         nodes = self.state.tree.lineage(message_id) if message_id else list(self.state.tree)
         return [n for n in nodes if n.parent_id is not None]
+
+    async def fork_copy(
+        self, *, branch_id: str | None = None, message_id: str | None = None
+    ) -> tuple[str | None, list[Message]]:
+        """The fork point (a branch's leaf, a message, or None for all) and the messages a
+        fork copies, taken under the mutation lock: a delete in flight is applied first,
+        so a fork never copies a conversation whose deletion was acknowledged."""
+        async with self._lock:
+            self._check_open()
+            point: str | None = None
+            if branch_id is not None:
+                point = self.branch(branch_id).leaf_message_id
+            elif message_id is not None:
+                point = self.message(message_id).message_id
+            return point, self.fork_source(point)
 
     # -- mutations: serialized, journaled before applied -------------------------------------
 
@@ -336,6 +356,7 @@ async def commit(
         if durability == "memory":
             appended = asyncio.ensure_future(journal.append(conversation_id, record.seq, payload))
             appended.add_done_callback(_log_failure)
+            flusher.adopt(appended)
         else:
             try:
                 await journal.append(conversation_id, record.seq, payload)

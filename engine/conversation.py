@@ -12,6 +12,7 @@ import logging
 import msgspec
 from msgspec.structs import replace
 
+from engine.budget import CONVERSATION_BYTES, ROW_BYTES, message_bytes
 from engine.tree import MessageTree
 from persistence.records import (
     Appended,
@@ -37,7 +38,7 @@ _ROW_BYTES = 200  # rough size of a row besides its content, for the unflushed-b
 
 
 class ConversationState:
-    __slots__ = ("meta", "tree", "branches", "shares")
+    __slots__ = ("meta", "tree", "branches", "shares", "_message_bytes")
 
     def __init__(
         self,
@@ -59,6 +60,7 @@ class ConversationState:
                       meta.conversation_id, orphans)  # fmt: skip
         self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
         self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
+        self._message_bytes = sum(message_bytes(m.content) for m in messages)
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> ConversationState:
@@ -77,9 +79,10 @@ class ConversationState:
         return self.meta.version
 
     @property
-    def members(self) -> frozenset[str]:
-        """Users whose conversation listing shows this conversation."""
-        return frozenset((self.meta.created_by, *self.shares))
+    def nbytes(self) -> int:
+        """What keeping this conversation hot costs (the memory budget's model)."""
+        rows = len(self.branches) + len(self.shares)
+        return CONVERSATION_BYTES + self._message_bytes + ROW_BYTES * rows
 
     def refuses(self, event: Event) -> str | None:
         """Why a replayed event cannot apply to this state (live mutations are validated
@@ -109,6 +112,7 @@ class ConversationState:
         match event:
             case Appended(message=node, branch_id=branch_id):
                 tree.add(node)
+                self._message_bytes += message_bytes(node.content)
                 changes.messages[node.message_id] = node
                 changes.nbytes += len(node.content)
                 meta = replace(
@@ -132,6 +136,7 @@ class ConversationState:
                     updated_at=at,
                 )
                 root = replace(tree.root, content=root_content(meta))
+                self._message_bytes += len(root.content) - len(tree.root.content)
                 tree.replace(root)
                 changes.messages[root.message_id] = root
             case Deleted(at=at):
@@ -161,7 +166,6 @@ class ConversationState:
 
     def _record(self, changes: Changes) -> None:
         changes.conversation = self.meta
-        changes.members = self.members
         changes.version = self.meta.version
 
 

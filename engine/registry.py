@@ -2,8 +2,13 @@
 
 Actors are activated on first touch from the Store snapshot plus the journal tail;
 concurrent first touches share one activation. Idle actors, and the least recently
-used ones while the node holds more hot messages than its budget, are flushed and
-then dropped; reactivation rebuilds exactly the same state.
+used ones while the node's hot conversations cost more bytes (engine/budget.py) or
+hold more messages than its budget, are flushed and then dropped; reactivation
+rebuilds exactly the same state.
+
+A conversation bigger than half the budget is oversized: it stays hot beside the
+budget rather than pushing every other conversation out (which made the node thrash
+between it and them), and at most one is hot at a time.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from engine import replay
 from engine.actor import (
@@ -25,23 +30,32 @@ from engine.actor import (
     Passivated,
     commit,
 )
+from engine.budget import default_max_hot_bytes
 from engine.conversation import ConversationState
 from engine.errors import CanopyError, NotFound, Unavailable
+from persistence.background import Backoff, Throttled
 from persistence.flusher import Flusher
 from persistence.journal import Entry, Journal, JournalError
 from persistence.records import Created, Message, Record, Snapshot
 from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 T = TypeVar("T")
+EVICTION_BATCH = 16  # passivations at once while over the budget
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
     actor: ActorConfig = ActorConfig()
+    max_hot_bytes: int = field(default_factory=default_max_hot_bytes)
     max_hot_messages: int = 2_000_000
     idle_seconds: float = 600.0
+
+    def oversized(self, actor: ConversationActor) -> bool:
+        """Too big to count against the budget: admitting it would evict most others."""
+        return actor.nbytes > self.max_hot_bytes // 2 or len(actor) > self.max_hot_messages // 2
 
 
 class Registry:
@@ -59,13 +73,21 @@ class Registry:
         self._activating: dict[str, asyncio.Future[ConversationActor]] = {}
         self._passivating: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._evicting = False
+        self._eviction: asyncio.Task[None] | None = None
+        self._eviction_backoff = Backoff(0.05, 5.0)
         self._hot_messages = 0
+        self._hot_bytes = 0
+        self._counted: dict[str, int] = {}  # bytes each hot actor was last counted at
+        self._oversized: set[str] = set()  # hot actors kept beside the budget
         self.activations = 0
         self.passivations = 0
+        self.oversized = 0  # times an oversized conversation was kept hot
 
     async def __aenter__(self) -> Registry:
         await self.recover()
+        for actor in list(self._hot.values()):  # recovery applied records to them directly
+            self._count(actor)
+        self._check_budget()
         self._spawn(self._sweep_idle())
         return self
 
@@ -86,6 +108,23 @@ class Registry:
     def hot_messages(self) -> int:
         return self._hot_messages
 
+    @property
+    def hot_bytes(self) -> int:
+        """What the hot conversations cost by the budget's model (engine/budget.py)."""
+        return self._hot_bytes
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "hot_actors": len(self._hot),
+            "hot_bytes": self._hot_bytes,
+            "hot_messages": self._hot_messages,
+            "max_hot_bytes": self._config.max_hot_bytes,
+            "activations": self.activations,
+            "passivations": self.passivations,
+            "oversized": self.oversized,
+            "oversized_hot": len(self._oversized),
+        }
+
     def __len__(self) -> int:
         return len(self._hot)
 
@@ -97,6 +136,7 @@ class Registry:
         else:
             self._hot.move_to_end(conversation_id)
             self._touched[conversation_id] = time.monotonic()
+            self._count(actor)
         if actor.meta.deleted:
             raise NotFound(f"conversation {conversation_id} not found")
         return actor
@@ -115,6 +155,7 @@ class Registry:
             finally:
                 if not actor.closed:
                     self._hot_messages += len(actor) - before
+                    self._count(actor)
             self._check_budget()
             return result
 
@@ -157,8 +198,9 @@ class Registry:
             actor = await self._replay(conversation_id, snapshot, replayed)
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
+        self._count(actor)
         self.activations += 1
-        self._check_budget()
+        await self._keep_within_budget()
         return actor
 
     async def _decode(self, entries: list[Entry]) -> list[replay.Replayed]:
@@ -221,7 +263,20 @@ class Registry:
         self._hot[actor.id] = actor
         self._touched[actor.id] = time.monotonic()
         self._hot_messages += len(actor)
+        self._count(actor)
         return actor
+
+    def _count(self, actor: ConversationActor) -> None:
+        """Bring the hot bytes up to date with what the actor costs now."""
+        nbytes = actor.nbytes
+        self._hot_bytes += nbytes - self._counted.get(actor.id, 0)
+        self._counted[actor.id] = nbytes
+        if self._config.oversized(actor):
+            if actor.id not in self._oversized:
+                self._oversized.add(actor.id)
+                self.oversized += 1
+        else:
+            self._oversized.discard(actor.id)
 
     def _admitting(self, seq: int, event: Created) -> Callable[[Changes], None]:
         """What applies a creation event: admit the actor it makes."""
@@ -249,7 +304,7 @@ class Registry:
             Record(conversation_id, 1, event, prev=0), self._admitting(1, event),
         )  # fmt: skip
         actor = self._hot[conversation_id]
-        self._check_budget()
+        await self._keep_within_budget()
         return actor
 
     # -- message reads and appends: what the message routes ask ---------------------------
@@ -286,21 +341,32 @@ class Registry:
 
     async def user_conversations(self, user_id: str, limit: int) -> list[str]:
         """Conversations the user owns or was shared, most recently active first."""
-        try:
-            stored = await self._store.user_conversations(user_id, limit + 64)
+        listed, unlisted = self._unflushed_listing(user_id)
+        try:  # enough rows that `limit` remain once the unflushed removals are taken out
+            stored = await self._store.user_conversations(user_id, limit + len(unlisted))
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from None
-        activity = dict(stored)
-        for conversation_id, changes in self._flusher.pending():  # not yet in the store
-            meta = changes.conversation
-            if meta is None:
-                continue
-            if meta.deleted or user_id not in changes.members:
-                activity.pop(conversation_id, None)
-            else:
-                activity[conversation_id] = meta.updated_at.timestamp()
+        activity = {cid: at for cid, at in stored if cid not in unlisted}
+        activity.update(listed)
         ranked = sorted(activity.items(), key=lambda item: item[1], reverse=True)
         return [conversation_id for conversation_id, _ in ranked[:limit]]
+
+    def _unflushed_listing(self, user_id: str) -> tuple[dict[str, float], set[str]]:
+        """What the store's listing of the user does not know yet: the conversations it
+        shows (with their activity) and those it shows no more (deleted, revoked)."""
+        listed: dict[str, float] = {}
+        unlisted: set[str] = set()
+        for conversation_id, changes in self._flusher.pending():
+            actor = self._hot.get(conversation_id)  # dirty conversations are hot, unless
+            meta = actor.meta if actor is not None else changes.conversation  # passivating
+            if meta is None:
+                continue
+            shares = actor.state.shares if actor is not None else {}
+            if not meta.deleted and (user_id == meta.created_by or user_id in shares):
+                listed[conversation_id] = meta.updated_at.timestamp()
+            elif user_id == meta.created_by or user_id in shares or user_id in changes.shares:
+                unlisted.add(conversation_id)
+        return listed, unlisted
 
     # -- recovery, passivation, budget ----------------------------------------------------
 
@@ -344,33 +410,97 @@ class Registry:
             actor.closed = True
             self._journal.release(actor.id)
             self._hot_messages -= len(actor)
+            self._hot_bytes -= self._counted.pop(actor.id)
+            self._oversized.discard(actor.id)
             del self._hot[actor.id]
             del self._touched[actor.id]
             self.passivations += 1
 
     def _check_budget(self) -> None:
-        if not self._evicting and self.hot_messages > self._config.max_hot_messages:
-            self._evicting = True
-            self._spawn(self._evict())
+        if self._eviction is None and self._over(1.0):
+            self._eviction = asyncio.ensure_future(self._evict())
+            self._tasks.add(self._eviction)
+            self._eviction.add_done_callback(self._tasks.discard)
+
+    async def _keep_within_budget(self) -> None:
+        """Start eviction if over the budget; past twice the budget, wait for it, so that
+        creations and activations cannot outrun the passivations (each is a flush)."""
+        self._check_budget()
+        if self._eviction is not None and self._over(2.0):
+            await asyncio.shield(self._eviction)
+
+    def _over(self, share: float) -> bool:
+        """Whether the conversations within the budget cost more than `share` of it, or
+        more than one oversized conversation is hot."""
+        if len(self._oversized) > 1:
+            return True
+        config = self._config
+        nbytes, messages = self._hot_bytes, self._hot_messages
+        for conversation_id in self._oversized:
+            nbytes -= self._counted[conversation_id]
+            messages -= len(self._hot[conversation_id])
+        return nbytes > config.max_hot_bytes * share or messages > config.max_hot_messages * share
 
     async def _evict(self) -> None:
         try:
-            target = int(self._config.max_hot_messages * 0.9)
-            while self.hot_messages > target and len(self._hot) > 1:
-                oldest = next(iter(self._hot))
-                if not await self.passivate(oldest):
-                    break
+            if await self._evict_to_target():
+                self._eviction_backoff.succeeded()
+            else:  # the store refuses flushes: give it time before the next eviction
+                await asyncio.sleep(self._eviction_backoff.failed())
+        except Exception as exc:  # noqa: BLE001 - the next budget check tries again
+            throttled.warning("evict", "eviction failed: %r", exc)
+            await asyncio.sleep(self._eviction_backoff.failed())
         finally:
-            self._evicting = False
+            self._eviction = None
+
+    async def _evict_to_target(self) -> bool:
+        """Passivate least recently used actors until under 90% of the budget, and all
+        oversized ones but the most recently used; several at once, so that eviction
+        keeps up with conversations created by many clients."""
+        while self._over(0.9):
+            victims = self._victims()
+            if not victims:
+                return True
+            passivated = await asyncio.gather(*(self.passivate(cid) for cid in victims))
+            if not all(passivated):
+                return False
+        return True
+
+    def _victims(self) -> list[str]:
+        """The least recently used actors to passivate next (at most `EVICTION_BATCH`):
+        oversized ones while more than one is hot, otherwise ones within the budget;
+        never the most recently used."""
+        if len(self._oversized) > 1:
+            return [next(cid for cid in self._hot if cid in self._oversized)]
+        config = self._config
+        excess_bytes = self._hot_bytes - int(config.max_hot_bytes * 0.9)
+        excess_messages = self._hot_messages - int(config.max_hot_messages * 0.9)
+        newest = next(reversed(self._hot), None)
+        victims: list[str] = []
+        for conversation_id, actor in self._hot.items():
+            done = excess_bytes <= 0 and excess_messages <= 0
+            if done or conversation_id == newest or len(victims) == EVICTION_BATCH:
+                break
+            if conversation_id not in self._oversized and conversation_id not in self._passivating:
+                victims.append(conversation_id)
+                excess_bytes -= self._counted[conversation_id]
+                excess_messages -= len(actor)
+        return victims
 
     async def _sweep_idle(self) -> None:
         period = max(0.05, self._config.idle_seconds / 4)
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - self._config.idle_seconds
-            idle = [cid for cid, at in self._touched.items() if at < cutoff]
-            for conversation_id in idle:
-                await self.passivate(conversation_id)
+            try:
+                await self._passivate_idle()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                throttled.warning("sweep", "idle sweep failed: %r", exc)
+
+    async def _passivate_idle(self) -> None:
+        cutoff = time.monotonic() - self._config.idle_seconds
+        idle = [cid for cid, at in self._touched.items() if at < cutoff]
+        for conversation_id in idle:
+            await self.passivate(conversation_id)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from engine.actor import ActorConfig, Durability
+from engine.budget import default_max_hot_bytes
 from engine.registry import RegistryConfig
 from gateway.responses import ResponseLimits
 from persistence.flusher import FlusherConfig
@@ -32,6 +33,7 @@ class Settings:
     fsync: str = "0.05"  # seconds between journal fsyncs, or "always"
     max_lineage_depth: int = 1000
     max_batch_size: int = 100
+    max_hot_bytes: int = field(default_factory=default_max_hot_bytes)  # 25% of RAM
     max_hot_messages: int = 2_000_000
     idle_seconds: float = 600.0
     max_body_bytes: int = 1024 * 1024
@@ -58,6 +60,7 @@ class Settings:
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
             actor=ActorConfig(durability=self.durability, max_lineage_depth=self.max_lineage_depth),
+            max_hot_bytes=self.max_hot_bytes,
             max_hot_messages=self.max_hot_messages,
             idle_seconds=self.idle_seconds,
         )
@@ -99,6 +102,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "fsync": (("CANOPY_FSYNC",), str),
     "max_lineage_depth": (("CANOPY_MAX_LINEAGE_DEPTH", "MAX_LINEAGE_DEPTH"), int),
     "max_batch_size": (("CANOPY_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"), int),
+    "max_hot_bytes": (("CANOPY_MAX_HOT_BYTES",), int),
     "max_hot_messages": (("CANOPY_MAX_HOT_MESSAGES",), int),
     "idle_seconds": (("CANOPY_IDLE_SECONDS",), float),
     "max_body_bytes": (("CANOPY_MAX_BODY_BYTES",), int),

@@ -3,27 +3,35 @@
 `write -> journal -> ack -> dirty -> flusher -> Store batch -> journal trim`
 
 Actors record what each applied mutation changed through `record(conversation_id, apply)`;
-repeated updates of one row coalesce there. A cycle writes every dirty conversation
-as one batch (one partition), retries failures with backoff, and trims the journal
-only when everything the journal mark covers is stored. Writes to one conversation
-never overlap, so an old batch can never land after a newer one.
+repeated updates of one row coalesce there. Each cycle starts a write (one batch, one
+partition) for every dirty conversation not being written already, and never waits
+for them: a slow conversation holds back only itself. Failures are retried per
+conversation with backoff. The journal is trimmed as writes land: a journal mark
+waits for the versions of the conversations that were dirty when it was taken, and
+once they are all stored everything before it can go (a file journal's segments); the
+versions stored meanwhile go along (a Redis journal's per-conversation streams). Only
+one mark is pending at a time, so a stuck conversation holds journal space, never
+descriptors or other conversations' writes. Writes to one conversation never overlap,
+so an old batch can never land after a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from persistence.background import Backoff, Throttled, backoff_delay
 from persistence.journal import Journal, JournalError
 from persistence.keyed_lock import KeyedLock
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,18 @@ class FlusherConfig:
     concurrency: int = 16  # conversations written at once
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
+    close_timeout: float = 10.0  # the final flush's budget; what is left stays journaled
+
+
+@dataclass
+class _Mark:
+    """A journal checkpoint and what it waits for: conversation -> version to be stored."""
+
+    handle: object
+    waiting: dict[str, int]
+
+
+_NO_MARK = object()  # no checkpoint is complete yet: nothing may be trimmed
 
 
 class Backpressure(Exception):
@@ -61,7 +81,17 @@ class Flusher:
         self._settled = asyncio.Condition()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0
+        self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._flushing: dict[str, asyncio.Task[bool]] = {}  # the cycles' writes in flight
+        self._failures: Counter[str] = Counter()  # consecutive failed writes
+        self._not_before: dict[str, float] = {}  # a failing conversation's next attempt
+        self._marking = asyncio.Lock()
+        self._mark: _Mark | None = None  # the one checkpoint waiting for its versions
+        self._trimmable: object = _NO_MARK  # the newest complete checkpoint
+        self._stored: dict[str, int] = {}  # versions stored since the last trim
+        self._since_mark = False  # records were journaled after the newest mark
+        self._appends: set[asyncio.Future[None]] = set()  # acked before the journal took them
         self.batches_written = 0
         self.messages_written = 0
 
@@ -70,10 +100,32 @@ class Flusher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Stop the cycle, then flush everything within `close_timeout`. What is left
+        unflushed stays in the journal (durable), replayed by the next start."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush_all(retries=5)
+        flushed = False
+        try:
+            async with asyncio.timeout(self._config.close_timeout):
+                if self._appends:
+                    await asyncio.wait(self._appends)
+                while not (flushed := await self._flush_everything()):
+                    await asyncio.sleep(self._backoff.delay())
+        except TimeoutError:
+            pass
+        writes = list(self._flushing.values())
+        for task in writes:
+            task.cancel()
+        await asyncio.gather(*writes, return_exceptions=True)
+        if not flushed:
+            log.warning(
+                "flusher closed after %.1fs with %d conversations (%d bytes) unflushed;"
+                " their records stay in the journal and are replayed at the next start",
+                self._config.close_timeout,
+                len(self._dirty) + len(self._writing),
+                self.unflushed_bytes,
+            )
         log.info(
             "flusher closed: %d batches, %d messages written, %d bytes left unflushed",
             self.batches_written,
@@ -96,9 +148,16 @@ class Flusher:
                 del self._inflight[generation]
                 asyncio.get_running_loop().create_task(self._notify_settled())
 
+    def adopt(self, append: asyncio.Future[None]) -> None:
+        """Own a journal append acknowledged before it completed (`memory` durability):
+        closing waits for it, so the journal never closes under it."""
+        self._appends.add(append)
+        append.add_done_callback(self._appends.discard)
+
     def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
         """Let `apply` record what a mutation changed in the conversation's dirty changes
         (created empty on first use, which wakes the flusher)."""
+        self._since_mark = True
         found = self._dirty.get(conversation_id)
         if found is None:
             found = self._dirty[conversation_id] = Changes()
@@ -111,7 +170,7 @@ class Flusher:
 
     def check_capacity(self) -> None:
         if self.unflushed_bytes > self._config.max_unflushed_bytes:
-            raise Backpressure(retry_after=max(1.0, self._backoff()))
+            raise Backpressure(retry_after=max(1.0, self._backoff.delay()))
 
     @property
     def unflushed_bytes(self) -> int:
@@ -144,50 +203,113 @@ class Flusher:
             self._unflushed -= changes.nbytes
             self.batches_written += 1
             self.messages_written += len(changes.messages)
+            self._stored_at(conversation_id, changes.version)
 
     async def flush_all(self, retries: int = 0) -> bool:
-        """One cycle: mark the journal, write every dirty conversation, trim on success."""
+        """Mark the journal, write every dirty conversation, trim: True once all is stored
+        and trimmed (recovery and shutdown wait for this; the background cycle does not)."""
         for attempt in range(retries + 1):
-            if await self._cycle():
+            if await self._flush_everything():
                 return True
             if attempt < retries:
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(self._backoff.delay())
         return False
 
+    async def _flush_everything(self) -> bool:
+        mark = await self._take_mark()
+        if mark is None:
+            return False
+        results = await asyncio.gather(*(self._write(cid) for cid in list(mark.waiting)))
+        return all(results) and not mark.waiting and await self._trim()
+
     async def _cycle(self) -> bool:
-        mark = await self._journal.mark()
-        await self._wait_settled()
-        semaphore = asyncio.Semaphore(self._config.concurrency)
-        flushed: dict[str, int] = {}
-
-        async def write(conversation_id: str) -> bool:
-            async with semaphore:
-                pending = self._dirty.get(conversation_id) or self._writing.get(conversation_id)
-                if pending is None:
-                    return True  # flushed meanwhile (passivation)
-                version = pending.version
-                try:
-                    await self.flush(conversation_id)
-                except Exception as exc:  # noqa: BLE001 - any store failure is retried
-                    log.warning("flush of %s failed: %s", conversation_id, exc)
-                    return False
-                flushed[conversation_id] = version
-                return True
-
-        # A conversation being written by flush(cid) right now is covered by the mark too:
-        # flushing it again waits for that write and retries it if it failed.
-        covered = [*self._dirty, *(cid for cid in self._writing if cid not in self._dirty)]
-        results = await asyncio.gather(*(write(cid) for cid in covered))
-        if not all(results):
-            self._failures += 1
+        """One background cycle: start the writes that are due, trim what is stored.
+        False if something is left to retry later."""
+        if self._mark is None and self._since_mark and await self._take_mark() is None:
             return False
+        now = asyncio.get_running_loop().time()
+        deferred = False
+        for conversation_id in list(self._dirty):
+            if conversation_id in self._flushing:
+                continue
+            if self._not_before.get(conversation_id, 0.0) > now:
+                deferred = True
+                continue
+            task = asyncio.create_task(self._write(conversation_id))
+            self._flushing[conversation_id] = task
+            task.add_done_callback(functools.partial(self._written, conversation_id))
+        trimmed = await self._trim()
+        if self._mark is None and self._since_mark:
+            self._wake.set()  # what was journaled since the last mark needs a mark of its own
+        return trimmed and not deferred
+
+    def _written(self, conversation_id: str, _: asyncio.Task[bool]) -> None:
+        del self._flushing[conversation_id]
+        self._wake.set()  # newer changes, a retry or a completed mark may wait for a cycle
+
+    async def _write(self, conversation_id: str) -> bool:
+        """Flush one conversation under the concurrency limit; False (logged) on failure."""
+        async with self._slots:
+            try:
+                await self.flush(conversation_id)
+            except Exception as exc:  # noqa: BLE001 - any store failure is retried
+                self._failures[conversation_id] += 1
+                failures = self._failures[conversation_id]
+                config = self._config
+                delay = backoff_delay(failures, config.backoff_initial, config.backoff_max)
+                self._not_before[conversation_id] = asyncio.get_running_loop().time() + delay
+                self._backoff.failed()
+                throttled.warning(
+                    "flush", "flush of %s failed (%d in a row): %s", conversation_id, failures, exc
+                )
+                return False
+        self._failures.pop(conversation_id, None)
+        self._not_before.pop(conversation_id, None)
+        self._backoff.succeeded()
+        return True
+
+    def _stored_at(self, conversation_id: str, version: int) -> None:
+        self._stored[conversation_id] = max(version, self._stored.get(conversation_id, 0))
+        mark = self._mark
+        if mark is not None and mark.waiting.get(conversation_id, version + 1) <= version:
+            del mark.waiting[conversation_id]
+
+    async def _take_mark(self) -> _Mark | None:
+        """A new checkpoint (replacing a pending one: it covers all that one waits for)."""
+        async with self._marking:
+            self._since_mark = False
+            try:
+                handle = await self._journal.mark()
+            except (JournalError, OSError) as exc:  # e.g. EMFILE: no descriptor for a segment
+                self._since_mark = True
+                throttled.warning("mark", "journal mark failed: %s; retrying", exc)
+                self._backoff.failed()
+                return None
+            await self._wait_settled()
+            waiting: dict[str, int] = {}
+            for conversation_id, changes in self.pending():
+                waiting[conversation_id] = max(changes.version, waiting.get(conversation_id, 0))
+            self._mark = _Mark(handle, waiting)
+            return self._mark
+
+    async def _trim(self) -> bool:
+        """Trim up to the newest complete checkpoint and the versions stored since."""
+        mark = self._mark
+        completed = mark is not None and not mark.waiting
+        if completed:
+            assert mark is not None
+            self._trimmable, self._mark = mark.handle, None
+        if self._trimmable is _NO_MARK or not (completed or self._stored):
+            return True
+        stored, self._stored = self._stored, {}
         try:
-            await self._journal.trim(mark, flushed)
-        except JournalError as exc:  # stored already; the records are trimmed next cycle
-            log.warning("journal trim failed: %s", exc)
-            self._failures += 1
+            await self._journal.trim(self._trimmable, stored)
+        except (JournalError, OSError) as exc:  # stored already; trimmed next time
+            for conversation_id, version in stored.items():
+                self._stored_at(conversation_id, version)
+            throttled.warning("trim", "journal trim failed: %s", exc)
+            self._backoff.failed()
             return False
-        self._failures = 0
         return True
 
     async def _wait_settled(self) -> None:
@@ -202,18 +324,17 @@ class Flusher:
         async with self._settled:
             self._settled.notify_all()
 
-    def _backoff(self) -> float:
-        if not self._failures:
-            return self._config.backoff_initial
-        delay = self._config.backoff_initial * 2.0 ** min(self._failures, 16)
-        jitter: float = random.uniform(0.5, 1.0)
-        return min(self._config.backoff_max, delay) * jitter
-
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(self._config.interval)
-            if not await self.flush_all():
+            try:
+                done = await self._cycle()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one cycle
+                throttled.warning("cycle", "write-behind cycle failed: %r; retrying", exc)
+                self._backoff.failed()
+                done = False
+            if not done:
                 self._wake.set()  # keep retrying, with backoff
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(self._backoff.delay())

@@ -24,10 +24,12 @@ import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from persistence import redis_keys
+from persistence.background import Throttled
 from persistence.journal import Entry, JournalError
 from persistence.redis_keys import SET_ASIDE
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 _APPEND = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
@@ -63,12 +65,15 @@ def _sha(script: str) -> str:
 class RedisJournal:
     """Journal backend over Redis Streams (see module docstring)."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 1.0, close_timeout: float = 3.0) -> None:
         self._client: redis.Redis = redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
+        self._close_timeout = close_timeout
         self._epochs: dict[str, int] = {}
         self._batch: list[tuple[str, int, bytes, asyncio.Future[None]]] = []
+        self._scheduled: asyncio.Handle | None = None  # the tick's send of `_batch`
+        self._sends: set[asyncio.Task[None]] = set()  # owned: awaited on close
         self._sending = asyncio.Lock()  # batches go out in order, one at a time
         self.set_aside_records = 0
 
@@ -81,9 +86,23 @@ class RedisJournal:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        while self._batch:
-            await asyncio.sleep(0)  # let the tick's pipeline go out
-        await self._client.aclose()
+        """Send what is queued and wait for the sends in flight, then close the client:
+        each within `close_timeout`. An append still unsent then fails (never acked)."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._send_batch()
+        if self._sends:
+            _, late = await asyncio.wait(self._sends, timeout=self._close_timeout)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                log.warning("redis journal closed with %d sends cut short", len(late))
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._client.aclose()
+        except TimeoutError:
+            log.warning("redis journal: closing the client took over %.1fs", self._close_timeout)
 
     async def acquire(self, conversation_id: str) -> None:
         """Become the conversation's owner: appends from any earlier owner are refused."""
@@ -98,19 +117,28 @@ class RedisJournal:
         self._epochs.pop(conversation_id, None)
 
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if not self._batch:
-            asyncio.get_running_loop().call_soon(self._send_batch)
+            self._scheduled = loop.call_soon(self._send_batch)
         self._batch.append((conversation_id, seq, payload, future))
         return future
 
     def _send_batch(self) -> None:
-        batch, self._batch = self._batch, []
-        asyncio.ensure_future(self._send(batch))
+        batch, self._batch, self._scheduled = self._batch, [], None
+        if batch:
+            task = asyncio.create_task(self._send(batch), name="redis-journal-send")
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
 
     async def _send(self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]) -> None:
-        async with self._sending:
-            await self._send_in_order(batch)
+        try:
+            async with self._sending:
+                await self._send_in_order(batch)
+        finally:  # cancelled by close: its appenders hear it, none waits for ever
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(JournalError("journal closed before the append"))
 
     async def _send_in_order(
         self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]
@@ -133,7 +161,8 @@ class RedisJournal:
             sent.append(future)
         try:
             results = await self._run(_APPEND, calls)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
+            throttled.warning("send", "journal append to redis failed: %r", exc)
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(JournalError(f"redis unavailable: {exc}"))

@@ -57,7 +57,7 @@ TABLES = (
     """CREATE TABLE IF NOT EXISTS shares (
         conversation_id text, shared_with text, body blob,
         PRIMARY KEY (conversation_id, shared_with))""",
-    # A user's conversations, most recent first; the lookup table finds the row to move.
+    # An owner's conversations, most recent first; the lookup table finds the row to move.
     """CREATE TABLE IF NOT EXISTS user_conversations (
         user_id text, last_activity timestamp, conversation_id text,
         PRIMARY KEY (user_id, last_activity, conversation_id))
@@ -65,8 +65,12 @@ TABLES = (
     """CREATE TABLE IF NOT EXISTS user_conversation_activity (
         user_id text, conversation_id text, last_activity timestamp,
         PRIMARY KEY (user_id, conversation_id))""",
-    """CREATE TABLE IF NOT EXISTS conversation_members (
-        conversation_id text, user_id text, PRIMARY KEY (conversation_id, user_id))""",
+    # Share holders' listings: written on share and revoke only, joined with the
+    # conversation's activity when listed (a share never costs a write per activity).
+    """CREATE TABLE IF NOT EXISTS shared_conversations (
+        user_id text, conversation_id text, PRIMARY KEY (user_id, conversation_id))""",
+    """CREATE TABLE IF NOT EXISTS conversation_activity (
+        conversation_id text PRIMARY KEY, last_activity timestamp)""",
 )
 
 
@@ -213,15 +217,35 @@ class ScyllaStore:
         return sorted((_message(row[0]) for row in rows), key=_by_seq)
 
     async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        rows = await self._query(
-            "SELECT conversation_id, last_activity FROM user_conversations"
-            " WHERE user_id = ? LIMIT ?",
-            (user_id, limit * 2),
+        owned_rows, shared_rows = await asyncio.gather(
+            self._query(
+                "SELECT conversation_id, last_activity FROM user_conversations"
+                " WHERE user_id = ? LIMIT ?",
+                (user_id, limit * 2),
+            ),
+            self._query(
+                "SELECT conversation_id FROM shared_conversations WHERE user_id = ?", (user_id,)
+            ),
         )
-        seen: dict[str, float] = {}
-        for conversation_id, activity in rows:  # stale rows of a replay may repeat an id
-            seen.setdefault(conversation_id, activity.replace(tzinfo=UTC).timestamp())
+        seen = await self._activities([row[0] for row in shared_rows])
+        for conversation_id, activity in owned_rows:  # stale rows of a replay may repeat an id
+            seen.setdefault(conversation_id, _epoch(activity))
         return sorted(seen.items(), key=lambda item: item[1], reverse=True)[:limit]
+
+    async def _activities(self, conversation_ids: list[str]) -> dict[str, float]:
+        """Last activity of each conversation that still has one (not deleted)."""
+        chunks = [conversation_ids[i : i + 100] for i in range(0, len(conversation_ids), 100)]
+        pages = await asyncio.gather(
+            *(
+                self._query(
+                    "SELECT conversation_id, last_activity FROM conversation_activity"
+                    " WHERE conversation_id IN ?",
+                    (chunk,),
+                )
+                for chunk in chunks
+            )
+        )
+        return {cid: _epoch(activity) for page in pages for cid, activity in page}
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -235,10 +259,23 @@ class ScyllaStore:
                     f"DELETE FROM {table} USING TIMESTAMP ? WHERE conversation_id = ?",
                     (_erase(stamp), cid),
                 )
-                for table in ("messages", "branches", "shares")
+                for table in ("messages", "branches", "shares", "conversation_activity")
             ]
+            holders = await self._query(
+                "SELECT shared_with FROM shares WHERE conversation_id = ?", (cid,)
+            )
+            listing = _shared_rows({row[0]: None for row in holders}, cid, stamp)
         else:
             statements += self._row_statements(cid, changes, _put(stamp))
+            listing = _shared_rows(changes.shares, cid, stamp)
+            if changes.conversation is not None:
+                statements.append(
+                    (
+                        "INSERT INTO conversation_activity (conversation_id, last_activity)"
+                        " VALUES (?, ?) USING TIMESTAMP ?",
+                        (cid, changes.conversation.updated_at, _put(stamp)),
+                    )
+                )
         if changes.conversation is not None:
             meta = changes.conversation
             statements.append(
@@ -249,8 +286,10 @@ class ScyllaStore:
                 )
             )
         await self._batched(statements)
+        # Share holders' rows live in their own partitions: one statement each, not a batch.
+        await asyncio.gather(*(self._query(cql, params) for cql, params in listing))
         if changes.conversation is not None:
-            await self._list_for_members(cid, changes, stamp)
+            await self._list_for_owner(cid, changes, stamp)
 
     def _row_statements(
         self, cid: str, changes: Changes, stamp: int
@@ -268,65 +307,48 @@ class ScyllaStore:
         rows += _keyed_rows("shares", "shared_with", changes.shares, cid, stamp)
         return rows
 
-    async def _list_for_members(self, cid: str, changes: Changes, stamp: int) -> None:
-        """Move the conversation's row in each member's listing; drop it for ex-members."""
+    async def _list_for_owner(self, cid: str, changes: Changes, stamp: int) -> None:
+        """Move the conversation's row in its owner's listing (drop it once deleted)."""
         meta = changes.conversation
         assert meta is not None
-        members = set() if meta.deleted else set(changes.members)
-        previous = {
-            row[0]
-            for row in await self._query(
-                "SELECT user_id FROM conversation_members WHERE conversation_id = ?", (cid,)
-            )
-        }
-        for user in previous | members:
-            old = await self._query(
-                "SELECT last_activity FROM user_conversation_activity"
-                " WHERE user_id = ? AND conversation_id = ?",
-                (user, cid),
-            )
-            statements: list[tuple[str, Sequence[Any]]] = []
-            if old and (user not in members or old[0][0] != meta.updated_at.replace(tzinfo=None)):
-                statements.append(
-                    (
-                        "DELETE FROM user_conversations USING TIMESTAMP ?"
-                        " WHERE user_id = ? AND last_activity = ? AND conversation_id = ?",
-                        (_erase(stamp), user, old[0][0], cid),
-                    )
+        owner = meta.created_by
+        old = await self._query(
+            "SELECT last_activity FROM user_conversation_activity"
+            " WHERE user_id = ? AND conversation_id = ?",
+            (owner, cid),
+        )
+        statements: list[tuple[str, Sequence[Any]]] = []
+        if old and (meta.deleted or old[0][0] != meta.updated_at.replace(tzinfo=None)):
+            statements.append(
+                (
+                    "DELETE FROM user_conversations USING TIMESTAMP ?"
+                    " WHERE user_id = ? AND last_activity = ? AND conversation_id = ?",
+                    (_erase(stamp), owner, old[0][0], cid),
                 )
-            if user in members:
-                statements += [
-                    (
-                        "INSERT INTO user_conversations (user_id, last_activity, conversation_id)"
-                        " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                        (user, meta.updated_at, cid, _put(stamp)),
-                    ),
-                    (
-                        "INSERT INTO user_conversation_activity"
-                        " (user_id, conversation_id, last_activity) VALUES (?, ?, ?)"
-                        " USING TIMESTAMP ?",
-                        (user, cid, meta.updated_at, _put(stamp)),
-                    ),
-                    (
-                        "INSERT INTO conversation_members (conversation_id, user_id)"
-                        " VALUES (?, ?) USING TIMESTAMP ?",
-                        (cid, user, _put(stamp)),
-                    ),
-                ]
-            else:
-                statements += [
-                    (
-                        "DELETE FROM user_conversation_activity USING TIMESTAMP ?"
-                        " WHERE user_id = ? AND conversation_id = ?",
-                        (_erase(stamp), user, cid),
-                    ),
-                    (
-                        "DELETE FROM conversation_members USING TIMESTAMP ?"
-                        " WHERE conversation_id = ? AND user_id = ?",
-                        (_erase(stamp), cid, user),
-                    ),
-                ]
-            await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
+            )
+        if meta.deleted:
+            statements.append(
+                (
+                    "DELETE FROM user_conversation_activity USING TIMESTAMP ?"
+                    " WHERE user_id = ? AND conversation_id = ?",
+                    (_erase(stamp), owner, cid),
+                )
+            )
+        else:
+            statements += [
+                (
+                    "INSERT INTO user_conversations (user_id, last_activity, conversation_id)"
+                    " VALUES (?, ?, ?) USING TIMESTAMP ?",
+                    (owner, meta.updated_at, cid, _put(stamp)),
+                ),
+                (
+                    "INSERT INTO user_conversation_activity"
+                    " (user_id, conversation_id, last_activity) VALUES (?, ?, ?)"
+                    " USING TIMESTAMP ?",
+                    (owner, cid, meta.updated_at, _put(stamp)),
+                ),
+            ]
+        await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
 
     # -- driver plumbing -------------------------------------------------------------------
 
@@ -418,6 +440,32 @@ def _keyed_rows(
                 (cid, row_key, _encode(row), _put(stamp)),
             ))  # fmt: skip
     return statements
+
+
+def _shared_rows(
+    shares: Mapping[str, Share | None], cid: str, stamp: int
+) -> list[tuple[str, Sequence[Any]]]:
+    """Share holders' listing rows (other partitions than the conversation's)."""
+    statements: list[tuple[str, Sequence[Any]]] = []
+    for user, share in shares.items():
+        if share is None:
+            statements.append((
+                "DELETE FROM shared_conversations USING TIMESTAMP ?"
+                " WHERE user_id = ? AND conversation_id = ?",
+                (_erase(stamp), user, cid),
+            ))  # fmt: skip
+        else:
+            statements.append((
+                "INSERT INTO shared_conversations (user_id, conversation_id) VALUES (?, ?)"
+                " USING TIMESTAMP ?",
+                (user, cid, _put(stamp)),
+            ))  # fmt: skip
+    return statements
+
+
+def _epoch(activity: Any) -> float:
+    """A Cassandra timestamp (naive UTC datetime) as epoch seconds."""
+    return float(activity.replace(tzinfo=UTC).timestamp())
 
 
 def _by_seq(message: Message) -> int:

@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS shares (
     body BLOB NOT NULL,
     PRIMARY KEY (conversation_id, shared_with)
 ) WITHOUT ROWID;
+-- The owner's listing row, moved on every activity: one per conversation, so it is
+-- also where a share holder's listing finds the conversation's activity.
 CREATE TABLE IF NOT EXISTS user_conversations (
     user_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
@@ -59,6 +61,14 @@ CREATE INDEX IF NOT EXISTS user_conversations_by_conversation
     ON user_conversations (conversation_id);
 CREATE INDEX IF NOT EXISTS user_conversations_by_activity
     ON user_conversations (user_id, last_activity DESC);
+-- Share holders' listing rows: written on share and revoke only.
+CREATE TABLE IF NOT EXISTS shared_conversations (
+    user_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS shared_conversations_by_conversation
+    ON shared_conversations (conversation_id);
 """
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -116,7 +126,10 @@ class SQLiteStore:
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL loses nothing on a process crash in WAL mode; the journal covers power loss.
         db.execute("PRAGMA synchronous=NORMAL")
+        legacy = _has_table(db, "user_conversations") and not _has_table(db, "shared_conversations")
         db.executescript(_SCHEMA)
+        if legacy:
+            _move_share_rows(db)
         self._db = db
 
     def _close(self) -> None:
@@ -239,31 +252,63 @@ class SQLiteStore:
                 db.execute(
                     "DELETE FROM shares WHERE conversation_id = ? AND shared_with = ?", (cid, user)
                 )
+                db.execute(
+                    "DELETE FROM shared_conversations WHERE user_id = ? AND conversation_id = ?",
+                    (user, cid),
+                )
             else:
                 db.execute(
                     "INSERT OR REPLACE INTO shares VALUES (?, ?, ?)", (cid, user, _encode(share))
                 )
-        if changes.conversation is not None:
-            activity = changes.conversation.updated_at.timestamp()
+                db.execute("INSERT OR IGNORE INTO shared_conversations VALUES (?, ?)", (user, cid))
+        if changes.conversation is not None:  # the owner's row carries the activity
+            meta = changes.conversation
             db.execute(
-                "DELETE FROM user_conversations WHERE conversation_id = ? AND user_id NOT IN"
-                " (SELECT value FROM json_each(?))",
-                (cid, msgspec.json.encode(sorted(changes.members)).decode()),
-            )
-            db.executemany(
                 "INSERT OR REPLACE INTO user_conversations VALUES (?, ?, ?)",
-                [(user, cid, activity) for user in changes.members],
+                (meta.created_by, cid, meta.updated_at.timestamp()),
             )
 
     def _delete(self, cid: str) -> None:
-        for table in ("messages", "branches", "shares", "user_conversations"):
+        tables = ("messages", "branches", "shares", "user_conversations", "shared_conversations")
+        for table in tables:
             self._conn.execute(f"DELETE FROM {table} WHERE conversation_id = ?", (cid,))
 
     def _user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        return list(
-            self._conn.execute(
-                "SELECT conversation_id, last_activity FROM user_conversations"
-                " WHERE user_id = ? ORDER BY last_activity DESC LIMIT ?",
-                (user_id, limit),
-            )
+        """The user's own conversations by the activity index, and the shared ones joined
+        with their owner's row (which holds the activity), merged."""
+        db = self._conn
+        owned = db.execute(
+            "SELECT conversation_id, last_activity FROM user_conversations"
+            " WHERE user_id = ? ORDER BY last_activity DESC LIMIT ?",
+            (user_id, limit),
         )
+        shared = db.execute(
+            "SELECT s.conversation_id, o.last_activity FROM shared_conversations s"
+            " JOIN user_conversations o ON o.conversation_id = s.conversation_id"
+            " WHERE s.user_id = ? ORDER BY o.last_activity DESC LIMIT ?",
+            (user_id, limit),
+        )
+        listed = dict(shared.fetchall())
+        listed.update(owned.fetchall())
+        return sorted(listed.items(), key=lambda item: item[1], reverse=True)[:limit]
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return found.fetchone() is not None
+
+
+def _move_share_rows(db: sqlite3.Connection) -> None:
+    """Data from before shared_conversations kept every member's row in user_conversations;
+    keep there only the owner's, and move the share holders' to shared_conversations."""
+    rows = db.execute(
+        "SELECT u.user_id, u.conversation_id, c.body FROM user_conversations u"
+        " JOIN conversations c ON c.conversation_id = u.conversation_id"
+    ).fetchall()
+    moved = [(user, cid) for user, cid, body in rows if _conversation(body).created_by != user]
+    db.execute("BEGIN")
+    db.executemany("INSERT OR IGNORE INTO shared_conversations VALUES (?, ?)", moved)
+    db.executemany(
+        "DELETE FROM user_conversations WHERE user_id = ? AND conversation_id = ?", moved
+    )
+    db.execute("COMMIT")

@@ -23,15 +23,15 @@ class StoreError(Exception):
 class Changes:
     """One conversation's unflushed changes, coalesced: the newest value of each row wins.
 
-    `None` in `branches` or `shares` marks a deletion. `members` are the users whose
-    conversation listing points at this conversation (owner and share holders).
+    `None` in `branches` or `shares` marks a deletion. The listing rows follow from
+    what changed, never from the whole membership: the conversation row carries the
+    owner and the activity, `shares` the share holders added and removed.
     """
 
     conversation: Conversation | None = None
     messages: dict[str, Message] = field(default_factory=dict)
     branches: dict[str, Branch | None] = field(default_factory=dict)
     shares: dict[str, Share | None] = field(default_factory=dict)
-    members: frozenset[str] = frozenset()
     version: int = 0
     nbytes: int = 0
 
@@ -46,9 +46,7 @@ class Changes:
         self.messages.update(newer.messages)
         self.branches.update(newer.branches)
         self.shares.update(newer.shares)
-        if newer.version >= self.version:
-            self.members = newer.members
-            self.version = newer.version
+        self.version = max(self.version, newer.version)
         self.nbytes += newer.nbytes
 
 

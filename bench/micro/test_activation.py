@@ -50,7 +50,6 @@ def loaded_store(
     changes = Changes(
         conversation=state.meta,
         messages={m.message_id: m for m in state.tree},
-        members=state.members,
         version=state.version,
     )
     loop.run_until_complete(store.write(state.meta.conversation_id, changes))

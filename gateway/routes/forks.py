@@ -17,20 +17,21 @@ async def _fork(
     request: web.Request, *, branch: bool = False, message: bool = False
 ) -> web.Response:
     registry = request.app[CONVERSATIONS]
-    source = await registry.get(path_id(request, "conversation_id"))
+    source_id = path_id(request, "conversation_id")
+    await registry.get(source_id)  # an unknown source answers 404 before its body is read
     body = await read_body(request, Fork)
-    point: str | None = None
-    if branch:
-        point = source.branch(path_id(request, "branch_id")).leaf_message_id
-    elif message:
-        point = source.message(path_id(request, "message_id")).message_id
-    copied = source.fork_source(point)
+    branch_id = path_id(request, "branch_id") if branch else None
+    message_id = path_id(request, "message_id") if message else None
+    # The source again, now that the body is in: it may have been deleted meanwhile.
+    point, copied = await registry.run(
+        source_id, lambda source: source.fork_copy(branch_id=branch_id, message_id=message_id)
+    )
     forked = await registry.create(
         NewConversation(
             title=body.title,
             created_by=body.created_by,
-            description=f"Forked from conversation {source.id}",
-            fork_from=(source.id, point),
+            description=f"Forked from conversation {source_id}",
+            fork_from=(source_id, point),
             copied=copied,
         )
     )

@@ -108,6 +108,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         durability: Durability = "journal",
         max_lineage_depth: int = 1000,
         max_hot_messages: int = 2_000_000,
+        max_hot_bytes: int = 1024**3,
         max_unflushed_bytes: int = 256 * 1024 * 1024,
         flush_interval: float = HOUR,
         wrap_store: Callable[[SQLiteStore], Store] | None = None,
@@ -123,6 +124,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         registry_config = RegistryConfig(
             actor=ActorConfig(durability=durability, max_lineage_depth=max_lineage_depth),
             max_hot_messages=max_hot_messages,
+            max_hot_bytes=max_hot_bytes,
             idle_seconds=HOUR,
         )
         async with contextlib.AsyncExitStack() as stack:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from engine.actor import ConversationActor, NewMessage
+from engine.budget import CONVERSATION_BYTES, ROW_BYTES, message_bytes
 from engine.errors import NotFound, Unavailable
 from persistence.journal_file import SEGMENT_MAGIC
 from persistence.records import Branch, Conversation, Message, Share
@@ -160,6 +161,71 @@ async def test_memory_budget_evicts_many_to_get_under_target(open_engine: Engine
     for actor in actors[:3]:
         assert state_of(await engine.registry.get(actor.id)) == state_of(actor)
     assert engine.registry.activations == 3
+
+
+async def test_hot_bytes_follow_appends_shares_and_passivations(engine: Engine) -> None:
+    first = await engine.conversation()
+    expected = CONVERSATION_BYTES + message_bytes(first.state.tree.root.content)
+    assert engine.registry.hot_bytes == first.nbytes == expected
+    said = await engine.say(first.id, first.meta.root_id, "x" * 1000)
+    expected += message_bytes(said.content)
+    assert engine.registry.hot_bytes == expected
+    await engine.registry.run(
+        first.id, lambda a: a.share(shared_with="bob", permission="read", shared_by="alice")
+    )
+    expected += ROW_BYTES
+    assert engine.registry.hot_bytes == expected
+    second = await engine.conversation()
+    assert engine.registry.hot_bytes == expected + second.nbytes
+    assert await engine.registry.passivate(first.id)
+    assert engine.registry.hot_bytes == second.nbytes
+    again = await engine.registry.get(first.id)
+    assert again.nbytes == expected
+    assert engine.registry.hot_bytes == expected + second.nbytes
+    stats = engine.registry.stats()
+    assert (stats["hot_actors"], stats["hot_bytes"]) == (2, expected + second.nbytes)
+    assert (stats["activations"], stats["passivations"], stats["oversized"]) == (1, 1, 0)
+
+
+async def test_byte_budget_passivates_least_recently_used(open_engine: EngineFactory) -> None:
+    engine = await open_engine(max_hot_bytes=10 * CONVERSATION_BYTES)
+    actors = [await engine.conversation(title=f"c{i}") for i in range(12)]
+    await evictions_done(engine)
+    assert engine.registry.hot_bytes <= 9 * CONVERSATION_BYTES
+    assert engine.registry.passivations >= 3
+    assert actors[0].closed and not actors[-1].closed
+
+
+async def test_a_conversation_bigger_than_the_budget_does_not_thrash(
+    open_engine: EngineFactory,
+) -> None:
+    """Alternating reads of one conversation over the budget and of small ones."""
+    engine = await open_engine(max_hot_messages=20)
+    big = await engine.conversation(title="big")
+    for n in range(30):
+        await engine.say(big.id, big.meta.root_id, f"m{n}")
+    small = [await engine.conversation(title=f"s{i}") for i in range(3)]
+    await evictions_done(engine)
+    for round_ in range(30):
+        await engine.registry.get(big.id)
+        await evictions_done(engine)
+        await engine.registry.get(small[round_ % 3].id)
+        await evictions_done(engine)
+    assert engine.registry.activations <= 4  # each at most once, not once per read
+    assert engine.registry.stats()["oversized"] == 1
+
+
+async def test_only_one_oversized_conversation_stays_hot(open_engine: EngineFactory) -> None:
+    engine = await open_engine(max_hot_messages=10)
+    bigs = []
+    for i in range(2):
+        big = await engine.conversation(title=f"big{i}")
+        for n in range(8):
+            await engine.say(big.id, big.meta.root_id, f"m{n}")
+        bigs.append(big)
+        await evictions_done(engine)
+    assert bigs[0].closed and not bigs[1].closed
+    assert engine.registry.stats()["oversized_hot"] == 1
 
 
 # -- mutations racing passivation ----------------------------------------------------------------
@@ -316,3 +382,39 @@ async def test_create_over_the_unflushed_limit_raises_unavailable(
         await engine.conversation()
     assert raised.value.retry_after > 0
     assert len(engine.registry) == hot
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+async def test_an_append_to_a_widely_shared_conversation_writes_no_share_rows(
+    engine: Engine,
+) -> None:
+    actor = await engine.conversation()
+    for n in range(200):
+        await actor.share(shared_with=f"user{n}", permission="read", shared_by="alice")
+    assert await engine.flusher.flush_all()
+    db = engine.sqlite._conn
+    before = db.total_changes
+    await engine.say(actor.id, actor.meta.root_id)
+    assert await engine.flusher.flush_all()
+    assert db.total_changes - before == 3  # the message, the conversation, the owner's listing
+    other = await engine.conversation(owner="bob")
+    assert await engine.flusher.flush_all()
+    assert await engine.registry.user_conversations("user7", 10) == [actor.id]
+    await engine.say(actor.id, actor.meta.root_id)  # the shared one is active again
+    assert await engine.flusher.flush_all()
+    assert await engine.sqlite.user_conversations("user7", 10) == [
+        (actor.id, actor.meta.updated_at.timestamp())
+    ]
+    assert other.id not in await engine.registry.user_conversations("user7", 10)
+
+
+async def test_listing_fills_its_limit_past_many_unflushed_deletes(engine: Engine) -> None:
+    actors = [await engine.conversation(title=f"c{i}") for i in range(100)]
+    assert await engine.flusher.flush_all()
+    for actor in actors[20:]:  # the 80 most recent, deleted but not yet flushed
+        await engine.registry.run(actor.id, lambda a: a.delete())
+    kept = [a.id for a in reversed(actors[:20])]
+    assert await engine.registry.user_conversations("alice", 10) == kept[:10]
+    assert await engine.registry.user_conversations("alice", 50) == kept

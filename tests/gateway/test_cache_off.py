@@ -49,7 +49,6 @@ async def test_reads_see_changes_made_behind_the_nodes_back(node: Node) -> None:
         changes = Changes(
             conversation=replace(snapshot.conversation, version=version),
             messages={edited.message_id: edited},
-            members=frozenset({"alice"}),
             version=version,
         )
         await store.write(cid, changes)

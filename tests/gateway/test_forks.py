@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from gateway_helpers import (
     Json,
@@ -20,6 +22,8 @@ from gateway_helpers import (
     tree,
     user_conversations,
 )
+
+from gateway.keys import CONVERSATIONS
 
 if TYPE_CHECKING:
     from conftest import Node
@@ -216,3 +220,37 @@ async def test_fork_is_listed_for_its_creator(node: Node) -> None:
     fid = (await fork(node, cid))["conversation_id"]
     assert await user_conversations(node, "bob") == [fid]
     assert await user_conversations(node, "alice") == [cid]
+
+
+async def test_fork_whose_body_arrives_after_the_source_was_deleted(node: Node) -> None:
+    """The handler found the source, then waited for the body; the delete was acked."""
+    cid, _, _ = await small_tree(node)
+    conversations = node.app[CONVERSATIONS]
+    found, body_sent = asyncio.Event(), asyncio.Event()
+    original_get = conversations.get
+
+    async def get(conversation_id: str) -> Any:
+        found.set()
+        return await original_get(conversation_id)
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"title": "late", '  # the headers go out with a first chunk
+        await body_sent.wait()
+        yield b'"created_by": "bob"}'
+
+    conversations.get = get  # type: ignore[method-assign]
+    forking = asyncio.ensure_future(
+        node.request(
+            "POST",
+            conv_path(cid, "/fork"),
+            data=slow_body(),
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    await found.wait()
+    assert (await node.request("DELETE", conv_path(cid)))[0] == 200
+    body_sent.set()
+    status, answer = await forking
+    assert status == 404, answer
+    assert answer["error"]["code"] == "not_found"
+    assert await user_conversations(node, "bob") == []

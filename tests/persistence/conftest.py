@@ -134,15 +134,12 @@ class Rows:
         messages: tuple[Message, ...] = (),
         branches: dict[str, Branch | None] | None = None,
         shares: dict[str, Share | None] | None = None,
-        members: frozenset[str] | None = None,
     ) -> Changes:
-        owner = {conversation.created_by} if conversation else set()
         return Changes(
             conversation=conversation,
             messages={m.message_id: m for m in messages},
             branches=dict(branches or {}),
             shares=dict(shares or {}),
-            members=frozenset(owner) if members is None else members,
             version=conversation.version if conversation else 0,
             nbytes=sum(len(m.content) for m in messages),
         )

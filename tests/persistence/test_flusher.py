@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +34,11 @@ class ScriptedStore:
         self.attempts: list[str] = []
         self.written: list[tuple[str, int]] = []  # (conversation, version) of successes
         self.fail_next = 0
+        self.failure: Callable[[], Exception] = lambda: StoreError("scripted failure")
         self.gate = asyncio.Event()
         self.gate.set()
         self.success = asyncio.Event()
+        self.holds: dict[str, asyncio.Event] = {}  # conversation -> what releases its writes
         self._active: Counter[str] = Counter()
         self.overlaps: list[str] = []
 
@@ -45,6 +48,17 @@ class ScriptedStore:
     async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
         return await self.inner.user_conversations(user_id, limit)
 
+    def hold(self, conversation_id: str) -> asyncio.Event:
+        """Hold the conversation's writes until the returned event is set."""
+        held = self.holds[conversation_id] = asyncio.Event()
+        return held
+
+    async def stored(self, conversation_id: str, version: int) -> None:
+        """Wait until the conversation's changes up to `version` are written."""
+        while (conversation_id, version) not in self.written:
+            self.success.clear()
+            await self.success.wait()
+
     async def write(self, conversation_id: str, changes: Changes) -> None:
         self.attempts.append(conversation_id)
         self._active[conversation_id] += 1
@@ -52,14 +66,37 @@ class ScriptedStore:
             self.overlaps.append(conversation_id)
         try:
             await self.gate.wait()
+            await self.holds.get(conversation_id, self.gate).wait()
             if self.fail_next:
                 self.fail_next -= 1
-                raise StoreError("scripted failure")
+                raise self.failure()
             await self.inner.write(conversation_id, changes)
             self.written.append((conversation_id, changes.version))
             self.success.set()
         finally:
             self._active[conversation_id] -= 1
+
+
+class FlakyJournal:
+    """Wraps the flusher's view of a real journal: `mark()` fails on demand, as a file
+    journal out of descriptors does, and every trim is announced."""
+
+    def __init__(self, inner: FileJournal) -> None:
+        self.inner = inner
+        self.fail_marks = 0
+        self.marks = 0
+        self.trimmed = asyncio.Event()
+
+    async def mark(self) -> object:
+        self.marks += 1
+        if self.fail_marks:
+            self.fail_marks -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await self.inner.mark()
+
+    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
+        await self.inner.trim(mark, flushed)
+        self.trimmed.set()
 
 
 @dataclass
@@ -68,6 +105,7 @@ class Env:
     sqlite: SQLiteStore
     store: ScriptedStore
     journal: FileJournal
+    flaky: FlakyJournal
     flusher: Flusher
     rows: Rows
 
@@ -90,6 +128,14 @@ class Env:
         assert snapshot is not None
         return snapshot
 
+    async def trimmed_to_nothing(self) -> None:
+        """Wait until the journal on disk holds nothing more to replay."""
+        while True:
+            self.flaky.trimmed.clear()
+            if not await self.replay_from_disk():
+                return
+            await self.flaky.trimmed.wait()
+
     async def replay_from_disk(self) -> list[bytes]:
         """What a node restarting now would recover from the journal directory."""
         async with FileJournal(self.directory / "journal") as journal:
@@ -109,20 +155,24 @@ async def open_env(tmp_path: Path, rows: Rows) -> AsyncIterator[OpenEnv]:
             sqlite = await stack.enter_async_context(SQLiteStore(tmp_path / "canopy.db"))
             journal = await stack.enter_async_context(FileJournal(tmp_path / "journal"))
             store = ScriptedStore(sqlite)
+            flaky = FlakyJournal(journal)
             stores.append(store)
             settings = {"interval": 3600.0, "backoff_initial": 0.001, "backoff_max": 0.01, **config}
             flusher = await stack.enter_async_context(
-                Flusher(store, journal, FlusherConfig(**settings))
+                Flusher(store, flaky, FlusherConfig(**settings))  # type: ignore[arg-type]
             )
-            stack.callback(release, store)  # runs before the flusher's final flush
-            return Env(tmp_path, sqlite, store, journal, flusher, rows)
+            stack.callback(release, store, flaky)  # runs before the flusher's final flush
+            return Env(tmp_path, sqlite, store, journal, flaky, flusher, rows)
 
         yield open_
 
 
-def release(store: ScriptedStore) -> None:
+def release(store: ScriptedStore, journal: FlakyJournal) -> None:
     store.fail_next = 0
+    journal.fail_marks = 0
     store.gate.set()
+    for held in store.holds.values():
+        held.set()
 
 
 @pytest.fixture
@@ -208,6 +258,64 @@ async def test_background_cycle_retries_until_the_store_recovers(
     assert env.store.attempts[:4] == ["c1"] * 4
     assert env.store.written == [("c1", 1)]
     assert (await env.load("c1")).messages == [root(rows)]
+
+
+async def test_background_cycle_outlives_failing_marks_and_writes(
+    open_env: OpenEnv, rows: Rows
+) -> None:
+    """EMFILE from the journal's mark() and OSError from the store once killed the loop."""
+    env = await open_env(interval=0.001)
+    env.flaky.fail_marks = 3
+    env.store.fail_next = 2
+    env.store.failure = lambda: OSError(errno.EMFILE, "Too many open files")
+    for cid in ("c1", "c2"):
+        await env.mutate(cid, 1, messages=(root(rows, cid),))
+    await env.flaky.trimmed.wait()
+    assert env.flaky.marks >= 4
+    assert sorted(env.store.written) == [("c1", 1), ("c2", 1)]
+    assert env.flusher.unflushed_bytes == 0
+    assert await env.replay_from_disk() == []
+    await env.mutate("c1", 2, title="after the failures")  # the loop is still there
+    env.flaky.trimmed.clear()
+    await env.flaky.trimmed.wait()
+    assert (await env.load("c1")).conversation.title == "after the failures"
+
+
+# -- a slow conversation holds back only itself ---------------------------------------------
+
+
+async def test_a_stuck_conversation_never_holds_back_the_others(
+    open_env: OpenEnv, rows: Rows
+) -> None:
+    env = await open_env(interval=0.001)
+    stuck = env.store.hold("stuck")
+    await env.mutate("stuck", 1, messages=(root(rows, "stuck"),))
+    for seq in range(1, 4):  # each write of "other" waits for its own cycle
+        await env.mutate("other", seq, title=f"v{seq}", messages=(root(rows, "other"),))
+        await env.store.stored("other", seq)
+    assert "stuck" in env.store.attempts and not stuck.is_set()
+    assert (await env.load("other")).conversation.title == "v3"
+    assert await env.sqlite.load("stuck") is None
+    assert env.record("stuck", 1) in await env.replay_from_disk()  # its segment is kept
+    stuck.set()
+    await env.store.stored("stuck", 1)
+    await env.trimmed_to_nothing()
+    assert env.flusher.unflushed_bytes == 0
+
+
+async def test_close_with_a_store_that_never_answers_keeps_the_journal(
+    open_env: OpenEnv, rows: Rows
+) -> None:
+    env = await open_env(interval=0.001, close_timeout=0.2)
+    env.store.hold("c1")  # never released before the close
+    await env.mutate("c1", 1, messages=(root(rows),))
+    await env.mutate("c2", 1, messages=(root(rows, "c2"),))
+    await env.store.stored("c2", 1)
+    async with asyncio.timeout(10):  # a hang detector, far above the 0.2 s budget
+        await env.flusher.__aexit__(None, None, None)
+    assert not env.flusher._flushing
+    assert await env.sqlite.load("c1") is None
+    assert env.record("c1", 1) in await env.replay_from_disk()  # replayed at the next start
 
 
 # -- failed batches never overwrite newer data -----------------------------------------------

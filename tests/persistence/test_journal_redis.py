@@ -1,16 +1,19 @@
-"""Redis-journal specifics: epoch fencing between two owners, scripts Redis forgot."""
+"""Redis-journal specifics: epoch fencing between two owners, scripts Redis forgot, a
+bounded close."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import redis
 
-from persistence.journal import Entry
-from persistence.journal_redis import Fenced
+from persistence.journal import Entry, JournalError
+from persistence.journal_redis import Fenced, RedisJournal
 from tests.backends import redis_journal
-from tests.services import REDIS_URL
+from tests.services import REDIS_URL, require
+from tests.waiting import until
 
 
 def payloads(entries: list[Entry]) -> list[bytes]:
@@ -54,3 +57,24 @@ async def test_appends_and_trims_survive_redis_forgetting_its_scripts(tmp_path: 
             client.script_flush()
         await rival.trim(await rival.mark(), {"c1": 2})
         assert payloads(await rival.tail("c1", 0)) == [b"third"]
+
+
+async def test_close_while_a_send_is_stalled_finishes_within_its_bound() -> None:
+    """Redis stops answering writes (CLIENT PAUSE, bounded) with an append in flight:
+    close cuts the send short at its deadline, and the appender hears of it."""
+    require("redis")
+    journal = RedisJournal(REDIS_URL, timeout=10.0, close_timeout=0.2)
+    await journal.__aenter__()
+    await journal.acquire("c1")
+    with redis.Redis.from_url(REDIS_URL) as admin:
+        admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        try:
+            append = journal.append("c1", 1, b"stalled")
+            await until(lambda: bool(journal._sends) and not journal._batch)
+            async with asyncio.timeout(5):  # a hang detector, far above the 0.2 s bound
+                await journal.__aexit__(None, None, None)
+            assert append.done() and not journal._sends
+            with pytest.raises(JournalError):
+                await append
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")

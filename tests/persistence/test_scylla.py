@@ -31,7 +31,8 @@ def test_migrate_is_idempotent_and_creates_every_table() -> None:
         }
         assert tables == {
             "conversations", "messages", "branches", "shares",
-            "user_conversations", "user_conversation_activity", "conversation_members",
+            "user_conversations", "user_conversation_activity", "shared_conversations",
+            "conversation_activity",
         }  # fmt: skip
         replication = session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)

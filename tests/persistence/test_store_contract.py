@@ -26,13 +26,7 @@ async def full(store: Store, rows: Rows, cid: str = "c1") -> Snapshot:
     shares = {"bob": rows.share("bob"), "carol": rows.share("carol", "fork", shared_at=rows.at(1))}
     await store.write(
         cid,
-        rows.changes(
-            conversation,
-            (b, root, a),
-            branches,
-            shares,
-            frozenset({"alice", "bob", "carol"}),
-        ),
+        rows.changes(conversation, (b, root, a), branches, shares),
     )
     return Snapshot(conversation, [root, a, b], list(branches.values()), list(shares.values()))
 
@@ -104,7 +98,6 @@ async def test_none_deletes_a_branch_or_share(store: Store, rows: Rows) -> None:
             rows.conversation("c1", version=6),
             branches={"br1": None},
             shares={"bob": None},
-            members=frozenset({"alice", "carol"}),
         ),
     )
     loaded = await load(store, "c1")
@@ -113,14 +106,13 @@ async def test_none_deletes_a_branch_or_share(store: Store, rows: Rows) -> None:
     assert len(loaded.messages) == 3
 
 
-async def test_members_change_removes_revoked_users(store: Store, rows: Rows) -> None:
+async def test_a_revoked_share_leaves_the_holders_listing(store: Store, rows: Rows) -> None:
     await full(store, rows)
     await store.write(
         "c1",
         rows.changes(
             rows.conversation("c1", version=6),
             shares={"bob": None},
-            members=frozenset({"alice", "carol"}),
         ),
     )
     assert await listing(store, "bob") == []
@@ -132,7 +124,7 @@ async def test_delete_leaves_a_tombstone(store: Store, rows: Rows) -> None:
     written = await full(store, rows)
     await full(store, rows, "kept")
     tombstone = replace(written.conversation, version=6, deleted=True, updated_at=rows.at(60))
-    await store.write("c1", rows.changes(tombstone, members=frozenset({"alice", "bob", "carol"})))
+    await store.write("c1", rows.changes(tombstone))
     assert await load(store, "c1") == Snapshot(tombstone, [], [], [])
     for user in ("alice", "bob", "carol"):
         assert "c1" not in await listing(store, user)
@@ -180,7 +172,6 @@ async def test_writing_the_same_changes_twice_is_idempotent(store: Store, rows: 
         (root, rows.message("a", "c1-root", 1)),
         {"br": rows.branch("br", "a")},
         {"bob": rows.share("bob")},
-        frozenset({"alice", "bob"}),
     )
     await store.write("c1", changes)
     once = await load(store, "c1")

@@ -1,0 +1,31 @@
+"""What a hot conversation costs in memory, and the node's default budget for them.
+
+The registry keeps the node's hot conversations under a byte budget; each is counted
+as a fixed overhead (actor, state, tree, dicts, lock, registry entries) plus, per
+message, a fixed overhead and its content bytes, plus a fixed cost per branch and
+share. The constants are measured (docs/decisions.md): they bound memory, they do not
+account for every byte.
+"""
+
+from __future__ import annotations
+
+import os
+
+CONVERSATION_BYTES = 3_500  # an empty hot conversation: 2.2 KB of objects, 3.3 KB of RSS
+MESSAGE_BYTES = 400  # a hot message beyond its content (372 B in bench.scale)
+ROW_BYTES = 200  # a branch or a share
+DEFAULT_SHARE_OF_MEMORY = 0.25
+FALLBACK_MEMORY = 4 * 1024**3  # when the platform does not tell its physical memory
+
+
+def message_bytes(content: bytes) -> int:
+    return MESSAGE_BYTES + len(content)
+
+
+def default_max_hot_bytes() -> int:
+    """A quarter of the machine's physical memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        memory = FALLBACK_MEMORY
+    return int(memory * DEFAULT_SHARE_OF_MEMORY)

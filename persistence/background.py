@@ -1,0 +1,63 @@
+"""What every owned background loop uses to survive its own failures.
+
+A loop that dies stops its job for good, silently (a flusher that dies leaves every
+later write answering 503). So each loop catches what one step raises, logs it
+through a `Throttled` logger (one line per interval, with a count, never a traceback
+storm), waits a `Backoff` delay and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+
+class Throttled:
+    """Logs one warning per `every` seconds per key, counting the ones it held back."""
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._log = logger
+        self._every = every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        suffix = f" ({held} more like it since the last report)" if held else ""
+        self._log.warning(message + suffix, *args)
+
+
+class Backoff:
+    """Exponential delays with jitter, from `initial` up to `maximum`; reset on success."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.failures = 0
+
+    def failed(self) -> float:
+        """Count one more failure; the delay to wait before the next attempt."""
+        self.failures += 1
+        return self.delay()
+
+    def delay(self) -> float:
+        return backoff_delay(self.failures, self.initial, self.maximum)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+def backoff_delay(failures: int, initial: float, maximum: float) -> float:
+    """The wait after `failures` consecutive failures: doubling from `initial`, jittered."""
+    if not failures:
+        return initial
+    delay = initial * 2.0 ** min(failures, 16)
+    jitter: float = random.uniform(0.5, 1.0)
+    return min(maximum, delay) * jitter
