@@ -19,7 +19,6 @@ import asyncio
 import logging
 import resource
 import signal
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.schemas import ErrorDetail, ErrorOut
+from persistence.background import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +57,7 @@ def default_max_connections() -> int:
     return max(soft - RESERVED_DESCRIPTORS - REFUSING_AT_ONCE, 1)
 
 
-class RateLimitedLog:
-    """At most one warning per `interval` seconds; the next one counts those skipped."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 1.0) -> None:
-        self.logger, self.interval = logger, interval
-        self._next = 0.0
-        self._skipped = 0
-
-    def warning(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._skipped += 1
-            return
-        self._next = now + self.interval
-        if self._skipped:
-            message, args = message + " (and %d more since the last line)", (*args, self._skipped)
-            self._skipped = 0
-        self.logger.warning(message, *args)
-
-
-_bad_requests = RateLimitedLog(log)
-_refusals = RateLimitedLog(log)
+throttled = Throttled(log, every=1.0)
 
 
 async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -170,7 +149,9 @@ class EdgeHandler(RequestHandler):
             raise ConnectionError("a response is already under way; cannot answer an error")
         if isinstance(exc, HttpProcessingError):
             detail = (message or exc.message or type(exc).__name__)[:200]
-            _bad_requests.warning("malformed HTTP request from %s: %s", request.remote, detail)
+            throttled.warning(
+                "parser", "malformed HTTP request from %s: %s", request.remote, detail
+            )
             body = error_body("bad_request", f"malformed HTTP request: {detail}")
         else:
             self.log_exception("error handling request from %s", request.remote, exc_info=exc)
@@ -207,7 +188,8 @@ class EdgeServer(web.Server):
         """The protocol factory: a handler, or a 503 once the cap is reached."""
         if len(self.live) >= self.max_connections:
             self.refused += 1
-            _refusals.warning(
+            throttled.warning(
+                "cap",
                 "%d connections open, the cap (--max-connections): answering 503",
                 len(self.live),
             )

@@ -21,6 +21,7 @@ from gateway_helpers import API, assert_error, unchanged
 from raw_http import RawResponse, exchange, head, read_response
 
 from gateway import connections
+from persistence.background import Throttled
 from tests.processes import NodeProcess
 
 if TYPE_CHECKING:
@@ -57,9 +58,7 @@ def assert_bare_error(answer: RawResponse, status: int, code: str) -> None:
 async def test_parser_errors_answer_json_with_one_warning_line(
     node: Node, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(
-        connections, "_bad_requests", connections.RateLimitedLog(connections.log, 3600)
-    )
+    monkeypatch.setattr(connections, "throttled", Throttled(connections.log, every=3600))
     port = node.settings.port
     with caplog.at_level(logging.DEBUG):
         async with unchanged(node):
@@ -71,19 +70,6 @@ async def test_parser_errors_answer_json_with_one_warning_line(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     status, _ = await node.request("GET", "/health")
     assert status == 200
-
-
-def test_rate_limited_log_counts_what_it_skipped(caplog: pytest.LogCaptureFixture) -> None:
-    limited = connections.RateLimitedLog(logging.getLogger("test"), interval=3600)
-    with caplog.at_level(logging.WARNING):
-        for i in range(5):
-            limited.warning("line %d", i)
-        limited._next = 0.0  # the interval is over
-        limited.warning("line %d", 5)
-    assert [r.getMessage() for r in caplog.records] == [
-        "line 0",
-        "line 5 (and 4 more since the last line)",
-    ]
 
 
 @pytest.mark.parametrize(
