@@ -14,7 +14,10 @@ per message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -37,6 +40,8 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
 from persistence.store import Changes, StoreError
+
+log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 32 * 1024
 _encode = msgspec.msgpack.Encoder().encode
@@ -84,6 +89,7 @@ class ScyllaConfig:
     max_in_flight: int = 128  # requests per store; past the driver's limit it refuses them
     connect_timeout: float = 10.0
     request_timeout: float = 5.0
+    close_timeout: float = 5.0  # the driver's shutdown can hang (scylladb/python-driver#172)
 
     def contact_points(self) -> tuple[list[str], int]:
         hosts, port = [], 9042
@@ -161,9 +167,9 @@ class ScyllaStore:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._cluster is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._cluster.shutdown)
-            self._cluster = None
+        cluster, self._cluster, self._session = self._cluster, None, None
+        if cluster is not None:
+            await _within(self._config.close_timeout, cluster.shutdown, "cassandra shutdown")
 
     # -- reads --------------------------------------------------------------------------
 
@@ -420,6 +426,35 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
+
+
+async def _within(seconds: float, blocking: Callable[[], object], what: str) -> None:
+    """Run a blocking call in a daemon thread and wait for it at most `seconds`.
+
+    Not the loop's executor: a call stuck there would hang the loop's close (and the
+    process exit) on joining its thread; a daemon thread is simply left behind.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            blocking()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, done)
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    try:
+        async with asyncio.timeout(seconds):
+            await done
+    except TimeoutError:
+        log.warning("%s did not finish within %.0f s; left to finish on its own", what, seconds)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not given up on
+        future.set_result(None)
 
 
 def _keyed_rows(

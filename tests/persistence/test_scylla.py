@@ -1,12 +1,17 @@
-"""Cassandra-specific behaviour beyond the Store contract: the schema migration."""
+"""Cassandra-specific behaviour beyond the Store contract: the schema migration, closing."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
 import sys
+import threading
 
+import pytest
+
+from persistence.scylla import ScyllaStore
 from tests.backends import SCYLLA, _admin_session
 from tests.services import require
 
@@ -45,3 +50,29 @@ def test_migrate_is_idempotent_and_creates_every_table() -> None:
 def test_replication_spec_maps_to_cql() -> None:
     config = dataclasses.replace(SCYLLA, replication="NetworkTopologyStrategy:dc1=3,dc2=2")
     assert config.replication_map() == {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 2}
+
+
+async def test_close_is_bounded_when_the_driver_shutdown_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cassandra-driver's Cluster.shutdown can hang for minutes (scylladb/python-driver#172);
+    a node's shutdown must not wait for it."""
+    require("cassandra")
+    release = threading.Event()
+    store = ScyllaStore(dataclasses.replace(SCYLLA, close_timeout=0.2))
+    await store.__aenter__()
+    cluster = store._cluster
+    assert cluster is not None
+    real_shutdown = cluster.shutdown
+
+    def stuck() -> None:
+        release.wait(60)  # the hang, until the test lets it go
+        real_shutdown()
+
+    monkeypatch.setattr(cluster, "shutdown", stuck)
+    try:
+        async with asyncio.timeout(30):  # a hang detector far above the 0.2 s bound
+            await store.__aexit__(None, None, None)
+        assert not release.is_set()  # it returned while the driver was still stuck
+    finally:
+        release.set()
