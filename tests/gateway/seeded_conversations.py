@@ -63,7 +63,6 @@ async def seed(settings: Settings, seeded: Seeded) -> None:
     changes = Changes(
         conversation=meta,
         messages={node.message_id: node for node in nodes},
-        members=frozenset({"owner"}),
         version=1,
     )
     async with open_store(settings) as store:
