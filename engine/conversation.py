@@ -60,7 +60,7 @@ class ConversationState:
                       meta.conversation_id, orphans)  # fmt: skip
         self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
         self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
-        self._message_bytes = sum(message_bytes(m.content) for m in messages)
+        self._message_bytes = sum(message_bytes(m.content) for m in self.tree)
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> ConversationState:
