@@ -31,7 +31,9 @@ lint: install
 	$(BIN)/ruff check engine gateway persistence tests bench
 	$(BIN)/mypy
 
+# A baseline from another CPU is still compared (pytest-benchmark warns; it must not fail).
 BENCH := $(BIN)/pytest -q bench --benchmark-only -p no:cacheprovider -p no:unraisableexception \
+	-W ignore::pytest_benchmark.logger.PytestBenchmarkWarning \
 	--benchmark-columns=median,mean,ops,rounds --benchmark-storage=file://bench/baseline
 
 bench: install
