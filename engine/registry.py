@@ -136,7 +136,6 @@ class Registry:
         else:
             self._hot.move_to_end(conversation_id)
             self._touched[conversation_id] = time.monotonic()
-            self._count(actor)
         if actor.meta.deleted:
             raise NotFound(f"conversation {conversation_id} not found")
         return actor
