@@ -184,6 +184,15 @@ class EdgeServer(web.Server):
     def __call__(self) -> EdgeHandler:
         return EdgeHandler(self, loop=self._loop, **self._kwargs)
 
+    def stats(self) -> dict[str, int]:
+        """Counters for the admin API and metrics."""
+        return {
+            "connections": len(self.live),
+            "max_connections": self.max_connections,
+            "refused": self.refused,
+            "refusing": len(self.refusing),
+        }
+
     def accept(self) -> asyncio.BaseProtocol:
         """The protocol factory: a handler, or a 503 once the cap is reached."""
         if len(self.live) >= self.max_connections:

@@ -176,6 +176,17 @@ class Flusher:
     def unflushed_bytes(self) -> int:
         return self._unflushed
 
+    def stats(self) -> dict[str, int]:
+        """Counters for the admin API and metrics."""
+        return {
+            "dirty_conversations": len(self._dirty),
+            "writing_conversations": len(self._writing),
+            "unflushed_bytes": self._unflushed,
+            "failing_conversations": len(self._failures),
+            "batches_written": self.batches_written,
+            "messages_written": self.messages_written,
+        }
+
     def pending(self) -> Iterator[tuple[str, Changes]]:
         """Unflushed changes, older before newer for each conversation (read-your-writes)."""
         yield from self._writing.items()

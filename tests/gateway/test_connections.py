@@ -23,9 +23,10 @@ from raw_http import RawResponse, exchange, head, read_response
 from gateway import connections
 from persistence.background import Throttled
 from tests.processes import NodeProcess
+from tests.waiting import until
 
 if TYPE_CHECKING:
-    from conftest import Node
+    from conftest import Node, NodeFactory
 
 
 CREATE = b'{"title": "smuggled", "created_by": "alice"}'
@@ -260,3 +261,15 @@ async def test_aborted_uploads_do_not_grow_rss(node_process: Callable[..., NodeP
     assert grown < RSS_MARGIN, f"RSS grew {grown / 2**20:.0f} MB"
     assert _failures(node) == []
     assert await node.stop(signal.SIGTERM) == 0
+
+
+async def test_the_server_counts_its_connections_and_refusals(start_node: NodeFactory) -> None:
+    node = await start_node(max_connections=3)
+    server = node.runner.server
+    assert isinstance(server, connections.EdgeServer)
+    async with open_sockets(node.settings.port, 3):
+        await until(lambda: server.stats()["connections"] == 3)
+        answer = await exchange(node.settings.port, head("GET", "/health", node.settings.port))
+        assert answer.status == 503
+        assert server.stats()["refused"] == 1
+    assert server.stats()["max_connections"] == 3

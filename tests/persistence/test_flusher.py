@@ -207,9 +207,14 @@ async def test_a_cycle_writes_each_dirty_conversation_once(env: Env, rows: Rows)
     for seq in range(1, 4):
         for cid in ("c1", "c2", "c3"):
             await env.mutate(cid, seq, messages=(root(rows, cid),))
+    assert env.flusher.stats()["dirty_conversations"] == 3
     assert await env.flusher.flush_all()
     assert sorted(env.store.written) == [("c1", 3), ("c2", 3), ("c3", 3)]
     assert env.flusher.batches_written == 3
+    assert env.flusher.stats() == {
+        "dirty_conversations": 0, "writing_conversations": 0, "unflushed_bytes": 0,
+        "failing_conversations": 0, "batches_written": 3, "messages_written": 3,
+    }  # fmt: skip
     assert await env.flusher.flush_all()
     assert len(env.store.attempts) == 3  # nothing dirty: no more writes
 
