@@ -260,11 +260,16 @@ class ScyllaStore:
         stamp = changes.version  # monotonic per conversation: the base of write timestamps
         statements: list[tuple[str, Sequence[Any]]] = []
         if changes.deleted:
+            # Rows of messages, branches and shares carry the stamps of `_row_statements`
+            # (the version mapped twice); their delete must be on that scale to win.
             statements += [
                 (
                     f"DELETE FROM {table} USING TIMESTAMP ? WHERE conversation_id = ?",
-                    (_erase(stamp), cid),
-                )
+                    (
+                        _erase(_put(stamp)) if table != "conversation_activity" else _erase(stamp),
+                        cid,
+                    ),
+                )  # fmt: skip
                 for table in ("messages", "branches", "shares", "conversation_activity")
             ]
             holders = await self._query(

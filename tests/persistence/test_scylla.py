@@ -8,10 +8,14 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
+from persistence.records import Branch, Conversation, Message
 from persistence.scylla import ScyllaStore
+from persistence.store import Changes
 from tests.backends import SCYLLA, _admin_session
 from tests.services import require
 
@@ -76,3 +80,29 @@ async def test_close_is_bounded_when_the_driver_shutdown_hangs(
         assert not release.is_set()  # it returned while the driver was still stuck
     finally:
         release.set()
+
+
+async def test_a_conversation_delete_wins_over_its_recent_rows() -> None:
+    """Rows written at version 10 are gone after the conversation's delete at version 11
+    (the delete's timestamp was on a smaller scale than the rows' and lost to them)."""
+    require("cassandra")
+    from tests.backends import wipe_cassandra
+
+    wipe_cassandra()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    meta = Conversation("c-del", "root", "t", None, at, "u", at, False, None, None, 2, 10)
+    root = Message("root", None, "root", b"{}", {}, at, "u", 1, 0)
+    child = Message("child", "root", "human", b'{"type":"text","text":"x"}', {}, at, "u", 2, 1)
+    branch = Branch("b1", "main", "child", at, at, "u")
+    async with ScyllaStore(SCYLLA) as store:
+        messages = {"root": root, "child": child}
+        written = Changes(conversation=meta, messages=messages, branches={"b1": branch})
+        written.version = 10
+        await store.write("c-del", written)
+        assert [m.message_id for m in await store.lineage("c-del", "child")] == ["root", "child"]
+        gone = msgspec.structs.replace(meta, deleted=True, version=11)
+        await store.write("c-del", Changes(conversation=gone, version=11))
+        assert await store.lineage("c-del", "child") == []
+        assert await store.children("c-del", "root") == []
+        head = await store.head("c-del")
+        assert head is not None and head.conversation.deleted and head.branches == []
