@@ -186,12 +186,12 @@ class Registry:
             await asyncio.shield(passivating)
         try:
             snapshot = await self._store.load(conversation_id)
-            if snapshot is not None and snapshot.conversation.deleted:
+            unknown = snapshot is None and replayed is None  # no row, no journal records
+            if unknown or (snapshot is not None and snapshot.conversation.deleted):
                 raise NotFound(f"conversation {conversation_id} not found")
             await self._journal.acquire(conversation_id)
             if replayed is None:
-                if snapshot is None:
-                    raise NotFound(f"conversation {conversation_id} not found")
+                assert snapshot is not None
                 tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
                 replayed = await self._decode(tail)
             actor = await self._replay(conversation_id, snapshot, replayed)
@@ -216,6 +216,7 @@ class Registry:
         cannot be applied (behind a gap, or inconsistent with the state)."""
         plan = replay.plan(replayed, snapshot.conversation.version if snapshot else 0)
         actor = self._admit(ConversationState.from_snapshot(snapshot)) if snapshot else None
+        problem: str | None = None
         for position, step in enumerate(plan.apply):
             problem = self._apply_replayed(actor, step.record)
             if problem is not None:
@@ -380,6 +381,7 @@ class Registry:
                 await self._load(conversation_id, mine)
             except NotFound:
                 log.error("journal records for unknown conversation %s", conversation_id)
+        self._journal.recovered()  # all of it is dirty or set aside: marks may now cover it
         if entries:
             log.info(
                 "recovered %d journal records into %d conversations", len(entries), len(self._hot)

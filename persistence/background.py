@@ -1,16 +1,24 @@
-"""What every owned background loop uses to survive its own failures.
+"""What every owned background loop uses to survive its own failures, and to stop.
 
 A loop that dies stops its job for good, silently (a flusher that dies leaves every
 later write answering 503). So each loop catches what one step raises, logs it
 through a `Throttled` logger (one line per interval, with a count, never a traceback
-storm), waits a `Backoff` delay and goes on.
+storm), waits a `Backoff` delay and goes on. A close that must call something that can
+block for ever (a driver's shutdown, an fsync on a dying disk) calls it `within` a
+deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
+import threading
 import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class Throttled:
@@ -61,3 +69,37 @@ def backoff_delay(failures: int, initial: float, maximum: float) -> float:
     delay = initial * 2.0 ** min(failures, 16)
     jitter: float = random.uniform(0.5, 1.0)
     return min(maximum, delay) * jitter
+
+
+async def within(seconds: float, blocking: Callable[[], object], what: str) -> bool:
+    """Run a blocking call in a daemon thread and wait for it at most `seconds`; False if
+    it did not finish in time (it is left to finish on its own).
+
+    Not the loop's executor: a call stuck there would hang the loop's close (and the
+    process exit) on joining its thread; a daemon thread is simply left behind.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            blocking()
+        except Exception:
+            log.exception("%s failed", what)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, done)
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    try:
+        async with asyncio.timeout(seconds):
+            await done
+    except TimeoutError:
+        log.warning("%s did not finish within %.0f s; left to finish on its own", what, seconds)
+        return False
+    return True
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not given up on
+        future.set_result(None)

@@ -57,6 +57,11 @@ class Journal(Protocol):
         """Keep a record recovery cannot apply where trimming never reaches it."""
         ...
 
+    def recovered(self) -> None:
+        """Every record `replay()` returned is in the engine's hands now (applied and
+        dirty, or set aside): checkpoints taken from now on may cover them."""
+        ...
+
     async def mark(self) -> object:
         """Start a checkpoint: records appended from now on are not covered by it."""
         ...
@@ -96,6 +101,9 @@ class NoJournal:
         return []
 
     async def set_aside(self, entry: Entry, reason: str) -> None:
+        pass
+
+    def recovered(self) -> None:
         pass
 
     async def mark(self) -> object:

@@ -29,9 +29,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+from persistence.background import Throttled, within
 from persistence.journal import Entry, JournalDamaged, JournalError
 
 log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 SEGMENT_MAGIC = b"CNPYJRN2"  # first bytes of every segment in this format
 FRAME_MAGIC = b"\xf0\x9f\x8c\xb3"
@@ -95,13 +97,15 @@ def _looks_torn(tail: bytes) -> bool:
 
 def scan(data: bytes, *, last: bool) -> Scan:
     """Read a segment: every intact frame, resynchronising past damage."""
+    offset = len(SEGMENT_MAGIC)
+    damaged: list[tuple[int, int]] = []
     if not data.startswith(SEGMENT_MAGIC):
         if not data or SEGMENT_MAGIC.startswith(data):
             return Scan([], [], 0 if data else None)  # created, header cut short
-        return _scan_legacy(data, last=last)
+        if not data.startswith(FRAME_MAGIC, offset):
+            return _scan_legacy(data, last=last)
+        damaged.append((0, offset))  # a damaged header before this format's first frame
     frames: list[tuple[int, bytes]] = []
-    damaged: list[tuple[int, int]] = []
-    offset = len(SEGMENT_MAGIC)
     while offset < len(data):
         payload = _frame_at(data, offset)
         if payload is not None:
@@ -133,31 +137,53 @@ def _scan_legacy(data: bytes, *, last: bool) -> Scan:
         offset = end
     if offset == len(data):
         return Scan(frames, [], None)
-    return Scan(frames, [], offset) if last else Scan(frames, [(offset, len(data))], None)
+    if last and _legacy_torn(data[offset:]):
+        return Scan(frames, [], offset)
+    return Scan(frames, [(offset, len(data))], None)
+
+
+def _legacy_torn(tail: bytes) -> bool:
+    """Zeros, or one frame cut short; anything else is damage, kept."""
+    if not tail.strip(b"\x00") or len(tail) < _LEGACY_HEADER.size:
+        return True
+    length, _ = _LEGACY_HEADER.unpack_from(tail)
+    return bool(_LEGACY_HEADER.size + length > len(tail))
 
 
 class FileJournal:
     """Journal backend over segment files in one directory (see module docstring)."""
 
     def __init__(
-        self, directory: Path, *, fsync: str | float = 0.05, recover_damaged: bool = False
+        self,
+        directory: Path,
+        *,
+        fsync: str | float = 0.05,
+        recover_damaged: bool = False,
+        close_timeout: float = 10.0,
     ) -> None:
         self._dir = directory
         self._fsync_always = fsync == "always"
         self._fsync_interval = 0.05 if self._fsync_always else float(fsync)
+        self._close_timeout = close_timeout
         self._recover_damaged = recover_damaged
         self._fd = -1
         self._index = 0
         self._size = 0  # bytes in the current segment: a failed write is cut back to it
         self._recovered: list[int] = []  # segments present at start-up, oldest first
-        self._replayed = False  # until then, trim must not touch the recovered segments
+        # The recovered segments may be trimmed only by a mark taken after `recovered()`:
+        # an earlier mark knew nothing of their records (a refused or failed recovery,
+        # or conversations not yet loaded when the flusher's cycle marked).
+        self._release_mark: int | None = None
+        self._recovery_done = False
         self._open_fds: dict[int, int] = {}  # segment index -> fd, for the current and retired
         self._frames: list[bytes] = []
         # One future per appender, not one per group: an appender that stops waiting
         # (cancelled) must not cancel its group-mates' acks or the writer.
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
-        self._unsynced = False
+        self._writing: list[asyncio.Future[None]] = []  # the waiters of the group in write()
+        self._unsynced: set[int] = set()  # descriptors written since their last fsync
+        self._sync_lock = asyncio.Lock()  # trim closes no descriptor an fsync is using
         self._tasks: list[asyncio.Task[None]] = []
         self.records_written = 0
         self.damaged_bytes = 0
@@ -176,16 +202,24 @@ class FileJournal:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._drain()
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._drain()
+        except TimeoutError:
+            log.warning("journal closed with appends still waiting for the disk")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for fd in self._open_fds.values():
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._open_fds.clear()
+        fds, self._open_fds = list(self._open_fds.values()), {}
+
+        def sync_and_close() -> None:
+            for fd in fds:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+        await within(self._close_timeout, sync_and_close, "journal fsync at close")
 
     async def acquire(self, conversation_id: str) -> None:
         """A file journal has one owner, this node: nothing to fence."""
@@ -216,7 +250,6 @@ class FileJournal:
         if damage:
             self._keep_damaged(damage)
         entries: list[Entry] = []
-        self._replayed = True
         for name, found, size in scans:
             if found.torn_at is not None:
                 log.warning("journal %s: %d torn bytes after offset %d truncated",
@@ -263,30 +296,42 @@ class FileJournal:
         self.set_aside_records += 1
         log.error("journal record at %s set aside in %s: %s", entry.origin, path, reason)
 
+    def recovered(self) -> None:
+        self._recovery_done = True
+
     async def mark(self) -> object:
         if self._fd < 0:  # nothing written this run: the next write opens the next segment
-            return self._index + 1
-        try:
-            self._open_segment(self._index + 1)
-        except OSError as exc:
-            raise JournalError(f"cannot start a journal segment: {exc}") from exc
-        return self._index
+            handle = self._index + 1
+        else:
+            try:
+                self._open_segment(self._index + 1)
+            except OSError as exc:
+                raise JournalError(f"cannot start a journal segment: {exc}") from exc
+            handle = self._index
+        if self._recovery_done and self._release_mark is None:
+            self._release_mark = handle
+        return handle
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         assert isinstance(mark, int)
         await self._drain()
-        kept = set() if self._replayed else set(self._recovered)  # a refused recovery
+        released = self._release_mark is not None and mark >= self._release_mark
+        kept = set() if released else set(self._recovered)
         try:
-            for index in sorted(self._open_fds):
-                if index < mark:
-                    os.close(self._open_fds.pop(index))
+            async with self._sync_lock:
+                for index in sorted(self._open_fds):
+                    if index < mark:  # what it holds is stored: no fsync owed
+                        fd = self._open_fds.pop(index)
+                        self._unsynced.discard(fd)
+                        os.close(fd)
             for path in self._dir.iterdir():
                 found = _SEGMENT.match(path.name)
                 if found and int(found.group(1)) < mark and int(found.group(1)) not in kept:
                     path.unlink(missing_ok=True)
         except OSError as exc:
             raise JournalError(f"journal trim failed: {exc}") from exc
-        self._recovered = [i for i in self._recovered if i >= mark]
+        if released:
+            self._recovered = [i for i in self._recovered if i >= mark]
 
     def segments(self) -> list[str]:
         """Names of the segment files on disk, oldest first (for tests and the admin page)."""
@@ -318,8 +363,9 @@ class FileJournal:
         self._open_fds[index] = fd
 
     async def _drain(self) -> None:
-        while self._waiters:
-            await asyncio.wait([self._waiters[-1]])
+        """Until every append made so far, the group being written included, is settled."""
+        while pending := [*self._waiters[-1:], *self._writing[-1:]]:
+            await asyncio.wait(pending)
 
     async def _writer(self) -> None:
         while True:
@@ -327,15 +373,19 @@ class FileJournal:
             self._wake.clear()
             while self._frames:
                 frames, waiters = self._frames, self._waiters
-                self._frames, self._waiters = [], []
+                self._frames, self._waiters, self._writing = [], [], waiters
                 try:
                     await self._write(b"".join(frames))
-                except Exception as exc:  # noqa: BLE001 - the writer must outlive any failure
-                    failure = JournalError(f"journal write failed: {exc}")
+                except BaseException as exc:  # the writer outlives any failure but its cancel
+                    failure = JournalError(f"journal write failed: {exc!r}")
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
                     continue
+                finally:
+                    self._writing = []
                 self.records_written += len(frames)
                 for waiter in waiters:
                     if not waiter.done():
@@ -361,15 +411,18 @@ class FileJournal:
         if fd == self._fd:
             self._size = before + len(data)
         if not self._fsync_always:
-            self._unsynced = True
+            self._unsynced.add(fd)
 
     async def _syncer(self) -> None:
+        """fsync every descriptor written since its last fsync, the segment a mark just
+        retired included (its last writes are as recent as the current one's)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._fsync_interval)
-            if self._unsynced and self._fd >= 0:
-                self._unsynced = False
-                try:
-                    await loop.run_in_executor(None, os.fsync, self._fd)
-                except OSError:
-                    log.exception("journal fsync failed")
+            async with self._sync_lock:
+                fds, self._unsynced = self._unsynced, set()
+                for fd in fds:
+                    try:
+                        await loop.run_in_executor(None, os.fsync, fd)
+                    except OSError as exc:
+                        throttled.warning("fsync", "journal fsync failed: %s", exc)

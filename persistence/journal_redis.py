@@ -217,6 +217,9 @@ class RedisJournal:
         self.set_aside_records += 1
         log.error("journal record at %s set aside in %s: %s", entry.origin, SET_ASIDE, reason)
 
+    def recovered(self) -> None:
+        """Nothing to release: trims are per conversation, up to the seq it has stored."""
+
     def stats(self) -> dict[str, object]:
         return {
             "kind": "redis",

@@ -14,10 +14,8 @@ per message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -38,6 +36,7 @@ from cassandra.policies import (
 )
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from persistence.background import within
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
 from persistence.store import Changes, StoreError
 
@@ -169,7 +168,7 @@ class ScyllaStore:
     async def __aexit__(self, *exc: object) -> None:
         cluster, self._cluster, self._session = self._cluster, None, None
         if cluster is not None:
-            await _within(self._config.close_timeout, cluster.shutdown, "cassandra shutdown")
+            await within(self._config.close_timeout, cluster.shutdown, "cassandra shutdown")
 
     # -- reads --------------------------------------------------------------------------
 
@@ -431,35 +430,6 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
-
-
-async def _within(seconds: float, blocking: Callable[[], object], what: str) -> None:
-    """Run a blocking call in a daemon thread and wait for it at most `seconds`.
-
-    Not the loop's executor: a call stuck there would hang the loop's close (and the
-    process exit) on joining its thread; a daemon thread is simply left behind.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def run() -> None:
-        try:
-            blocking()
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_settle, done)
-
-    threading.Thread(target=run, name=what, daemon=True).start()
-    try:
-        async with asyncio.timeout(seconds):
-            await done
-    except TimeoutError:
-        log.warning("%s did not finish within %.0f s; left to finish on its own", what, seconds)
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():  # not given up on
-        future.set_result(None)
 
 
 def _keyed_rows(

@@ -3,19 +3,23 @@ cannot be applied is set aside, and no read raises on what replay left out."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from engine.actor import ConversationActor
+from engine.errors import Unavailable
 from engine.replay import Replayed, plan
 from persistence.journal import Entry, JournalDamaged, JournalError
-from persistence.journal_file import DAMAGED, frame, scan
-from persistence.records import Deleted, Message, Record, decode_record
-from persistence.store import Changes
+from persistence.journal_file import DAMAGED, FileJournal, frame, scan
+from persistence.records import Deleted, Message, Record, Snapshot, decode_record
+from persistence.sqlite import SQLiteStore
+from persistence.store import Changes, StoreError
 from tests.engine.conftest import Engine, EngineFactory, text
 
 
@@ -198,3 +202,68 @@ def test_plan_follows_links_from_the_stored_version(
     assert [r.record.seq for r in result.stranded] == stranded
     assert result.superseded == superseded
     assert result.last_seq == max(seq for seq, _ in links)
+
+
+class SlowSecondLoad:
+    """A store whose load of one conversation waits until the journal was trimmed once,
+    then fails: recovery is still going on while the flusher's cycle runs."""
+
+    def __init__(self, inner: SQLiteStore, slow: str, trimmed: asyncio.Event) -> None:
+        self.inner, self.slow, self.trimmed = inner, slow, trimmed
+
+    async def load(self, conversation_id: str) -> Snapshot | None:
+        if conversation_id == self.slow:
+            await self.trimmed.wait()
+            raise StoreError("the store went away mid-recovery")
+        return await self.inner.load(conversation_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_the_flusher_never_trims_what_recovery_has_not_loaded_yet(
+    open_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await open_engine()
+    early, early_said = await chat(first, ["a"])
+    late, late_said = await chat(first, ["b", "c"])
+    assert await first.flusher.flush_all()
+    await first.say(early.id, early_said[-1].message_id, "journaled only")
+    late_more = await first.say(late.id, late_said[-1].message_id, "journaled only")
+    await first.crash()
+
+    trimmed = asyncio.Event()
+    trim = FileJournal.trim
+
+    async def noting(self: FileJournal, mark: object, flushed: Mapping[str, int]) -> None:
+        await trim(self, mark, flushed)
+        trimmed.set()
+
+    monkeypatch.setattr(FileJournal, "trim", noting)
+    with pytest.raises(Unavailable):  # the second load fails after the cycle trimmed
+        await open_engine(
+            flush_interval=0.001,
+            wrap_store=lambda inner: SlowSecondLoad(inner, late.id, trimmed),  # type: ignore[arg-type]
+        )
+    assert trimmed.is_set()
+    monkeypatch.undo()
+    third = await open_engine()
+    assert late_more.message_id in ids(await third.registry.get(late.id))
+
+
+async def test_a_gap_right_after_the_stored_version_sets_aside_everything_after_it(
+    open_engine: EngineFactory,
+) -> None:
+    first = await open_engine()
+    actor, said = await chat(first, ["a"])
+    assert await first.flusher.flush_all()  # stored at version 2
+    more = [await first.say(actor.id, said[-1].message_id, w) for w in ("b", "c")]
+    path = segment(first)
+    await first.crash()
+    damage_record(path, actor.id, 3)  # the record right after the stored version
+
+    second = await open_engine(recover_damaged=True)
+    healed = await second.registry.get(actor.id)
+    assert ids(healed)[1:] == [said[0].message_id]
+    assert [r.seq for r in set_aside(second)] == [4]
+    assert more[1].message_id not in ids(healed)

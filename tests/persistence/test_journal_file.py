@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from persistence import journal_file
 from persistence.journal import Entry, JournalDamaged, JournalError
 from persistence.journal_file import DAMAGED, SEGMENT_MAGIC, FileJournal, frame, scan
+from tests.waiting import until
 
 OpenJournal = Callable[..., Awaitable[FileJournal]]
 Written = Callable[[int], Awaitable[Path]]
@@ -179,7 +181,8 @@ async def test_a_refused_recovery_never_trims_what_it_did_not_replay(
     journal = await open_journal()
     with pytest.raises(JournalDamaged):
         await journal.replay()
-    await journal.trim(await journal.mark(), {})
+    for _ in range(2):  # a second trim must not forget what the first one kept
+        await journal.trim(await journal.mark(), {})
     assert path.read_bytes() == damaged
 
 
@@ -332,5 +335,81 @@ async def test_each_open_and_mark_starts_a_segment_and_trim_deletes_files(
     journal = await open_journal()
     assert journal.segments() == ["journal-0000000002.log"]
     assert await replayed(journal) == [payload(2)]
+    await journal.trim(await journal.mark(), {})  # before recovered(): the segment stays
+    assert journal.segments() == ["journal-0000000002.log"]
+    journal.recovered()
     await journal.append("c", 3, payload(3))
     assert journal.segments() == ["journal-0000000002.log", "journal-0000000003.log"]
+
+
+@pytest.mark.parametrize("flipped", [0, 2, 7])
+async def test_a_damaged_segment_header_is_damage_not_an_older_format(
+    open_journal: OpenJournal, written: Written, journal_dir: Path, flipped: int
+) -> None:
+    path = await written(3)
+    flip(path, flipped)
+    with pytest.raises(JournalDamaged, match=f"{path.name} bytes 0-8"):
+        await (await open_journal()).replay()
+    assert await replayed(await open_journal(recover_damaged=True)) == [
+        payload(n) for n in range(3)
+    ]
+
+
+def test_damage_in_an_older_format_segment_is_kept_not_truncated() -> None:
+    def legacy(data: bytes) -> bytes:
+        return struct.pack("<II", len(data), zlib.crc32(data)) + data
+
+    frames = [legacy(payload(n)) for n in range(3)]
+    damaged = bytearray(b"".join(frames))
+    damaged[len(frames[0]) + 10] ^= 0xFF  # inside the second frame, which fits whole
+    found = scan(bytes(damaged), last=True)
+    assert (len(found.frames), found.torn_at) == (1, None)
+    assert found.damaged == [(len(frames[0]), len(damaged))]
+
+
+async def test_the_segment_a_mark_retires_is_fsynced_too(
+    journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last writes are as recent as the new segment's: the 50 ms window holds for both."""
+    synced: set[int] = set()
+    retired_synced = asyncio.Event()
+    retired: list[int] = []
+    real_fsync = os.fsync
+
+    def noting(fd: int) -> None:
+        real_fsync(fd)
+        synced.add(fd)
+        if retired and retired[0] in synced:
+            retired_synced.set()
+
+    monkeypatch.setattr(os, "fsync", noting)
+    async with FileJournal(journal_dir, fsync=0.01) as journal:
+        await journal.append("c", 0, payload(0))
+        retired.append(journal._fd)
+        await journal.mark()
+        await journal.append("c", 1, payload(1))
+        async with asyncio.timeout(10):  # a hang detector; the syncer runs every 10 ms
+            await retired_synced.wait()
+
+
+async def test_close_is_bounded_when_the_disk_stops_answering(
+    journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_fsync = os.fsync
+
+    def stuck(fd: int) -> None:
+        release.wait(30)
+        real_fsync(fd)
+
+    journal = await FileJournal(journal_dir, fsync="always", close_timeout=0.2).__aenter__()
+    monkeypatch.setattr(os, "fsync", stuck)
+    try:
+        append = asyncio.ensure_future(journal.append("c", 0, payload(0)))
+        await until(lambda: bool(journal._writing))  # its group is in the (stuck) fsync
+        async with asyncio.timeout(10):  # a hang detector, far above the 0.2 s bound
+            await journal.__aexit__(None, None, None)
+        with pytest.raises(JournalError):
+            await append  # never acknowledged, and told so
+    finally:
+        release.set()
