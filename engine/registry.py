@@ -216,6 +216,21 @@ class Registry:
         cannot be applied (behind a gap, or inconsistent with the state)."""
         plan = replay.plan(replayed, snapshot.conversation.version if snapshot else 0)
         actor = self._admit(ConversationState.from_snapshot(snapshot)) if snapshot else None
+        try:
+            actor = await self._apply_plan(conversation_id, actor, plan)
+        except BaseException:  # a set-aside failed: a half-replayed actor must not serve
+            if conversation_id in self._hot:
+                self._drop(self._hot[conversation_id])
+            raise
+        if actor is None:
+            raise NotFound(f"conversation {conversation_id} not found")
+        actor.resync(plan.last_seq)
+        return actor
+
+    async def _apply_plan(
+        self, conversation_id: str, actor: ConversationActor | None, plan: replay.Plan
+    ) -> ConversationActor | None:
+        """Apply the plan's chain until a record is refused; set aside the rest."""
         problem: str | None = None
         for position, step in enumerate(plan.apply):
             problem = self._apply_replayed(actor, step.record)
@@ -232,9 +247,6 @@ class Registry:
                 await self._journal.set_aside(
                     step.entry, f"{conversation_id}: after seq {version}, where replay stopped"
                 )
-        if actor is None:
-            raise NotFound(f"conversation {conversation_id} not found")
-        actor.resync(plan.last_seq)
         return actor
 
     def _apply_replayed(self, actor: ConversationActor | None, record: Record) -> str | None:
@@ -408,14 +420,18 @@ class Registry:
     async def _passivate(self, actor: ConversationActor) -> None:
         async with actor.lock:
             await self._flusher.flush(actor.id)
-            actor.closed = True
-            self._journal.release(actor.id)
-            self._hot_messages -= len(actor)
-            self._hot_bytes -= self._counted.pop(actor.id)
-            self._oversized.discard(actor.id)
-            del self._hot[actor.id]
-            del self._touched[actor.id]
+            self._drop(actor)
             self.passivations += 1
+
+    def _drop(self, actor: ConversationActor) -> None:
+        """Forget a hot actor (its dirty changes stay with the flusher)."""
+        actor.closed = True
+        self._journal.release(actor.id)
+        self._hot_messages -= len(actor)
+        self._hot_bytes -= self._counted.pop(actor.id)
+        self._oversized.discard(actor.id)
+        del self._hot[actor.id]
+        del self._touched[actor.id]
 
     def _check_budget(self) -> None:
         if self._eviction is None and self._over(1.0):

@@ -54,10 +54,14 @@ def plan(records: list[Replayed], base: int) -> Plan:
     newer = [r for r in records if r.record.seq > base]
     successor: dict[int, Replayed] = {}
     previous = base
+    broken: list[Replayed] = []
     for replayed in newer:
         record = replayed.record
         prev = previous if record.prev < 0 else record.prev  # legacy: journal order
         previous = record.seq
+        if prev >= record.seq:  # no live node writes this; following it could loop
+            broken.append(replayed)
+            continue
         current = successor.get(prev)
         # Two records on one state: the later one is the retry of a failed append.
         if current is None or record.seq > current.record.seq:
@@ -68,9 +72,10 @@ def plan(records: list[Replayed], base: int) -> Plan:
         result.apply.append(following)
         version = following.record.seq
         on_chain.add(version)
-    chained = {id(r) for r in result.apply}
+    placed = {id(r) for r in (*result.apply, *broken)}
+    result.stranded += broken
     for replayed in newer:
-        if id(replayed) in chained:
+        if id(replayed) in placed:
             continue
         prev = replayed.record.prev
         if prev >= 0 and prev in on_chain:

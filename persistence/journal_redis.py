@@ -26,7 +26,6 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from persistence import redis_keys
 from persistence.background import Throttled
 from persistence.journal import Entry, JournalError
-from persistence.redis_keys import SET_ASIDE
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -45,6 +44,13 @@ redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 if redis.call('XLEN', KEYS[1]) == 0 then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+_SET_ASIDE = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[1], '*', 'origin', ARGV[1], 'reason', ARGV[2], 'r', ARGV[3])
 end
 return 1
 """
@@ -79,7 +85,7 @@ class RedisJournal:
 
     async def __aenter__(self) -> RedisJournal:
         try:
-            for script in (_APPEND, _TRIM):
+            for script in (_APPEND, _TRIM, _SET_ASIDE):
                 await self._client.script_load(script)
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
@@ -203,19 +209,18 @@ class RedisJournal:
         ]
 
     async def set_aside(self, entry: Entry, reason: str) -> None:
-        """Move the record to the set-aside stream: out of the conversation's stream (a
-        later append reuses its seq), never trimmed."""
-        stream, entry_id = entry.origin.rsplit(" ", 1)
-        fields = {"origin": entry.origin, "reason": reason, "r": entry.payload}
+        """Copy the record to the set-aside stream, once per record however often replay
+        meets it. It stays in its conversation's stream, so activations keep numbering
+        new records past it, until a trim past its seq takes it out."""
+        keys = [redis_keys.SET_ASIDE, redis_keys.SET_ASIDE_SEEN]
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xadd(SET_ASIDE, fields)  # type: ignore[arg-type]
-                pipe.xdel(stream, entry_id)
-                await pipe.execute()
+            [result] = await self._run(_SET_ASIDE, [(keys, [entry.origin, reason, entry.payload])])
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
+        if isinstance(result, Exception):
+            raise JournalError(f"redis: {result}")
         self.set_aside_records += 1
-        log.error("journal record at %s set aside in %s: %s", entry.origin, SET_ASIDE, reason)
+        log.error("journal record at %s set aside in %s: %s", entry.origin, keys[0], reason)
 
     def recovered(self) -> None:
         """Nothing to release: trims are per conversation, up to the seq it has stored."""

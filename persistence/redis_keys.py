@@ -19,4 +19,6 @@ def epoch(conversation_id: str) -> str:
 JOURNALED = f"{PREFIX}journaled"
 
 # Journal records recovery could not apply (undecodable, after a gap): kept, never trimmed.
-SET_ASIDE = f"{PREFIX}set-aside"
+# One hash tag for both, so the script that writes them touches one slot.
+SET_ASIDE = f"{PREFIX}{{set-aside}}:records"
+SET_ASIDE_SEEN = f"{PREFIX}{{set-aside}}:origins"  # each record's origin, to copy it once

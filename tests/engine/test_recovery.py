@@ -17,7 +17,7 @@ from engine.errors import Unavailable
 from engine.replay import Replayed, plan
 from persistence.journal import Entry, JournalDamaged, JournalError
 from persistence.journal_file import DAMAGED, FileJournal, frame, scan
-from persistence.records import Deleted, Message, Record, Snapshot, decode_record
+from persistence.records import Deleted, Message, Record, Snapshot, decode_record, encode_record
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, StoreError
 from tests.engine.conftest import Engine, EngineFactory, text
@@ -188,6 +188,8 @@ def replayed(cid: str, seq: int, prev: int) -> Replayed:
         ([(1, 0), (2, 1), (3, 1), (4, 3)], 0, [1, 3, 4], [], 1),  # 2 failed, 3 retried
         ([(5, 4), (6, 5)], 4, [5, 6], [], 0),
         ([(1, -1), (3, -1)], 0, [1, 3], [], 0),  # written before the links: journal order
+        ([(1, 0), (2, 2), (3, 2)], 0, [1], [2, 3], 0),  # a link to itself: no loop
+        ([(2, 3), (3, 2)], 1, [], [2, 3], 0),  # a cycle
     ],
 )
 def test_plan_follows_links_from_the_stored_version(
@@ -267,3 +269,34 @@ async def test_a_gap_right_after_the_stored_version_sets_aside_everything_after_
     assert ids(healed)[1:] == [said[0].message_id]
     assert [r.seq for r in set_aside(second)] == [4]
     assert more[1].message_id not in ids(healed)
+
+
+async def test_an_activation_whose_set_aside_fails_leaves_no_half_replayed_actor(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An activation after another owner's death (the Redis journal's tail), as the file
+    journal's tail stands in here: a stranded record it cannot set aside fails the
+    activation, and nothing of it stays hot to serve with the wrong numbering."""
+    actor, said = await chat(engine, ["a"])
+    await engine.flusher.flush_all()
+    assert await engine.registry.passivate(actor.id)
+    stranded = Record(actor.id, 9, Deleted(datetime.now(UTC)), prev=7)  # its predecessor lost
+    entry = Entry(encode_record(stranded), "test@9")
+
+    async def tail(conversation_id: str, after_seq: int) -> list[Entry]:
+        return [entry]
+
+    async def refuse(entry: Entry, reason: str) -> None:
+        raise JournalError("set-aside storage unavailable")
+
+    monkeypatch.setattr(engine.journal, "tail", tail)
+    monkeypatch.setattr(engine.journal, "set_aside", refuse)
+    with pytest.raises(Unavailable):
+        await engine.registry.get(actor.id)
+    assert len(engine.registry) == 0 and engine.registry.hot_bytes == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(engine.journal, "tail", tail)
+    again = await engine.registry.get(actor.id)
+    assert ids(again)[1:] == [said[0].message_id]
+    appended = await engine.say(actor.id, said[0].message_id, "numbered past it")
+    assert again.state.version > 9 and again.message(appended.message_id)

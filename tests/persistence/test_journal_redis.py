@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from persistence import redis_keys
 from persistence.journal import Entry, JournalError
 from persistence.journal_redis import Fenced, RedisJournal
 from tests.backends import redis_journal
@@ -78,3 +79,21 @@ async def test_close_while_a_send_is_stalled_finishes_within_its_bound() -> None
                 await append
         finally:
             admin.execute_command("CLIENT", "UNPAUSE")
+
+
+async def test_a_record_set_aside_is_copied_once_and_keeps_its_place(tmp_path: Path) -> None:
+    """Replay meets a stranded record at every activation until a trim passes it: one copy,
+    and it stays in its stream so new records are numbered past it."""
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+        for seq in (1, 2, 3):
+            await journal.append("c1", seq, b"record %d" % seq)
+        stranded = (await journal.tail("c1", 0))[1]
+        for _ in range(2):
+            await journal.set_aside(stranded, "after seq 1, where replay stopped")
+        assert payloads(await journal.tail("c1", 0)) == [b"record 1", b"record 2", b"record 3"]
+        with redis.Redis.from_url(REDIS_URL) as client:
+            kept = client.xrange(redis_keys.SET_ASIDE)
+        assert [(f[b"origin"].decode(), f[b"r"]) for _, f in kept] == [
+            (stranded.origin, b"record 2")
+        ]
