@@ -240,9 +240,10 @@ def drop_keyspaces(keyspaces: list[str]) -> None:
     if not keyspaces:
         return
     try:
+        from cassandra import ProtocolVersion
         from cassandra.cluster import Cluster
 
-        cluster = Cluster([CASSANDRA[0]], port=CASSANDRA[1])
+        cluster = Cluster([CASSANDRA[0]], port=CASSANDRA[1], protocol_version=ProtocolVersion.V4)
         try:
             session = cluster.connect()
             for keyspace in keyspaces:

@@ -21,7 +21,7 @@ from datetime import UTC
 from typing import Any
 
 import msgspec
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, ProtocolVersion
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
@@ -122,6 +122,9 @@ def _cluster(config: ScyllaConfig) -> Cluster:
         control_connection_timeout=config.connect_timeout,
         # The hot tier must notice a returning cluster within seconds, not minutes.
         reconnection_policy=ExponentialReconnectionPolicy(0.5, 5.0),
+        # Protocol v5's checksummed segments fail now and then in the driver ("CRC
+        # mismatch on header", PYTHON-1337) and ScyllaDB speaks v4 only anyway.
+        protocol_version=ProtocolVersion.V4,
     )
 
 
