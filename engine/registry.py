@@ -77,7 +77,9 @@ class Registry:
         self._eviction_backoff = Backoff(0.05, 5.0)
         self._hot_messages = 0
         self._hot_bytes = 0
-        self._counted: dict[str, int] = {}  # bytes each hot actor was last counted at
+        # (bytes, messages) each hot actor was last counted at: the totals move by what
+        # an actor's count changed, so they stay exact however mutations interleave.
+        self._counted: dict[str, tuple[int, int]] = {}
         self._oversized: set[str] = set()  # hot actors kept beside the budget
         self.activations = 0
         self.passivations = 0
@@ -146,14 +148,12 @@ class Registry:
         """Run a mutation on the conversation's actor, retrying if it passivates meanwhile."""
         while True:
             actor = await self.get(conversation_id)
-            before = len(actor)
             try:
                 result = await operation(actor)
             except Passivated:
                 continue
             finally:
                 if not actor.closed:
-                    self._hot_messages += len(actor) - before
                     self._count(actor)
             self._check_budget()
             return result
@@ -260,29 +260,28 @@ class Registry:
         problem = actor.state.refuses(event)
         if problem is not None:
             return problem
-        before = len(actor)
         state = actor.state
 
         def apply(changes: Changes) -> None:
             state.apply(record.seq, event, changes)
 
         self._flusher.record(record.conversation_id, apply)
-        self._hot_messages += len(actor) - before
         return None
 
     def _admit(self, state: ConversationState) -> ConversationActor:
         actor = ConversationActor(state, self._journal, self._flusher, self._config.actor)
         self._hot[actor.id] = actor
         self._touched[actor.id] = time.monotonic()
-        self._hot_messages += len(actor)
         self._count(actor)
         return actor
 
     def _count(self, actor: ConversationActor) -> None:
-        """Bring the hot bytes up to date with what the actor costs now."""
-        nbytes = actor.nbytes
-        self._hot_bytes += nbytes - self._counted.get(actor.id, 0)
-        self._counted[actor.id] = nbytes
+        """Bring the hot bytes and messages up to date with what the actor holds now."""
+        nbytes, messages = actor.nbytes, len(actor)
+        old_bytes, old_messages = self._counted.get(actor.id, (0, 0))
+        self._hot_bytes += nbytes - old_bytes
+        self._hot_messages += messages - old_messages
+        self._counted[actor.id] = nbytes, messages
         if self._config.oversized(actor):
             if actor.id not in self._oversized:
                 self._oversized.add(actor.id)
@@ -427,8 +426,9 @@ class Registry:
         """Forget a hot actor (its dirty changes stay with the flusher)."""
         actor.closed = True
         self._journal.release(actor.id)
-        self._hot_messages -= len(actor)
-        self._hot_bytes -= self._counted.pop(actor.id)
+        nbytes, messages = self._counted.pop(actor.id)
+        self._hot_bytes -= nbytes
+        self._hot_messages -= messages
         self._oversized.discard(actor.id)
         del self._hot[actor.id]
         del self._touched[actor.id]
@@ -454,8 +454,9 @@ class Registry:
         config = self._config
         nbytes, messages = self._hot_bytes, self._hot_messages
         for conversation_id in self._oversized:
-            nbytes -= self._counted[conversation_id]
-            messages -= len(self._hot[conversation_id])
+            counted_bytes, counted_messages = self._counted[conversation_id]
+            nbytes -= counted_bytes
+            messages -= counted_messages
         return nbytes > config.max_hot_bytes * share or messages > config.max_hot_messages * share
 
     async def _evict(self) -> None:
@@ -494,14 +495,15 @@ class Registry:
         excess_messages = self._hot_messages - int(config.max_hot_messages * 0.9)
         newest = next(reversed(self._hot), None)
         victims: list[str] = []
-        for conversation_id, actor in self._hot.items():
+        for conversation_id in self._hot:
             done = excess_bytes <= 0 and excess_messages <= 0
             if done or conversation_id == newest or len(victims) == EVICTION_BATCH:
                 break
             if conversation_id not in self._oversized and conversation_id not in self._passivating:
                 victims.append(conversation_id)
-                excess_bytes -= self._counted[conversation_id]
-                excess_messages -= len(actor)
+                counted_bytes, counted_messages = self._counted[conversation_id]
+                excess_bytes -= counted_bytes
+                excess_messages -= counted_messages
         return victims
 
     async def _sweep_idle(self) -> None:

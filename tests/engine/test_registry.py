@@ -418,3 +418,19 @@ async def test_listing_fills_its_limit_past_many_unflushed_deletes(engine: Engin
     kept = [a.id for a in reversed(actors[:20])]
     assert await engine.registry.user_conversations("alice", 10) == kept[:10]
     assert await engine.registry.user_conversations("alice", 50) == kept
+
+
+async def test_hot_counts_stay_exact_under_concurrent_appends(engine: Engine) -> None:
+    """Each queued append used to count the ones that finished ahead of it too (32
+    concurrent appends counted 528 messages): the counts follow what the actors hold."""
+    actor = await engine.conversation()
+    other = await engine.conversation()
+    await asyncio.gather(
+        *(engine.say(cid, root, f"m{i}") for i in range(32) for cid, root in (
+            (actor.id, actor.meta.root_id), (other.id, other.meta.root_id)))
+    )  # fmt: skip
+    assert engine.registry.hot_messages == len(actor) + len(other) == 2 * 33
+    assert engine.registry.hot_bytes == actor.nbytes + other.nbytes
+    assert await engine.registry.passivate(actor.id)
+    assert engine.registry.hot_messages == len(other)
+    assert engine.registry.hot_bytes == other.nbytes
