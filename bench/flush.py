@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from engine.access import ANONYMOUS
 from engine.actor import ConversationActor, NewConversation, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
@@ -43,13 +44,16 @@ async def run(kind: str, conversations: int, messages: int, interval: float) -> 
             Registry(store, journal, flusher, RegistryConfig()) as registry,
         ):
             actors = [
-                await registry.create(NewConversation("b", "bench")) for _ in range(conversations)
+                await registry.create(ANONYMOUS, NewConversation("b", "bench"))
+                for _ in range(conversations)
             ]
 
             async def writer(actor: ConversationActor) -> None:
                 parent = actor.meta.root_id
                 for _ in range(messages):
-                    node = await actor.append(NewMessage(parent, "user", text, {}, "bench"))
+                    node = await actor.append(
+                        ANONYMOUS, NewMessage(parent, "user", text, {}, "bench")
+                    )
                     parent = node.message_id
 
             started = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import Literal
 
 from msgspec.structs import replace
 
+from engine.access import BRANCH, FORK, OWNER, READ, Level, Principal
 from engine.conversation import ConversationState, root_content
 from engine.errors import InvalidInput, NotFound, Unavailable
 from persistence.flusher import Backpressure, Flusher
@@ -155,6 +156,11 @@ class ConversationActor:
         """What keeping it hot costs, by the memory budget's model."""
         return self.state.nbytes
 
+    def require(self, principal: Principal, need: Level = READ, what: str = "") -> Level:
+        """The caller's level on this conversation, at least `need` (NotFound if they
+        may not see it, Forbidden if they may not do this)."""
+        return principal.require(self.meta, self.state.shares, need, what)
+
     def message(self, message_id: str) -> Message:
         node = self.state.tree.get(message_id)
         if node is None:
@@ -200,13 +206,14 @@ class ConversationActor:
         return [n for n in nodes if n.parent_id is not None]
 
     async def fork_copy(
-        self, *, branch_id: str | None = None, message_id: str | None = None
+        self, principal: Principal, *, branch_id: str | None = None, message_id: str | None = None
     ) -> tuple[str | None, list[Message]]:
         """The fork point (a branch's leaf, a message, or None for all) and the messages a
         fork copies, taken under the mutation lock: a delete in flight is applied first,
         so a fork never copies a conversation whose deletion was acknowledged."""
         async with self._lock:
             self._check_open()
+            self.require(principal, FORK, "forking")
             point: str | None = None
             if branch_id is not None:
                 point = self.branch(branch_id).leaf_message_id
@@ -216,11 +223,12 @@ class ConversationActor:
 
     # -- mutations: serialized, journaled before applied -------------------------------------
 
-    async def append(self, new: NewMessage) -> Message:
+    async def append(self, principal: Principal, new: NewMessage) -> Message:
         if new.role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(sorted(ROLES))}; got {new.role!r}")
         async with self._lock:
             self._check_open()
+            self.require(principal, BRANCH, "appending a message")
             parent_id = new.parent_id
             if new.branch_id is not None:
                 leaf = self.branch(new.branch_id).leaf_message_id  # the branch must exist
@@ -250,21 +258,31 @@ class ConversationActor:
             return node
 
     async def update(
-        self, *, title: str | None, description: str | None, is_public: bool | None
+        self,
+        principal: Principal,
+        *,
+        title: str | None,
+        description: str | None,
+        is_public: bool | None,
     ) -> Conversation:
         async with self._lock:
             self._check_open()
+            self.require(principal, OWNER, "updating a conversation")
             await self._commit(Updated(now(), title, description, is_public))
             return self.meta
 
-    async def delete(self) -> None:
+    async def delete(self, principal: Principal) -> None:
         async with self._lock:
             self._check_open()
+            self.require(principal, OWNER, "deleting a conversation")
             await self._commit(Deleted(now()))
 
-    async def create_branch(self, *, name: str, leaf_id: str, created_by: str) -> Branch:
+    async def create_branch(
+        self, principal: Principal, *, name: str, leaf_id: str, created_by: str
+    ) -> Branch:
         async with self._lock:
             self._check_open()
+            self.require(principal, BRANCH, "creating a branch")
             self._check_leaf(leaf_id)
             at = now()
             branch = Branch(new_id(), name, leaf_id, at, at, created_by)
@@ -272,10 +290,11 @@ class ConversationActor:
             return branch
 
     async def update_branch(
-        self, branch_id: str, *, name: str | None, leaf_id: str | None
+        self, principal: Principal, branch_id: str, *, name: str | None, leaf_id: str | None
     ) -> Branch:
         async with self._lock:
             self._check_open()
+            self.require(principal, BRANCH, "moving a branch")
             branch = self.branch(branch_id)
             if leaf_id is not None:
                 self._check_leaf(leaf_id)
@@ -291,26 +310,31 @@ class ConversationActor:
             await self._commit(BranchSet(branch))
             return branch
 
-    async def delete_branch(self, branch_id: str) -> None:
+    async def delete_branch(self, principal: Principal, branch_id: str) -> None:
         async with self._lock:
             self._check_open()
+            self.require(principal, BRANCH, "deleting a branch")
             self.branch(branch_id)
             await self._commit(BranchDeleted(branch_id))
 
-    async def share(self, *, shared_with: str, permission: str, shared_by: str) -> Share:
+    async def share(
+        self, principal: Principal, *, shared_with: str, permission: str, shared_by: str
+    ) -> Share:
         if permission not in PERMISSIONS:
             raise InvalidInput(
                 f"permission must be one of {', '.join(PERMISSIONS)}; got {permission!r}"
             )
         async with self._lock:
             self._check_open()
+            self.require(principal, OWNER, "sharing a conversation")
             share = Share(shared_with, permission, now(), shared_by)
             await self._commit(ShareSet(share))
             return share
 
-    async def revoke(self, shared_with: str) -> None:
+    async def revoke(self, principal: Principal, shared_with: str) -> None:
         async with self._lock:
             self._check_open()
+            self.require(principal, OWNER, "revoking a share")
             if shared_with not in self.state.shares:
                 raise NotFound(f"conversation {self.id} is not shared with {shared_with}")
             await self._commit(ShareRevoked(shared_with))

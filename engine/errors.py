@@ -28,6 +28,28 @@ class NotFound(CanopyError):
     code = "not_found"
 
 
+class Forbidden(CanopyError):
+    """The caller sees the conversation but may not do this (or named someone else)."""
+
+    status = 403
+    code = "forbidden"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unauthorized(CanopyError):
+    """No credential, or one that does not verify."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, code: str = "unauthorized") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Conflict(CanopyError):
     status = 409
     code = "conflict"

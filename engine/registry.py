@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from engine import replay
+from engine.access import Principal
 from engine.actor import (
     ActorConfig,
     ConversationActor,
@@ -32,7 +33,7 @@ from engine.actor import (
 )
 from engine.budget import default_max_hot_bytes
 from engine.conversation import ConversationState
-from engine.errors import CanopyError, NotFound, Unavailable
+from engine.errors import CanopyError, Forbidden, NotFound, Unavailable
 from persistence.background import Backoff, Throttled
 from persistence.flusher import Flusher
 from persistence.journal import Entry, Journal, JournalError
@@ -130,8 +131,14 @@ class Registry:
     def __len__(self) -> int:
         return len(self._hot)
 
-    async def get(self, conversation_id: str) -> ConversationActor:
-        """The conversation's actor, activating it if needed; NotFound if unknown or deleted."""
+    async def get(self, principal: Principal, conversation_id: str) -> ConversationActor:
+        """The conversation's actor, activating it if needed; NotFound if unknown, deleted
+        or not visible to the caller."""
+        actor = await self._hot_actor(conversation_id)
+        actor.require(principal)
+        return actor
+
+    async def _hot_actor(self, conversation_id: str) -> ConversationActor:
         actor = self._hot.get(conversation_id)
         if actor is None:
             actor = await self._activate(conversation_id)
@@ -143,11 +150,14 @@ class Registry:
         return actor
 
     async def run(
-        self, conversation_id: str, operation: Callable[[ConversationActor], Awaitable[T]]
+        self,
+        principal: Principal,
+        conversation_id: str,
+        operation: Callable[[ConversationActor], Awaitable[T]],
     ) -> T:
         """Run a mutation on the conversation's actor, retrying if it passivates meanwhile."""
         while True:
-            actor = await self.get(conversation_id)
+            actor = await self.get(principal, conversation_id)
             try:
                 result = await operation(actor)
             except Passivated:
@@ -299,7 +309,7 @@ class Registry:
 
     # -- creation --------------------------------------------------------------------------
 
-    async def create(self, new: NewConversation) -> ConversationActor:
+    async def create(self, principal: Principal, new: NewConversation) -> ConversationActor:
         """Create a conversation with its root message (and a fork's copied messages)."""
         event = new.created()
         conversation_id = event.conversation.conversation_id
@@ -320,38 +330,46 @@ class Registry:
 
     # -- message reads and appends: what the message routes ask ---------------------------
 
-    async def revision(self, conversation_id: str) -> int:
-        return (await self.get(conversation_id)).meta.version
+    async def revision(self, principal: Principal, conversation_id: str) -> int:
+        return (await self.get(principal, conversation_id)).meta.version
 
-    async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
+    async def message(
+        self, principal: Principal, conversation_id: str, message_id: str
+    ) -> tuple[Message, list[str]]:
         """The message and its lineage (ids, root first)."""
-        path = (await self.get(conversation_id)).lineage(message_id)
+        path = (await self.get(principal, conversation_id)).lineage(message_id)
         return path[-1], [node.message_id for node in path]
 
-    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
-        return (await self.get(conversation_id)).lineage(message_id)
+    async def lineage(
+        self, principal: Principal, conversation_id: str, message_id: str
+    ) -> list[Message]:
+        return (await self.get(principal, conversation_id)).lineage(message_id)
 
     async def children(
-        self, conversation_id: str, message_id: str
+        self, principal: Principal, conversation_id: str, message_id: str
     ) -> tuple[list[str], Sequence[Message]]:
         """The parent's lineage (ids) and its children in creation order."""
-        actor = await self.get(conversation_id)
+        actor = await self.get(principal, conversation_id)
         lineage = [node.message_id for node in actor.lineage(message_id)]
         return lineage, actor.children(message_id)
 
-    async def append(self, conversation_id: str, new: NewMessage) -> tuple[Message, list[str]]:
+    async def append(
+        self, principal: Principal, conversation_id: str, new: NewMessage
+    ) -> tuple[Message, list[str]]:
         """Append a message; it and its lineage (ids, root first)."""
 
         async def append(actor: ConversationActor) -> tuple[Message, list[str]]:
-            node = await actor.append(new)
+            node = await actor.append(principal, new)
             return node, [n.message_id for n in actor.lineage(node.message_id)]
 
-        return await self.run(conversation_id, append)
+        return await self.run(principal, conversation_id, append)
 
     # -- listing -----------------------------------------------------------------------------
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[str]:
+    async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         """Conversations the user owns or was shared, most recently active first."""
+        if not principal.may_list(user_id):
+            raise Forbidden("permission_denied", "only that user or a service may list them")
         listed, unlisted = self._unflushed_listing(user_id)
         try:  # enough rows that `limit` remain once the unflushed removals are taken out
             stored = await self._store.user_conversations(user_id, limit + len(unlisted))

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from engine.access import BRANCH, Principal
 from engine.actor import ActorConfig, ConversationActor, NewConversation, NewMessage, commit
 from engine.conversation import ConversationState
-from engine.errors import InvalidInput, NotFound, Unavailable
+from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from persistence.flusher import Flusher
 from persistence.journal import NoJournal
 from persistence.keyed_lock import KeyedLock
@@ -45,16 +46,21 @@ class StoreBacked:
 
     # -- whole-conversation requests: tree, branches, shares, forks, updates -------------------
 
-    async def get(self, conversation_id: str) -> ConversationActor:
-        return self._actor(conversation_id, await _query(self._store.load(conversation_id)))
+    async def get(self, principal: Principal, conversation_id: str) -> ConversationActor:
+        actor = self._actor(conversation_id, await _query(self._store.load(conversation_id)))
+        actor.require(principal)
+        return actor
 
     async def run(
-        self, conversation_id: str, operation: Callable[[ConversationActor], Awaitable[T]]
+        self,
+        principal: Principal,
+        conversation_id: str,
+        operation: Callable[[ConversationActor], Awaitable[T]],
     ) -> T:
         async with self._serialized(conversation_id):
-            return await operation(await self.get(conversation_id))
+            return await operation(await self.get(principal, conversation_id))
 
-    async def create(self, new: NewConversation) -> ConversationActor:
+    async def create(self, principal: Principal, new: NewConversation) -> ConversationActor:
         event = new.created()
         created: list[ConversationState] = []
 
@@ -67,40 +73,61 @@ class StoreBacked:
 
     # -- targeted reads --------------------------------------------------------------------------
 
-    async def revision(self, conversation_id: str) -> None:
+    async def revision(self, principal: Principal, conversation_id: str) -> None:
+        await self._check(principal, conversation_id)
         return None  # nothing is cached in this mode
 
-    async def message(self, conversation_id: str, message_id: str) -> tuple[Message, list[str]]:
-        path = await self.lineage(conversation_id, message_id)
+    async def message(
+        self, principal: Principal, conversation_id: str, message_id: str
+    ) -> tuple[Message, list[str]]:
+        path = await self.lineage(principal, conversation_id, message_id)
         return path[-1], [node.message_id for node in path]
 
-    async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
-        path = await _query(self._store.lineage(conversation_id, message_id))
+    async def lineage(
+        self, principal: Principal, conversation_id: str, message_id: str
+    ) -> list[Message]:
+        path, _ = await asyncio.gather(
+            _query(self._store.lineage(conversation_id, message_id)),
+            self._check(principal, conversation_id),
+        )
         if not path:
             raise NotFound(f"message {message_id} not found in conversation {conversation_id}")
         return path
 
     async def children(
-        self, conversation_id: str, message_id: str
+        self, principal: Principal, conversation_id: str, message_id: str
     ) -> tuple[list[str], list[Message]]:
         path, children = await asyncio.gather(
-            self.lineage(conversation_id, message_id),
+            self.lineage(principal, conversation_id, message_id),
             _query(self._store.children(conversation_id, message_id)),
         )
         return [node.message_id for node in path], children
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[str]:
+    async def _check(self, principal: Principal, conversation_id: str) -> None:
+        """What a targeted read adds to see the caller's permission: the conversation
+        head (row and shares), when permissions apply at all."""
+        if principal.checked:
+            head = await _query(self._store.head(conversation_id))
+            self._actor(conversation_id, head).require(principal)
+
+    async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
+        if not principal.may_list(user_id):
+            raise Forbidden("permission_denied", "only that user or a service may list them")
         stored = await _query(self._store.user_conversations(user_id, limit))
         return [conversation_id for conversation_id, _ in stored]
 
     # -- a targeted append -----------------------------------------------------------------------
 
-    async def append(self, conversation_id: str, new: NewMessage) -> tuple[Message, list[str]]:
+    async def append(
+        self, principal: Principal, conversation_id: str, new: NewMessage
+    ) -> tuple[Message, list[str]]:
         """The conversation head and the parent's lineage, then a write-through append."""
         async with self._serialized(conversation_id):
             head = await _query(self._store.head(conversation_id))
             if head is None or head.conversation.deleted:
                 raise NotFound(f"conversation {conversation_id} not found")
+            shares = {share.shared_with: share for share in head.shares}
+            principal.require(head.conversation, shares, BRANCH, "appending a message")
             parent_id = _parent_id(head, new)
             head.messages = await _query(self._store.lineage(conversation_id, parent_id))
             if not head.messages:
@@ -109,7 +136,7 @@ class StoreBacked:
                 )
             # The transient actor holds only the parent's path: enough to validate and apply.
             actor = self._actor(conversation_id, head)
-            node = await actor.append(new)
+            node = await actor.append(principal, new)
             return node, [n.message_id for n in actor.lineage(node.message_id)]
 
     def _actor(self, conversation_id: str, snapshot: Snapshot | None) -> ConversationActor:

@@ -16,6 +16,7 @@ from aiohttp import web
 from engine.registry import Registry
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
+from gateway.auth import auth_middleware, authenticators
 from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
@@ -59,7 +60,11 @@ def create_app(settings: Settings) -> web.Application:
         BodyBudget(settings.max_body_buffer_bytes),
     )
     app = web.Application(
-        middlewares=[error_middleware, edge_middleware(limits)],
+        middlewares=[
+            error_middleware,
+            edge_middleware(limits),
+            auth_middleware(authenticators(settings)),
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[EDGE] = limits

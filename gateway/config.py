@@ -7,6 +7,7 @@ Every option has an environment equivalent (`CANOPY_*`); seed 000's variables
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ class Settings:
     scylla_consistency: str = "LOCAL_QUORUM"
     redis_url: str = "redis://127.0.0.1:6379/0"
     recover_damaged: bool = False  # replay past journal damage (the segment is kept aside)
+    auth: str = "none"  # comma-separated: none, api-key, jwt
+    allow_anonymous: bool = False  # --auth none on an address other than loopback
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -82,6 +85,9 @@ class Settings:
             consistency=self.scylla_consistency,
             batch_size=self.max_batch_size,
         )
+
+    def auth_modes(self) -> frozenset[str]:
+        return frozenset(m.strip() for m in self.auth.split(",") if m.strip())
 
     def hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
@@ -124,7 +130,11 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "scylla_consistency": (("CANOPY_SCYLLA_CONSISTENCY",), str),
     "redis_url": (("CANOPY_REDIS_URL", "REDIS_URL"), str),
     "recover_damaged": (("CANOPY_RECOVER_DAMAGED",), bool),
+    "auth": (("CANOPY_AUTH",), str),
+    "allow_anonymous": (("CANOPY_ALLOW_ANONYMOUS",), bool),
 }
+
+AUTH_MODES = frozenset({"none", "api-key", "jwt"})
 
 _CHOICES = {
     "durability": get_args(Durability),
@@ -174,4 +184,20 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             )
     if settings.fsync != "always":
         float(settings.fsync)
+    modes = settings.auth_modes()
+    if not modes or not modes <= AUTH_MODES:
+        raise ValueError(f"auth must be a comma-separated list of {', '.join(AUTH_MODES)}; "
+                         f"got {settings.auth!r}")  # fmt: skip
+    if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
+        raise ValueError(
+            f"--auth none on {settings.host} would let anyone on the network in: bind to "
+            "127.0.0.1, configure --auth jwt or api-key, or pass --allow-anonymous"
+        )
     return settings
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engine.access import Principal
 from engine.service import Conversations
 from gateway.guards import EdgeLimits
 from gateway.response_cache import ResponseCache
@@ -15,3 +16,5 @@ EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)
+
+PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by gateway.auth

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 from aiohttp import web
 
-from gateway.keys import CONVERSATIONS, RESPONSES, SENDER
+from gateway.keys import CONVERSATIONS, PRINCIPAL, RESPONSES, SENDER
 from gateway.paging import Page, next_headers
 from gateway.response_cache import Encoded
 from gateway.responses import Listing
@@ -112,7 +112,7 @@ async def answer_cached(
     """A listing that depends only on the conversation's state, encoded once per version
     of it (see gateway.response_cache); store-backed mode never caches."""
     app = request.app
-    revision = await app[CONVERSATIONS].revision(conversation_id)
+    revision = await app[CONVERSATIONS].revision(request[PRINCIPAL], conversation_id)
     if revision is None:
         return await answer(request, await build())
     cache, key = app[RESPONSES], (request.path_qs, revision)

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from engine.actor import ConversationActor
 from gateway.codec import json_response, path_id, read_body, uuid_str
-from gateway.keys import CONVERSATIONS
+from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.listings import answer_cached, path_listing
 from gateway.paging import page_of
 from gateway.responses import Listing
@@ -20,25 +20,29 @@ BASE = "/api/v1/conversations/{conversation_id}/branches"
 async def create(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateBranch)
+    principal = request[PRINCIPAL]
+    author = principal.author(body.created_by)
 
     async def apply(actor: ConversationActor) -> web.Response:
         branch = await actor.create_branch(
-            name=body.branch_name, leaf_id=str(body.leaf_message_id), created_by=body.created_by
+            principal, name=body.branch_name, leaf_id=str(body.leaf_message_id), created_by=author
         )
         return json_response(branch_out(actor.id, branch))
 
-    return await request.app[CONVERSATIONS].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(principal, conversation_id, apply)
 
 
 @routes.get(BASE)
 async def list_(request: web.Request) -> web.Response:
-    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
+    conversation_id = path_id(request, "conversation_id")
+    actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response([branch_out(actor.id, b) for b in actor.branches()])
 
 
 @routes.get(BASE + "/{branch_id}")
 async def get(request: web.Request) -> web.Response:
-    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
+    conversation_id = path_id(request, "conversation_id")
+    actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response(branch_out(actor.id, actor.branch(path_id(request, "branch_id"))))
 
 
@@ -49,7 +53,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     page = page_of(request)
 
     async def build() -> Listing:
-        actor = await request.app[CONVERSATIONS].get(conversation_id)
+        actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
         branch = actor.branch(branch_id)
         return path_listing(actor.id, actor.lineage(branch.leaf_message_id), page)
 
@@ -61,21 +65,23 @@ async def update(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
     body = await read_body(request, UpdateBranch)
+    principal = request[PRINCIPAL]
 
     async def apply(actor: ConversationActor) -> web.Response:
         branch = await actor.update_branch(
-            branch_id, name=body.branch_name, leaf_id=uuid_str(body.leaf_message_id)
+            principal, branch_id, name=body.branch_name, leaf_id=uuid_str(body.leaf_message_id)
         )
         return json_response(branch_out(actor.id, branch))
 
-    return await request.app[CONVERSATIONS].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(principal, conversation_id, apply)
 
 
 @routes.delete(BASE + "/{branch_id}")
 async def delete(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
+    principal = request[PRINCIPAL]
     await request.app[CONVERSATIONS].run(
-        conversation_id, lambda actor: actor.delete_branch(branch_id)
+        principal, conversation_id, lambda actor: actor.delete_branch(principal, branch_id)
     )
     return json_response(Deleted("Branch deleted successfully"))

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from engine.actor import ConversationActor, NewConversation
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import CONVERSATIONS
+from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.listings import answer_cached, tree_listing
 from gateway.paging import page_of
 from gateway.responses import Listing
@@ -18,15 +18,18 @@ BASE = "/api/v1/conversations"
 
 @routes.post(BASE)
 async def create(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
     body = await read_body(request, CreateConversation)
-    new = NewConversation(body.title, body.created_by, body.description, body.is_public)
-    actor = await request.app[CONVERSATIONS].create(new)
+    author = principal.author(body.created_by)
+    new = NewConversation(body.title, author, body.description, body.is_public)
+    actor = await request.app[CONVERSATIONS].create(principal, new)
     return json_response(conversation_out(actor.meta))
 
 
 @routes.get(BASE + "/{conversation_id}")
 async def get(request: web.Request) -> web.Response:
-    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
+    conversation_id = path_id(request, "conversation_id")
+    actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response(conversation_out(actor.meta))
 
 
@@ -36,7 +39,7 @@ async def tree(request: web.Request) -> web.StreamResponse:
     page = page_of(request)
 
     async def build() -> Listing:
-        actor = await request.app[CONVERSATIONS].get(conversation_id)
+        actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
         if page.limit is None:
             nodes, more = list(actor.messages()), False
         else:
@@ -51,18 +54,22 @@ async def tree(request: web.Request) -> web.StreamResponse:
 async def update(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, UpdateConversation)
+    principal = request[PRINCIPAL]
 
     async def apply(actor: ConversationActor) -> web.Response:
         meta = await actor.update(
-            title=body.title, description=body.description, is_public=body.is_public
+            principal, title=body.title, description=body.description, is_public=body.is_public
         )
         return json_response(conversation_out(meta))
 
-    return await request.app[CONVERSATIONS].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(principal, conversation_id, apply)
 
 
 @routes.delete(BASE + "/{conversation_id}")
 async def delete(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
-    await request.app[CONVERSATIONS].run(conversation_id, lambda actor: actor.delete())
+    principal = request[PRINCIPAL]
+    await request.app[CONVERSATIONS].run(
+        principal, conversation_id, lambda actor: actor.delete(principal)
+    )
     return json_response(Deleted("Conversation deleted successfully"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engine.access import FORK
 from engine.actor import NewConversation
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import CONVERSATIONS
+from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.schemas import Fork, conversation_out
 
 routes = web.RouteTableDef()
@@ -17,23 +18,29 @@ async def _fork(
     request: web.Request, *, branch: bool = False, message: bool = False
 ) -> web.Response:
     registry = request.app[CONVERSATIONS]
+    principal = request[PRINCIPAL]
     source_id = path_id(request, "conversation_id")
-    await registry.get(source_id)  # an unknown source answers 404 before its body is read
+    # an unknown (or invisible) source answers 404 before its body is read
+    (await registry.get(principal, source_id)).require(principal, FORK, "forking")
     body = await read_body(request, Fork)
+    author = principal.author(body.created_by)
     branch_id = path_id(request, "branch_id") if branch else None
     message_id = path_id(request, "message_id") if message else None
     # The source again, now that the body is in: it may have been deleted meanwhile.
     point, copied = await registry.run(
-        source_id, lambda source: source.fork_copy(branch_id=branch_id, message_id=message_id)
+        principal,
+        source_id,
+        lambda source: source.fork_copy(principal, branch_id=branch_id, message_id=message_id),
     )
     forked = await registry.create(
+        principal,
         NewConversation(
             title=body.title,
-            created_by=body.created_by,
+            created_by=author,
             description=f"Forked from conversation {source_id}",
             fork_from=(source_id, point),
             copied=copied,
-        )
+        ),
     )
     return json_response(conversation_out(forked.meta))
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from engine import content
 from engine.actor import NewMessage
 from gateway.codec import json_response, path_id, read_body, uuid_str
-from gateway.keys import CONVERSATIONS
+from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.listings import answer, answer_cached, children_listing, path_listing
 from gateway.paging import page_of
 from gateway.responses import Listing
@@ -21,15 +21,16 @@ BASE = "/api/v1/conversations/{conversation_id}/messages"
 async def create(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateMessage)
+    principal = request[PRINCIPAL]
     new = NewMessage(
         parent_id=uuid_str(body.parent_message_id),
         role=body.role,
         content=content.normalize(body.content),
         content_metadata=body.content_metadata,
-        created_by=body.created_by,
+        created_by=principal.author(body.created_by),
         branch_id=uuid_str(body.branch_id),
     )
-    node, lineage = await request.app[CONVERSATIONS].append(conversation_id, new)
+    node, lineage = await request.app[CONVERSATIONS].append(principal, conversation_id, new)
     return json_response(message_out(conversation_id, node, lineage))
 
 
@@ -37,7 +38,7 @@ async def create(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     node, lineage = await request.app[CONVERSATIONS].message(
-        conversation_id, path_id(request, "message_id")
+        request[PRINCIPAL], conversation_id, path_id(request, "message_id")
     )
     return json_response(message_out(conversation_id, node, lineage))
 
@@ -47,7 +48,9 @@ async def children(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     message_id = path_id(request, "message_id")
     page = page_of(request)
-    lineage, nodes = await request.app[CONVERSATIONS].children(conversation_id, message_id)
+    lineage, nodes = await request.app[CONVERSATIONS].children(
+        request[PRINCIPAL], conversation_id, message_id
+    )
     return await answer(request, children_listing(conversation_id, lineage, nodes, page))
 
 
@@ -58,7 +61,9 @@ async def lineage(request: web.Request) -> web.StreamResponse:
     page = page_of(request)
 
     async def build() -> Listing:
-        path = await request.app[CONVERSATIONS].lineage(conversation_id, message_id)
+        path = await request.app[CONVERSATIONS].lineage(
+            request[PRINCIPAL], conversation_id, message_id
+        )
         return path_listing(conversation_id, path, page)
 
     return await answer_cached(request, conversation_id, build)

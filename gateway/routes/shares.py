@@ -7,7 +7,7 @@ from aiohttp import web
 from engine.actor import ConversationActor
 from engine.errors import InvalidInput
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import CONVERSATIONS
+from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.schemas import CreateShare, Deleted, share_out
 
 routes = web.RouteTableDef()
@@ -19,19 +19,23 @@ DEFAULT_LIMIT, MAX_LIMIT = 50, 1000
 async def create(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateShare)
+    principal = request[PRINCIPAL]
+    shared_by = principal.author(body.shared_by, "shared_by")
 
     async def apply(actor: ConversationActor) -> web.Response:
         share = await actor.share(
-            shared_with=body.shared_with, permission=body.permission, shared_by=body.shared_by
-        )
+            principal, shared_with=body.shared_with, permission=body.permission,
+            shared_by=shared_by,
+        )  # fmt: skip
         return json_response(share_out(actor.id, share))
 
-    return await request.app[CONVERSATIONS].run(conversation_id, apply)
+    return await request.app[CONVERSATIONS].run(principal, conversation_id, apply)
 
 
 @routes.get(BASE + "/shares")
 async def list_(request: web.Request) -> web.Response:
-    actor = await request.app[CONVERSATIONS].get(path_id(request, "conversation_id"))
+    conversation_id = path_id(request, "conversation_id")
+    actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response([share_out(actor.id, s) for s in actor.shares()])
 
 
@@ -39,7 +43,10 @@ async def list_(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     user_id = request.match_info["user_id"]
-    await request.app[CONVERSATIONS].run(conversation_id, lambda actor: actor.revoke(user_id))
+    principal = request[PRINCIPAL]
+    await request.app[CONVERSATIONS].run(
+        principal, conversation_id, lambda actor: actor.revoke(principal, user_id)
+    )
     return json_response(Deleted("Share revoked successfully"))
 
 
@@ -50,6 +57,6 @@ async def user_conversations(request: web.Request) -> web.Response:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
     ids = await request.app[CONVERSATIONS].user_conversations(
-        request.match_info["user_id"], int(raw)
+        request[PRINCIPAL], request.match_info["user_id"], int(raw)
     )
     return json_response(ids)

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from engine.access import ANONYMOUS
 from engine.actor import ActorConfig, ConversationActor, Durability, NewConversation, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
@@ -47,7 +48,7 @@ class Engine:
     closed: bool = False
 
     async def conversation(self, title: str = "chat", owner: str = "alice") -> ConversationActor:
-        return await self.registry.create(NewConversation(title, owner))
+        return await self.registry.create(ANONYMOUS, NewConversation(title, owner))
 
     async def say(
         self,
@@ -63,10 +64,11 @@ class Engine:
 
         async def append(actor: ConversationActor) -> Message:
             return await actor.append(
-                NewMessage(parent_id, role, text(words), metadata or {}, "alice", branch_id)
+                ANONYMOUS,
+                NewMessage(parent_id, role, text(words), metadata or {}, "alice", branch_id),
             )
 
-        return await self.registry.run(conversation_id, append)
+        return await self.registry.run(ANONYMOUS, conversation_id, append)
 
     async def close(self) -> None:
         """Graceful shutdown: registry, flusher (writes everything), journal, store."""

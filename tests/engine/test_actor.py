@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+from engine.access import ANONYMOUS
 from engine.actor import ConversationActor, NewMessage
 from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
 from persistence.records import Snapshot
@@ -126,7 +127,7 @@ def bad_append(**overrides: object) -> Bad:
             "created_by": "alice",
         }
         arguments.update(overrides)
-        return await actor.append(NewMessage(**arguments))  # type: ignore[arg-type]
+        return await actor.append(ANONYMOUS, NewMessage(**arguments))  # type: ignore[arg-type]
 
     return append
 
@@ -149,7 +150,7 @@ async def test_rejected_append_changes_nothing(
     await engine.say(actor.id, actor.meta.root_id)
     before = footprint(engine, actor)
     with pytest.raises(error):
-        await engine.registry.run(actor.id, mutation)
+        await engine.registry.run(ANONYMOUS, actor.id, mutation)
     assert footprint(engine, actor) == before
     assert actor.meta.version == 2 and len(actor) == 2
 
@@ -170,8 +171,12 @@ async def test_depth_limit_allows_max_depth_and_rejects_beyond(open_engine: Engi
 async def test_append_to_branch_moves_its_leaf(engine: Engine) -> None:
     actor = await engine.conversation()
     a = await engine.say(actor.id, actor.meta.root_id, "a")
-    main = await actor.create_branch(name="main", leaf_id=a.message_id, created_by="alice")
-    other = await actor.create_branch(name="other", leaf_id=a.message_id, created_by="alice")
+    main = await actor.create_branch(
+        ANONYMOUS, name="main", leaf_id=a.message_id, created_by="alice"
+    )
+    other = await actor.create_branch(
+        ANONYMOUS, name="other", leaf_id=a.message_id, created_by="alice"
+    )
     b = await engine.say(actor.id, None, "b", branch_id=main.branch_id)
     c = await engine.say(actor.id, None, "c", branch_id=main.branch_id)
     assert b.parent_id == a.message_id and c.parent_id == b.message_id
@@ -190,7 +195,9 @@ async def test_append_with_parent_and_branch_hangs_on_parent_and_moves_branch(
 ) -> None:
     actor = await engine.conversation()
     a = await engine.say(actor.id, actor.meta.root_id, "a")
-    branch = await actor.create_branch(name="main", leaf_id=a.message_id, created_by="alice")
+    branch = await actor.create_branch(
+        ANONYMOUS, name="main", leaf_id=a.message_id, created_by="alice"
+    )
     side = await engine.say(actor.id, actor.meta.root_id, "side", branch_id=branch.branch_id)
     assert side.parent_id == actor.meta.root_id
     assert actor.branch(branch.branch_id).leaf_message_id == side.message_id
@@ -200,7 +207,7 @@ async def test_create_branch_on_unknown_leaf_is_rejected(engine: Engine) -> None
     actor = await engine.conversation()
     before = footprint(engine, actor)
     with pytest.raises(InvalidInput, match="leaf_message_id"):
-        await actor.create_branch(name="b", leaf_id="nope", created_by="alice")
+        await actor.create_branch(ANONYMOUS, name="b", leaf_id="nope", created_by="alice")
     assert footprint(engine, actor) == before
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from engine.access import ANONYMOUS
 from engine.actor import ConversationActor
 from engine.errors import Unavailable
 from engine.replay import Replayed, plan
@@ -74,11 +75,11 @@ async def test_a_damaged_record_stops_its_conversation_and_no_other(
     with pytest.raises(JournalDamaged, match=path.name):
         await open_engine()
     second = await open_engine(recover_damaged=True)
-    healed = await second.registry.get(hurt.id)
+    healed = await second.registry.get(ANONYMOUS, hurt.id)
     assert ids(healed) == [hurt.meta.root_id, hurt_said[0].message_id]  # up to the gap
     for message_id in ids(healed):
         healed.lineage(message_id)
-    intact = await second.registry.get(whole.id)
+    intact = await second.registry.get(ANONYMOUS, whole.id)
     assert ids(intact)[1:] == [m.message_id for m in whole_said]
     aside = set_aside(second)
     assert [(r.conversation_id, r.seq) for r in aside] == [(hurt.id, 4), (hurt.id, 5)]
@@ -86,7 +87,7 @@ async def test_a_damaged_record_stops_its_conversation_and_no_other(
 
     await second.close()  # what stood is stored; new writes go on after the gap
     third = await open_engine()
-    again = await third.registry.get(hurt.id)
+    again = await third.registry.get(ANONYMOUS, hurt.id)
     assert ids(again) == ids(healed)
     added = await third.say(hurt.id, hurt_said[0].message_id, "after")
     assert again.lineage(added.message_id)[-1].message_id == added.message_id
@@ -105,11 +106,13 @@ async def test_damage_in_an_older_segment_with_a_newer_one_intact(
     damage_record(older, actor.id, 3)
 
     second = await open_engine(recover_damaged=True)
-    healed = await second.registry.get(actor.id)
+    healed = await second.registry.get(ANONYMOUS, actor.id)
     assert ids(healed) == [actor.meta.root_id, said[0].message_id]
     assert more[0].message_id not in ids(healed)
     assert [r.seq for r in set_aside(second) if r.conversation_id == actor.id] == [4]
-    assert ids(await second.registry.get(other.id))[1:] == [m.message_id for m in other_said]
+    assert ids(await second.registry.get(ANONYMOUS, other.id))[1:] == [
+        m.message_id for m in other_said
+    ]
 
 
 async def test_an_undecodable_payload_is_set_aside_and_the_node_starts(
@@ -123,7 +126,7 @@ async def test_an_undecodable_payload_is_set_aside_and_the_node_starts(
         f.write(frame(b"\x93\xa1x\x01\xc1"))  # a valid frame whose payload is no Record
         f.write(frame(msgspec.msgpack.encode(["c", "not", "a record"])))
     second = await open_engine()
-    assert ids(await second.registry.get(actor.id))[1:] == [said[0].message_id]
+    assert ids(await second.registry.get(ANONYMOUS, actor.id))[1:] == [said[0].message_id]
     aside = (second.directory / "journal" / DAMAGED / "set-aside.log").read_bytes()
     assert len(scan(aside, last=False).frames) == 2
     assert second.journal.stats()["set_aside_records"] == 2
@@ -152,7 +155,7 @@ async def test_a_failed_append_that_reached_the_journal_is_not_replayed(
     await first.crash()
 
     second = await open_engine()
-    healed = await second.registry.get(actor.id)
+    healed = await second.registry.get(ANONYMOUS, actor.id)
     assert ids(healed)[1:] == [said[0].message_id, retried.message_id]
     assert [m.content for m in healed.messages()][-1] == text("retried")
     assert failed and set_aside(second) == []
@@ -165,7 +168,7 @@ async def test_orphans_a_store_holds_are_never_served(engine: Engine) -> None:
     child = msgspec.structs.replace(said[0], message_id="child", parent_id="orphan", seq=10)
     await engine.sqlite.write(actor.id, Changes(messages={"orphan": orphan, "child": child}))
     assert await engine.registry.passivate(actor.id)
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert ids(again) == [actor.meta.root_id, said[0].message_id]
     for message_id in ids(again):
         assert again.lineage(message_id)[0].message_id == actor.meta.root_id
@@ -250,7 +253,7 @@ async def test_the_flusher_never_trims_what_recovery_has_not_loaded_yet(
     assert trimmed.is_set()
     monkeypatch.undo()
     third = await open_engine()
-    assert late_more.message_id in ids(await third.registry.get(late.id))
+    assert late_more.message_id in ids(await third.registry.get(ANONYMOUS, late.id))
 
 
 async def test_a_gap_right_after_the_stored_version_sets_aside_everything_after_it(
@@ -265,7 +268,7 @@ async def test_a_gap_right_after_the_stored_version_sets_aside_everything_after_
     damage_record(path, actor.id, 3)  # the record right after the stored version
 
     second = await open_engine(recover_damaged=True)
-    healed = await second.registry.get(actor.id)
+    healed = await second.registry.get(ANONYMOUS, actor.id)
     assert ids(healed)[1:] == [said[0].message_id]
     assert [r.seq for r in set_aside(second)] == [4]
     assert more[1].message_id not in ids(healed)
@@ -292,11 +295,11 @@ async def test_an_activation_whose_set_aside_fails_leaves_no_half_replayed_actor
     monkeypatch.setattr(engine.journal, "tail", tail)
     monkeypatch.setattr(engine.journal, "set_aside", refuse)
     with pytest.raises(Unavailable):
-        await engine.registry.get(actor.id)
+        await engine.registry.get(ANONYMOUS, actor.id)
     assert len(engine.registry) == 0 and engine.registry.hot_bytes == 0
     monkeypatch.undo()
     monkeypatch.setattr(engine.journal, "tail", tail)
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert ids(again)[1:] == [said[0].message_id]
     appended = await engine.say(actor.id, said[0].message_id, "numbered past it")
     assert again.state.version > 9 and again.message(appended.message_id)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from engine.access import ANONYMOUS
 from engine.actor import ConversationActor, NewMessage
 from engine.budget import CONVERSATION_BYTES, ROW_BYTES, message_bytes
 from engine.errors import NotFound, Unavailable
@@ -43,17 +44,23 @@ async def busy_conversation(engine: Engine) -> ConversationActor:
     b = await engine.say(cid, a.message_id, "b", role="assistant")
     await engine.say(cid, root, "sibling")
     await engine.registry.run(
-        cid, lambda x: x.update(title="renamed", description="d", is_public=True)
+        ANONYMOUS,
+        cid,
+        lambda x: x.update(ANONYMOUS, title="renamed", description="d", is_public=True),
     )
-    kept = await actor.create_branch(name="main", leaf_id=b.message_id, created_by="alice")
-    gone = await actor.create_branch(name="tmp", leaf_id=a.message_id, created_by="alice")
-    await actor.update_branch(kept.branch_id, name="main2", leaf_id=None)
-    await actor.delete_branch(gone.branch_id)
+    kept = await actor.create_branch(
+        ANONYMOUS, name="main", leaf_id=b.message_id, created_by="alice"
+    )
+    gone = await actor.create_branch(
+        ANONYMOUS, name="tmp", leaf_id=a.message_id, created_by="alice"
+    )
+    await actor.update_branch(ANONYMOUS, kept.branch_id, name="main2", leaf_id=None)
+    await actor.delete_branch(ANONYMOUS, gone.branch_id)
     await engine.say(cid, None, "on main", branch_id=kept.branch_id)
-    await actor.share(shared_with="bob", permission="read", shared_by="alice")
-    await actor.share(shared_with="carol", permission="fork", shared_by="alice")
-    await actor.share(shared_with="dave", permission="branch", shared_by="alice")
-    await actor.revoke("dave")
+    await actor.share(ANONYMOUS, shared_with="bob", permission="read", shared_by="alice")
+    await actor.share(ANONYMOUS, shared_with="carol", permission="fork", shared_by="alice")
+    await actor.share(ANONYMOUS, shared_with="dave", permission="branch", shared_by="alice")
+    await actor.revoke(ANONYMOUS, "dave")
     return actor
 
 
@@ -62,13 +69,13 @@ async def busy_conversation(engine: Engine) -> ConversationActor:
 
 async def test_get_unknown_conversation_raises_not_found(engine: Engine) -> None:
     with pytest.raises(NotFound):
-        await engine.registry.get("00000000-0000-0000-0000-000000000000")
+        await engine.registry.get(ANONYMOUS, "00000000-0000-0000-0000-000000000000")
 
 
 async def test_hot_get_returns_the_same_actor_without_activation(engine: Engine) -> None:
     actor = await engine.conversation()
     activations = engine.registry.activations
-    assert await engine.registry.get(actor.id) is actor
+    assert await engine.registry.get(ANONYMOUS, actor.id) is actor
     assert engine.registry.activations == activations
 
 
@@ -77,7 +84,7 @@ async def test_concurrent_first_touches_share_one_activation(engine: Engine) -> 
     await engine.say(actor.id, actor.meta.root_id)
     assert await engine.registry.passivate(actor.id)
     activations = engine.registry.activations
-    actors = await asyncio.gather(*(engine.registry.get(actor.id) for _ in range(20)))
+    actors = await asyncio.gather(*(engine.registry.get(ANONYMOUS, actor.id) for _ in range(20)))
     assert engine.registry.activations == activations + 1
     assert len({id(a) for a in actors}) == 1
     assert actors[0] is not actor and not actors[0].closed
@@ -93,7 +100,7 @@ async def test_passivation_then_reactivation_is_identical(engine: Engine) -> Non
     assert engine.registry.passivations == passivations + 1
     stored = await engine.sqlite.load(actor.id)
     assert stored is not None and stored.conversation == before[0]
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert again is not actor
     assert state_of(again) == before
     assert [b.branch_id for b in again.branches()] == [b.branch_id for b in actor.branches()]
@@ -102,10 +109,10 @@ async def test_passivation_then_reactivation_is_identical(engine: Engine) -> Non
 async def test_share_order_is_the_same_after_reactivation(engine: Engine) -> None:
     actor = await engine.conversation()
     for user, permission in (("bob", "read"), ("carol", "read"), ("bob", "fork")):
-        await actor.share(shared_with=user, permission=permission, shared_by="alice")
+        await actor.share(ANONYMOUS, shared_with=user, permission=permission, shared_by="alice")
     before = [s.shared_with for s in actor.shares()]
     assert await engine.registry.passivate(actor.id)
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert [s.shared_with for s in again.shares()] == before
 
 
@@ -114,7 +121,7 @@ async def test_reactivated_actor_accepts_appends(engine: Engine) -> None:
     first = await engine.say(actor.id, actor.meta.root_id)
     assert await engine.registry.passivate(actor.id)
     second = await engine.say(actor.id, first.message_id)
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert [n.message_id for n in again.lineage(second.message_id)] == [
         actor.meta.root_id,
         first.message_id,
@@ -135,7 +142,7 @@ async def test_memory_budget_passivates_least_recently_used(open_engine: EngineF
         await engine.say(actor.id, actor.meta.root_id)
         actors.append(actor)
     assert engine.registry.hot_messages == 9 and engine.registry.passivations == 0
-    await engine.registry.get(actors[0].id)  # c0 is now the most recently used
+    await engine.registry.get(ANONYMOUS, actors[0].id)  # c0 is now the most recently used
     expected = {a.id: state_of(a) for a in actors}
     newcomer = await engine.conversation(title="c3")
     await engine.say(newcomer.id, newcomer.meta.root_id)  # 11 > 10: evict down to 9
@@ -144,7 +151,7 @@ async def test_memory_budget_passivates_least_recently_used(open_engine: EngineF
     assert engine.registry.passivations == 1
     assert engine.registry.hot_messages == 8 and len(engine.registry) == 3
     for actor in actors:
-        again = await engine.registry.get(actor.id)
+        again = await engine.registry.get(ANONYMOUS, actor.id)
         assert state_of(again) == expected[actor.id]
 
 
@@ -159,7 +166,7 @@ async def test_memory_budget_evicts_many_to_get_under_target(open_engine: Engine
     assert not any(a.closed for a in actors[3:]) and not big.closed
     assert engine.registry.activations == 0
     for actor in actors[:3]:
-        assert state_of(await engine.registry.get(actor.id)) == state_of(actor)
+        assert state_of(await engine.registry.get(ANONYMOUS, actor.id)) == state_of(actor)
     assert engine.registry.activations == 3
 
 
@@ -171,7 +178,9 @@ async def test_hot_bytes_follow_appends_shares_and_passivations(engine: Engine) 
     expected += message_bytes(said.content)
     assert engine.registry.hot_bytes == expected
     await engine.registry.run(
-        first.id, lambda a: a.share(shared_with="bob", permission="read", shared_by="alice")
+        ANONYMOUS,
+        first.id,
+        lambda a: a.share(ANONYMOUS, shared_with="bob", permission="read", shared_by="alice"),
     )
     expected += ROW_BYTES
     assert engine.registry.hot_bytes == expected
@@ -179,7 +188,7 @@ async def test_hot_bytes_follow_appends_shares_and_passivations(engine: Engine) 
     assert engine.registry.hot_bytes == expected + second.nbytes
     assert await engine.registry.passivate(first.id)
     assert engine.registry.hot_bytes == second.nbytes
-    again = await engine.registry.get(first.id)
+    again = await engine.registry.get(ANONYMOUS, first.id)
     assert again.nbytes == expected
     assert engine.registry.hot_bytes == expected + second.nbytes
     stats = engine.registry.stats()
@@ -207,9 +216,9 @@ async def test_a_conversation_bigger_than_the_budget_does_not_thrash(
     small = [await engine.conversation(title=f"s{i}") for i in range(3)]
     await evictions_done(engine)
     for round_ in range(30):
-        await engine.registry.get(big.id)
+        await engine.registry.get(ANONYMOUS, big.id)
         await evictions_done(engine)
-        await engine.registry.get(small[round_ % 3].id)
+        await engine.registry.get(ANONYMOUS, small[round_ % 3].id)
         await evictions_done(engine)
     assert engine.registry.activations <= 4  # each at most once, not once per read
     assert engine.registry.stats()["oversized"] == 1
@@ -237,7 +246,7 @@ async def test_append_racing_passivation_is_not_lost(engine: Engine) -> None:
         engine.say(actor.id, actor.meta.root_id, "racing"), engine.registry.passivate(actor.id)
     )
     assert passivated and actor.closed
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert again.message(node.message_id) == node
 
 
@@ -247,7 +256,7 @@ async def test_passivation_racing_append_is_not_lost(engine: Engine) -> None:
         engine.registry.passivate(actor.id), engine.say(actor.id, actor.meta.root_id, "racing")
     )
     assert passivated and actor.closed
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert again.message(node.message_id) == node
 
 
@@ -261,11 +270,11 @@ async def test_append_waiting_on_a_passivating_actor_retries_on_a_fresh_one(engi
     )
     assert passivated and actor.closed
     assert node.message_id not in actor.state.tree  # applied to the new actor only
-    again = await engine.registry.get(actor.id)
+    again = await engine.registry.get(ANONYMOUS, actor.id)
     assert again is not actor and again.message(node.message_id) == node
     assert engine.registry.activations == activations + 1
     assert await engine.registry.passivate(again.id)
-    assert (await engine.registry.get(actor.id)).message(node.message_id) == node
+    assert (await engine.registry.get(ANONYMOUS, actor.id)).message(node.message_id) == node
 
 
 # -- deletion -----------------------------------------------------------------------------------
@@ -274,23 +283,23 @@ async def test_append_waiting_on_a_passivating_actor_retries_on_a_fresh_one(engi
 async def deleted_conversation(engine: Engine) -> ConversationActor:
     actor = await engine.conversation()
     await engine.say(actor.id, actor.meta.root_id)
-    await engine.registry.run(actor.id, lambda a: a.delete())
+    await engine.registry.run(ANONYMOUS, actor.id, lambda a: a.delete(ANONYMOUS))
     return actor
 
 
 async def test_deleted_conversation_is_not_found_while_hot(engine: Engine) -> None:
     actor = await deleted_conversation(engine)
     with pytest.raises(NotFound):
-        await engine.registry.get(actor.id)
+        await engine.registry.get(ANONYMOUS, actor.id)
     with pytest.raises(NotFound):
-        await actor.append(NewMessage(actor.meta.root_id, "human", b"{}", {}, "alice"))
+        await actor.append(ANONYMOUS, NewMessage(actor.meta.root_id, "human", b"{}", {}, "alice"))
 
 
 async def test_deleted_conversation_is_not_found_after_passivation(engine: Engine) -> None:
     actor = await deleted_conversation(engine)
     assert await engine.registry.passivate(actor.id)
     with pytest.raises(NotFound):
-        await engine.registry.get(actor.id)
+        await engine.registry.get(ANONYMOUS, actor.id)
 
 
 async def test_deleted_conversation_is_not_found_after_restart(open_engine: EngineFactory) -> None:
@@ -299,15 +308,15 @@ async def test_deleted_conversation_is_not_found_after_restart(open_engine: Engi
     await first.close()
     second = await open_engine()
     with pytest.raises(NotFound):
-        await second.registry.get(actor.id)
+        await second.registry.get(ANONYMOUS, actor.id)
 
 
 async def test_deleted_conversation_leaves_the_owners_listing(engine: Engine) -> None:
     kept = await engine.conversation()
     await deleted_conversation(engine)
-    assert await engine.registry.user_conversations("alice", 10) == [kept.id]
+    assert await engine.registry.user_conversations(ANONYMOUS, "alice", 10) == [kept.id]
     await engine.flusher.flush_all()
-    assert await engine.registry.user_conversations("alice", 10) == [kept.id]
+    assert await engine.registry.user_conversations(ANONYMOUS, "alice", 10) == [kept.id]
 
 
 # -- crash recovery -----------------------------------------------------------------------------
@@ -320,7 +329,7 @@ async def test_recovery_replays_every_acknowledged_write(open_engine: EngineFact
     cid = stored.id
     a = await first.say(cid, stored.meta.root_id, "a")
     await first.say(cid, a.message_id, "b")
-    await stored.share(shared_with="bob", permission="read", shared_by="alice")
+    await stored.share(ANONYMOUS, shared_with="bob", permission="read", shared_by="alice")
     fresh = await busy_conversation(first)  # never reached the store
     expected = {cid: state_of(stored), fresh.id: state_of(fresh)}
     old_segments = set(first.journal.segments())
@@ -331,7 +340,7 @@ async def test_recovery_replays_every_acknowledged_write(open_engine: EngineFact
 
     second = await open_engine()
     for conversation_id, state in expected.items():
-        assert state_of(await second.registry.get(conversation_id)) == state
+        assert state_of(await second.registry.get(ANONYMOUS, conversation_id)) == state
         snapshot = await second.sqlite.load(conversation_id)
         assert snapshot is not None and snapshot.conversation == state[0]
         assert snapshot.messages == state[1]
@@ -351,7 +360,7 @@ async def test_recovery_is_idempotent_across_two_crashes(open_engine: EngineFact
     second = await open_engine()
     await second.crash()
     third = await open_engine()
-    assert state_of(await third.registry.get(actor.id)) == expected
+    assert state_of(await third.registry.get(ANONYMOUS, actor.id)) == expected
 
 
 async def test_recovery_of_a_conversation_deleted_and_passivated(
@@ -361,12 +370,12 @@ async def test_recovery_of_a_conversation_deleted_and_passivated(
     actor = await first.conversation()
     assert await first.flusher.flush_all()  # Created is stored and trimmed from the journal
     await first.say(actor.id, actor.meta.root_id)
-    await first.registry.run(actor.id, lambda a: a.delete())
+    await first.registry.run(ANONYMOUS, actor.id, lambda a: a.delete(ANONYMOUS))
     assert await first.registry.passivate(actor.id)  # the store holds the tombstone
     await first.crash()
     second = await open_engine()
     with pytest.raises(NotFound):
-        await second.registry.get(actor.id)
+        await second.registry.get(ANONYMOUS, actor.id)
 
 
 # -- backpressure on creation -------------------------------------------------------------------
@@ -392,7 +401,7 @@ async def test_an_append_to_a_widely_shared_conversation_writes_no_share_rows(
 ) -> None:
     actor = await engine.conversation()
     for n in range(200):
-        await actor.share(shared_with=f"user{n}", permission="read", shared_by="alice")
+        await actor.share(ANONYMOUS, shared_with=f"user{n}", permission="read", shared_by="alice")
     assert await engine.flusher.flush_all()
     db = engine.sqlite._conn
     before = db.total_changes
@@ -401,23 +410,23 @@ async def test_an_append_to_a_widely_shared_conversation_writes_no_share_rows(
     assert db.total_changes - before == 3  # the message, the conversation, the owner's listing
     other = await engine.conversation(owner="bob")
     assert await engine.flusher.flush_all()
-    assert await engine.registry.user_conversations("user7", 10) == [actor.id]
+    assert await engine.registry.user_conversations(ANONYMOUS, "user7", 10) == [actor.id]
     await engine.say(actor.id, actor.meta.root_id)  # the shared one is active again
     assert await engine.flusher.flush_all()
     assert await engine.sqlite.user_conversations("user7", 10) == [
         (actor.id, actor.meta.updated_at.timestamp())
     ]
-    assert other.id not in await engine.registry.user_conversations("user7", 10)
+    assert other.id not in await engine.registry.user_conversations(ANONYMOUS, "user7", 10)
 
 
 async def test_listing_fills_its_limit_past_many_unflushed_deletes(engine: Engine) -> None:
     actors = [await engine.conversation(title=f"c{i}") for i in range(100)]
     assert await engine.flusher.flush_all()
     for actor in actors[20:]:  # the 80 most recent, deleted but not yet flushed
-        await engine.registry.run(actor.id, lambda a: a.delete())
+        await engine.registry.run(ANONYMOUS, actor.id, lambda a: a.delete(ANONYMOUS))
     kept = [a.id for a in reversed(actors[:20])]
-    assert await engine.registry.user_conversations("alice", 10) == kept[:10]
-    assert await engine.registry.user_conversations("alice", 50) == kept
+    assert await engine.registry.user_conversations(ANONYMOUS, "alice", 10) == kept[:10]
+    assert await engine.registry.user_conversations(ANONYMOUS, "alice", 50) == kept
 
 
 async def test_hot_counts_stay_exact_under_concurrent_appends(engine: Engine) -> None:

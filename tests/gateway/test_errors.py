@@ -27,6 +27,7 @@ from gateway_helpers import (
     unchanged,
 )
 
+from engine.access import ANONYMOUS
 from gateway.keys import CONVERSATIONS
 
 if TYPE_CHECKING:
@@ -347,11 +348,11 @@ async def test_update_that_changes_nothing(
     node: Node, world: World, name: str, body: dict[str, Json]
 ) -> None:
     """422, and not even the conversation's version moves."""
-    revision = await node.app[CONVERSATIONS].revision(world.cid)
+    revision = await node.app[CONVERSATIONS].revision(ANONYMOUS, world.cid)
     async with still(node, world):
         status, answer = await call(node, world, name, body)
         assert_error(status, answer, 422, "invalid_field")
-    assert await node.app[CONVERSATIONS].revision(world.cid) == revision
+    assert await node.app[CONVERSATIONS].revision(ANONYMOUS, world.cid) == revision
 
 
 @pytest.mark.parametrize("limit", ["9" * 5000, "0" * 5000 + "1", "-1", "1e3", "10001"])

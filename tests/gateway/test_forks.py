@@ -23,6 +23,7 @@ from gateway_helpers import (
     user_conversations,
 )
 
+from engine.access import Principal
 from gateway.keys import CONVERSATIONS
 
 if TYPE_CHECKING:
@@ -229,9 +230,9 @@ async def test_fork_whose_body_arrives_after_the_source_was_deleted(node: Node) 
     found, body_sent = asyncio.Event(), asyncio.Event()
     original_get = conversations.get
 
-    async def get(conversation_id: str) -> Any:
+    async def get(principal: Principal, conversation_id: str) -> Any:
         found.set()
-        return await original_get(conversation_id)
+        return await original_get(principal, conversation_id)
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield b'{"title": "late", '  # the headers go out with a first chunk

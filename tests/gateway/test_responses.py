@@ -19,6 +19,7 @@ import msgspec
 from gateway_helpers import chain, conv_path, new_conversation
 from seeded_conversations import Seeded, deep_conversation, seed
 
+from engine.access import ANONYMOUS
 from gateway.config import Settings
 from gateway.keys import CONVERSATIONS, SENDER
 from gateway.schemas import TreeOut, message_out, path_out
@@ -95,7 +96,7 @@ async def test_deep_lineage_and_tree_are_the_seed_bodies_without_blocking_the_lo
     assert status == tree_status == 200
     assert probe.longest < LAG_BOUND, probe.longest
 
-    path = await node.app[CONVERSATIONS].lineage(cid, leaf)
+    path = await node.app[CONVERSATIONS].lineage(ANONYMOUS, cid, leaf)
     assert lineage == msgspec.json.encode(path_out(cid, path))  # one unsliced encode
     assert len(lineage) > 19_000_000  # seed 000's shape: every message's whole lineage
     ids = [n.message_id for n in path]
