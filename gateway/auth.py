@@ -9,7 +9,10 @@ seed 000. Routes read `request[PRINCIPAL]` and hand it to the engine.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -42,9 +45,69 @@ class Anonymous:
         return Principal(user, "anonymous") if user else ANONYMOUS
 
 
+class ApiKeys:
+    """`--auth api-key`: trusted backends send `X-API-Key: <key>`.
+
+    Only SHA-256 digests of the keys are kept (a leaked keys file grants nothing); the
+    presented key's digest is compared with every stored one in constant time. The
+    caller is a service: unrestricted, or acting for the user `X-Canopy-User` names.
+    """
+
+    HEADER = "X-API-Key"
+
+    def __init__(self, digests: dict[str, str]) -> None:
+        self._digests = [(name, bytes.fromhex(digest)) for name, digest in digests.items()]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKeys:
+        return cls(load_api_keys(settings.api_keys_file, settings.api_keys))
+
+    def authenticate(self, request: web.Request) -> Principal | None:
+        key = request.headers.get(self.HEADER)
+        if key is None:
+            return None
+        digest = hashlib.sha256(key.encode()).digest()
+        found = False
+        for _, stored in self._digests:  # no early exit: the time does not tell which
+            found |= hmac.compare_digest(digest, stored)
+        if not found:
+            raise Unauthorized("the API key is not valid", "invalid_api_key")
+        user = request.headers.get(USER_HEADER)
+        return Principal(user or None, "service")
+
+
+def api_key_digest(key: str) -> str:
+    """What a keys file holds for `key`: its SHA-256, hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_api_keys(path: Path | None, inline: str) -> dict[str, str]:
+    """Key digests by name, from a file of `name sha256-hex` lines (# comments) and from
+    `name:sha256-hex,...` (the environment); ValueError on a malformed line."""
+    entries: list[tuple[str, str]] = []
+    if path is not None:
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, _, digest = line.partition(" ")
+                entries.append((f"{path}:{number} {name}", digest.strip()))
+    for item in filter(None, (part.strip() for part in inline.split(","))):
+        name, _, digest = item.partition(":")
+        entries.append((name, digest))
+    digests: dict[str, str] = {}
+    for name, digest in entries:
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest.lower()):
+            raise ValueError(f"API key {name}: expected a SHA-256 digest in hex (64 characters)")
+        digests[name.rsplit(" ", 1)[-1]] = digest.lower()
+    return digests
+
+
 def authenticators(settings: Settings) -> list[Authenticator]:
     """The configured authenticators, in the order they are asked."""
     chain: list[Authenticator] = []
+    modes = settings.auth_modes()
+    if "api-key" in modes:
+        chain.append(ApiKeys.from_settings(settings))
     if "none" in settings.auth_modes():  # last: it takes every request that gets to it
         chain.append(Anonymous())
     return chain

@@ -59,6 +59,8 @@ class Settings:
     recover_damaged: bool = False  # replay past journal damage (the segment is kept aside)
     auth: str = "none"  # comma-separated: none, api-key, jwt
     allow_anonymous: bool = False  # --auth none on an address other than loopback
+    api_keys_file: Path | None = None  # lines "name sha256-hex" (--auth api-key)
+    api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -132,6 +134,8 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "recover_damaged": (("CANOPY_RECOVER_DAMAGED",), bool),
     "auth": (("CANOPY_AUTH",), str),
     "allow_anonymous": (("CANOPY_ALLOW_ANONYMOUS",), bool),
+    "api_keys_file": (("CANOPY_API_KEYS_FILE",), Path),
+    "api_keys": (("CANOPY_API_KEYS",), str),
 }
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -188,6 +192,14 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
     if not modes or not modes <= AUTH_MODES:
         raise ValueError(f"auth must be a comma-separated list of {', '.join(AUTH_MODES)}; "
                          f"got {settings.auth!r}")  # fmt: skip
+    if "api-key" in modes:
+        from gateway.auth import load_api_keys  # config stays free of the gateway's imports
+
+        try:
+            if not load_api_keys(settings.api_keys_file, settings.api_keys):
+                raise ValueError("--auth api-key needs --api-keys-file or CANOPY_API_KEYS")
+        except OSError as exc:
+            raise ValueError(f"api_keys_file: {exc}") from None
     if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
         raise ValueError(
             f"--auth none on {settings.host} would let anyone on the network in: bind to "
