@@ -22,6 +22,7 @@ from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES, SENDER
+from gateway.openapi import build_on_startup
 from gateway.response_cache import ResponseCache
 from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> web.Application:
     app[EDGE] = limits
     app.on_response_prepare.append(drop_server_header)
     add_routes(app)
+    build_on_startup(app, settings.auth_modes())
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
     app[SENDER] = Sender(ResponseBudget(settings.responses()))
 

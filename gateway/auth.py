@@ -28,6 +28,11 @@ USER_HEADER = "X-Canopy-User"
 PUBLIC_PATHS = frozenset(
     {"/health", "/openapi.json", "/docs", "/api/auth/register", "/api/auth/login"}
 )
+PUBLIC_PREFIXES = ("/docs/",)  # the docs page's scripts and styles
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 class Authenticator(Protocol):
@@ -123,7 +128,7 @@ def auth_middleware(authenticators: Sequence[Authenticator]) -> Middleware:
             if principal is not None:
                 request[PRINCIPAL] = principal
                 return await handler(request)
-        if request.path in PUBLIC_PATHS:  # their handlers never ask for a caller
+        if is_public(request.path):  # their handlers never ask for a caller
             return await handler(request)
         raise Unauthorized("a credential is required (Authorization: Bearer <token>)")
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, NamedTuple, get_args
 
 from engine.actor import ActorConfig, Durability
 from engine.budget import default_max_hot_bytes
@@ -100,43 +100,97 @@ class Settings:
         )
 
 
-# option name -> (environment variables, most specific first; type)
-_OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
-    "host": (("CANOPY_HOST", "SERVER_HOST"), str),
-    "port": (("CANOPY_PORT", "SERVER_PORT"), int),
-    "data_dir": (("CANOPY_DATA_DIR",), Path),
-    "durability": (("CANOPY_DURABILITY",), str),
-    "cache": (("CANOPY_CACHE",), str),
-    "fsync": (("CANOPY_FSYNC",), str),
-    "max_lineage_depth": (("CANOPY_MAX_LINEAGE_DEPTH", "MAX_LINEAGE_DEPTH"), int),
-    "max_batch_size": (("CANOPY_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"), int),
-    "max_hot_bytes": (("CANOPY_MAX_HOT_BYTES",), int),
-    "max_hot_messages": (("CANOPY_MAX_HOT_MESSAGES",), int),
-    "idle_seconds": (("CANOPY_IDLE_SECONDS",), float),
-    "max_body_bytes": (("CANOPY_MAX_BODY_BYTES",), int),
-    "body_timeout": (("CANOPY_BODY_TIMEOUT",), float),
-    "max_body_buffer_bytes": (("CANOPY_MAX_BODY_BUFFER_BYTES",), int),
-    "max_connections": (("CANOPY_MAX_CONNECTIONS",), int),
-    "allowed_hosts": (("CANOPY_ALLOWED_HOSTS",), str),
-    "response_cache_bytes": (("CANOPY_RESPONSE_CACHE_BYTES",), int),
-    "max_response_bytes": (("CANOPY_MAX_RESPONSE_BYTES",), int),
-    "response_budget_bytes": (("CANOPY_RESPONSE_BUDGET_BYTES",), int),
-    "write_timeout": (("CANOPY_WRITE_TIMEOUT",), float),
-    "max_unflushed_bytes": (("CANOPY_MAX_UNFLUSHED_BYTES",), int),
-    "flush_interval": (("CANOPY_FLUSH_INTERVAL",), float),
-    "store": (("CANOPY_STORE",), str),
-    "journal": (("CANOPY_JOURNAL",), str),
-    "scylla_nodes": (("CANOPY_SCYLLA_NODES", "SCYLLA_NODES"), str),
-    "scylla_keyspace": (("CANOPY_SCYLLA_KEYSPACE", "SCYLLA_KEYSPACE"), str),
-    "scylla_replication": (("CANOPY_SCYLLA_REPLICATION",), str),
-    "scylla_consistency": (("CANOPY_SCYLLA_CONSISTENCY",), str),
-    "redis_url": (("CANOPY_REDIS_URL", "REDIS_URL"), str),
-    "recover_damaged": (("CANOPY_RECOVER_DAMAGED",), bool),
-    "auth": (("CANOPY_AUTH",), str),
-    "allow_anonymous": (("CANOPY_ALLOW_ANONYMOUS",), bool),
-    "api_keys_file": (("CANOPY_API_KEYS_FILE",), Path),
-    "api_keys": (("CANOPY_API_KEYS",), str),
+class Option(NamedTuple):
+    """One setting's command-line flag: where else it comes from, and what it does."""
+
+    env: tuple[str, ...]  # environment variables, most specific first
+    kind: type
+    group: str  # one of GROUPS: where `canopy serve --help` lists it
+    help: str  # what it does; the default and env names are added to it
+    default: str | None = None  # shown instead of the Settings default (a computed one)
+
+
+GROUPS = {
+    "server": "where the node listens and what it answers",
+    "storage": "where conversations are kept",
+    "durability": "when a write is acknowledged and how it reaches the store",
+    "limits": "memory, request and response bounds",
+    "auth": "who may call",
 }
+
+_OPTIONS: dict[str, Option] = {
+    "host": Option(("CANOPY_HOST", "SERVER_HOST"), str, "server", "listen address"),
+    "port": Option(("CANOPY_PORT", "SERVER_PORT"), int, "server", "listen port"),
+    "max_connections": Option(("CANOPY_MAX_CONNECTIONS",), int, "server",
+        "open client connections; past it a new one gets 503 and is closed",
+        "soft RLIMIT_NOFILE - 80"),
+    "allowed_hosts": Option(("CANOPY_ALLOWED_HOSTS",), str, "server",
+        "host names answered besides IP literals and localhost, comma separated; * answers "
+        "any (others get 421: DNS-rebinding protection)", "none"),
+    "data_dir": Option(("CANOPY_DATA_DIR",), Path, "storage",
+        "directory of the SQLite store and the journal segments"),
+    "store": Option(("CANOPY_STORE",), str, "storage",
+        "sqlite (embedded) or scylla (ScyllaDB / Cassandra)"),
+    "journal": Option(("CANOPY_JOURNAL",), str, "storage",
+        "file (embedded) or redis (Redis Streams)"),
+    "cache": Option(("CANOPY_CACHE",), str, "storage",
+        "off: serve every request from the store and write through (the comparison baseline)"),
+    "scylla_nodes": Option(("CANOPY_SCYLLA_NODES", "SCYLLA_NODES"), str, "storage",
+        "Cassandra contact points, comma separated"),
+    "scylla_keyspace": Option(("CANOPY_SCYLLA_KEYSPACE", "SCYLLA_KEYSPACE"), str, "storage",
+        "Cassandra keyspace"),
+    "scylla_replication": Option(("CANOPY_SCYLLA_REPLICATION",), str, "storage",
+        "for migrate: SimpleStrategy:N or NetworkTopologyStrategy:dc1=3,dc2=3"),
+    "scylla_consistency": Option(("CANOPY_SCYLLA_CONSISTENCY",), str, "storage",
+        "consistency level of every Cassandra statement"),
+    "redis_url": Option(("CANOPY_REDIS_URL", "REDIS_URL"), str, "storage",
+        "Redis for the journal"),
+    "max_batch_size": Option(("CANOPY_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"), int, "storage",
+        "rows per Cassandra batch statement"),
+    "durability": Option(("CANOPY_DURABILITY",), str, "durability",
+        "memory: ack before the journal; journal: once the record reached the OS; "
+        "store: after the store commit"),
+    "fsync": Option(("CANOPY_FSYNC",), str, "durability",
+        "seconds between journal fsyncs, or always (fsync before every ack)"),
+    "flush_interval": Option(("CANOPY_FLUSH_INTERVAL",), float, "durability",
+        "seconds between write-behind cycles to the store"),
+    "max_unflushed_bytes": Option(("CANOPY_MAX_UNFLUSHED_BYTES",), int, "durability",
+        "bytes written but not yet in the store; past it writes get 503"),
+    "recover_damaged": Option(("CANOPY_RECOVER_DAMAGED",), bool, "durability",
+        "start despite a damaged journal: replay every intact record, set the damage aside",
+        "off"),
+    "max_lineage_depth": Option(("CANOPY_MAX_LINEAGE_DEPTH", "MAX_LINEAGE_DEPTH"), int,
+        "limits", "deepest allowed message"),
+    "max_hot_bytes": Option(("CANOPY_MAX_HOT_BYTES",), int, "limits",
+        "memory budget for hot conversations; least recently used ones are passivated past it",
+        "25% of physical memory"),
+    "max_hot_messages": Option(("CANOPY_MAX_HOT_MESSAGES",), int, "limits",
+        "a second cap, on hot messages; whichever is reached first evicts"),
+    "idle_seconds": Option(("CANOPY_IDLE_SECONDS",), float, "limits",
+        "conversations untouched this long are passivated"),
+    "max_body_bytes": Option(("CANOPY_MAX_BODY_BYTES",), int, "limits",
+        "larger request bodies get 413"),
+    "body_timeout": Option(("CANOPY_BODY_TIMEOUT",), float, "limits",
+        "seconds to receive a whole request body; past it, 408"),
+    "max_body_buffer_bytes": Option(("CANOPY_MAX_BODY_BUFFER_BYTES",), int, "limits",
+        "request bodies still arriving, node-wide; past it, 503"),
+    "response_cache_bytes": Option(("CANOPY_RESPONSE_CACHE_BYTES",), int, "limits",
+        "encoded lineage and tree responses kept, node-wide (0 turns the cache off)"),
+    "max_response_bytes": Option(("CANOPY_MAX_RESPONSE_BYTES",), int, "limits",
+        "one response larger than this answers 413 with a hint to page"),
+    "response_budget_bytes": Option(("CANOPY_RESPONSE_BUDGET_BYTES",), int, "limits",
+        "large responses being encoded or sent at once, node-wide; past it they wait, then 503"),
+    "write_timeout": Option(("CANOPY_WRITE_TIMEOUT",), float, "limits",
+        "seconds a client may take to read one chunk of a response before it is cut"),
+    "auth": Option(("CANOPY_AUTH",), str, "auth",
+        "how callers authenticate, comma separated: none, api-key, jwt"),
+    "allow_anonymous": Option(("CANOPY_ALLOW_ANONYMOUS",), bool, "auth",
+        "allow --auth none on an address other than loopback", "off"),
+    "api_keys_file": Option(("CANOPY_API_KEYS_FILE",), Path, "auth",
+        "file of 'name sha256-hex' lines, one per API key (--auth api-key)", "none"),
+    "api_keys": Option(("CANOPY_API_KEYS",), str, "auth",
+        "API key digests inline: name:sha256-hex,... (--auth api-key)", "none"),
+}  # fmt: skip
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
 
@@ -149,16 +203,25 @@ _CHOICES = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (variables, kind) in _OPTIONS.items():
+    groups = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
+    for name, option in _OPTIONS.items():
         flag = "--" + name.replace("_", "-")
-        help = f"env: {', '.join(variables)}"
-        if kind is bool:
-            parser.add_argument(flag, dest=name, default=None, action="store_const", const="1",
-                                help=help)  # fmt: skip
+        group = groups[option.group]
+        help = help_text(name).replace("%", "%%")  # argparse formats help with %
+        if option.kind is bool:
+            group.add_argument(flag, dest=name, default=None, action="store_const", const="1",
+                               help=help)  # fmt: skip
         else:
-            parser.add_argument(
-                flag, dest=name, default=None, help=help, choices=_CHOICES.get(name)
-            )
+            group.add_argument(flag, dest=name, default=None, help=help, choices=_CHOICES.get(name))
+
+
+def help_text(name: str) -> str:
+    """An option's help: what it does, its default, its environment variables."""
+    option = _OPTIONS[name]
+    default = option.default
+    if default is None:
+        default = str(Settings.__dataclass_fields__[name].default)
+    return f"{option.help} (default: {default}; env: {', '.join(option.env)})"
 
 
 def _flag(raw: str) -> bool:
@@ -171,7 +234,7 @@ def _flag(raw: str) -> bool:
 def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
     """Command line over environment over defaults; raises ValueError on a bad value."""
     values: dict[str, object] = {}
-    for name, (variables, kind) in _OPTIONS.items():
+    for name, (variables, kind, *_) in _OPTIONS.items():
         raw = getattr(args, name, None)
         if raw is None:
             raw = next((environ[v] for v in variables if environ.get(v)), None)

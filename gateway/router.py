@@ -40,6 +40,7 @@ class SegmentRouter(web.AbstractResource):
         self._prefix = prefix
         self._root = _Segment()  # the prefix itself
         self._routes: list[ResourceRoute] = []
+        self._patterns: list[str] = []  # each route's, in the same order
 
     def covers(self, path: str) -> bool:
         """Whether `path` is the prefix or below it: the paths aiohttp's index sends here."""
@@ -69,7 +70,12 @@ class SegmentRouter(web.AbstractResource):
         segment.routes[method] = route
         segment.methods.add(method)
         self._routes.append(route)
+        self._patterns.append(pattern)
         return route
+
+    def table(self) -> Iterator[tuple[str, ResourceRoute]]:
+        """Each route with the pattern it was added under (for the API's description)."""
+        return zip(self._patterns, self._routes, strict=True)
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
         segment = self._root

@@ -122,9 +122,18 @@ class CompactMessageOut(msgspec.Struct):
 
 class TreeOut(msgspec.Struct):
     conversation_id: str
-    messages: list[MessageOut] | list[CompactMessageOut]
+    messages: list[MessageOut]
     total_messages: int  # in the conversation, also when `messages` is one page of them
     next_cursor: str | None | msgspec.UnsetType = msgspec.UNSET  # on paged requests only
+
+
+class CompactTreeOut(msgspec.Struct):
+    """The tree with `?compact=true`: TreeOut with compact messages."""
+
+    conversation_id: str
+    messages: list[CompactMessageOut]
+    total_messages: int
+    next_cursor: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class BranchOut(msgspec.Struct):

@@ -10,14 +10,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.router import SegmentRouter
-from gateway.routes import branches, conversations, forks, health, messages, shares
+from gateway.routes import branches, conversations, docs, forks, health, messages, shares
 
 CONVERSATIONS = "/api/v1/conversations"
 
 
 def add_routes(app: web.Application) -> None:
     api = SegmentRouter(CONVERSATIONS)
-    for module in (messages, conversations, branches, forks, shares, health):
+    for module in (messages, conversations, branches, forks, shares, health, docs):
         for route in module.routes:
             assert isinstance(route, web.RouteDef), route
             add = api.add if api.covers(route.path) else app.router.add_route
@@ -25,3 +25,4 @@ def add_routes(app: web.Application) -> None:
             if route.method == "GET" and route.kwargs.get("allow_head", True):
                 add("HEAD", route.path, route.handler)  # as aiohttp's add_get does
     app.router.register_resource(api)
+    docs.add_assets(app)

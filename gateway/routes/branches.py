@@ -8,15 +8,17 @@ from engine.actor import ConversationActor
 from gateway.codec import json_response, path_id, read_body, uuid_str
 from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.listings import answer_cached, path_listing
+from gateway.openapi import MESSAGES, describe
 from gateway.paging import page_of
 from gateway.responses import Listing
-from gateway.schemas import CreateBranch, Deleted, UpdateBranch, branch_out
+from gateway.schemas import BranchOut, CreateBranch, Deleted, UpdateBranch, branch_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}/branches"
 
 
 @routes.post(BASE)
+@describe("Create a branch", body=CreateBranch, response=BranchOut)
 async def create(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateBranch)
@@ -33,6 +35,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE)
+@describe("List a conversation's branches", response=list[BranchOut])
 async def list_(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
@@ -40,6 +43,7 @@ async def list_(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{branch_id}")
+@describe("Get a branch", response=BranchOut)
 async def get(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
@@ -47,6 +51,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{branch_id}/messages")
+@describe("A branch's messages: root..leaf", response=MESSAGES, paged=True)
 async def messages(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
@@ -61,6 +66,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 @routes.put(BASE + "/{branch_id}")
+@describe("Rename or move a branch", body=UpdateBranch, response=BranchOut)
 async def update(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
@@ -77,6 +83,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 @routes.delete(BASE + "/{branch_id}")
+@describe("Delete a branch", response=Deleted)
 async def delete(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")

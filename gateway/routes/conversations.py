@@ -8,15 +8,25 @@ from engine.actor import ConversationActor, NewConversation
 from gateway.codec import json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.listings import answer_cached, tree_listing
+from gateway.openapi import describe
 from gateway.paging import page_of
 from gateway.responses import Listing
-from gateway.schemas import CreateConversation, Deleted, UpdateConversation, conversation_out
+from gateway.schemas import (
+    CompactTreeOut,
+    ConversationOut,
+    CreateConversation,
+    Deleted,
+    TreeOut,
+    UpdateConversation,
+    conversation_out,
+)
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations"
 
 
 @routes.post(BASE)
+@describe("Create a conversation", body=CreateConversation, response=ConversationOut)
 async def create(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     body = await read_body(request, CreateConversation)
@@ -27,6 +37,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{conversation_id}")
+@describe("Get a conversation", response=ConversationOut)
 async def get(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
@@ -34,6 +45,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{conversation_id}/tree")
+@describe("Every message, oldest first", response=(TreeOut, CompactTreeOut), paged=True)
 async def tree(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     page = page_of(request)
@@ -51,6 +63,7 @@ async def tree(request: web.Request) -> web.StreamResponse:
 
 
 @routes.put(BASE + "/{conversation_id}")
+@describe("Update a conversation", body=UpdateConversation, response=ConversationOut)
 async def update(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, UpdateConversation)
@@ -66,6 +79,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 @routes.delete(BASE + "/{conversation_id}")
+@describe("Delete a conversation", response=Deleted)
 async def delete(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     principal = request[PRINCIPAL]

@@ -8,7 +8,8 @@ from engine.access import FORK
 from engine.actor import NewConversation
 from gateway.codec import json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS, PRINCIPAL
-from gateway.schemas import Fork, conversation_out
+from gateway.openapi import describe
+from gateway.schemas import ConversationOut, Fork, conversation_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}"
@@ -46,15 +47,18 @@ async def _fork(
 
 
 @routes.post(BASE + "/fork")
+@describe("Fork the whole conversation", body=Fork, response=ConversationOut)
 async def fork_conversation(request: web.Request) -> web.Response:
     return await _fork(request)
 
 
 @routes.post(BASE + "/branches/{branch_id}/fork")
+@describe("Fork a branch, up to its leaf", body=Fork, response=ConversationOut)
 async def fork_branch(request: web.Request) -> web.Response:
     return await _fork(request, branch=True)
 
 
 @routes.post(BASE + "/messages/{message_id}/fork")
+@describe("Fork up to a message", body=Fork, response=ConversationOut)
 async def fork_message(request: web.Request) -> web.Response:
     return await _fork(request, message=True)

@@ -9,15 +9,17 @@ from engine.actor import NewMessage
 from gateway.codec import json_response, path_id, read_body, uuid_str
 from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.listings import answer, answer_cached, children_listing, path_listing
+from gateway.openapi import MESSAGES, describe
 from gateway.paging import page_of
 from gateway.responses import Listing
-from gateway.schemas import CreateMessage, message_out
+from gateway.schemas import CreateMessage, MessageOut, message_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}/messages"
 
 
 @routes.post(BASE)
+@describe("Append a message", body=CreateMessage, response=MessageOut)
 async def create(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateMessage)
@@ -35,6 +37,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{message_id}")
+@describe("Get a message", response=MessageOut)
 async def get(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     node, lineage = await request.app[CONVERSATIONS].message(
@@ -44,6 +47,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/{message_id}/children")
+@describe("A message's children, oldest first", response=MESSAGES, paged=True)
 async def children(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     message_id = path_id(request, "message_id")
@@ -55,6 +59,7 @@ async def children(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get(BASE + "/{message_id}/lineage")
+@describe("A message's lineage: root..message", response=MESSAGES, paged=True)
 async def lineage(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     message_id = path_id(request, "message_id")

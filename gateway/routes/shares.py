@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 from aiohttp import web
 
 from engine.actor import ConversationActor
 from engine.errors import InvalidInput
 from gateway.codec import json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS, PRINCIPAL
-from gateway.schemas import CreateShare, Deleted, share_out
+from gateway.openapi import Query, describe
+from gateway.schemas import CreateShare, Deleted, ShareOut, share_out
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}"
 DEFAULT_LIMIT, MAX_LIMIT = 50, 1000
+LIMIT = Query("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)], f"default {DEFAULT_LIMIT}")
 
 
 @routes.post(BASE + "/share")
+@describe("Share a conversation", body=CreateShare, response=ShareOut)
 async def create(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateShare)
@@ -33,6 +39,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE + "/shares")
+@describe("List a conversation's shares", response=list[ShareOut])
 async def list_(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
@@ -40,6 +47,7 @@ async def list_(request: web.Request) -> web.Response:
 
 
 @routes.delete(BASE + "/shares/{user_id}")
+@describe("Revoke a share", response=Deleted)
 async def revoke(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
     user_id = request.match_info["user_id"]
@@ -51,6 +59,7 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/users/{user_id}/conversations")
+@describe("A user's conversation ids (seed 000)", response=list[str], query=[LIMIT])
 async def user_conversations(request: web.Request) -> web.Response:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
     # the length first: int() refuses strings over 4,300 digits with a ValueError

@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from gateway.config import Settings, add_arguments, build
+from gateway import cli
+from gateway.config import _OPTIONS, GROUPS, Settings, add_arguments, build
 
 
 def parse(*argv: str, **environ: str) -> Settings:
@@ -38,3 +39,37 @@ def test_command_line_wins_over_environment() -> None:
 def test_bad_environment_values_are_refused(environ: dict[str, str], complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse(**environ)
+
+
+def test_every_option_says_what_it_does_its_default_and_environment() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    titles = {group.title for group in parser._action_groups}
+    assert set(GROUPS) <= titles
+    grouped = {
+        action.dest: group.title
+        for group in parser._action_groups
+        for action in group._group_actions
+        if group.title in GROUPS
+    }
+    assert grouped.keys() == _OPTIONS.keys()  # every option in one of the groups
+    for action in parser._actions:
+        if action.dest not in _OPTIONS:
+            continue
+        option = _OPTIONS[action.dest]
+        assert grouped[action.dest] == option.group
+        text = action.help or ""
+        assert len(text.split(" (default: ")[0]) > 10, action.dest  # says what it does
+        assert "(default: " in text, action.dest
+        assert all(variable in text for variable in option.env), action.dest
+
+
+def test_serve_help_shows_groups_and_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["serve", "--help"])
+    assert exit.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for group in GROUPS:
+        assert f"{group}: {GROUPS[group]}" in text
+    assert "--port PORT listen port (default: 8080; env: CANOPY_PORT, SERVER_PORT)" in text
+    assert "(default: 25% of physical memory; env: CANOPY_MAX_HOT_BYTES)" in text

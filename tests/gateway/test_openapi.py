@@ -1,0 +1,150 @@
+"""The OpenAPI document: valid 3.1, every registered route in it; /docs offline."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from aiohttp import web
+from openapi_spec_validator import validate
+from yarl import URL
+
+from gateway.auth import api_key_digest
+from gateway.config import Settings
+from gateway.openapi import describe, document, routes
+
+EMBEDDED = pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # one document
+
+
+def registered(app: web.Application) -> set[tuple[str, str]]:
+    """(method, path) of every route the app answers, as the document names them."""
+    return {(method.lower(), pattern) for method, pattern, _ in routes(app)}
+
+
+def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(method, path) for path, item in doc["paths"].items() for method in item}
+
+
+async def fetch(node: Any, path: str, **kwargs: Any) -> tuple[int, str, bytes]:
+    async with node.session.get(node.base + path, **kwargs) as response:
+        return response.status, response.content_type, await response.read()
+
+
+@EMBEDDED
+async def test_the_document_is_valid_openapi_3_1(start_node: Any) -> None:
+    node = await start_node()
+    status, doc = await node.request("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"] == "3.1.0"
+    validate(doc)  # raises on any violation of the 3.1 schema
+
+
+@EMBEDDED
+async def test_every_route_the_app_registers_is_documented(start_node: Any) -> None:
+    node = await start_node()
+    _, doc = await node.request("GET", "/openapi.json")
+    assert registered(node.app) == documented(doc)
+    # routes() misses none of what aiohttp itself holds (HEAD and static files aside)
+    held = [
+        r
+        for r in node.app.router.routes()
+        if r.method != "HEAD" and not isinstance(r.resource, web.StaticResource)
+    ]
+    assert len(held) == len(documented(doc)) > 20
+
+
+def test_a_route_without_a_description_is_left_out_and_so_caught() -> None:
+    app = web.Application()
+
+    @describe("Described", response=str)
+    async def described(request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def forgotten(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app.router.add_get("/described", described)
+    app.router.add_post("/forgotten", forgotten)
+    doc = document(app, frozenset({"none"}))
+    assert registered(app) - documented(doc) == {("post", "/forgotten")}
+
+
+@EMBEDDED
+async def test_routes_carry_their_parameters_bodies_and_errors(start_node: Any) -> None:
+    node = await start_node()
+    _, doc = await node.request("GET", "/openapi.json")
+    lineage = doc["paths"]["/api/v1/conversations/{conversation_id}/messages/{message_id}/lineage"]
+    names = {p["name"]: p for p in lineage["get"]["parameters"]}
+    assert names.keys() == {"conversation_id", "message_id", "limit", "cursor", "compact"}
+    assert names["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    assert names["conversation_id"]["schema"] == {"type": "string", "format": "uuid"}
+    assert "X-Next-Cursor" in lineage["get"]["responses"]["200"]["headers"]
+    append = doc["paths"]["/api/v1/conversations/{conversation_id}/messages"]["post"]
+    body = append["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/CreateMessage"}
+    error = {"$ref": "#/components/schemas/ErrorOut"}
+    for status in ("400", "403", "404", "413", "415", "422", "503"):
+        assert append["responses"][status]["content"]["application/json"]["schema"] == error
+    assert "security" not in doc  # --auth none: no credential needed
+    health = doc["paths"]["/health"]["get"]
+    assert health["security"] == [] and "401" not in health["responses"]
+
+
+class _References(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [v for k, v in attrs if k in ("src", "href") and v is not None]
+
+
+@EMBEDDED
+async def test_docs_page_loads_everything_from_the_node(start_node: Any) -> None:
+    node = await start_node()
+    status, content_type, page = await fetch(node, "/docs")
+    assert status == 200 and content_type == "text/html"
+    parser = _References()
+    parser.feed(page.decode())
+    assert len(parser.urls) >= 2, parser.urls
+    page_url = URL(node.base + "/docs")
+    for reference in parser.urls:
+        assert not URL(reference).is_absolute(), reference  # no CDN, no other host
+        status, _, body = await fetch(node, str(page_url.join(URL(reference)).relative()))
+        assert status == 200 and body, reference
+    text = page.decode()
+    assert 'url: "openapi.json"' in text  # resolves to /openapi.json from /docs
+    assert "validatorUrl: null" in text  # Swagger UI's badge would call an online validator
+
+
+@EMBEDDED
+async def test_docs_and_document_need_no_credential(start_node: Any) -> None:
+    node = await start_node(auth="api-key", api_keys="ci:" + api_key_digest("secret"))
+    for path in ("/openapi.json", "/docs", "/docs/swagger-ui-bundle.js"):
+        status, _, _ = await fetch(node, path)
+        assert status == 200, path
+    # the /docs/ prefix opens only the assets: a dot segment does not reach the API
+    for path in (
+        "/docs/../api/v1/users/u/conversations",
+        "/docs/%2e%2e/api/v1/users/u/conversations",
+    ):
+        status, _, body = await fetch(node, path)
+        assert status in (401, 403, 404), (path, status, body)
+    status, _, _ = await fetch(node, "/api/v1/users/u/conversations")
+    assert status == 401
+    _, doc = await node.request("GET", "/openapi.json")
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    assert doc["security"] == [{"apiKey": []}]
+    assert doc["paths"]["/openapi.json"]["get"]["security"] == []
+
+
+def test_jwt_and_anonymous_together_make_the_credential_optional() -> None:
+    from gateway.app import create_app
+
+    doc = document(create_app(Settings()), frozenset({"jwt", "none"}))
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["security"] == [{"bearer": []}, {}]
