@@ -61,6 +61,7 @@ class Settings:
     allow_anonymous: bool = False  # --auth none on an address other than loopback
     api_keys_file: Path | None = None  # lines "name sha256-hex" (--auth api-key)
     api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
+    rate_limit: str = ""  # per caller: "50/s,burst=100"; "" or "off": none (docs/decisions.md)
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -136,6 +137,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "allow_anonymous": (("CANOPY_ALLOW_ANONYMOUS",), bool),
     "api_keys_file": (("CANOPY_API_KEYS_FILE",), Path),
     "api_keys": (("CANOPY_API_KEYS",), str),
+    "rate_limit": (("CANOPY_RATE_LIMIT",), str),
 }
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -200,6 +202,9 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
                 raise ValueError("--auth api-key needs --api-keys-file or CANOPY_API_KEYS")
         except OSError as exc:
             raise ValueError(f"api_keys_file: {exc}") from None
+    from gateway.ratelimit import parse_rate_limit  # ValueError for a malformed spec
+
+    parse_rate_limit(settings.rate_limit)
     if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
         raise ValueError(
             f"--auth none on {settings.host} would let anyone on the network in: bind to "
