@@ -62,6 +62,7 @@ class Settings:
     api_keys_file: Path | None = None  # lines "name sha256-hex" (--auth api-key)
     api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
     rate_limit: str = ""  # per caller: "50/s,burst=100"; "" or "off": none (docs/decisions.md)
+    cors_origins: str = ""  # origins whose pages may call the API, comma separated; "*": any
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -138,6 +139,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "api_keys_file": (("CANOPY_API_KEYS_FILE",), Path),
     "api_keys": (("CANOPY_API_KEYS",), str),
     "rate_limit": (("CANOPY_RATE_LIMIT",), str),
+    "cors_origins": (("CANOPY_CORS_ORIGINS",), str),
 }
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -202,9 +204,11 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
                 raise ValueError("--auth api-key needs --api-keys-file or CANOPY_API_KEYS")
         except OSError as exc:
             raise ValueError(f"api_keys_file: {exc}") from None
-    from gateway.ratelimit import parse_rate_limit  # ValueError for a malformed spec
+    from gateway.cors import parse_origins  # ValueError for a malformed spec, at start
+    from gateway.ratelimit import parse_rate_limit
 
     parse_rate_limit(settings.rate_limit)
+    parse_origins(settings.cors_origins)
     if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
         raise ValueError(
             f"--auth none on {settings.host} would let anyone on the network in: bind to "
