@@ -3,6 +3,7 @@ a real node's 429 + Retry-After, per caller, shared by two nodes through Redis."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,6 +139,16 @@ async def test_two_limiters_on_one_redis_share_a_budget(clean_redis: str) -> Non
     ):
         taken = [await limiter.take("alice") for limiter in (one, two, one, two, one, two)]
     assert [wait == 0 for wait in taken] == [True] * 4 + [False] * 2
+
+
+async def test_concurrent_takes_in_one_pipeline_share_the_budget(clean_redis: str) -> None:
+    async with RedisBuckets(RateLimit(1 / 3600, 4), clean_redis) as buckets:
+        waits = await asyncio.gather(*(buckets.take("alice") for _ in range(10)))
+        assert sorted(wait == 0 for wait in waits) == [False] * 6 + [True] * 4
+        with redis.Redis.from_url(clean_redis) as client:
+            client.script_flush()  # as after a Redis restart
+        assert await buckets.take("bob") == 0.0
+        assert buckets.stats()["errors"] == 0
 
 
 async def test_without_redis_the_limiter_limits_per_node(caplog: pytest.LogCaptureFixture) -> None:
