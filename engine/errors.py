@@ -64,3 +64,14 @@ class Unavailable(CanopyError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RateLimited(CanopyError):
+    """The caller spent their request budget; `retry_after` seconds until a request fits."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -19,10 +19,12 @@ from engine.store_backed import StoreBacked
 from gateway.auth import auth_middleware, authenticators
 from gateway.config import Settings
 from gateway.connections import drop_server_header
+from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES, SENDER
 from gateway.openapi import build_on_startup
+from gateway.ratelimit import LIMITER, open_limiter, rate_limit_middleware
 from gateway.response_cache import ResponseCache
 from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
@@ -60,16 +62,24 @@ def create_app(settings: Settings) -> web.Application:
         settings.hosts(),
         BodyBudget(settings.max_body_buffer_bytes),
     )
-    app = web.Application(
-        middlewares=[
-            error_middleware,
-            edge_middleware(limits),
-            auth_middleware(authenticators(settings)),
-        ],
-        client_max_size=settings.max_body_bytes,
+    # Preflights are answered before authentication (they carry no credential); the
+    # rate limit spends the caller's budget, so it comes after.
+    origins = parse_origins(settings.cors_origins)
+    cors = Cors(origins) if origins else None
+    limiter = open_limiter(
+        settings.rate_limit, settings.redis_url if settings.journal == "redis" else None
     )
+    middlewares = [error_middleware, edge_middleware(limits)]
+    if cors is not None:
+        middlewares.append(cors_middleware(cors))
+    middlewares.append(auth_middleware(authenticators(settings)))
+    if limiter is not None:
+        middlewares.append(rate_limit_middleware(limiter))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[EDGE] = limits
     app.on_response_prepare.append(drop_server_header)
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_prepare)
     add_routes(app)
     build_on_startup(app, settings.auth_modes())
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
@@ -79,6 +89,8 @@ def create_app(settings: Settings) -> web.Application:
         async with contextlib.AsyncExitStack() as stack:
             # Before anything in the data dir is opened: a second process touches nothing.
             await stack.enter_async_context(DataDirLock(settings.data_dir))
+            if limiter is not None:
+                app[LIMITER] = await stack.enter_async_context(limiter)
             store = await stack.enter_async_context(open_store(settings))
             cache_off = settings.cache == "off"  # the conventional design, for comparison
             journal = await stack.enter_async_context(

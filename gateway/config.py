@@ -61,6 +61,8 @@ class Settings:
     allow_anonymous: bool = False  # --auth none on an address other than loopback
     api_keys_file: Path | None = None  # lines "name sha256-hex" (--auth api-key)
     api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
+    rate_limit: str = ""  # per caller: "50/s,burst=100"; "" or "off": none (docs/decisions.md)
+    cors_origins: str = ""  # origins whose pages may call the API, comma separated; "*": any
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -190,6 +192,11 @@ _OPTIONS: dict[str, Option] = {
         "file of 'name sha256-hex' lines, one per API key (--auth api-key)", "none"),
     "api_keys": Option(("CANOPY_API_KEYS",), str, "auth",
         "API key digests inline: name:sha256-hex,... (--auth api-key)", "none"),
+    "rate_limit": Option(("CANOPY_RATE_LIMIT",), str, "limits",
+        "requests per caller: N/s,burst=M (a token bucket per user, service or address; "
+        "shared in Redis when the journal is there)", "off"),
+    "cors_origins": Option(("CANOPY_CORS_ORIGINS",), str, "server",
+        "browser origins allowed to call, comma separated, or *; preflights are answered", "none"),
 }  # fmt: skip
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -263,6 +270,11 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
                 raise ValueError("--auth api-key needs --api-keys-file or CANOPY_API_KEYS")
         except OSError as exc:
             raise ValueError(f"api_keys_file: {exc}") from None
+    from gateway.cors import parse_origins  # ValueError for a malformed spec, at start
+    from gateway.ratelimit import parse_rate_limit
+
+    parse_rate_limit(settings.rate_limit)
+    parse_origins(settings.cors_origins)
     if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
         raise ValueError(
             f"--auth none on {settings.host} would let anyone on the network in: bind to "

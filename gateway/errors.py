@@ -13,7 +13,7 @@ import math
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine.errors import CanopyError, Unavailable
+from engine.errors import CanopyError, RateLimited, Unavailable
 from gateway.codec import json_response
 from gateway.schemas import ErrorDetail, ErrorOut
 
@@ -38,7 +38,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except CanopyError as exc:
         response = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, Unavailable | RateLimited):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response
     except web.HTTPException as exc:

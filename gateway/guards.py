@@ -10,6 +10,8 @@ proxy in front may rewrite them. A refused host gets 421 Misdirected Request.
 
 `Content-Type`: a page can POST `text/plain` cross-origin without a preflight; JSON
 routes refuse every body that is not `application/json` (415).
+
+`X-Canopy-User` names a user, so it has a user id's limit (422 past it), as bodies do.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from engine.errors import CanopyError, Unavailable
+from engine.errors import CanopyError, InvalidInput, Unavailable
 from gateway.connections import EdgeHandler
+from gateway.schemas import MAX_USER_ID
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+USER_HEADER = "X-Canopy-User"  # read by gateway.auth (which cannot be imported here)
 
 
 class MisdirectedRequest(CanopyError):
@@ -110,6 +114,8 @@ def edge_middleware(limits: EdgeLimits) -> Middleware:
         host = request.headers.get("Host")
         if host is not None and not host_allowed(host, limits.allowed_hosts):
             raise MisdirectedRequest(f"this node does not answer for host {host!r}")
+        if len(request.headers.get(USER_HEADER, "")) > MAX_USER_ID:
+            raise InvalidInput(f"{USER_HEADER} is over {MAX_USER_ID} characters")
         if request.method in BODY_METHODS and request.body_exists:
             length = request.content_length
             if length is not None and length > limits.max_body_bytes:

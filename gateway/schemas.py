@@ -17,9 +17,29 @@ from persistence.records import Branch, Conversation, Message, Share
 
 # -- requests -----------------------------------------------------------------------------
 
+# Field limits: msgspec answers 422 past them, and the OpenAPI document shows them.
+# Message content is bounded by the body size (--max-body-bytes).
+MAX_USER_ID = 256  # created_by, shared_with, shared_by, X-Canopy-User
+MAX_NAME = 256  # branch_name
+MAX_TITLE = 1_000
+MAX_DESCRIPTION = 10_000
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY = 256
+MAX_METADATA_VALUE = 8 * 1024
+
 # A user or branch name: it identifies something (a share with `shared_with: ""` could
 # never be revoked by path), so it may not be empty. Titles and descriptions may be.
-Name = Annotated[str, msgspec.Meta(min_length=1)]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_USER_ID)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
+Title = Annotated[str, msgspec.Meta(max_length=MAX_TITLE)]
+Description = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION)]
+ContentMetadata = Annotated[
+    dict[
+        Annotated[str, msgspec.Meta(max_length=MAX_METADATA_KEY)],
+        Annotated[str, msgspec.Meta(max_length=MAX_METADATA_VALUE)],
+    ],
+    msgspec.Meta(max_length=MAX_METADATA_ENTRIES),
+]
 
 
 def _require_a_change(update: msgspec.Struct) -> None:
@@ -30,15 +50,15 @@ def _require_a_change(update: msgspec.Struct) -> None:
 
 
 class CreateConversation(msgspec.Struct):
-    title: str
-    created_by: Name
-    description: str | None = None
+    title: Title
+    created_by: UserId
+    description: Description | None = None
     is_public: bool = False
 
 
 class UpdateConversation(msgspec.Struct):
-    title: str | None = None
-    description: str | None = None
+    title: Title | None = None
+    description: Description | None = None
     is_public: bool | None = None
 
     def __post_init__(self) -> None:
@@ -48,16 +68,16 @@ class UpdateConversation(msgspec.Struct):
 class CreateMessage(msgspec.Struct):
     role: str
     content: dict[str, Any]
-    created_by: Name
+    created_by: UserId
     parent_message_id: uuid.UUID | None = None
-    content_metadata: dict[str, str] = {}
+    content_metadata: ContentMetadata = {}
     branch_id: uuid.UUID | None = None
 
 
 class CreateBranch(msgspec.Struct):
     branch_name: Name
     leaf_message_id: uuid.UUID
-    created_by: Name
+    created_by: UserId
 
 
 class UpdateBranch(msgspec.Struct):
@@ -69,14 +89,14 @@ class UpdateBranch(msgspec.Struct):
 
 
 class Fork(msgspec.Struct):
-    title: str
-    created_by: Name
+    title: Title
+    created_by: UserId
 
 
 class CreateShare(msgspec.Struct):
-    shared_with: Name
+    shared_with: UserId
     permission: str
-    shared_by: Name
+    shared_by: UserId
 
 
 # -- responses ----------------------------------------------------------------------------

@@ -22,3 +22,8 @@ JOURNALED = f"{PREFIX}journaled"
 # One hash tag for both, so the script that writes them touches one slot.
 SET_ASIDE = f"{PREFIX}{{set-aside}}:records"
 SET_ASIDE_SEEN = f"{PREFIX}{{set-aside}}:origins"  # each record's origin, to copy it once
+
+
+def rate_bucket(caller: str) -> str:
+    """A caller's token bucket (hash: tokens, at), expiring once it would be full again."""
+    return f"{PREFIX}rate:{{{caller}}}"

@@ -34,6 +34,8 @@ def test_command_line_wins_over_environment() -> None:
         ({"CANOPY_DURABILITY": "eventually"}, "durability must be one of"),
         ({"CANOPY_STORE": "mongo"}, "store must be one of sqlite, scylla"),
         ({"CANOPY_PORT": "eighty"}, "port: cannot read 'eighty' as int"),
+        ({"CANOPY_RATE_LIMIT": "lots"}, "rate_limit: expected N/s"),
+        ({"CANOPY_CORS_ORIGINS": "https://app.example/"}, "cors_origins: .* is not an origin"),
     ],
 )
 def test_bad_environment_values_are_refused(environ: dict[str, str], complaint: str) -> None:

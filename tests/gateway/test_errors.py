@@ -499,7 +499,7 @@ async def test_body_over_the_limit(start_node: NodeFactory) -> None:
                 method, w.path(template), data=padded, headers=JSON_TYPE
             )
             assert_error(got, answer, 413, "payload_too_large")
-    small = json.dumps({"title": "t" * 1500, "created_by": "alice"}).encode()
+    small = json.dumps({"title": "t", "description": "d" * 1500, "created_by": "alice"}).encode()
     status, answer = await node.request(
         "POST", f"{API}/conversations", data=small, headers=JSON_TYPE
     )
