@@ -1,0 +1,198 @@
+"""The permission matrix: who may call which endpoint of seed 000's API, with real API keys.
+
+Every caller is a service key acting for a user (`X-Canopy-User`), so it has exactly that
+user's permissions: the owner, a holder of each share, a reader of a public conversation
+and a stranger to a private one. A refusal changes nothing; what a caller may not see
+answers exactly what an unknown conversation answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from gateway_helpers import API, Json, conv_path, random_id, state
+
+if TYPE_CHECKING:
+    from conftest import Node, NodeFactory
+
+KEY = "a-service-key-for-the-matrix"
+AUTH = {"auth": "api-key", "api_keys": f"svc:{hashlib.sha256(KEY.encode()).hexdigest()}"}
+OWNER, READER, BRANCHER, FORKER, PUBLIC_READER, STRANGER = (
+    "olive", "reed", "bran", "forkie", "paula", "stan",
+)  # fmt: skip
+SHARES = {READER: "read", BRANCHER: "branch", FORKER: "fork"}
+
+
+class Caller:
+    """A service key acting for one user, or for nobody (the unrestricted service)."""
+
+    def __init__(self, node: Node, user: str | None = None, key: str | None = KEY) -> None:
+        self.node = node
+        self.user = user
+        self.headers = {} if key is None else {"X-API-Key": key}
+        if user is not None:
+            self.headers["X-Canopy-User"] = user
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Json]:
+        return await self.node.request(method, path, headers=self.headers, **kwargs)
+
+    async def send(self, method: str, path: str, body: Json = None) -> tuple[int, Json]:
+        return await self.request(method, path, **({} if body is None else {"json": body}))
+
+    async def ok(self, method: str, path: str, body: Json = None) -> Json:
+        status, answer = await self.send(method, path, body)
+        assert status == 200, (self.user, method, path, status, answer)
+        return answer
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """A conversation root -> first -> second with a branch at second, shared with one
+    holder of each permission (none if public)."""
+
+    cid: str
+    first: str
+    second: str
+    branch: str
+
+
+def message(user: str, parent: str) -> Json:
+    return {
+        "role": "human",
+        "content": {"type": "text", "text": "hi"},
+        "created_by": user,
+        "parent_message_id": parent,
+    }
+
+
+async def build(owner: Caller, *, public: bool = False) -> World:
+    conversations = f"{API}/conversations"
+    body = {"title": "matrix", "created_by": owner.user, "is_public": public}
+    cid = (await owner.ok("POST", conversations, body))["conversation_id"]
+    root = (await owner.ok("GET", conv_path(cid, "/tree")))["messages"][0]["message_id"]
+    say = conv_path(cid, "/messages")
+    first = (await owner.ok("POST", say, message(OWNER, root)))["message_id"]
+    second = (await owner.ok("POST", say, message(OWNER, first)))["message_id"]
+    branch = {"branch_name": "main", "leaf_message_id": second, "created_by": OWNER}
+    branch_id = (await owner.ok("POST", conv_path(cid, "/branches"), branch))["branch_id"]
+    for user, permission in ({} if public else SHARES).items():
+        share = {"shared_with": user, "permission": permission, "shared_by": OWNER}
+        await owner.ok("POST", conv_path(cid, "/share"), share)
+    return World(cid, first, second, branch_id)
+
+
+Body = Callable[[World, str], Json]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    method: str
+    suffix: str  # under the conversation; {first} and {branch} name the world's
+    body: Body | None = None
+
+    def call(self, world: World, user: str) -> tuple[str, str, Json]:
+        """(method, path, body) of this endpoint on the world, by the user."""
+        path = conv_path(world.cid, self.suffix.format(first=world.first, branch=world.branch))
+        return self.method, path, None if self.body is None else self.body(world, user)
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.suffix or '/'}"
+
+
+def _fork(world: World, user: str) -> Json:
+    return {"title": "my fork", "created_by": user}
+
+
+def _branch(world: World, user: str) -> Json:
+    return {"branch_name": "side", "leaf_message_id": world.first, "created_by": user}
+
+
+def _share(world: World, user: str) -> Json:
+    return {"shared_with": "newcomer", "permission": "read", "shared_by": user}
+
+
+# The expected status of each endpoint for each caller, written out rather than derived.
+#        owner read branch fork public stranger
+READS = (200, 200, 200, 200, 200, 404)
+BRANCH = (200, 403, 200, 200, 403, 404)
+FORK = (200, 403, 403, 200, 403, 404)
+OWNS = (200, 403, 403, 403, 403, 404)
+MATRIX: dict[Endpoint, tuple[int, ...]] = {
+    Endpoint("GET", ""): READS,
+    Endpoint("GET", "/tree"): READS,
+    Endpoint("PUT", "", lambda w, u: {"title": "renamed", "is_public": True}): OWNS,
+    Endpoint("DELETE", ""): OWNS,
+    Endpoint("POST", "/messages", lambda w, u: message(u, w.second)): BRANCH,
+    Endpoint("GET", "/messages/{first}"): READS,
+    Endpoint("GET", "/messages/{first}/children"): READS,
+    Endpoint("GET", "/messages/{first}/lineage"): READS,
+    Endpoint("POST", "/branches", _branch): BRANCH,
+    Endpoint("GET", "/branches"): READS,
+    Endpoint("GET", "/branches/{branch}"): READS,
+    Endpoint("GET", "/branches/{branch}/messages"): READS,
+    Endpoint("PUT", "/branches/{branch}", lambda w, u: {"leaf_message_id": w.first}): BRANCH,
+    Endpoint("DELETE", "/branches/{branch}"): BRANCH,
+    Endpoint("POST", "/fork", _fork): FORK,
+    Endpoint("POST", "/branches/{branch}/fork", _fork): FORK,
+    Endpoint("POST", "/messages/{first}/fork", _fork): FORK,
+    Endpoint("POST", "/share", _share): OWNS,
+    Endpoint("GET", "/shares"): READS,
+    Endpoint("DELETE", f"/shares/{READER}"): OWNS,
+}
+CALLERS = [  # (user, column in MATRIX, whether their world is public)
+    pytest.param(OWNER, 0, False, id="owner"),
+    pytest.param(READER, 1, False, id="read"),
+    pytest.param(BRANCHER, 2, False, id="branch"),
+    pytest.param(FORKER, 3, False, id="fork"),
+    pytest.param(PUBLIC_READER, 4, True, id="public-reader"),
+    pytest.param(STRANGER, 5, False, id="stranger"),
+]
+ERROR_CODES = {403: "permission_denied", 404: "not_found"}
+
+
+async def snapshot(system: Caller, world: World, user: str) -> Json:
+    """What the API shows about the world and the two users' listings (a fork or a new
+    share would show there), read by the unrestricted service."""
+    return await state(system, [world.cid], users=(OWNER, user))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("user", "column", "public"), CALLERS)
+async def test_matrix(start_node: NodeFactory, user: str, column: int, public: bool) -> None:
+    node = await start_node(**AUTH)
+    system, owner, caller = Caller(node), Caller(node, OWNER), Caller(node, user)
+    world = await build(owner, public=public)
+    for endpoint in MATRIX:  # the owner reads first: the response cache holds each listing
+        if endpoint.method == "GET":
+            await owner.ok(*endpoint.call(world, OWNER)[:2])
+    problems: list[str] = []
+    for endpoint, statuses in MATRIX.items():
+        want = statuses[column]
+        if want == 200 and endpoint.method != "GET":  # it changes the world: a fresh one
+            status, body = await caller.send(*endpoint.call(await build(owner), user))
+        else:
+            before = await snapshot(system, world, user)
+            status, body = await caller.send(*endpoint.call(world, user))
+            if want != 200 and await snapshot(system, world, user) != before:
+                problems.append(f"{endpoint}: refused ({status}) but changed the conversation")
+        if status != want:
+            problems.append(f"{endpoint}: {status} {body}, expected {want}")
+        elif want in ERROR_CODES and body["error"]["code"] != ERROR_CODES[want]:
+            problems.append(f"{endpoint}: {body}, expected code {ERROR_CODES[want]}")
+        if want == 404:
+            problems += await _same_as_unknown(caller, endpoint, world, (status, body))
+    assert not problems, "\n".join(problems)
+
+
+async def _same_as_unknown(
+    caller: Caller, endpoint: Endpoint, world: World, seen: tuple[int, Json]
+) -> list[str]:
+    """No existence leak: the answer is the one for an unknown conversation id."""
+    unknown = dataclasses.replace(world, cid=random_id())
+    status, body = await caller.send(*endpoint.call(unknown, caller.user or ""))
+    answer = (status, json.loads(json.dumps(body).replace(unknown.cid, world.cid)))
+    return [] if answer == seen else [f"{endpoint}: {seen}, but {answer} for an unknown id"]
