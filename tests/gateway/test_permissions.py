@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from gateway_helpers import API, Json, conv_path, random_id, state
+from gateway_helpers import API, Json, assert_error, conv_path, random_id, state
 
 if TYPE_CHECKING:
     from conftest import Node, NodeFactory
@@ -196,3 +196,97 @@ async def _same_as_unknown(
     status, body = await caller.send(*endpoint.call(unknown, caller.user or ""))
     answer = (status, json.loads(json.dumps(body).replace(unknown.cid, world.cid)))
     return [] if answer == seen else [f"{endpoint}: {seen}, but {answer} for an unknown id"]
+
+
+@pytest.mark.parametrize("suffix", ["", "/branches/{branch}", "/messages/{first}"])
+async def test_a_fork_holder_forks_into_their_own_conversation(
+    start_node: NodeFactory, suffix: str
+) -> None:
+    node = await start_node(**AUTH)
+    owner, forker = Caller(node, OWNER), Caller(node, FORKER)
+    world = await build(owner)
+    before = await snapshot(Caller(node), world, FORKER)
+    path = conv_path(world.cid, suffix.format(first=world.first, branch=world.branch) + "/fork")
+    forked = await forker.ok("POST", path, {"title": "mine", "created_by": FORKER})
+    assert forked["created_by"] == FORKER
+    assert forked["fork_from_conversation_id"] == world.cid
+    fork = forked["conversation_id"]
+    # the fork's owner: they update and share it; the source's owner does not even see it
+    await forker.ok("PUT", conv_path(fork), {"title": "renamed"})
+    await forker.ok("POST", conv_path(fork, "/share"), _share(world, FORKER))
+    status, body = await owner.send("GET", conv_path(fork))
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    assert await forker.ok("GET", f"{API}/users/{FORKER}/conversations") == [fork, world.cid]
+    after = await snapshot(Caller(node), world, FORKER)
+    listing = f"{API}/users/{FORKER}/conversations"
+    assert after.pop(listing) != before.pop(listing)
+    assert after == before  # the source is as it was
+
+
+async def test_a_service_acting_for_a_user_names_any_author(start_node: NodeFactory) -> None:
+    """Services are trusted with `created_by` / `shared_by`: only a user's own token is not."""
+    node = await start_node(**AUTH)
+    owner = Caller(node, OWNER)
+    body = {"title": "for someone", "created_by": "someone-else"}
+    created = await owner.ok("POST", f"{API}/conversations", body)
+    assert created["created_by"] == "someone-else"
+    world = await build(owner)
+    brancher = Caller(node, BRANCHER)
+    said = await brancher.ok(
+        "POST", conv_path(world.cid, "/messages"), message("ghost", world.first)
+    )
+    assert said["created_by"] == "ghost"
+    branched = await brancher.ok("POST", conv_path(world.cid, "/branches"), _branch(world, "ghost"))
+    assert branched["created_by"] == "ghost"
+    shared = await owner.ok("POST", conv_path(world.cid, "/share"), _share(world, "ghost"))
+    assert shared["shared_by"] == "ghost"
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [(None, "unauthorized"), ("not-the-key", "invalid_api_key")],
+    ids=["none", "wrong"],
+)
+async def test_without_a_valid_key_nothing_is_answered(
+    start_node: NodeFactory, key: str | None, code: str
+) -> None:
+    node = await start_node(**AUTH)
+    owner, intruder = Caller(node, OWNER), Caller(node, OWNER, key=key)
+    world = await build(owner)
+    before = await snapshot(Caller(node), world, OWNER)
+    for endpoint in MATRIX:
+        status, body = await intruder.send(*endpoint.call(world, OWNER))
+        assert_error(status, body, 401, code)
+    status, body = await intruder.send(
+        "POST", f"{API}/conversations", {"title": "t", "created_by": OWNER}
+    )
+    assert_error(status, body, 401, code)
+    assert await snapshot(Caller(node), world, OWNER) == before
+
+
+async def test_a_users_listing_is_theirs_or_a_services(start_node: NodeFactory) -> None:
+    node = await start_node(**AUTH)
+    world = await build(Caller(node, OWNER))
+    listing = f"{API}/users/{READER}/conversations"
+    assert await Caller(node, READER).ok("GET", listing) == [world.cid]
+    assert await Caller(node).ok("GET", listing) == [world.cid]
+    status, body = await Caller(node, OWNER).send("GET", listing)
+    assert_error(status, body, 403, "permission_denied")
+
+
+async def test_losing_access_loses_every_listing(start_node: NodeFactory) -> None:
+    """A revoked share, or a public conversation made private, answers 404 at once, also
+    for listings the response cache holds."""
+    node = await start_node(**AUTH)
+    owner = Caller(node, OWNER)
+    private, public = await build(owner), await build(owner, public=True)
+    reads = [endpoint for endpoint in MATRIX if endpoint.method == "GET"]
+    for world, user in ((private, READER), (public, PUBLIC_READER)):
+        for endpoint in reads:
+            await Caller(node, user).ok(*endpoint.call(world, user))
+    await owner.ok("DELETE", conv_path(private.cid, f"/shares/{READER}"))
+    await owner.ok("PUT", conv_path(public.cid), {"is_public": False})
+    for world, user in ((private, READER), (public, PUBLIC_READER)):
+        for endpoint in reads:
+            status, body = await Caller(node, user).send(*endpoint.call(world, user))
+            assert (status, body["error"]["code"]) == (404, "not_found"), (endpoint, user)
