@@ -104,6 +104,12 @@ class Endpoint:
         return f"{self.method} {self.suffix or '/'}"
 
 
+def _to_branch(world: World, user: str) -> Json:
+    body = message(user, world.first)
+    del body["parent_message_id"]
+    return {**body, "branch_id": world.branch}
+
+
 def _fork(world: World, user: str) -> Json:
     return {"title": "my fork", "created_by": user}
 
@@ -128,6 +134,7 @@ MATRIX: dict[Endpoint, tuple[int, ...]] = {
     Endpoint("PUT", "", lambda w, u: {"title": "renamed", "is_public": True}): OWNS,
     Endpoint("DELETE", ""): OWNS,
     Endpoint("POST", "/messages", lambda w, u: message(u, w.second)): BRANCH,
+    Endpoint("POST", "/messages", _to_branch): BRANCH,
     Endpoint("GET", "/messages/{first}"): READS,
     Endpoint("GET", "/messages/{first}/children"): READS,
     Endpoint("GET", "/messages/{first}/lineage"): READS,
@@ -198,27 +205,27 @@ async def _same_as_unknown(
     return [] if answer == seen else [f"{endpoint}: {seen}, but {answer} for an unknown id"]
 
 
-@pytest.mark.parametrize("suffix", ["", "/branches/{branch}", "/messages/{first}"])
-async def test_a_fork_holder_forks_into_their_own_conversation(
-    start_node: NodeFactory, suffix: str
-) -> None:
+async def test_a_fork_holder_forks_into_their_own_conversation(start_node: NodeFactory) -> None:
     node = await start_node(**AUTH)
     owner, forker = Caller(node, OWNER), Caller(node, FORKER)
     world = await build(owner)
     before = await snapshot(Caller(node), world, FORKER)
-    path = conv_path(world.cid, suffix.format(first=world.first, branch=world.branch) + "/fork")
-    forked = await forker.ok("POST", path, {"title": "mine", "created_by": FORKER})
-    assert forked["created_by"] == FORKER
-    assert forked["fork_from_conversation_id"] == world.cid
-    fork = forked["conversation_id"]
-    # the fork's owner: they update and share it; the source's owner does not even see it
-    await forker.ok("PUT", conv_path(fork), {"title": "renamed"})
-    await forker.ok("POST", conv_path(fork, "/share"), _share(world, FORKER))
-    status, body = await owner.send("GET", conv_path(fork))
-    assert (status, body["error"]["code"]) == (404, "not_found")
-    assert await forker.ok("GET", f"{API}/users/{FORKER}/conversations") == [fork, world.cid]
-    after = await snapshot(Caller(node), world, FORKER)
+    forks: list[str] = []
+    for suffix in ("", f"/branches/{world.branch}", f"/messages/{world.first}"):
+        body = {"title": "mine", "created_by": FORKER}
+        forked = await forker.ok("POST", conv_path(world.cid, suffix + "/fork"), body)
+        assert forked["created_by"] == FORKER
+        assert forked["fork_from_conversation_id"] == world.cid
+        fork = forked["conversation_id"]
+        forks.insert(0, fork)
+        # the fork's owner: they update and share it; the source's owner does not see it
+        await forker.ok("PUT", conv_path(fork), {"title": "renamed"})
+        await forker.ok("POST", conv_path(fork, "/share"), _share(world, FORKER))
+        status, body = await owner.send("GET", conv_path(fork))
+        assert (status, body["error"]["code"]) == (404, "not_found")
     listing = f"{API}/users/{FORKER}/conversations"
+    assert await forker.ok("GET", listing) == [*forks, world.cid]
+    after = await snapshot(Caller(node), world, FORKER)
     assert after.pop(listing) != before.pop(listing)
     assert after == before  # the source is as it was
 
@@ -242,25 +249,16 @@ async def test_a_service_acting_for_a_user_names_any_author(start_node: NodeFact
     assert shared["shared_by"] == "ghost"
 
 
-@pytest.mark.parametrize(
-    ("key", "code"),
-    [(None, "unauthorized"), ("not-the-key", "invalid_api_key")],
-    ids=["none", "wrong"],
-)
-async def test_without_a_valid_key_nothing_is_answered(
-    start_node: NodeFactory, key: str | None, code: str
-) -> None:
+async def test_without_a_valid_key_nothing_is_answered(start_node: NodeFactory) -> None:
     node = await start_node(**AUTH)
-    owner, intruder = Caller(node, OWNER), Caller(node, OWNER, key=key)
-    world = await build(owner)
+    world = await build(Caller(node, OWNER))
     before = await snapshot(Caller(node), world, OWNER)
-    for endpoint in MATRIX:
-        status, body = await intruder.send(*endpoint.call(world, OWNER))
-        assert_error(status, body, 401, code)
-    status, body = await intruder.send(
-        "POST", f"{API}/conversations", {"title": "t", "created_by": OWNER}
-    )
-    assert_error(status, body, 401, code)
+    create = ("POST", f"{API}/conversations", {"title": "t", "created_by": OWNER})
+    for key, code in ((None, "unauthorized"), ("not-the-key", "invalid_api_key")):
+        intruder = Caller(node, OWNER, key=key)
+        for call in [create, *(endpoint.call(world, OWNER) for endpoint in MATRIX)]:
+            status, body = await intruder.send(*call)
+            assert_error(status, body, 401, code)
     assert await snapshot(Caller(node), world, OWNER) == before
 
 
@@ -290,3 +288,28 @@ async def test_losing_access_loses_every_listing(start_node: NodeFactory) -> Non
         for endpoint in reads:
             status, body = await Caller(node, user).send(*endpoint.call(world, user))
             assert (status, body["error"]["code"]) == (404, "not_found"), (endpoint, user)
+
+
+@pytest.mark.parametrize(("user", "column"), [(READER, 1), (STRANGER, 5)], ids=["read", "stranger"])
+async def test_unknown_messages_and_branches_tell_nothing_more(
+    start_node: NodeFactory, user: str, column: int
+) -> None:
+    """Message and branch ids the conversation does not hold: a stranger still gets the
+    unknown conversation's 404 (never a 422 about a bad parent or a branch not found), and
+    a holder who may not change it a 403 before any id is looked at."""
+    node = await start_node(**AUTH)
+    world = await build(Caller(node, OWNER))
+    ghosts = dataclasses.replace(world, first=random_id(), second=random_id(), branch=random_id())
+    caller, problems = Caller(node, user), []
+    before = await snapshot(Caller(node), world, user)
+    for endpoint, statuses in MATRIX.items():
+        status, body = await caller.send(*endpoint.call(ghosts, user))
+        want = statuses[column]
+        if want == 200 and "{" in endpoint.suffix:  # a read of an id it does not hold
+            want = 404
+        if status != want or (want != 200 and body["error"]["code"] != ERROR_CODES[want]):
+            problems.append(f"{endpoint}: {status} {body}, expected {want}")
+        if user == STRANGER:
+            problems += await _same_as_unknown(caller, endpoint, ghosts, (status, body))
+    assert not problems, "\n".join(problems)
+    assert await snapshot(Caller(node), world, user) == before
