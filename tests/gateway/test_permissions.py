@@ -94,6 +94,7 @@ class Endpoint:
     method: str
     suffix: str  # under the conversation; {first} and {branch} name the world's
     body: Body | None = None
+    label: str = ""  # tells apart two requests to one route
 
     def call(self, world: World, user: str) -> tuple[str, str, Json]:
         """(method, path, body) of this endpoint on the world, by the user."""
@@ -101,7 +102,7 @@ class Endpoint:
         return self.method, path, None if self.body is None else self.body(world, user)
 
     def __str__(self) -> str:
-        return f"{self.method} {self.suffix or '/'}"
+        return f"{self.method} {self.suffix or '/'}{self.label}"
 
 
 def _to_branch(world: World, user: str) -> Json:
@@ -134,7 +135,7 @@ MATRIX: dict[Endpoint, tuple[int, ...]] = {
     Endpoint("PUT", "", lambda w, u: {"title": "renamed", "is_public": True}): OWNS,
     Endpoint("DELETE", ""): OWNS,
     Endpoint("POST", "/messages", lambda w, u: message(u, w.second)): BRANCH,
-    Endpoint("POST", "/messages", _to_branch): BRANCH,
+    Endpoint("POST", "/messages", _to_branch, " (to a branch)"): BRANCH,
     Endpoint("GET", "/messages/{first}"): READS,
     Endpoint("GET", "/messages/{first}/children"): READS,
     Endpoint("GET", "/messages/{first}/lineage"): READS,
