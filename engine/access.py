@@ -90,8 +90,9 @@ class Principal:
         return self.user_id
 
     def may_list(self, user_id: str) -> bool:
-        """Whether the caller may list `user_id`'s conversations."""
-        return not self.checked or self.kind == "service" or self.user_id == user_id
+        """Whether the caller may list `user_id`'s conversations: that user, or a service
+        acting for nobody (one acting for a user has that user's permissions)."""
+        return not self.checked or self.user_id == user_id
 
 
 ANONYMOUS = Principal(None, "anonymous")  # --auth none, no X-Canopy-User

@@ -68,5 +68,5 @@ class Conversations(Protocol):
 
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         """Ids of what the user owns or was shared, newest activity first; Forbidden
-        unless the caller is that user or a service."""
+        unless the caller is that user or a service acting for no user."""
         ...

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from engine.access import BRANCH, Principal
+from engine.access import BRANCH, READ, Level, Principal
 from engine.actor import ActorConfig, ConversationActor, NewConversation, NewMessage, commit
 from engine.conversation import ConversationState
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
@@ -108,7 +108,7 @@ class StoreBacked:
         head (row and shares), when permissions apply at all."""
         if principal.checked:
             head = await _query(self._store.head(conversation_id))
-            self._actor(conversation_id, head).require(principal)
+            _require(principal, conversation_id, head, READ)
 
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         if not principal.may_list(user_id):
@@ -124,10 +124,7 @@ class StoreBacked:
         """The conversation head and the parent's lineage, then a write-through append."""
         async with self._serialized(conversation_id):
             head = await _query(self._store.head(conversation_id))
-            if head is None or head.conversation.deleted:
-                raise NotFound(f"conversation {conversation_id} not found")
-            shares = {share.shared_with: share for share in head.shares}
-            principal.require(head.conversation, shares, BRANCH, "appending a message")
+            head = _require(principal, conversation_id, head, BRANCH, "appending a message")
             parent_id = _parent_id(head, new)
             head.messages = await _query(self._store.lineage(conversation_id, parent_id))
             if not head.messages:
@@ -144,6 +141,18 @@ class StoreBacked:
             raise NotFound(f"conversation {conversation_id} not found")
         state = ConversationState.from_snapshot(snapshot)
         return ConversationActor(state, self._journal, self._flusher, self._config)
+
+
+def _require(
+    principal: Principal, conversation_id: str, head: Snapshot | None, need: Level, what: str = ""
+) -> Snapshot:
+    """The conversation's head (no messages), if the caller may do this: NotFound if it is
+    unknown, deleted or not visible to them, Forbidden if they may not."""
+    if head is None or head.conversation.deleted:
+        raise NotFound(f"conversation {conversation_id} not found")
+    shares = {share.shared_with: share for share in head.shares}
+    principal.require(head.conversation, shares, need, what)
+    return head
 
 
 def _parent_id(head: Snapshot, new: NewMessage) -> str:
