@@ -91,5 +91,7 @@ def test_authorship() -> None:
 def test_who_may_list_a_user() -> None:
     assert user("alice").may_list("alice")
     assert not user("alice").may_list("bob")
-    assert SYSTEM.may_list("bob") and Principal("alice", "service").may_list("bob")
+    assert SYSTEM.may_list("bob")  # a service acting for nobody lists anyone
+    assert not Principal("alice", "service").may_list("bob")  # acting for alice: hers
+    assert Principal("alice", "service").may_list("alice")
     assert ANONYMOUS.may_list("bob")
