@@ -16,12 +16,14 @@ from aiohttp import web
 from engine.registry import Registry
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
+from gateway.accounts import Accounts
 from gateway.auth import auth_middleware, authenticators
 from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
-from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES, SENDER
+from gateway.keys import ACCOUNTS, CONVERSATIONS, EDGE, FLUSHER, LOGIN_LIMITER, RESPONSES, SENDER
+from gateway.login_limiter import LoginLimiter
 from gateway.response_cache import ResponseCache
 from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
@@ -72,12 +74,16 @@ def create_app(settings: Settings) -> web.Application:
     add_routes(app)
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
     app[SENDER] = Sender(ResponseBudget(settings.responses()))
+    app[LOGIN_LIMITER] = LoginLimiter()
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             # Before anything in the data dir is opened: a second process touches nothing.
             await stack.enter_async_context(DataDirLock(settings.data_dir))
             store = await stack.enter_async_context(open_store(settings))
+            if settings.accounts:
+                accounts = Accounts.from_settings(store, settings)
+                app[ACCOUNTS] = await stack.enter_async_context(accounts)
             cache_off = settings.cache == "off"  # the conventional design, for comparison
             journal = await stack.enter_async_context(
                 NoJournal() if cache_off else open_journal(settings)

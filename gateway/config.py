@@ -61,6 +61,13 @@ class Settings:
     allow_anonymous: bool = False  # --auth none on an address other than loopback
     api_keys_file: Path | None = None  # lines "name sha256-hex" (--auth api-key)
     api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
+    jwt_secret: str = ""  # HS256 (--auth jwt); also signs --accounts' tokens
+    jwt_public_key: Path | None = None  # PEM RSA or EC public key: RS256 / ES256 tokens
+    jwks_file: Path | None = None  # a JSON Web Key Set: keys chosen by the token's kid
+    jwt_audience: str = ""  # the `aud` tokens must carry, if set
+    jwt_issuer: str = ""  # the `iss` tokens must carry, if set
+    jwt_ttl_seconds: int = 3600  # lifetime of the tokens --accounts' login issues
+    accounts: bool = False  # built-in accounts: /api/auth/register, login, me
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -136,6 +143,13 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "allow_anonymous": (("CANOPY_ALLOW_ANONYMOUS",), bool),
     "api_keys_file": (("CANOPY_API_KEYS_FILE",), Path),
     "api_keys": (("CANOPY_API_KEYS",), str),
+    "jwt_secret": (("CANOPY_JWT_SECRET",), str),
+    "jwt_public_key": (("CANOPY_JWT_PUBLIC_KEY",), Path),
+    "jwks_file": (("CANOPY_JWKS_FILE",), Path),
+    "jwt_audience": (("CANOPY_JWT_AUDIENCE",), str),
+    "jwt_issuer": (("CANOPY_JWT_ISSUER",), str),
+    "jwt_ttl_seconds": (("CANOPY_JWT_TTL_SECONDS",), int),
+    "accounts": (("CANOPY_ACCOUNTS",), bool),
 }
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -200,12 +214,33 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
                 raise ValueError("--auth api-key needs --api-keys-file or CANOPY_API_KEYS")
         except OSError as exc:
             raise ValueError(f"api_keys_file: {exc}") from None
+    if "jwt" in modes or settings.accounts:
+        _check_jwt(settings)
     if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
         raise ValueError(
             f"--auth none on {settings.host} would let anyone on the network in: bind to "
             "127.0.0.1, configure --auth jwt or api-key, or pass --allow-anonymous"
         )
     return settings
+
+
+def _check_jwt(settings: Settings) -> None:
+    from gateway.jwt_auth import load_public_keys  # config stays free of the gateway's imports
+
+    if settings.accounts and "jwt" not in settings.auth_modes():
+        raise ValueError("--accounts issues JWTs: it needs --auth jwt (e.g. --auth jwt,api-key)")
+    if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
+        raise ValueError("jwt_secret: an HS256 secret needs at least 32 bytes (RFC 7518 3.2)")
+    if settings.jwt_ttl_seconds <= 0:
+        raise ValueError("jwt_ttl_seconds must be positive")
+    try:
+        keys = load_public_keys(settings.jwt_public_key, settings.jwks_file)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"jwt keys: {exc}") from None
+    if not (keys or settings.jwt_secret or settings.accounts):
+        raise ValueError(
+            "--auth jwt needs a key: --jwt-secret, --jwt-public-key, --jwks-file or --accounts"
+        )
 
 
 def _loopback(host: str) -> bool:

@@ -31,7 +31,7 @@ def _require_a_change(update: msgspec.Struct) -> None:
 
 class CreateConversation(msgspec.Struct):
     title: str
-    created_by: Name
+    created_by: Name | None = None  # the caller when left out
     description: str | None = None
     is_public: bool = False
 
@@ -48,7 +48,7 @@ class UpdateConversation(msgspec.Struct):
 class CreateMessage(msgspec.Struct):
     role: str
     content: dict[str, Any]
-    created_by: Name
+    created_by: Name | None = None  # the caller when left out
     parent_message_id: uuid.UUID | None = None
     content_metadata: dict[str, str] = {}
     branch_id: uuid.UUID | None = None
@@ -57,7 +57,7 @@ class CreateMessage(msgspec.Struct):
 class CreateBranch(msgspec.Struct):
     branch_name: Name
     leaf_message_id: uuid.UUID
-    created_by: Name
+    created_by: Name | None = None  # the caller when left out
 
 
 class UpdateBranch(msgspec.Struct):
@@ -70,13 +70,13 @@ class UpdateBranch(msgspec.Struct):
 
 class Fork(msgspec.Struct):
     title: str
-    created_by: Name
+    created_by: Name | None = None  # the caller when left out
 
 
 class CreateShare(msgspec.Struct):
     shared_with: Name
     permission: str
-    shared_by: Name
+    shared_by: Name | None = None  # the caller when left out
 
 
 # -- responses ----------------------------------------------------------------------------
@@ -229,3 +229,33 @@ def share_out(conversation_id: str, share: Share) -> ShareOut:
     return ShareOut(
         conversation_id, share.shared_with, share.permission, share.shared_at, share.shared_by
     )
+
+
+# -- built-in accounts (--accounts) -------------------------------------------------------
+
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+
+
+class Register(msgspec.Struct):
+    email: Annotated[str, msgspec.Meta(max_length=320)]
+    password: Password
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class Login(msgspec.Struct):
+    email: Annotated[str, msgspec.Meta(max_length=320)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class UserOut(msgspec.Struct):
+    user_id: str
+    email: str
+    name: str | None
+    created_at: datetime
+
+
+class TokenOut(msgspec.Struct):
+    access_token: str
+    token_type: str
+    expires_in: int  # seconds
+    user: UserOut

@@ -38,3 +38,23 @@ def test_command_line_wins_over_environment() -> None:
 def test_bad_environment_values_are_refused(environ: dict[str, str], complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse(**environ)
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--auth", "jwt"], "--auth jwt needs a key"),
+        (["--auth", "jwt", "--jwt-secret", "short"], "at least 32 bytes"),
+        (["--accounts"], "--accounts issues JWTs: it needs --auth jwt"),
+        (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], "jwt keys:"),
+    ],
+)
+def test_jwt_settings_are_checked_at_start(argv: list[str], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse(*argv)
+
+
+def test_jwt_settings_from_the_environment() -> None:
+    settings = parse(CANOPY_AUTH="jwt", CANOPY_JWT_SECRET="x" * 32, CANOPY_ACCOUNTS="1",
+                     CANOPY_JWT_TTL_SECONDS="600")  # fmt: skip
+    assert settings.accounts and settings.jwt_ttl_seconds == 600
