@@ -41,6 +41,8 @@ class TokenCache:
 
     def put(self, token: str, principal: Principal, expires_at: float) -> None:
         """Remember a verified token until `expires_at` (its `exp`) at the latest."""
+        if self._max_entries <= 0:  # caching off
+            return
         if token not in self._entries and len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]
         self._entries[token] = (principal, min(expires_at, self._clock() + self._max_seconds))
