@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import stat
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pytest
+from argon2 import PasswordHasher
+
+from gateway.accounts import Accounts, InvalidCredentials, TokenIssuer
+from persistence.sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from conftest import Node, NodeFactory
@@ -103,3 +110,24 @@ async def test_accounts_are_off_unless_asked_for(start_node: NodeFactory) -> Non
     node = await start_node()
     status, body = await post(node, "login", login_as("a@example.com"))
     assert_error(status, body, 404, "not_found")
+
+
+class CountingHasher(PasswordHasher):
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)  # fast: only counted
+        self.verified: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verified.append(str(hash))
+        return super().verify(hash, password)
+
+
+async def test_an_unknown_email_still_costs_a_password_check(tmp_path: Path) -> None:
+    hasher = CountingHasher()
+    async with (
+        SQLiteStore(tmp_path / "canopy.db") as store,
+        Accounts(store, TokenIssuer(b"k" * 32, 60), hasher) as accounts,
+    ):
+        with pytest.raises(InvalidCredentials):
+            await accounts.login("nobody@example.com", PASSWORD)
+    assert len(hasher.verified) == 1 and hasher.verified[0].startswith("$argon2id$")
