@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -28,9 +28,12 @@ class ProtocolError(Exception):
     """The server answered something this client does not parse, or hung up mid-request."""
 
 
-def build_request(method: str, path: str, body: object = None, *, port: int) -> bytes:
+def build_request(
+    method: str, path: str, body: object = None, *, port: int, headers: Mapping[str, str] = {}
+) -> bytes:
     """The bytes of one keep-alive request; `body` is encoded as JSON."""
     head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     if body is None:
         return (head + "\r\n").encode()
     data = msgspec.json.encode(body)
@@ -162,9 +165,15 @@ class Connection(asyncio.BufferedProtocol):
             self.on_response(self, 0, reason.encode())
 
 
-async def call(connection: Connection, method: str, path: str, body: object = None) -> Any:
+async def call(
+    connection: Connection,
+    method: str,
+    path: str,
+    body: object = None,
+    headers: Mapping[str, str] = {},
+) -> Any:
     """One request with a decoded JSON answer; anything but 200 raises."""
-    request = build_request(method, path, body, port=connection.port)
+    request = build_request(method, path, body, port=connection.port, headers=headers)
     status, payload = await connection.fetch(request)
     if status != 200:
         raise ProtocolError(f"{method} {path} -> {status}: {payload[:300]!r}")

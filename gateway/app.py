@@ -16,13 +16,15 @@ from aiohttp import web
 from engine.registry import Registry
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
+from gateway.accounts import Accounts
 from gateway.auth import auth_middleware, authenticators
 from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
-from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES, SENDER
+from gateway.keys import ACCOUNTS, CONVERSATIONS, EDGE, FLUSHER, LOGIN_LIMITER, RESPONSES, SENDER
+from gateway.login_limiter import LoginLimiter
 from gateway.openapi import build_on_startup
 from gateway.ratelimit import LIMITER, open_limiter, rate_limit_middleware
 from gateway.response_cache import ResponseCache
@@ -84,6 +86,7 @@ def create_app(settings: Settings) -> web.Application:
     build_on_startup(app, settings.auth_modes())
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
     app[SENDER] = Sender(ResponseBudget(settings.responses()))
+    app[LOGIN_LIMITER] = LoginLimiter()
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
@@ -92,6 +95,9 @@ def create_app(settings: Settings) -> web.Application:
             if limiter is not None:
                 app[LIMITER] = await stack.enter_async_context(limiter)
             store = await stack.enter_async_context(open_store(settings))
+            if settings.accounts:
+                accounts = Accounts.from_settings(store, settings)
+                app[ACCOUNTS] = await stack.enter_async_context(accounts)
             cache_off = settings.cache == "off"  # the conventional design, for comparison
             journal = await stack.enter_async_context(
                 NoJournal() if cache_off else open_journal(settings)

@@ -111,6 +111,10 @@ def authenticators(settings: Settings) -> list[Authenticator]:
     """The configured authenticators, in the order they are asked."""
     chain: list[Authenticator] = []
     modes = settings.auth_modes()
+    if "jwt" in modes:
+        from gateway.jwt_auth import JwtAuth  # PyJWT and cryptography load only when used
+
+        chain.append(JwtAuth.from_settings(settings))
     if "api-key" in modes:
         chain.append(ApiKeys.from_settings(settings))
     if "none" in settings.auth_modes():  # last: it takes every request that gets to it

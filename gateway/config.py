@@ -63,6 +63,13 @@ class Settings:
     api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
     rate_limit: str = ""  # per caller: "50/s,burst=100"; "" or "off": none (docs/decisions.md)
     cors_origins: str = ""  # origins whose pages may call the API, comma separated; "*": any
+    jwt_secret: str = ""  # HS256 (--auth jwt); also signs --accounts' tokens
+    jwt_public_key: Path | None = None  # PEM RSA or EC public key: RS256 / ES256 tokens
+    jwks_file: Path | None = None  # a JSON Web Key Set: keys chosen by the token's kid
+    jwt_audience: str = ""  # the `aud` tokens must carry, if set
+    jwt_issuer: str = ""  # the `iss` tokens must carry, if set
+    jwt_ttl_seconds: int = 3600  # lifetime of the tokens --accounts' login issues
+    accounts: bool = False  # built-in accounts: /api/auth/register, login, me
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -197,6 +204,22 @@ _OPTIONS: dict[str, Option] = {
         "shared in Redis when the journal is there)", "off"),
     "cors_origins": Option(("CANOPY_CORS_ORIGINS",), str, "server",
         "browser origins allowed to call, comma separated, or *; preflights are answered", "none"),
+    "jwt_secret": Option(("CANOPY_JWT_SECRET",), str, "auth",
+        "HS256 secret of --auth jwt (at least 32 bytes); also signs --accounts' tokens",
+        "none; with --accounts, generated once into the data dir"),
+    "jwt_public_key": Option(("CANOPY_JWT_PUBLIC_KEY",), Path, "auth",
+        "PEM RSA or EC public key: RS256 / ES256 tokens of an identity provider", "none"),
+    "jwks_file": Option(("CANOPY_JWKS_FILE",), Path, "auth",
+        "JSON Web Key Set file; the key is chosen by the token's kid", "none"),
+    "jwt_audience": Option(("CANOPY_JWT_AUDIENCE",), str, "auth",
+        "the aud claim tokens must carry", "not checked"),
+    "jwt_issuer": Option(("CANOPY_JWT_ISSUER",), str, "auth",
+        "the iss claim tokens must carry", "not checked"),
+    "jwt_ttl_seconds": Option(("CANOPY_JWT_TTL_SECONDS",), int, "auth",
+        "lifetime of the tokens /api/auth/login issues"),
+    "accounts": Option(("CANOPY_ACCOUNTS",), bool, "auth",
+        "built-in accounts: /api/auth/register, /api/auth/login, /api/auth/me (needs --auth jwt)",
+        "off"),
 }  # fmt: skip
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -270,6 +293,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
                 raise ValueError("--auth api-key needs --api-keys-file or CANOPY_API_KEYS")
         except OSError as exc:
             raise ValueError(f"api_keys_file: {exc}") from None
+    if "jwt" in modes or settings.accounts:
+        _check_jwt(settings)
     from gateway.cors import parse_origins  # ValueError for a malformed spec, at start
     from gateway.ratelimit import parse_rate_limit
 
@@ -281,6 +306,25 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             "127.0.0.1, configure --auth jwt or api-key, or pass --allow-anonymous"
         )
     return settings
+
+
+def _check_jwt(settings: Settings) -> None:
+    from gateway.jwt_auth import load_public_keys  # config stays free of the gateway's imports
+
+    if settings.accounts and "jwt" not in settings.auth_modes():
+        raise ValueError("--accounts issues JWTs: it needs --auth jwt (e.g. --auth jwt,api-key)")
+    if settings.jwt_secret and len(settings.jwt_secret.encode()) < 32:
+        raise ValueError("jwt_secret: an HS256 secret needs at least 32 bytes (RFC 7518 3.2)")
+    if settings.jwt_ttl_seconds <= 0:
+        raise ValueError("jwt_ttl_seconds must be positive")
+    try:
+        keys = load_public_keys(settings.jwt_public_key, settings.jwks_file)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"jwt keys: {exc}") from None
+    if not (keys or settings.jwt_secret or settings.accounts):
+        raise ValueError(
+            "--auth jwt needs a key: --jwt-secret, --jwt-public-key, --jwks-file or --accounts"
+        )
 
 
 def _loopback(host: str) -> bool:

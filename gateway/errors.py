@@ -13,7 +13,7 @@ import math
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine.errors import CanopyError, RateLimited, Unavailable
+from engine.errors import CanopyError, RateLimited, Unauthorized, Unavailable
 from gateway.codec import json_response
 from gateway.schemas import ErrorDetail, ErrorOut
 
@@ -38,6 +38,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except CanopyError as exc:
         response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, Unauthorized):  # RFC 9110 11.6.1: a 401 names its scheme
+            response.headers["WWW-Authenticate"] = getattr(exc, "challenge", "Bearer")
         if isinstance(exc, Unavailable | RateLimited):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return response

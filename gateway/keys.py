@@ -6,14 +6,18 @@ from aiohttp import web
 
 from engine.access import Principal
 from engine.service import Conversations
+from gateway.accounts import Accounts
 from gateway.guards import EdgeLimits
+from gateway.login_limiter import LoginLimiter
 from gateway.response_cache import ResponseCache
 from gateway.responses import Sender
 from persistence.flusher import Flusher
 
+ACCOUNTS = web.AppKey("accounts", Accounts)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
+LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)
 

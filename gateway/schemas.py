@@ -51,7 +51,7 @@ def _require_a_change(update: msgspec.Struct) -> None:
 
 class CreateConversation(msgspec.Struct):
     title: Title
-    created_by: UserId
+    created_by: UserId | None = None  # the caller when left out
     description: Description | None = None
     is_public: bool = False
 
@@ -68,7 +68,7 @@ class UpdateConversation(msgspec.Struct):
 class CreateMessage(msgspec.Struct):
     role: str
     content: dict[str, Any]
-    created_by: UserId
+    created_by: UserId | None = None  # the caller when left out
     parent_message_id: uuid.UUID | None = None
     content_metadata: ContentMetadata = {}
     branch_id: uuid.UUID | None = None
@@ -77,7 +77,7 @@ class CreateMessage(msgspec.Struct):
 class CreateBranch(msgspec.Struct):
     branch_name: Name
     leaf_message_id: uuid.UUID
-    created_by: UserId
+    created_by: UserId | None = None  # the caller when left out
 
 
 class UpdateBranch(msgspec.Struct):
@@ -90,13 +90,13 @@ class UpdateBranch(msgspec.Struct):
 
 class Fork(msgspec.Struct):
     title: Title
-    created_by: UserId
+    created_by: UserId | None = None  # the caller when left out
 
 
 class CreateShare(msgspec.Struct):
     shared_with: UserId
     permission: str
-    shared_by: UserId
+    shared_by: UserId | None = None  # the caller when left out
 
 
 # -- responses ----------------------------------------------------------------------------
@@ -258,3 +258,33 @@ def share_out(conversation_id: str, share: Share) -> ShareOut:
     return ShareOut(
         conversation_id, share.shared_with, share.permission, share.shared_at, share.shared_by
     )
+
+
+# -- built-in accounts (--accounts) -------------------------------------------------------
+
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+
+
+class Register(msgspec.Struct):
+    email: Annotated[str, msgspec.Meta(max_length=320)]
+    password: Password
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class Login(msgspec.Struct):
+    email: Annotated[str, msgspec.Meta(max_length=320)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class UserOut(msgspec.Struct):
+    user_id: str
+    email: str
+    name: str | None
+    created_at: datetime
+
+
+class TokenOut(msgspec.Struct):
+    access_token: str
+    token_type: str
+    expires_in: int  # seconds
+    user: UserOut

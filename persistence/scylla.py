@@ -36,6 +36,7 @@ from cassandra.policies import (
 )
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from persistence.accounts import Account, decode_account, encode_account
 from persistence.background import within
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
 from persistence.store import Changes, StoreError
@@ -75,6 +76,11 @@ TABLES = (
         user_id text, conversation_id text, PRIMARY KEY (user_id, conversation_id))""",
     """CREATE TABLE IF NOT EXISTS conversation_activity (
         conversation_id text PRIMARY KEY, last_activity timestamp)""",
+    # Built-in accounts: the email's row is claimed with a lightweight transaction (one
+    # registration wins), then the account is also written under its user id.
+    """CREATE TABLE IF NOT EXISTS accounts_by_email (
+        email text PRIMARY KEY, user_id text, body blob)""",
+    """CREATE TABLE IF NOT EXISTS accounts (user_id text PRIMARY KEY, body blob)""",
 )
 
 
@@ -362,6 +368,29 @@ class ScyllaStore:
                 ),
             ]
         await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
+
+    # -- accounts ---------------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> bool:
+        body = encode_account(account)
+        claimed = await self._query(
+            "INSERT INTO accounts_by_email (email, user_id, body) VALUES (?, ?, ?) IF NOT EXISTS",
+            (account.email, account.user_id, body),
+        )
+        if not claimed[0][0]:  # [applied]: another registration holds the email
+            return False
+        await self._query(
+            "INSERT INTO accounts (user_id, body) VALUES (?, ?)", (account.user_id, body)
+        )
+        return True
+
+    async def account_by_email(self, email: str) -> Account | None:
+        rows = await self._query("SELECT body FROM accounts_by_email WHERE email = ?", (email,))
+        return decode_account(rows[0][0]) if rows else None
+
+    async def account(self, user_id: str) -> Account | None:
+        rows = await self._query("SELECT body FROM accounts WHERE user_id = ?", (user_id,))
+        return decode_account(rows[0][0]) if rows else None
 
     # -- driver plumbing -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from persistence.accounts import Account, decode_account, encode_account
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
 from persistence.store import Changes, StoreError
 
@@ -69,6 +70,12 @@ CREATE TABLE IF NOT EXISTS shared_conversations (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS shared_conversations_by_conversation
     ON shared_conversations (conversation_id);
+-- Built-in accounts: the unique email is what makes a registration atomic.
+CREATE TABLE IF NOT EXISTS accounts (
+    user_id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -112,6 +119,15 @@ class SQLiteStore:
 
     async def children(self, conversation_id: str, message_id: str) -> list[Message]:
         return await self._run(self._children, conversation_id, message_id)
+
+    async def create_account(self, account: Account) -> bool:
+        return await self._run(self._create_account, account)
+
+    async def account_by_email(self, email: str) -> Account | None:
+        return await self._run(self._account, "email", email)
+
+    async def account(self, user_id: str) -> Account | None:
+        return await self._run(self._account, "user_id", user_id)
 
     # -- on the store thread -----------------------------------------------------------
 
@@ -272,6 +288,22 @@ class SQLiteStore:
         tables = ("messages", "branches", "shares", "user_conversations", "shared_conversations")
         for table in tables:
             self._conn.execute(f"DELETE FROM {table} WHERE conversation_id = ?", (cid,))
+
+    def _create_account(self, account: Account) -> bool:
+        try:
+            self._conn.execute(
+                "INSERT INTO accounts VALUES (?, ?, ?)",
+                (account.user_id, account.email, encode_account(account)),
+            )
+        except sqlite3.IntegrityError:  # the email (or, never in practice, the UUID) is taken
+            return False
+        return True
+
+    def _account(self, column: str, value: str) -> Account | None:
+        row = self._conn.execute(
+            f"SELECT body FROM accounts WHERE {column} = ?", (value,)
+        ).fetchone()
+        return None if row is None else decode_account(row[0])
 
     def _user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
         """The user's own conversations by the activity index, and the shared ones joined

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from persistence.accounts import Account
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
 
 
@@ -81,4 +82,18 @@ class Store(Protocol):
 
     async def children(self, conversation_id: str, message_id: str) -> list[Message]:
         """The message's children in creation order."""
+        ...
+
+    # Built-in accounts (`--accounts`): a unique email per account, decided by the store.
+
+    async def create_account(self, account: Account) -> bool:
+        """Store a new account; False (and nothing written) if its email is taken."""
+        ...
+
+    async def account_by_email(self, email: str) -> Account | None:
+        """The account with this (normalised) email, or None."""
+        ...
+
+    async def account(self, user_id: str) -> Account | None:
+        """The account with this user id, or None."""
         ...

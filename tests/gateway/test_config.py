@@ -75,3 +75,23 @@ def test_serve_help_shows_groups_and_defaults(capsys: pytest.CaptureFixture[str]
         assert f"{group}: {GROUPS[group]}" in text
     assert "--port PORT listen port (default: 8080; env: CANOPY_PORT, SERVER_PORT)" in text
     assert "(default: 25% of physical memory; env: CANOPY_MAX_HOT_BYTES)" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--auth", "jwt"], "--auth jwt needs a key"),
+        (["--auth", "jwt", "--jwt-secret", "short"], "at least 32 bytes"),
+        (["--accounts"], "--accounts issues JWTs: it needs --auth jwt"),
+        (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], "jwt keys:"),
+    ],
+)
+def test_jwt_settings_are_checked_at_start(argv: list[str], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse(*argv)
+
+
+def test_jwt_settings_from_the_environment() -> None:
+    settings = parse(CANOPY_AUTH="jwt", CANOPY_JWT_SECRET="x" * 32, CANOPY_ACCOUNTS="1",
+                     CANOPY_JWT_TTL_SECONDS="600")  # fmt: skip
+    assert settings.accounts and settings.jwt_ttl_seconds == 600

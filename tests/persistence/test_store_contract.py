@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
+from persistence.accounts import Account
 from persistence.records import Snapshot
 from persistence.store import Store
 
@@ -236,3 +239,30 @@ async def test_head_is_the_conversation_without_its_messages(store: Store, rows:
     tombstone = replace(written.conversation, version=6, deleted=True)
     await store.write("c1", rows.changes(tombstone))
     assert await store.head("c1") == Snapshot(tombstone, [], [], [])
+
+
+# -- built-in accounts ---------------------------------------------------------------------
+
+
+def account(user_id: str, email: str) -> Account:
+    created = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    return Account(user_id, email, "$argon2id$hash", created, name=f"name of {user_id}")
+
+
+async def test_an_account_is_found_by_email_and_by_user_id(store: Store) -> None:
+    alice = account("u1", "alice@example.com")
+    assert await store.create_account(alice)
+    assert await store.account_by_email("alice@example.com") == alice
+    assert await store.account("u1") == alice
+    assert await store.account_by_email("bob@example.com") is None
+    assert await store.account("u2") is None
+
+
+async def test_an_email_has_one_account_however_many_register_at_once(store: Store) -> None:
+    contenders = [account(f"u{i}", "same@example.com") for i in range(5)]
+    won = await asyncio.gather(*(store.create_account(a) for a in contenders))
+    assert sorted(won) == [False] * 4 + [True]
+    winner = contenders[won.index(True)]
+    assert await store.account_by_email("same@example.com") == winner
+    for loser in (a for a, ok in zip(contenders, won, strict=True) if not ok):
+        assert await store.account(loser.user_id) is None
