@@ -21,7 +21,7 @@ from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
-from gateway.keys import CONVERSATIONS, EDGE, FLUSHER, RESPONSES, SENDER
+from gateway.keys import CONVERSATIONS, DEFAULT_TTL, EDGE, FLUSHER, RESPONSES, SENDER
 from gateway.response_cache import ResponseCache
 from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[EDGE] = limits
+    app[DEFAULT_TTL] = settings.default_ttl_seconds
     app.on_response_prepare.append(drop_server_header)
     add_routes(app)
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)

@@ -61,6 +61,7 @@ class Settings:
     allow_anonymous: bool = False  # --auth none on an address other than loopback
     api_keys_file: Path | None = None  # lines "name sha256-hex" (--auth api-key)
     api_keys: str = ""  # "name:sha256-hex,..." (CANOPY_API_KEYS)
+    default_ttl_seconds: int = 0  # a new conversation expires this long after creation; 0: never
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -136,6 +137,7 @@ _OPTIONS: dict[str, tuple[tuple[str, ...], type]] = {
     "allow_anonymous": (("CANOPY_ALLOW_ANONYMOUS",), bool),
     "api_keys_file": (("CANOPY_API_KEYS_FILE",), Path),
     "api_keys": (("CANOPY_API_KEYS",), str),
+    "default_ttl_seconds": (("CANOPY_DEFAULT_TTL_SECONDS",), int),
 }
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
@@ -186,6 +188,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             raise ValueError(
                 f"{name} must be one of {', '.join(choices)}; got {getattr(settings, name)!r}"
             )
+    if settings.default_ttl_seconds < 0:
+        raise ValueError("default_ttl_seconds must be 0 (no expiry) or a number of seconds")
     if settings.fsync != "always":
         float(settings.fsync)
     modes = settings.auth_modes()

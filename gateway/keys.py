@@ -12,6 +12,7 @@ from gateway.responses import Sender
 from persistence.flusher import Flusher
 
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+DEFAULT_TTL = web.AppKey("default_ttl_seconds", int)  # of a new conversation; 0: none
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
 RESPONSES = web.AppKey("responses", ResponseCache)

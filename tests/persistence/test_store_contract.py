@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from msgspec.structs import replace
 
 from persistence.records import Snapshot
-from persistence.store import Store
+from persistence.store import Store, listing_key, rank
 
 if TYPE_CHECKING:
     from conftest import Rows
@@ -38,12 +38,15 @@ async def load(store: Store, cid: str) -> Snapshot:
 
 
 async def listing(store: Store, user: str, limit: int = 100) -> list[str]:
-    return [cid for cid, _ in await store.user_conversations(user, limit)]
+    """The user's own and shared conversations, in listing order."""
+    metas = await store.owned(user, None, limit) + [m for m, _ in await store.shared(user)]
+    return [key[1] for key in sorted({listing_key(m) for m in metas}, key=rank)][:limit]
 
 
 async def test_load_of_unknown_conversation_is_none(store: Store) -> None:
     assert await store.load("unknown") is None
-    assert await store.user_conversations("nobody", 10) == []
+    assert await store.owned("nobody", None, 10) == []
+    assert await store.shared("nobody") == []
 
 
 async def test_written_changes_load_back(store: Store, rows: Rows) -> None:
@@ -136,10 +139,10 @@ async def test_listing_is_most_recent_first_and_limited(store: Store, rows: Rows
         seconds = {"old": 10, "middle": 20, "newest": 30}[cid]
         conversation = rows.conversation(cid, version=n + 1, updated_at=rows.at(seconds))
         await store.write(cid, rows.changes(conversation, (rows.message(f"{cid}-root", None, 0),)))
-    assert await store.user_conversations("alice", 10) == [
-        ("newest", rows.at(30).timestamp()),
-        ("middle", rows.at(20).timestamp()),
-        ("old", rows.at(10).timestamp()),
+    assert [(m.conversation_id, m.updated_at) for m in await store.owned("alice", None, 10)] == [
+        ("newest", rows.at(30)),
+        ("middle", rows.at(20)),
+        ("old", rows.at(10)),
     ]
     assert await listing(store, "alice", 2) == ["newest", "middle"]
     assert await listing(store, "bob") == []
@@ -175,10 +178,10 @@ async def test_writing_the_same_changes_twice_is_idempotent(store: Store, rows: 
     )
     await store.write("c1", changes)
     once = await load(store, "c1")
-    listed = await store.user_conversations("bob", 10)
+    listed = await store.shared("bob")
     await store.write("c1", changes)
     assert await load(store, "c1") == once
-    assert await store.user_conversations("bob", 10) == listed
+    assert await store.shared("bob") == listed
     assert len(once.messages) == 2
 
 
