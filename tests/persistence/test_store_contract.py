@@ -239,3 +239,64 @@ async def test_head_is_the_conversation_without_its_messages(store: Store, rows:
     tombstone = replace(written.conversation, version=6, deleted=True)
     await store.write("c1", rows.changes(tombstone))
     assert await store.head("c1") == Snapshot(tombstone, [], [], [])
+
+
+# -- the sidebar's index and the expiry index -------------------------------------------------
+
+
+async def test_owned_pages_by_activity_then_id(store: Store, rows: Rows) -> None:
+    stamps = {"a": 30, "b": 20, "c": 20, "d": 10}  # b and c tie: ids ascending
+    for cid, seconds in stamps.items():
+        await store.write(cid, rows.changes(rows.conversation(cid, updated_at=rows.at(seconds))))
+    first = await store.owned("alice", None, 2)
+    assert [m.conversation_id for m in first] == ["a", "b"]
+    rest = await store.owned("alice", listing_key(first[-1]), 10)
+    assert [m.conversation_id for m in rest] == ["c", "d"]
+    assert await store.owned("alice", listing_key(rest[-1]), 10) == []
+    assert rest[0] == rows.conversation("c", updated_at=rows.at(20))  # the row itself
+
+
+async def test_session_fields_round_trip(store: Store, rows: Rows) -> None:
+    meta = rows.conversation(
+        "c1", is_favorite=True, archived=True, tags=("a", "b"), expires_at=rows.at(99),
+        last_message="hi",
+    )  # fmt: skip
+    await store.write("c1", rows.changes(meta))
+    assert (await load(store, "c1")).conversation == meta
+    assert await store.owned("alice", None, 10) == [meta]
+    assert await store.conversations(["c1", "unknown"]) == [meta]
+
+
+async def test_shared_lists_each_holder_with_the_permission(store: Store, rows: Rows) -> None:
+    await full(store, rows)
+    held = {user: await store.shared(user) for user in ("bob", "carol", "alice")}
+    assert [(m.conversation_id, p) for m, p in held["bob"]] == [("c1", "read")]
+    assert [(m.conversation_id, p) for m, p in held["carol"]] == [("c1", "fork")]
+    assert held["alice"] == []
+
+
+async def test_expired_finds_what_expires_first_and_follows_changes(
+    store: Store, rows: Rows
+) -> None:
+    for cid, seconds in (("late", 300), ("soon", 100), ("never", None), ("gone", 50)):
+        expires = None if seconds is None else rows.at(seconds)
+        await store.write(cid, rows.changes(rows.conversation(cid, expires_at=expires)))
+    assert await store.expired(rows.at(1000), 10) == ["gone", "soon", "late"]
+    assert await store.expired(rows.at(200), 1) == ["gone"]
+    assert await store.expired(rows.at(10), 10) == []
+    moved = rows.conversation("soon", version=2, expires_at=rows.at(500))
+    await store.write("soon", rows.changes(moved))
+    cleared = rows.conversation("late", version=2, expires_at=None)
+    await store.write("late", rows.changes(cleared))
+    deleted = rows.conversation("gone", version=2, deleted=True)
+    await store.write("gone", rows.changes(deleted))
+    assert await store.expired(rows.at(1000), 10) == ["soon"]
+
+
+async def test_a_delete_removes_the_rows_targeted_reads_find(store: Store, rows: Rows) -> None:
+    written = await full(store, rows)
+    await store.write("c1", rows.changes(replace(written.conversation, version=6, deleted=True)))
+    assert await store.lineage("c1", "a") == []
+    assert await store.children("c1", "c1-root") == []
+    assert await store.conversations(["c1"]) == []
+    assert await store.shared("bob") == [] and await store.owned("alice", None, 10) == []
