@@ -33,6 +33,10 @@ from persistence.records import Conversation, Event, ShareRevoked, ShareSet
 from persistence.store import Key, Store, StoreError, listing_key, rank
 
 GRACE_SECONDS = 10.0  # over the store's request timeout (5 s): no read outlives it
+# A first page's store reads are reused this long (under GRACE_SECONDS: whatever the hot
+# listing forgot since was flushed before those reads began), for this many users.
+FIRST_READS_SECONDS = 5.0
+FIRST_READS_USERS = 1000
 OWNER = "owner"
 
 
@@ -72,6 +76,9 @@ class Item:
 class Page:
     items: list[Item]
     next_cursor: str | None
+
+
+_Reads = tuple[float, list[tuple[Conversation, str]], list[Conversation]]
 
 
 class _Cursor(msgspec.Struct, array_like=True):
@@ -155,10 +162,19 @@ class HotListing:
 class Sidebar:
     """Lists a user's conversations from the store, the hot listing and the moves."""
 
-    def __init__(self, store: Store, hot: HotListing | None, moves: ActivityMoves) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hot: HotListing | None,
+        moves: ActivityMoves,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._hot = hot  # None when every write goes through to the store (--cache off)
         self.moves = moves
+        self._clock = clock
+        # (user, rows) -> (when the reads began, shared, owned): see FIRST_READS_SECONDS
+        self._first_reads: OrderedDict[tuple[str, int], _Reads] = OrderedDict()
 
     def observe(self, before: Conversation | None, after: Conversation, event: Event) -> None:
         """Called after every applied mutation (the actor's and a creation's)."""
@@ -202,9 +218,7 @@ class Sidebar:
         self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
     ) -> Page:
         fetch = limit + 1
-        shared, owned = await asyncio.gather(
-            self._store.shared(user), self._store.owned(user, after, fetch)
-        )
+        shared, owned = await self._reads(user, after, fetch)
         while True:
             exhausted = len(owned) < fetch
             extra = await self._moved_rows(user, pinned)
@@ -224,6 +238,28 @@ class Sidebar:
             last_key = page[-1][0]
             next_cursor = self._cursor(pinned, last_key, filters)
         return Page([item for _, item in page], next_cursor)
+
+    async def _reads(
+        self, user: str, after: Key | None, fetch: int
+    ) -> tuple[list[tuple[Conversation, str]], list[Conversation]]:
+        """The store's shared rows and first `fetch` owned rows after `after`; a first
+        page's are kept a few seconds (only with a hot listing to correct them)."""
+        key = (user, fetch)
+        cacheable = after is None and self._hot is not None
+        began = self._clock()
+        if cacheable:
+            found = self._first_reads.get(key)
+            if found is not None and began - found[0] < FIRST_READS_SECONDS:
+                return found[1], list(found[2])
+        shared, owned = await asyncio.gather(
+            self._store.shared(user), self._store.owned(user, after, fetch)
+        )
+        if cacheable:
+            self._first_reads[key] = began, shared, list(owned)
+            self._first_reads.move_to_end(key)
+            while len(self._first_reads) > FIRST_READS_USERS:
+                self._first_reads.popitem(last=False)
+        return shared, owned
 
     async def _moved_rows(self, user: str, pinned: int | None) -> dict[str, Conversation]:
         """Rows of the user's conversations that moved after `pinned` and are no longer

@@ -93,6 +93,17 @@ ADDED_COLUMNS = (
 )
 EXPIRY_SHARDS = 16
 
+# The sidebar's queries, prepared when the store opens: a cold node's first page then
+# pays no prepare round trips (32 -> see docs/decisions.md).
+_OWNED_SELECT = "SELECT last_activity, conversation_id, summary FROM user_conversations"
+_OWNED = _OWNED_SELECT + " WHERE user_id = ? LIMIT ?"
+_OWNED_AFTER = _OWNED_SELECT + " WHERE user_id = ? AND last_activity <= ? LIMIT ?"
+_SHARED = "SELECT conversation_id, permission FROM shared_conversations WHERE user_id = ?"
+_SUMMARIES = (
+    "SELECT conversation_id, summary FROM conversation_activity WHERE conversation_id IN ?"
+)
+PREPARED_AT_OPEN = (_OWNED, _OWNED_AFTER, _SHARED, _SUMMARIES)
+
 
 @dataclass(frozen=True)
 class ScyllaConfig:
@@ -182,6 +193,7 @@ class ScyllaStore:
             self._session = await loop.run_in_executor(
                 None, self._cluster.connect, self._config.keyspace
             )
+            await asyncio.gather(*(self._statement(cql) for cql in PREPARED_AT_OPEN))
         except Exception as exc:
             if self._cluster is not None:
                 self._cluster.shutdown()
@@ -247,16 +259,12 @@ class ScyllaStore:
     async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
         """Rows are clustered by millisecond (all a timestamp holds); the summaries carry
         the microseconds that order them, so a millisecond is read whole or not at all."""
-        select = "SELECT last_activity, conversation_id, summary FROM user_conversations"
         want = limit + 1
         while True:
             if after is None:
-                rows = await self._query(select + " WHERE user_id = ? LIMIT ?", (user_id, want))
+                rows = await self._query(_OWNED, (user_id, want))
             else:
-                rows = await self._query(
-                    select + " WHERE user_id = ? AND last_activity <= ? LIMIT ?",
-                    (user_id, after[0] // 1000, want),
-                )
+                rows = await self._query(_OWNED_AFTER, (user_id, after[0] // 1000, want))
             full = len(rows) == want
             if full:  # the last millisecond read may go on past the limit
                 rows = [row for row in rows if row[0] != rows[-1][0]]
@@ -269,20 +277,13 @@ class ScyllaStore:
             want *= 4
 
     async def shared(self, user_id: str) -> list[tuple[Conversation, str]]:
-        held = await self._query(
-            "SELECT conversation_id, permission FROM shared_conversations WHERE user_id = ?",
-            (user_id,),
-        )
+        held = await self._query(_SHARED, (user_id,))
         permissions: dict[str, str | None] = dict(held)
         ids = list(permissions)
         chunks = [ids[i : i + 100] for i in range(0, len(ids), 100)]
         pages = await asyncio.gather(
             *(
-                self._query(
-                    "SELECT conversation_id, summary FROM conversation_activity"
-                    " WHERE conversation_id IN ?",
-                    (chunk,),
-                )
+                self._query(_SUMMARIES, (chunk,))
                 for chunk in chunks
             )
         )
