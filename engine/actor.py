@@ -77,6 +77,9 @@ class NewConversation:
     is_public: bool = False
     fork_from: tuple[str, str | None] | None = None  # (conversation, message or None)
     copied: Sequence[Message] = ()
+    is_favorite: bool = False
+    tags: tuple[str, ...] = ()
+    expires_at: datetime | None = None
 
     def created(self) -> Created:
         """The creation event: a new row, its root message, the copies re-numbered."""
@@ -95,6 +98,9 @@ class NewConversation:
             fork_from_message_id=self.fork_from[1] if self.fork_from else None,
             message_count=1 + len(self.copied),
             version=1,
+            is_favorite=self.is_favorite,
+            tags=self.tags,
+            expires_at=self.expires_at,
         )
         root = Message(root_id, None, "root", root_content(meta), {}, at, self.created_by, 1, 0)
         # Copies get their own seq; the old root's children hang on the new root.
@@ -103,6 +109,25 @@ class NewConversation:
             for seq, node in enumerate(self.copied, start=1)
         ]
         return Created(meta, messages)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """What a PATCH sets; None leaves a field as it is (`clears_expiry`: no expiry)."""
+
+    title: str | None = None
+    description: str | None = None
+    is_favorite: bool | None = None
+    archived: bool | None = None
+    tags: tuple[str, ...] | None = None
+    expires_at: datetime | None = None
+    clears_expiry: bool = False
+
+    def event(self) -> Updated:
+        return Updated(
+            now(), self.title, self.description, None, self.is_favorite, self.archived,
+            self.tags, self.expires_at, self.clears_expiry,
+        )  # fmt: skip
 
 
 class Passivated(Exception):
@@ -117,13 +142,34 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def gone(meta: Conversation) -> bool:
+    """Deleted, or past its expiry: then it answers NotFound to every read and write."""
+    return meta.deleted or (meta.expires_at is not None and meta.expires_at <= now())
+
+
+# Told of every applied mutation: the row before (None for a creation), after, the event.
+Observer = Callable[[Conversation | None, Conversation, Event], None]
+
+
+def _unobserved(before: Conversation | None, after: Conversation, event: Event) -> None:
+    pass
+
+
 class ConversationActor:
-    __slots__ = ("id", "state", "_journal", "_flusher", "_config", "_lock", "_seq", "closed")
+    __slots__ = (
+        "id", "state", "_journal", "_flusher", "_config", "_observe", "_lock", "_seq", "closed",
+    )  # fmt: skip
 
     def __init__(
-        self, state: ConversationState, journal: Journal, flusher: Flusher, config: ActorConfig
+        self,
+        state: ConversationState,
+        journal: Journal,
+        flusher: Flusher,
+        config: ActorConfig,
+        observe: Observer = _unobserved,
     ) -> None:
         self.id = state.meta.conversation_id
+        self._observe = observe
         self.state = state
         self._journal = journal
         self._flusher = flusher
@@ -271,6 +317,13 @@ class ConversationActor:
             await self._commit(Updated(now(), title, description, is_public))
             return self.meta
 
+    async def patch(self, principal: Principal, patch: Patch) -> Conversation:
+        async with self._lock:
+            self._check_open()
+            self.require(principal, OWNER, "updating a conversation")
+            await self._commit(patch.event())
+            return self.meta
+
     async def delete(self, principal: Principal) -> None:
         async with self._lock:
             self._check_open()
@@ -342,7 +395,7 @@ class ConversationActor:
     def _check_open(self) -> None:
         if self.closed:
             raise Passivated(self.id)
-        if self.meta.deleted:
+        if gone(self.meta):
             raise NotFound(f"conversation {self.id} not found")
 
     def _check_leaf(self, leaf_id: str) -> None:
@@ -355,8 +408,14 @@ class ConversationActor:
         await commit(
             self._journal, self._flusher, self._config.durability,
             Record(self.id, seq, event, prev=self.state.version),
-            lambda changes: self.state.apply(seq, event, changes),
+            lambda changes: self.apply(seq, event, changes),
         )  # fmt: skip
+
+    def apply(self, seq: int, event: Event, changes: Changes) -> None:
+        """Apply a journaled event to the state (live or replayed) and tell the observer."""
+        before = self.state.meta
+        self.state.apply(seq, event, changes)
+        self._observe(before, self.state.meta, event)
 
 
 async def commit(

@@ -81,3 +81,26 @@ def normalize(content: dict[str, Any]) -> bytes:
         except msgspec.ValidationError as exc:
             raise InvalidInput(f"content ({kind}): {exc}") from None
     return _encode(content)
+
+
+PREVIEW_CHARS = 200  # of a text message, in a conversation's `last_message`
+
+
+class _Kind(msgspec.Struct):
+    type: str
+    text: Any = None  # other fields are skipped unread
+
+
+_kind = msgspec.json.Decoder(_Kind).decode
+
+
+def preview(content: bytes) -> str | None:
+    """What a sidebar shows of a message: the first characters of a text, a placeholder
+    such as `[image]` for another type; None for the root's metadata."""
+    try:
+        kind = _kind(content)
+    except msgspec.DecodeError:  # stored content is canonical JSON: only damage gets here
+        return None
+    if kind.type == "text" and isinstance(kind.text, str):
+        return kind.text[:PREVIEW_CHARS]
+    return None if kind.type == "metadata" else f"[{kind.type}]"

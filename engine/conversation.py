@@ -13,6 +13,7 @@ import msgspec
 from msgspec.structs import replace
 
 from engine.budget import CONVERSATION_BYTES, ROW_BYTES, message_bytes
+from engine.content import preview
 from engine.tree import MessageTree
 from persistence.records import (
     Appended,
@@ -68,7 +69,10 @@ class ConversationState:
 
     @classmethod
     def from_created(cls, seq: int, event: Created, changes: Changes) -> ConversationState:
-        state = cls(replace(event.conversation, version=seq), event.messages, [], [])
+        meta = replace(event.conversation, version=seq)
+        if len(event.messages) > 1:  # a fork: its newest copied message
+            meta = replace(meta, last_message=preview(event.messages[-1].content))
+        state = cls(meta, event.messages, [], [])
         changes.messages.update((m.message_id, m) for m in event.messages)
         changes.nbytes += sum(len(m.content) + _ROW_BYTES for m in event.messages)
         state._record(changes)
@@ -116,7 +120,10 @@ class ConversationState:
                 changes.messages[node.message_id] = node
                 changes.nbytes += len(node.content)
                 meta = replace(
-                    meta, message_count=meta.message_count + 1, updated_at=node.created_at
+                    meta,
+                    message_count=meta.message_count + 1,
+                    updated_at=node.created_at,
+                    last_message=preview(node.content),
                 )
                 if branch_id is not None:
                     self._set_branch(
@@ -129,16 +136,17 @@ class ConversationState:
                     )
             case Updated(at=at, title=title, description=description, is_public=is_public):
                 meta = replace(
-                    meta,
+                    updated(meta, event),
                     title=meta.title if title is None else title,
                     description=meta.description if description is None else description,
                     is_public=meta.is_public if is_public is None else is_public,
                     updated_at=at,
                 )
-                root = replace(tree.root, content=root_content(meta))
-                self._message_bytes += len(root.content) - len(tree.root.content)
-                tree.replace(root)
-                changes.messages[root.message_id] = root
+                if (title, description, is_public) != (None, None, None):  # the root shows them
+                    root = replace(tree.root, content=root_content(meta))
+                    self._message_bytes += len(root.content) - len(tree.root.content)
+                    tree.replace(root)
+                    changes.messages[root.message_id] = root
             case Deleted(at=at):
                 meta = replace(meta, deleted=True, updated_at=at)
             case BranchSet(branch=branch):
@@ -167,6 +175,18 @@ class ConversationState:
     def _record(self, changes: Changes) -> None:
         changes.conversation = self.meta
         changes.version = self.meta.version
+
+
+def updated(meta: Conversation, event: Updated) -> Conversation:
+    """The session fields an update sets (favorite, archived, tags, expiry)."""
+    expires_at = None if event.clears_expiry else event.expires_at or meta.expires_at
+    return replace(
+        meta,
+        is_favorite=meta.is_favorite if event.is_favorite is None else event.is_favorite,
+        archived=meta.archived if event.archived is None else event.archived,
+        tags=meta.tags if event.tags is None else event.tags,
+        expires_at=expires_at,
+    )
 
 
 def root_content(meta: Conversation) -> bytes:

@@ -30,10 +30,13 @@ from engine.actor import (
     NewMessage,
     Passivated,
     commit,
+    gone,
 )
 from engine.budget import default_max_hot_bytes
 from engine.conversation import ConversationState
 from engine.errors import CanopyError, Forbidden, NotFound, Unavailable
+from engine.moves import ActivityMoves
+from engine.sidebar import Filters, HotListing, Page, Sidebar
 from persistence.background import Backoff, Throttled
 from persistence.flusher import Flusher
 from persistence.journal import Entry, Journal, JournalError
@@ -82,6 +85,8 @@ class Registry:
         # an actor's count changed, so they stay exact however mutations interleave.
         self._counted: dict[str, tuple[int, int]] = {}
         self._oversized: set[str] = set()  # hot actors kept beside the budget
+        self._sidebar = Sidebar(store, HotListing(), ActivityMoves())
+        flusher.watch_clean(self._sidebar.flushed)
         self.activations = 0
         self.passivations = 0
         self.oversized = 0  # times an oversized conversation was kept hot
@@ -145,7 +150,7 @@ class Registry:
         else:
             self._hot.move_to_end(conversation_id)
             self._touched[conversation_id] = time.monotonic()
-        if actor.meta.deleted:
+        if gone(actor.meta):
             raise NotFound(f"conversation {conversation_id} not found")
         return actor
 
@@ -270,16 +275,18 @@ class Registry:
         problem = actor.state.refuses(event)
         if problem is not None:
             return problem
-        state = actor.state
+        replaying = actor
 
         def apply(changes: Changes) -> None:
-            state.apply(record.seq, event, changes)
+            replaying.apply(record.seq, event, changes)
 
         self._flusher.record(record.conversation_id, apply)
         return None
 
     def _admit(self, state: ConversationState) -> ConversationActor:
-        actor = ConversationActor(state, self._journal, self._flusher, self._config.actor)
+        actor = ConversationActor(
+            state, self._journal, self._flusher, self._config.actor, self._sidebar.observe
+        )
         self._hot[actor.id] = actor
         self._touched[actor.id] = time.monotonic()
         self._count(actor)
@@ -303,7 +310,8 @@ class Registry:
         """What applies a creation event: admit the actor it makes."""
 
         def admit(changes: Changes) -> None:
-            self._admit(ConversationState.from_created(seq, event, changes))
+            actor = self._admit(ConversationState.from_created(seq, event, changes))
+            self._sidebar.observe(None, actor.meta, event)
 
         return admit
 
@@ -370,32 +378,15 @@ class Registry:
         """Conversations the user owns or was shared, most recently active first."""
         if not principal.may_list(user_id):
             raise Forbidden("permission_denied", "only that user or a service may list them")
-        listed, unlisted = self._unflushed_listing(user_id)
-        try:  # enough rows that `limit` remain once the unflushed removals are taken out
-            stored = await self._store.user_conversations(user_id, limit + len(unlisted))
-        except StoreError as exc:
-            raise Unavailable(f"store unavailable: {exc}") from None
-        activity = {cid: at for cid, at in stored if cid not in unlisted}
-        activity.update(listed)
-        ranked = sorted(activity.items(), key=lambda item: item[1], reverse=True)
-        return [conversation_id for conversation_id, _ in ranked[:limit]]
+        page = await self._sidebar.page(
+            Principal(user_id, "user"), Filters(archived=None), limit, None
+        )
+        return [item.meta.conversation_id for item in page.items]
 
-    def _unflushed_listing(self, user_id: str) -> tuple[dict[str, float], set[str]]:
-        """What the store's listing of the user does not know yet: the conversations it
-        shows (with their activity) and those it shows no more (deleted, revoked)."""
-        listed: dict[str, float] = {}
-        unlisted: set[str] = set()
-        for conversation_id, changes in self._flusher.pending():
-            actor = self._hot.get(conversation_id)  # dirty conversations are hot, unless
-            meta = actor.meta if actor is not None else changes.conversation  # passivating
-            if meta is None:
-                continue
-            shares = actor.state.shares if actor is not None else {}
-            if not meta.deleted and (user_id == meta.created_by or user_id in shares):
-                listed[conversation_id] = meta.updated_at.timestamp()
-            elif user_id == meta.created_by or user_id in shares or user_id in changes.shares:
-                unlisted.add(conversation_id)
-        return listed, unlisted
+    async def sidebar(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> Page:
+        return await self._sidebar.page(principal, filters, limit, cursor)
 
     # -- recovery, passivation, budget ----------------------------------------------------
 

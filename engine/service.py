@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 from engine.access import Principal
 from engine.actor import ConversationActor, NewConversation, NewMessage
+from engine.sidebar import Filters, Page
 from persistence.records import Message
 
 T = TypeVar("T")
@@ -69,4 +70,11 @@ class Conversations(Protocol):
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         """Ids of what the user owns or was shared, newest activity first; Forbidden
         unless the caller is that user or a service acting for no user."""
+        ...
+
+    async def sidebar(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> Page:
+        """One page of the caller's own and shared conversations, newest activity first;
+        `cursor` continues a listing (CursorExpired once it is too old)."""
         ...

@@ -16,9 +16,18 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from engine.access import BRANCH, READ, Level, Principal
-from engine.actor import ActorConfig, ConversationActor, NewConversation, NewMessage, commit
+from engine.actor import (
+    ActorConfig,
+    ConversationActor,
+    NewConversation,
+    NewMessage,
+    commit,
+    gone,
+)
 from engine.conversation import ConversationState
 from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from engine.moves import ActivityMoves
+from engine.sidebar import Filters, Page, Sidebar
 from persistence.flusher import Flusher
 from persistence.journal import NoJournal
 from persistence.keyed_lock import KeyedLock
@@ -37,6 +46,7 @@ class StoreBacked:
         self._journal = NoJournal()
         self._config = replace(config, durability="store")
         self._serialized = KeyedLock()  # read-modify-write of one conversation at a time
+        self._sidebar = Sidebar(store, None, ActivityMoves())  # writes go through: no overlay
 
     async def __aenter__(self) -> StoreBacked:
         return self
@@ -66,10 +76,13 @@ class StoreBacked:
 
         def apply(changes: Changes) -> None:
             created.append(ConversationState.from_created(1, event, changes))
+            self._sidebar.observe(None, created[0].meta, event)
 
         cid = event.conversation.conversation_id
         await commit(self._journal, self._flusher, "store", Record(cid, 1, event, prev=0), apply)
-        return ConversationActor(created[0], self._journal, self._flusher, self._config)
+        return ConversationActor(
+            created[0], self._journal, self._flusher, self._config, self._sidebar.observe
+        )
 
     # -- targeted reads --------------------------------------------------------------------------
 
@@ -104,17 +117,22 @@ class StoreBacked:
         return [node.message_id for node in path], children
 
     async def _check(self, principal: Principal, conversation_id: str) -> None:
-        """What a targeted read adds to see the caller's permission: the conversation
-        head (row and shares), when permissions apply at all."""
-        if principal.checked:
-            head = await _query(self._store.head(conversation_id))
-            _require(principal, conversation_id, head, READ)
+        """What a targeted read adds to see whether the conversation is there for the
+        caller (not deleted, not expired, visible): its head (row and shares)."""
+        _require(principal, conversation_id, await _query(self._store.head(conversation_id)), READ)
 
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         if not principal.may_list(user_id):
             raise Forbidden("permission_denied", "only that user or a service may list them")
-        stored = await _query(self._store.user_conversations(user_id, limit))
-        return [conversation_id for conversation_id, _ in stored]
+        page = await self._sidebar.page(
+            Principal(user_id, "user"), Filters(archived=None), limit, None
+        )
+        return [item.meta.conversation_id for item in page.items]
+
+    async def sidebar(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> Page:
+        return await self._sidebar.page(principal, filters, limit, cursor)
 
     # -- a targeted append -----------------------------------------------------------------------
 
@@ -137,18 +155,20 @@ class StoreBacked:
             return node, [n.message_id for n in actor.lineage(node.message_id)]
 
     def _actor(self, conversation_id: str, snapshot: Snapshot | None) -> ConversationActor:
-        if snapshot is None or snapshot.conversation.deleted:
+        if snapshot is None or gone(snapshot.conversation):
             raise NotFound(f"conversation {conversation_id} not found")
         state = ConversationState.from_snapshot(snapshot)
-        return ConversationActor(state, self._journal, self._flusher, self._config)
+        return ConversationActor(
+            state, self._journal, self._flusher, self._config, self._sidebar.observe
+        )
 
 
 def _require(
     principal: Principal, conversation_id: str, head: Snapshot | None, need: Level, what: str = ""
 ) -> Snapshot:
     """The conversation's head (no messages), if the caller may do this: NotFound if it is
-    unknown, deleted or not visible to them, Forbidden if they may not."""
-    if head is None or head.conversation.deleted:
+    unknown, deleted, expired or not visible to them, Forbidden if they may not."""
+    if head is None or gone(head.conversation):
         raise NotFound(f"conversation {conversation_id} not found")
     shares = {share.shared_with: share for share in head.shares}
     principal.require(head.conversation, shares, need, what)

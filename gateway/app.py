@@ -23,7 +23,16 @@ from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
-from gateway.keys import ACCOUNTS, CONVERSATIONS, EDGE, FLUSHER, LOGIN_LIMITER, RESPONSES, SENDER
+from gateway.keys import (
+    ACCOUNTS,
+    CONVERSATIONS,
+    DEFAULT_TTL,
+    EDGE,
+    FLUSHER,
+    LOGIN_LIMITER,
+    RESPONSES,
+    SENDER,
+)
 from gateway.login_limiter import LoginLimiter
 from gateway.openapi import build_on_startup
 from gateway.ratelimit import LIMITER, open_limiter, rate_limit_middleware
@@ -79,6 +88,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares.append(rate_limit_middleware(limiter))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[EDGE] = limits
+    app[DEFAULT_TTL] = settings.default_ttl_seconds
     app.on_response_prepare.append(drop_server_header)
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)

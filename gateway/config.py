@@ -70,6 +70,7 @@ class Settings:
     jwt_issuer: str = ""  # the `iss` tokens must carry, if set
     jwt_ttl_seconds: int = 3600  # lifetime of the tokens --accounts' login issues
     accounts: bool = False  # built-in accounts: /api/auth/register, login, me
+    default_ttl_seconds: int = 0  # a new conversation expires this long after creation; 0: never
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -204,6 +205,8 @@ _OPTIONS: dict[str, Option] = {
         "shared in Redis when the journal is there)", "off"),
     "cors_origins": Option(("CANOPY_CORS_ORIGINS",), str, "server",
         "browser origins allowed to call, comma separated, or *; preflights are answered", "none"),
+    "default_ttl_seconds": Option(("CANOPY_DEFAULT_TTL_SECONDS",), int, "storage",
+        "a new conversation expires this many seconds after creation; 0: never"),
     "jwt_secret": Option(("CANOPY_JWT_SECRET",), str, "auth",
         "HS256 secret of --auth jwt (at least 32 bytes); also signs --accounts' tokens",
         "none; with --accounts, generated once into the data dir"),
@@ -279,6 +282,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             raise ValueError(
                 f"{name} must be one of {', '.join(choices)}; got {getattr(settings, name)!r}"
             )
+    if settings.default_ttl_seconds < 0:
+        raise ValueError("default_ttl_seconds must be 0 (no expiry) or a number of seconds")
     if settings.fsync != "always":
         float(settings.fsync)
     modes = settings.auth_modes()

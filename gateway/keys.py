@@ -15,6 +15,7 @@ from persistence.flusher import Flusher
 
 ACCOUNTS = web.AppKey("accounts", Accounts)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+DEFAULT_TTL = web.AppKey("default_ttl_seconds", int)  # of a new conversation; 0: none
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)

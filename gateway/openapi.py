@@ -171,7 +171,8 @@ def document(app: web.Application, auth_modes: frozenset[str]) -> dict[str, Any]
     security = _security(auth_modes)
     if security is not None:
         doc["security"] = security
-    return doc
+    # As served: JSON values only (a default of () is [] on the wire)
+    return msgspec.json.decode(msgspec.json.encode(doc))  # type: ignore[no-any-return]
 
 
 def _types(described: list[tuple[str, str, Operation]]) -> list[Any]:

@@ -92,6 +92,7 @@ class Flusher:
         self._stored: dict[str, int] = {}  # versions stored since the last trim
         self._since_mark = False  # records were journaled after the newest mark
         self._appends: set[asyncio.Future[None]] = set()  # acked before the journal took them
+        self._clean_watchers: list[Callable[[str], None]] = []
         self.batches_written = 0
         self.messages_written = 0
 
@@ -168,6 +169,11 @@ class Flusher:
         finally:
             self._unflushed += found.nbytes - before
 
+    def watch_clean(self, watcher: Callable[[str], None]) -> None:
+        """Call `watcher(conversation_id)` whenever a conversation has nothing unflushed
+        left (the hot listing forgets what the store now knows)."""
+        self._clean_watchers.append(watcher)
+
     def check_capacity(self) -> None:
         if self.unflushed_bytes > self._config.max_unflushed_bytes:
             raise Backpressure(retry_after=max(1.0, self._backoff.delay()))
@@ -215,6 +221,9 @@ class Flusher:
             self.batches_written += 1
             self.messages_written += len(changes.messages)
             self._stored_at(conversation_id, changes.version)
+            if conversation_id not in self._dirty:
+                for watcher in self._clean_watchers:
+                    watcher(conversation_id)
 
     async def flush_all(self, retries: int = 0) -> bool:
         """Mark the journal, write every dirty conversation, trim: True once all is stored

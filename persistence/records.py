@@ -44,6 +44,15 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     message_count: int
     version: int  # seq of the last journal record applied
     deleted: bool = False
+    # Session fields (issue 11), trailing with defaults: rows written before still decode.
+    is_favorite: bool = False
+    archived: bool = False
+    tags: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+    last_message: str | None = None  # a preview of the newest message (engine.preview)
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 class Branch(msgspec.Struct, array_like=True, gc=False):
@@ -86,10 +95,18 @@ class Appended(msgspec.Struct, tag="a", array_like=True):
 
 
 class Updated(msgspec.Struct, tag="u", array_like=True):
+    """Fields set by PUT or PATCH; None leaves one as it is. The trailing fields came with
+    sessions (records journaled before them decode with the defaults)."""
+
     at: datetime
     title: str | None
     description: str | None
     is_public: bool | None
+    is_favorite: bool | None = None
+    archived: bool | None = None
+    tags: tuple[str, ...] | None = None
+    expires_at: datetime | None = None
+    clears_expiry: bool = False  # expires_at set to null: the conversation stays
 
 
 class Deleted(msgspec.Struct, tag="d", array_like=True):

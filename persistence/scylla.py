@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -39,7 +40,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 from persistence.accounts import Account, decode_account, encode_account
 from persistence.background import within
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
-from persistence.store import Changes, StoreError
+from persistence.store import Changes, Key, StoreError, activity_us, listing_key, rank
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +63,50 @@ TABLES = (
     """CREATE TABLE IF NOT EXISTS shares (
         conversation_id text, shared_with text, body blob,
         PRIMARY KEY (conversation_id, shared_with))""",
-    # An owner's conversations, most recent first; the lookup table finds the row to move.
+    # An owner's conversations, most recent first, each with its row (`summary`) so that
+    # a sidebar page is one range read; the lookup table finds the row to move.
     """CREATE TABLE IF NOT EXISTS user_conversations (
-        user_id text, last_activity timestamp, conversation_id text,
+        user_id text, last_activity timestamp, conversation_id text, summary blob,
         PRIMARY KEY (user_id, last_activity, conversation_id))
         WITH CLUSTERING ORDER BY (last_activity DESC, conversation_id ASC)""",
     """CREATE TABLE IF NOT EXISTS user_conversation_activity (
-        user_id text, conversation_id text, last_activity timestamp,
+        user_id text, conversation_id text, last_activity timestamp, expires_at timestamp,
         PRIMARY KEY (user_id, conversation_id))""",
     # Share holders' listings: written on share and revoke only, joined with the
-    # conversation's activity when listed (a share never costs a write per activity).
+    # conversation's activity row when listed (a share never costs a write per activity).
     """CREATE TABLE IF NOT EXISTS shared_conversations (
-        user_id text, conversation_id text, PRIMARY KEY (user_id, conversation_id))""",
+        user_id text, conversation_id text, permission text,
+        PRIMARY KEY (user_id, conversation_id))""",
     """CREATE TABLE IF NOT EXISTS conversation_activity (
-        conversation_id text PRIMARY KEY, last_activity timestamp)""",
+        conversation_id text PRIMARY KEY, last_activity timestamp, summary blob)""",
     # Built-in accounts: the email's row is claimed with a lightweight transaction (one
     # registration wins), then the account is also written under its user id.
     """CREATE TABLE IF NOT EXISTS accounts_by_email (
         email text PRIMARY KEY, user_id text, body blob)""",
     """CREATE TABLE IF NOT EXISTS accounts (user_id text PRIMARY KEY, body blob)""",
+    # Conversations with an expiry by time, spread over EXPIRY_SHARDS partitions: what
+    # the retention sweeper reads.
+    """CREATE TABLE IF NOT EXISTS expiring_conversations (
+        shard int, expires_at timestamp, conversation_id text,
+        PRIMARY KEY (shard, expires_at, conversation_id))""",
 )
+# Columns added since the tables were first made: keyspaces from before get them.
+ADDED_COLUMNS = (
+    ("user_conversations", "summary", "blob"),
+    ("user_conversation_activity", "expires_at", "timestamp"),
+    ("shared_conversations", "permission", "text"),
+    ("conversation_activity", "summary", "blob"),
+)
+EXPIRY_SHARDS = 16
+
+# The sidebar's queries, prepared when the store opens: a cold node's first page then
+# pays no prepare round trips (32 -> see docs/decisions.md).
+_OWNED_SELECT = "SELECT last_activity, conversation_id, summary FROM user_conversations"
+_OWNED = _OWNED_SELECT + " WHERE user_id = ? LIMIT ?"
+_OWNED_AFTER = _OWNED_SELECT + " WHERE user_id = ? AND last_activity <= ? LIMIT ?"
+_SHARED = "SELECT conversation_id, permission FROM shared_conversations WHERE user_id = ?"
+_SUMMARIES = "SELECT conversation_id, summary FROM conversation_activity WHERE conversation_id IN ?"
+PREPARED_AT_OPEN = (_OWNED, _OWNED_AFTER, _SHARED, _SUMMARIES)
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,10 @@ def migrate(config: ScyllaConfig) -> None:
         session.set_keyspace(config.keyspace)
         for statement in TABLES:
             session.execute(statement)
+        tables = cluster.metadata.keyspaces[config.keyspace].tables
+        for table, column, kind in ADDED_COLUMNS:
+            if column not in tables[table].columns:
+                session.execute(f"ALTER TABLE {table} ADD {column} {kind}")
     finally:
         cluster.shutdown()
 
@@ -168,6 +197,7 @@ class ScyllaStore:
             self._session = await loop.run_in_executor(
                 None, self._cluster.connect, self._config.keyspace
             )
+            await asyncio.gather(*(self._statement(cql) for cql in PREPARED_AT_OPEN))
         except Exception as exc:
             if self._cluster is not None:
                 self._cluster.shutdown()
@@ -230,36 +260,91 @@ class ScyllaStore:
         )
         return sorted((_message(row[0]) for row in rows), key=_by_seq)
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        owned_rows, shared_rows = await asyncio.gather(
-            self._query(
-                "SELECT conversation_id, last_activity FROM user_conversations"
-                " WHERE user_id = ? LIMIT ?",
-                (user_id, limit * 2),
-            ),
-            self._query(
-                "SELECT conversation_id FROM shared_conversations WHERE user_id = ?", (user_id,)
-            ),
-        )
-        seen = await self._activities([row[0] for row in shared_rows])
-        for conversation_id, activity in owned_rows:  # stale rows of a replay may repeat an id
-            seen.setdefault(conversation_id, _epoch(activity))
-        return sorted(seen.items(), key=lambda item: item[1], reverse=True)[:limit]
+    async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
+        """Rows are clustered by millisecond (all a timestamp holds); the summaries carry
+        the microseconds that order them, so a millisecond is read whole or not at all."""
+        want = limit + 1
+        while True:
+            if after is None:
+                rows = await self._query(_OWNED, (user_id, want))
+            else:
+                rows = await self._query(_OWNED_AFTER, (user_id, after[0] // 1000, want))
+            full = len(rows) == want
+            if full:  # the last millisecond read may go on past the limit
+                rows = [row for row in rows if row[0] != rows[-1][0]]
+            metas = await self._summaries([(cid, summary) for _, cid, summary in rows])
+            if after is not None:
+                metas = [m for m in metas if rank(listing_key(m)) > rank(after)]
+            if not full or len(metas) >= limit:
+                metas.sort(key=lambda m: rank(listing_key(m)))
+                return metas[:limit]
+            want *= 4
 
-    async def _activities(self, conversation_ids: list[str]) -> dict[str, float]:
-        """Last activity of each conversation that still has one (not deleted)."""
-        chunks = [conversation_ids[i : i + 100] for i in range(0, len(conversation_ids), 100)]
+    async def shared(self, user_id: str) -> list[tuple[Conversation, str]]:
+        held = await self._query(_SHARED, (user_id,))
+        permissions: dict[str, str | None] = dict(held)
+        ids = list(permissions)
+        chunks = [ids[i : i + 100] for i in range(0, len(ids), 100)]
+        pages = await asyncio.gather(*(self._query(_SUMMARIES, (chunk,)) for chunk in chunks))
+        metas = await self._summaries([row for page in pages for row in page])
+        unknown = [m.conversation_id for m in metas if permissions[m.conversation_id] is None]
+        if unknown:  # rows written before they carried the permission
+            permissions.update(await self._permissions(user_id, unknown))
+        return [(m, permissions[m.conversation_id] or "read") for m in metas]
+
+    async def conversations(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        ids = list(conversation_ids)
+        chunks = [ids[i : i + 100] for i in range(0, len(ids), 100)]
         pages = await asyncio.gather(
             *(
-                self._query(
-                    "SELECT conversation_id, last_activity FROM conversation_activity"
-                    " WHERE conversation_id IN ?",
-                    (chunk,),
-                )
+                self._query("SELECT body FROM conversations WHERE conversation_id IN ?", (chunk,))
                 for chunk in chunks
             )
         )
-        return {cid: _epoch(activity) for page in pages for cid, activity in page}
+        metas = (_conversation(row[0]) for page in pages for row in page)
+        return [meta for meta in metas if not meta.deleted]
+
+    async def expired(self, before: datetime, limit: int) -> list[str]:
+        shards = await asyncio.gather(
+            *(
+                self._query(
+                    "SELECT expires_at, conversation_id FROM expiring_conversations"
+                    " WHERE shard = ? AND expires_at <= ? LIMIT ?",
+                    (shard, before, limit),
+                )
+                for shard in range(EXPIRY_SHARDS)
+            )
+        )
+        due = sorted(tuple(row) for rows in shards for row in rows)
+        return [cid for _, cid in due[:limit]]
+
+    async def _summaries(self, rows: list[Any]) -> list[Conversation]:
+        """(conversation_id, summary) rows as conversations, in their order, each once;
+        rows written before they carried a summary are read from the conversation."""
+        missing = [cid for cid, summary in rows if summary is None]
+        found = {m.conversation_id: m for m in await self.conversations(missing)} if missing else {}
+        metas: dict[str, Conversation] = {}
+        for cid, summary in rows:  # a replay's stale rows may repeat an id: the first wins
+            meta = _conversation(summary) if summary is not None else found.get(cid)
+            if meta is not None and not meta.deleted:
+                metas.setdefault(cid, meta)
+        return list(metas.values())
+
+    async def _permissions(self, user_id: str, conversation_ids: list[str]) -> dict[str, str]:
+        found = await asyncio.gather(
+            *(
+                self._query(
+                    "SELECT body FROM shares WHERE conversation_id = ? AND shared_with = ?",
+                    (cid, user_id),
+                )
+                for cid in conversation_ids
+            )
+        )
+        return {
+            cid: _share(rows[0][0]).permission
+            for cid, rows in zip(conversation_ids, found, strict=True)
+            if rows
+        }
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -290,9 +375,15 @@ class ScyllaStore:
             if changes.conversation is not None:
                 statements.append(
                     (
-                        "INSERT INTO conversation_activity (conversation_id, last_activity)"
-                        " VALUES (?, ?) USING TIMESTAMP ?",
-                        (cid, changes.conversation.updated_at, _put(stamp)),
+                        "INSERT INTO conversation_activity"
+                        " (conversation_id, last_activity, summary) VALUES (?, ?, ?)"
+                        " USING TIMESTAMP ?",
+                        (
+                            cid,
+                            changes.conversation.updated_at,
+                            _encode(changes.conversation),
+                            _put(stamp),
+                        ),
                     )
                 )
         if changes.conversation is not None:
@@ -327,24 +418,30 @@ class ScyllaStore:
         return rows
 
     async def _list_for_owner(self, cid: str, changes: Changes, stamp: int) -> None:
-        """Move the conversation's row in its owner's listing (drop it once deleted)."""
+        """Move the conversation's row in its owner's listing and in the expiry index
+        (drop both once deleted)."""
         meta = changes.conversation
         assert meta is not None
         owner = meta.created_by
         old = await self._query(
-            "SELECT last_activity FROM user_conversation_activity"
+            "SELECT last_activity, expires_at FROM user_conversation_activity"
             " WHERE user_id = ? AND conversation_id = ?",
             (owner, cid),
         )
+        old_activity, old_expiry = old[0] if old else (None, None)
+        expires_at = None if meta.deleted else meta.expires_at
         statements: list[tuple[str, Sequence[Any]]] = []
-        if old and (meta.deleted or old[0][0] != meta.updated_at.replace(tzinfo=None)):
+        if old_activity is not None and (
+            meta.deleted or _ms(old_activity) != activity_us(meta.updated_at) // 1000
+        ):
             statements.append(
                 (
                     "DELETE FROM user_conversations USING TIMESTAMP ?"
                     " WHERE user_id = ? AND last_activity = ? AND conversation_id = ?",
-                    (_erase(stamp), owner, old[0][0], cid),
+                    (_erase(stamp), owner, old_activity, cid),
                 )
             )
+        statements += _expiry_rows(cid, old_expiry, expires_at, stamp)
         if meta.deleted:
             statements.append(
                 (
@@ -356,15 +453,16 @@ class ScyllaStore:
         else:
             statements += [
                 (
-                    "INSERT INTO user_conversations (user_id, last_activity, conversation_id)"
-                    " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                    (owner, meta.updated_at, cid, _put(stamp)),
+                    "INSERT INTO user_conversations"
+                    " (user_id, last_activity, conversation_id, summary) VALUES (?, ?, ?, ?)"
+                    " USING TIMESTAMP ?",
+                    (owner, meta.updated_at, cid, _encode(meta), _put(stamp)),
                 ),
                 (
                     "INSERT INTO user_conversation_activity"
-                    " (user_id, conversation_id, last_activity) VALUES (?, ?, ?)"
+                    " (user_id, conversation_id, last_activity, expires_at) VALUES (?, ?, ?, ?)"
                     " USING TIMESTAMP ?",
-                    (owner, cid, meta.updated_at, _put(stamp)),
+                    (owner, cid, meta.updated_at, expires_at, _put(stamp)),
                 ),
             ]
         await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
@@ -498,16 +596,37 @@ def _shared_rows(
             ))  # fmt: skip
         else:
             statements.append((
-                "INSERT INTO shared_conversations (user_id, conversation_id) VALUES (?, ?)"
-                " USING TIMESTAMP ?",
-                (user, cid, _put(stamp)),
+                "INSERT INTO shared_conversations (user_id, conversation_id, permission)"
+                " VALUES (?, ?, ?) USING TIMESTAMP ?",
+                (user, cid, share.permission, _put(stamp)),
             ))  # fmt: skip
     return statements
 
 
-def _epoch(activity: Any) -> float:
-    """A Cassandra timestamp (naive UTC datetime) as epoch seconds."""
-    return float(activity.replace(tzinfo=UTC).timestamp())
+def _expiry_rows(
+    cid: str, old: datetime | None, new: datetime | None, stamp: int
+) -> list[tuple[str, Sequence[Any]]]:
+    """Move the conversation in the expiry index from `old` (as stored) to `new`."""
+    shard = zlib.crc32(cid.encode()) % EXPIRY_SHARDS
+    statements: list[tuple[str, Sequence[Any]]] = []
+    if old is not None and (new is None or _ms(old) != activity_us(new) // 1000):
+        statements.append((
+            "DELETE FROM expiring_conversations USING TIMESTAMP ?"
+            " WHERE shard = ? AND expires_at = ? AND conversation_id = ?",
+            (_erase(stamp), shard, old, cid),
+        ))  # fmt: skip
+    if new is not None:
+        statements.append((
+            "INSERT INTO expiring_conversations (shard, expires_at, conversation_id)"
+            " VALUES (?, ?, ?) USING TIMESTAMP ?",
+            (shard, new, cid, _put(stamp)),
+        ))  # fmt: skip
+    return statements
+
+
+def _ms(stored: datetime) -> int:
+    """A Cassandra timestamp (naive UTC datetime) in milliseconds."""
+    return activity_us(stored.replace(tzinfo=UTC)) // 1000
 
 
 def _by_seq(message: Message) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ import msgspec
 
 from persistence.accounts import Account, decode_account, encode_account
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
-from persistence.store import Changes, StoreError
+from persistence.store import Changes, Key, StoreError, activity_us
 
 T = TypeVar("T")
 
@@ -50,18 +51,22 @@ CREATE TABLE IF NOT EXISTS shares (
     body BLOB NOT NULL,
     PRIMARY KEY (conversation_id, shared_with)
 ) WITHOUT ROWID;
--- The owner's listing row, moved on every activity: one per conversation, so it is
--- also where a share holder's listing finds the conversation's activity.
-CREATE TABLE IF NOT EXISTS user_conversations (
+-- The owner's listing row, moved on every activity (microseconds, as store.listing_key):
+-- one per conversation, so it is also where a share holder's listing finds it.
+CREATE TABLE IF NOT EXISTS sidebar (
     user_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
-    last_activity REAL NOT NULL,
+    activity INTEGER NOT NULL,
     PRIMARY KEY (user_id, conversation_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS user_conversations_by_conversation
-    ON user_conversations (conversation_id);
-CREATE INDEX IF NOT EXISTS user_conversations_by_activity
-    ON user_conversations (user_id, last_activity DESC);
+CREATE INDEX IF NOT EXISTS sidebar_by_activity ON sidebar (user_id, activity DESC, conversation_id);
+CREATE INDEX IF NOT EXISTS sidebar_by_conversation ON sidebar (conversation_id);
+-- Conversations with an expiry, for the retention sweeper.
+CREATE TABLE IF NOT EXISTS expiring (
+    conversation_id TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expiring_by_time ON expiring (expires_at);
 -- Share holders' listing rows: written on share and revoke only.
 CREATE TABLE IF NOT EXISTS shared_conversations (
     user_id TEXT NOT NULL,
@@ -108,8 +113,17 @@ class SQLiteStore:
     async def write(self, conversation_id: str, changes: Changes) -> None:
         await self._run(self._write, conversation_id, changes)
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        return await self._run(self._user_conversations, user_id, limit)
+    async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
+        return await self._run(self._owned, user_id, after, limit)
+
+    async def shared(self, user_id: str) -> list[tuple[Conversation, str]]:
+        return await self._run(self._shared, user_id)
+
+    async def conversations(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        return await self._run(self._conversations, list(conversation_ids))
+
+    async def expired(self, before: datetime, limit: int) -> list[str]:
+        return await self._run(self._expired, before.timestamp(), limit)
 
     async def head(self, conversation_id: str) -> Snapshot | None:
         return await self._run(self._head, conversation_id)
@@ -143,9 +157,12 @@ class SQLiteStore:
         # NORMAL loses nothing on a process crash in WAL mode; the journal covers power loss.
         db.execute("PRAGMA synchronous=NORMAL")
         legacy = _has_table(db, "user_conversations") and not _has_table(db, "shared_conversations")
+        unlisted = _has_table(db, "conversations") and not _has_table(db, "sidebar")
         db.executescript(_SCHEMA)
         if legacy:
             _move_share_rows(db)
+        if unlisted:
+            _fill_sidebar(db)
         self._db = db
 
     def _close(self) -> None:
@@ -280,12 +297,19 @@ class SQLiteStore:
         if changes.conversation is not None:  # the owner's row carries the activity
             meta = changes.conversation
             db.execute(
-                "INSERT OR REPLACE INTO user_conversations VALUES (?, ?, ?)",
-                (meta.created_by, cid, meta.updated_at.timestamp()),
+                "INSERT OR REPLACE INTO sidebar VALUES (?, ?, ?)",
+                (meta.created_by, cid, activity_us(meta.updated_at)),
             )
+            if meta.expires_at is None:
+                db.execute("DELETE FROM expiring WHERE conversation_id = ?", (cid,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO expiring VALUES (?, ?)",
+                    (cid, meta.expires_at.timestamp()),
+                )
 
     def _delete(self, cid: str) -> None:
-        tables = ("messages", "branches", "shares", "user_conversations", "shared_conversations")
+        tables = ("messages", "branches", "shares", "sidebar", "shared_conversations", "expiring")
         for table in tables:
             self._conn.execute(f"DELETE FROM {table} WHERE conversation_id = ?", (cid,))
 
@@ -305,24 +329,47 @@ class SQLiteStore:
         ).fetchone()
         return None if row is None else decode_account(row[0])
 
-    def _user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        """The user's own conversations by the activity index, and the shared ones joined
-        with their owner's row (which holds the activity), merged."""
-        db = self._conn
-        owned = db.execute(
-            "SELECT conversation_id, last_activity FROM user_conversations"
-            " WHERE user_id = ? ORDER BY last_activity DESC LIMIT ?",
-            (user_id, limit),
+    def _owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
+        """A range of the activity index, joined with those rows' conversations."""
+        ms, cid = after if after is not None else (2**62, "")
+        rows = self._conn.execute(
+            "SELECT c.body FROM sidebar s JOIN conversations c USING (conversation_id)"
+            " WHERE s.user_id = ?1 AND s.activity <= ?2"
+            " AND NOT (s.activity = ?2 AND s.conversation_id <= ?3)"
+            " ORDER BY s.activity DESC, s.conversation_id LIMIT ?4",
+            (user_id, ms, cid, limit),
         )
-        shared = db.execute(
-            "SELECT s.conversation_id, o.last_activity FROM shared_conversations s"
-            " JOIN user_conversations o ON o.conversation_id = s.conversation_id"
-            " WHERE s.user_id = ? ORDER BY o.last_activity DESC LIMIT ?",
-            (user_id, limit),
+        return [_conversation(body) for (body,) in rows]
+
+    def _shared(self, user_id: str) -> list[tuple[Conversation, str]]:
+        rows = self._conn.execute(
+            "SELECT c.body, h.body FROM shared_conversations s"
+            " JOIN conversations c ON c.conversation_id = s.conversation_id"
+            " JOIN shares h ON h.conversation_id = s.conversation_id AND h.shared_with = s.user_id"
+            " WHERE s.user_id = ? AND c.deleted = 0",
+            (user_id,),
         )
-        listed = dict(shared.fetchall())
-        listed.update(owned.fetchall())
-        return sorted(listed.items(), key=lambda item: item[1], reverse=True)[:limit]
+        return [(_conversation(meta), _share(share).permission) for meta, share in rows]
+
+    def _conversations(self, conversation_ids: list[str]) -> list[Conversation]:
+        found: list[Conversation] = []
+        for start in range(0, len(conversation_ids), 500):  # under SQLite's variable limit
+            chunk = conversation_ids[start : start + 500]
+            rows = self._conn.execute(
+                "SELECT body FROM conversations WHERE deleted = 0 AND conversation_id IN"
+                f" ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found += [_conversation(body) for (body,) in rows]
+        return found
+
+    def _expired(self, before: float, limit: int) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT conversation_id FROM expiring WHERE expires_at <= ?"
+            " ORDER BY expires_at LIMIT ?",
+            (before, limit),
+        )
+        return [cid for (cid,) in rows]
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -343,4 +390,18 @@ def _move_share_rows(db: sqlite3.Connection) -> None:
     db.executemany(
         "DELETE FROM user_conversations WHERE user_id = ? AND conversation_id = ?", moved
     )
+    db.execute("COMMIT")
+
+
+def _fill_sidebar(db: sqlite3.Connection) -> None:
+    """Data from before the sidebar index: list every conversation for its owner once
+    (no row had an expiry then), and drop the float-seconds index it replaces."""
+    metas = [_conversation(body) for (body,) in db.execute("SELECT body FROM conversations")]
+    live = [meta for meta in metas if not meta.deleted]
+    db.execute("BEGIN")
+    db.executemany(
+        "INSERT OR REPLACE INTO sidebar VALUES (?, ?, ?)",
+        [(m.created_by, m.conversation_id, activity_us(m.updated_at)) for m in live],
+    )
+    db.execute("DROP TABLE IF EXISTS user_conversations")
     db.execute("COMMIT")

@@ -1,19 +1,40 @@
 """The Store protocol: where flushed conversation state lives durably.
 
 Every backend (SQLite embedded, ScyllaDB/Cassandra) implements it and runs the same
-contract suite. The hot tier needs only `load`, `write` and `user_conversations`; the
-targeted queries serve the store-backed mode (`--cache off`) the benchmarks compare
-with. Writes are idempotent upserts of one conversation's coalesced changes, so
-replaying a journal after a crash can never do harm.
+contract suite. The hot tier needs `load`, `write` and the listing queries (`owned`,
+`shared`, `conversations`, `expired`); the targeted queries serve the store-backed mode
+(`--cache off`) the benchmarks compare with. Writes are idempotent upserts of one
+conversation's coalesced changes, so replaying a journal after a crash can never do harm.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from persistence.accounts import Account
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
+
+# Where a conversation stands in a listing: (activity in microseconds, id). Listings run
+# newest activity first, ties by id ascending; every tier orders by exactly these.
+Key = tuple[int, str]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def activity_us(at: datetime) -> int:
+    return (at - _EPOCH) // _US
+
+
+def listing_key(meta: Conversation) -> Key:
+    return activity_us(meta.updated_at), meta.conversation_id
+
+
+def rank(key: Key) -> tuple[int, str]:
+    """A key as Python sorts it: ascending rank is listing order."""
+    return -key[0], key[1]
 
 
 class StoreError(Exception):
@@ -66,8 +87,23 @@ class Store(Protocol):
         """Apply one conversation's changes atomically enough to be retried whole."""
         ...
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        """(conversation_id, last activity as epoch seconds), most recent first."""
+    async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
+        """Up to `limit` of the user's own conversations (not deleted) in listing order
+        (`listing_key`), those strictly after `after`; their rows as last flushed."""
+        ...
+
+    async def shared(self, user_id: str) -> list[tuple[Conversation, str]]:
+        """Every conversation shared with the user (not deleted), with the share's
+        permission, in no particular order."""
+        ...
+
+    async def conversations(self, conversation_ids: Sequence[str]) -> list[Conversation]:
+        """The rows of these conversations (those that exist and are not deleted)."""
+        ...
+
+    async def expired(self, before: datetime, limit: int) -> list[str]:
+        """Up to `limit` conversations whose `expires_at` is at or before `before`, the
+        oldest expiry first: what a retention sweeper removes."""
         ...
 
     # Targeted queries: what a store-backed service (`--cache off`) asks per request.

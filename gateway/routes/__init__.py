@@ -10,14 +10,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.router import SegmentRouter
-from gateway.routes import auth, branches, conversations, docs, forks, health, messages, shares
+from gateway.routes import (
+    auth,
+    branches,
+    conversations,
+    docs,
+    forks,
+    health,
+    messages,
+    sessions,
+    shares,
+)
 
 CONVERSATIONS = "/api/v1/conversations"
 
 
 def add_routes(app: web.Application) -> None:
     api = SegmentRouter(CONVERSATIONS)
-    for module in (messages, conversations, branches, forks, shares, health, docs, auth):
+    for module in (messages, conversations, sessions, branches, forks, shares, health, docs, auth):
         for route in module.routes:
             assert isinstance(route, web.RouteDef), route
             add = api.add if api.covers(route.path) else app.router.add_route

@@ -6,32 +6,37 @@ from aiohttp import web
 
 from engine.actor import ConversationActor, NewConversation
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import CONVERSATIONS, PRINCIPAL
+from gateway.keys import CONVERSATIONS, DEFAULT_TTL, PRINCIPAL
 from gateway.listings import answer_cached, tree_listing
 from gateway.openapi import describe
 from gateway.paging import page_of
 from gateway.responses import Listing
+from gateway.routes.sessions import expiry
 from gateway.schemas import (
     CompactTreeOut,
     ConversationOut,
-    CreateConversation,
     Deleted,
     TreeOut,
     UpdateConversation,
     conversation_out,
 )
+from gateway.session_schemas import CreateSession
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations"
 
 
 @routes.post(BASE)
-@describe("Create a conversation", body=CreateConversation, response=ConversationOut)
+@describe("Create a conversation", body=CreateSession, response=ConversationOut)
 async def create(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    body = await read_body(request, CreateConversation)
+    body = await read_body(request, CreateSession)
     author = principal.author(body.created_by)
-    new = NewConversation(body.title, author, body.description, body.is_public)
+    new = NewConversation(
+        body.title, author, body.description, body.is_public,
+        is_favorite=body.is_favorite, tags=body.tags,
+        expires_at=expiry(body.expires_at, body.ttl_seconds, request.app[DEFAULT_TTL]),
+    )  # fmt: skip
     actor = await request.app[CONVERSATIONS].create(principal, new)
     return json_response(conversation_out(actor.meta))
 

@@ -12,9 +12,9 @@ import pytest
 from engine.access import ANONYMOUS
 from engine.actor import ConversationActor, NewMessage
 from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
-from persistence.records import Snapshot
+from persistence.records import Conversation, Snapshot
 from persistence.sqlite import SQLiteStore
-from persistence.store import Changes, Store
+from persistence.store import Changes, Key, Store
 from tests.waiting import until
 
 if TYPE_CHECKING:
@@ -48,8 +48,11 @@ class GatedStore:
         await self.gate.wait()
         await self.inner.write(conversation_id, changes)
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        return await self.inner.user_conversations(user_id, limit)
+    async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
+        return await self.inner.owned(user_id, after, limit)
+
+    async def shared(self, user_id: str) -> list[tuple[Conversation, str]]:
+        return await self.inner.shared(user_id)
 
 
 # -- creation and reads -----------------------------------------------------------------

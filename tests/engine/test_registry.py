@@ -413,8 +413,8 @@ async def test_an_append_to_a_widely_shared_conversation_writes_no_share_rows(
     assert await engine.registry.user_conversations(ANONYMOUS, "user7", 10) == [actor.id]
     await engine.say(actor.id, actor.meta.root_id)  # the shared one is active again
     assert await engine.flusher.flush_all()
-    assert await engine.sqlite.user_conversations("user7", 10) == [
-        (actor.id, actor.meta.updated_at.timestamp())
+    assert [(m.conversation_id, m.updated_at) for m, _ in await engine.sqlite.shared("user7")] == [
+        (actor.id, actor.meta.updated_at)
     ]
     assert other.id not in await engine.registry.user_conversations(ANONYMOUS, "user7", 10)
 

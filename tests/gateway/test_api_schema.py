@@ -51,23 +51,28 @@ def node_url(
         stderr=subprocess.STDOUT,
     )
     assert process.stdout is not None
-    seen: list[bytes] = []
-    for line in process.stdout:  # ends if the node exits
-        seen.append(line)
-        if b"Running on" in line:
-            break
-    else:
-        raise AssertionError(f"node exited before serving: {b''.join(seen)!r}")
     output = process.stdout
-    drain = threading.Thread(target=output.read)  # keeps the pipe from filling up
-    drain.start()
-    base = f"http://127.0.0.1:{port}"
-    assert requests.get(base + "/openapi.json", timeout=30).json() == DOCUMENT
-    yield base
-    process.terminate()
-    assert process.wait(timeout=60) == 0
-    drain.join()  # ends at the pipe's end, once the node has exited
-    output.close()
+    # daemon: a failed setup must not leave the run waiting on it
+    drain = threading.Thread(target=output.read, daemon=True)  # keeps the pipe from filling
+    try:
+        seen: list[bytes] = []
+        for line in output:  # ends if the node exits
+            seen.append(line)
+            if b"Running on" in line:
+                break
+        else:
+            raise AssertionError(f"node exited before serving: {b''.join(seen)!r}")
+        drain.start()
+        base = f"http://127.0.0.1:{port}"
+        assert requests.get(base + "/openapi.json", timeout=30).json() == DOCUMENT
+        yield base
+    finally:
+        process.terminate()
+        code = process.wait(timeout=60)
+        if drain.is_alive():
+            drain.join()  # ends at the pipe's end, once the node has exited
+        output.close()
+    assert code == 0
 
 
 # The document the node serves, built here the same way so that the cases can be made

@@ -465,8 +465,8 @@ async def test_unknown_route(node: Node, world: World, path: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("PATCH", "/api/v1/conversations/{cid}", {"GET", "PUT", "DELETE"}),
-        ("DELETE", "/api/v1/conversations", {"POST"}),
+        ("POST", "/api/v1/conversations/{cid}", {"GET", "PUT", "PATCH", "DELETE"}),
+        ("DELETE", "/api/v1/conversations", {"GET", "POST"}),
         ("POST", "/api/v1/conversations/{cid}/tree", {"GET"}),
         ("PUT", "/api/v1/conversations/{cid}/messages/{mid}", {"GET"}),
         ("GET", "/api/v1/conversations/{cid}/share", {"POST"}),

@@ -168,9 +168,11 @@ embedded = pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # st
 
 
 async def spend(node: Node, n: int, **headers: str) -> list[int]:
+    """`n` requests any caller may make: listing their own conversations (200)."""
+    user = headers.get("X-Canopy-User", "alice")
     statuses = []
     for _ in range(n):
-        status, _ = await node.request("GET", f"{API}/users/alice/conversations", headers=headers)
+        status, _ = await node.request("GET", f"{API}/users/{user}/conversations", headers=headers)
         statuses.append(status)
     return statuses
 

@@ -16,9 +16,9 @@ from msgspec.structs import replace
 
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
-from persistence.records import Message, Snapshot
+from persistence.records import Conversation, Message, Snapshot
 from persistence.sqlite import SQLiteStore
-from persistence.store import Changes, StoreError
+from persistence.store import Changes, Key, StoreError
 from tests.waiting import until
 
 if TYPE_CHECKING:
@@ -45,8 +45,11 @@ class ScriptedStore:
     async def load(self, conversation_id: str) -> Snapshot | None:
         return await self.inner.load(conversation_id)
 
-    async def user_conversations(self, user_id: str, limit: int) -> list[tuple[str, float]]:
-        return await self.inner.user_conversations(user_id, limit)
+    async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
+        return await self.inner.owned(user_id, after, limit)
+
+    async def shared(self, user_id: str) -> list[tuple[Conversation, str]]:
+        return await self.inner.shared(user_id)
 
     def hold(self, conversation_id: str) -> asyncio.Event:
         """Hold the conversation's writes until the returned event is set."""

@@ -41,7 +41,7 @@ def test_migrate_is_idempotent_and_creates_every_table() -> None:
         assert tables == {
             "conversations", "messages", "branches", "shares",
             "user_conversations", "user_conversation_activity", "shared_conversations",
-            "conversation_activity",
+            "conversation_activity", "expiring_conversations", "accounts", "accounts_by_email",
         }  # fmt: skip
         replication = session.execute(
             "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)

@@ -10,7 +10,7 @@ from msgspec.structs import replace
 
 from persistence.accounts import Account
 from persistence.records import Snapshot
-from persistence.store import Store
+from persistence.store import Store, listing_key, rank
 
 if TYPE_CHECKING:
     from conftest import Rows
@@ -41,12 +41,15 @@ async def load(store: Store, cid: str) -> Snapshot:
 
 
 async def listing(store: Store, user: str, limit: int = 100) -> list[str]:
-    return [cid for cid, _ in await store.user_conversations(user, limit)]
+    """The user's own and shared conversations, in listing order."""
+    metas = await store.owned(user, None, limit) + [m for m, _ in await store.shared(user)]
+    return [key[1] for key in sorted({listing_key(m) for m in metas}, key=rank)][:limit]
 
 
 async def test_load_of_unknown_conversation_is_none(store: Store) -> None:
     assert await store.load("unknown") is None
-    assert await store.user_conversations("nobody", 10) == []
+    assert await store.owned("nobody", None, 10) == []
+    assert await store.shared("nobody") == []
 
 
 async def test_written_changes_load_back(store: Store, rows: Rows) -> None:
@@ -139,10 +142,10 @@ async def test_listing_is_most_recent_first_and_limited(store: Store, rows: Rows
         seconds = {"old": 10, "middle": 20, "newest": 30}[cid]
         conversation = rows.conversation(cid, version=n + 1, updated_at=rows.at(seconds))
         await store.write(cid, rows.changes(conversation, (rows.message(f"{cid}-root", None, 0),)))
-    assert await store.user_conversations("alice", 10) == [
-        ("newest", rows.at(30).timestamp()),
-        ("middle", rows.at(20).timestamp()),
-        ("old", rows.at(10).timestamp()),
+    assert [(m.conversation_id, m.updated_at) for m in await store.owned("alice", None, 10)] == [
+        ("newest", rows.at(30)),
+        ("middle", rows.at(20)),
+        ("old", rows.at(10)),
     ]
     assert await listing(store, "alice", 2) == ["newest", "middle"]
     assert await listing(store, "bob") == []
@@ -178,10 +181,10 @@ async def test_writing_the_same_changes_twice_is_idempotent(store: Store, rows: 
     )
     await store.write("c1", changes)
     once = await load(store, "c1")
-    listed = await store.user_conversations("bob", 10)
+    listed = await store.shared("bob")
     await store.write("c1", changes)
     assert await load(store, "c1") == once
-    assert await store.user_conversations("bob", 10) == listed
+    assert await store.shared("bob") == listed
     assert len(once.messages) == 2
 
 
@@ -266,3 +269,64 @@ async def test_an_email_has_one_account_however_many_register_at_once(store: Sto
     assert await store.account_by_email("same@example.com") == winner
     for loser in (a for a, ok in zip(contenders, won, strict=True) if not ok):
         assert await store.account(loser.user_id) is None
+
+
+# -- the sidebar's index and the expiry index -------------------------------------------------
+
+
+async def test_owned_pages_by_activity_then_id(store: Store, rows: Rows) -> None:
+    stamps = {"a": 30, "b": 20, "c": 20, "d": 10}  # b and c tie: ids ascending
+    for cid, seconds in stamps.items():
+        await store.write(cid, rows.changes(rows.conversation(cid, updated_at=rows.at(seconds))))
+    first = await store.owned("alice", None, 2)
+    assert [m.conversation_id for m in first] == ["a", "b"]
+    rest = await store.owned("alice", listing_key(first[-1]), 10)
+    assert [m.conversation_id for m in rest] == ["c", "d"]
+    assert await store.owned("alice", listing_key(rest[-1]), 10) == []
+    assert rest[0] == rows.conversation("c", updated_at=rows.at(20))  # the row itself
+
+
+async def test_session_fields_round_trip(store: Store, rows: Rows) -> None:
+    meta = rows.conversation(
+        "c1", is_favorite=True, archived=True, tags=("a", "b"), expires_at=rows.at(99),
+        last_message="hi",
+    )  # fmt: skip
+    await store.write("c1", rows.changes(meta))
+    assert (await load(store, "c1")).conversation == meta
+    assert await store.owned("alice", None, 10) == [meta]
+    assert await store.conversations(["c1", "unknown"]) == [meta]
+
+
+async def test_shared_lists_each_holder_with_the_permission(store: Store, rows: Rows) -> None:
+    await full(store, rows)
+    held = {user: await store.shared(user) for user in ("bob", "carol", "alice")}
+    assert [(m.conversation_id, p) for m, p in held["bob"]] == [("c1", "read")]
+    assert [(m.conversation_id, p) for m, p in held["carol"]] == [("c1", "fork")]
+    assert held["alice"] == []
+
+
+async def test_expired_finds_what_expires_first_and_follows_changes(
+    store: Store, rows: Rows
+) -> None:
+    for cid, seconds in (("late", 300), ("soon", 100), ("never", None), ("gone", 50)):
+        expires = None if seconds is None else rows.at(seconds)
+        await store.write(cid, rows.changes(rows.conversation(cid, expires_at=expires)))
+    assert await store.expired(rows.at(1000), 10) == ["gone", "soon", "late"]
+    assert await store.expired(rows.at(200), 1) == ["gone"]
+    assert await store.expired(rows.at(10), 10) == []
+    moved = rows.conversation("soon", version=2, expires_at=rows.at(500))
+    await store.write("soon", rows.changes(moved))
+    cleared = rows.conversation("late", version=2, expires_at=None)
+    await store.write("late", rows.changes(cleared))
+    deleted = rows.conversation("gone", version=2, deleted=True)
+    await store.write("gone", rows.changes(deleted))
+    assert await store.expired(rows.at(1000), 10) == ["soon"]
+
+
+async def test_a_delete_removes_the_rows_targeted_reads_find(store: Store, rows: Rows) -> None:
+    written = await full(store, rows)
+    await store.write("c1", rows.changes(replace(written.conversation, version=6, deleted=True)))
+    assert await store.lineage("c1", "a") == []
+    assert await store.children("c1", "c1-root") == []
+    assert await store.conversations(["c1"]) == []
+    assert await store.shared("bob") == [] and await store.owned("alice", None, 10) == []

@@ -1,0 +1,357 @@
+"""The sidebar: a user's own and shared conversations, newest activity first, in pages.
+
+Served from the store's listing index (`Store.owned`, `Store.shared`) corrected by
+what it does not know yet, never by activating actors or walking every dirty
+conversation:
+
+- `HotListing`, maintained at each mutation: the newest row of every conversation with
+  unflushed changes (kept `GRACE_SECONDS` after its flush, longer than any store read
+  that started before it), per user the ones they own among those, and the share
+  holders added or removed. A user's listing looks only at their own entries.
+- `ActivityMoves` (engine/moves.py): where conversations stood before they moved, so
+  that a cursor's later pages list the order as of its first page: nothing is lost or
+  repeated while messages arrive (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from engine.access import Principal
+from engine.actor import gone
+from engine.errors import CanopyError, InvalidInput, Unavailable
+from engine.moves import ActivityMoves, NotMoved
+from persistence.records import Conversation, Event, ShareRevoked, ShareSet
+from persistence.store import Key, Store, StoreError, listing_key, rank
+
+GRACE_SECONDS = 10.0  # over the store's request timeout (5 s): no read outlives it
+# A first page's store reads are reused this long (under GRACE_SECONDS: whatever the hot
+# listing forgot since was flushed before those reads began), for this many users.
+FIRST_READS_SECONDS = 5.0
+FIRST_READS_USERS = 1000
+OWNER = "owner"
+
+
+class CursorExpired(CanopyError):
+    status = 400
+    code = "cursor_expired"
+
+
+class InvalidCursor(CanopyError):
+    status = 400
+    code = "invalid_cursor"
+
+
+@dataclass(frozen=True)
+class Filters:
+    favorite: bool = False  # True: favorites only
+    archived: bool | None = False  # None: archived or not
+    tag: str | None = None
+    q: str | None = None  # a title substring, any case
+
+    def admits(self, meta: Conversation) -> bool:
+        return (
+            (not self.favorite or meta.is_favorite)
+            and (self.archived is None or meta.archived == self.archived)
+            and (self.tag is None or self.tag in meta.tags)
+            and (self.q is None or self.q.casefold() in meta.title.casefold())
+        )
+
+
+@dataclass(frozen=True)
+class Item:
+    meta: Conversation
+    permission: str  # "owner", or the share's
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Item]
+    next_cursor: str | None
+
+
+_Reads = tuple[float, list[tuple[Conversation, str]], list[Conversation]]
+
+
+class _Cursor(msgspec.Struct, array_like=True):
+    incarnation: str
+    pinned: int
+    activity: int
+    conversation_id: str
+    filters: tuple[bool, bool | None, str | None, str | None]
+
+
+_cursor_encode = msgspec.msgpack.Encoder().encode
+_cursor_decode = msgspec.msgpack.Decoder(_Cursor).decode
+
+
+class HotListing:
+    """What the store's listing index does not know yet (see module docstring)."""
+
+    def __init__(self, grace: float = GRACE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self._grace = grace
+        self._clock = clock
+        self._metas: dict[str, Conversation] = {}
+        self._owned: dict[str, set[str]] = {}  # user -> their conversations held here
+        self._holders: dict[str, dict[str, str | None]] = {}  # user -> cid -> permission
+        self._holders_of: dict[str, set[str]] = {}  # cid -> users in `_holders`
+        self._clean: OrderedDict[str, float] = OrderedDict()  # stored, since when
+
+    def __len__(self) -> int:
+        return len(self._metas)
+
+    def meta(self, conversation_id: str) -> Conversation | None:
+        return self._metas.get(conversation_id)
+
+    def owned(self, user_id: str) -> Iterable[str]:
+        return self._owned.get(user_id, ())
+
+    def holdings(self, user_id: str) -> dict[str, str | None]:
+        return self._holders.get(user_id, {})
+
+    def noted(self, meta: Conversation, event: Event) -> None:
+        """A mutation was applied: `meta` is the conversation's row now."""
+        cid = meta.conversation_id
+        self._clean.pop(cid, None)
+        self._metas[cid] = meta
+        self._owned.setdefault(meta.created_by, set()).add(cid)
+        match event:
+            case ShareSet(share=share):
+                self._hold(share.shared_with, cid, share.permission)
+            case ShareRevoked(shared_with=user):
+                self._hold(user, cid, None)
+
+    def flushed(self, conversation_id: str) -> None:
+        """The store has every change of the conversation: forget it after the grace."""
+        if conversation_id in self._metas:
+            self._clean[conversation_id] = self._clock()
+            self._clean.move_to_end(conversation_id)
+        cutoff = self._clock() - self._grace
+        while self._clean:
+            cid, since = next(iter(self._clean.items()))
+            if since > cutoff:
+                break
+            del self._clean[cid]
+            self._forget(cid)
+
+    def _hold(self, user: str, cid: str, permission: str | None) -> None:
+        self._holders.setdefault(user, {})[cid] = permission
+        self._holders_of.setdefault(cid, set()).add(user)
+
+    def _forget(self, cid: str) -> None:
+        meta = self._metas.pop(cid)
+        owned = self._owned[meta.created_by]
+        owned.discard(cid)
+        if not owned:
+            del self._owned[meta.created_by]
+        for user in self._holders_of.pop(cid, ()):
+            held = self._holders[user]
+            del held[cid]
+            if not held:
+                del self._holders[user]
+
+
+class Sidebar:
+    """Lists a user's conversations from the store, the hot listing and the moves."""
+
+    def __init__(
+        self,
+        store: Store,
+        hot: HotListing | None,
+        moves: ActivityMoves,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._hot = hot  # None when every write goes through to the store (--cache off)
+        self.moves = moves
+        self._clock = clock
+        # (user, rows) -> (when the reads began, shared, owned): see FIRST_READS_SECONDS
+        self._first_reads: OrderedDict[tuple[str, int], _Reads] = OrderedDict()
+
+    def observe(self, before: Conversation | None, after: Conversation, event: Event) -> None:
+        """Called after every applied mutation (the actor's and a creation's)."""
+        if self._hot is not None:
+            self._hot.noted(after, event)
+        if before is None or listing_key(before) != listing_key(after):
+            previous = None if before is None or before.deleted else listing_key(before)
+            self.moves.moved(after.conversation_id, after.created_by, previous)
+
+    def flushed(self, conversation_id: str) -> None:
+        if self._hot is not None:
+            self._hot.flushed(conversation_id)
+
+    async def page(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> Page:
+        """One page of the caller's sidebar; `cursor` from the previous page, if any."""
+        user = principal.user_id
+        if user is None:
+            raise InvalidInput(
+                "listing conversations needs a user: send X-Canopy-User or a user's credential"
+            )
+        pinned, after = self._resume(cursor, filters) if cursor else (None, None)
+        try:
+            return await self._page(user, filters, limit, pinned, after)
+        except StoreError as exc:
+            raise Unavailable(f"store unavailable: {exc}") from None
+
+    def _resume(self, raw: str, filters: Filters) -> tuple[int, Key]:
+        try:
+            cursor = _cursor_decode(base64.urlsafe_b64decode(raw.encode() + b"=="))
+        except (binascii.Error, msgspec.DecodeError, ValueError):
+            raise InvalidCursor("cursor is not one this API handed out") from None
+        if cursor.filters != _filter_fields(filters):
+            raise InvalidCursor("a cursor continues the listing it came from: same filters")
+        if cursor.incarnation != self.moves.incarnation or not self.moves.covers(cursor.pinned):
+            raise CursorExpired("the cursor is too old (or the node restarted): list again")
+        return cursor.pinned, (cursor.activity, cursor.conversation_id)
+
+    async def _page(
+        self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
+    ) -> Page:
+        fetch = limit + 1
+        shared, owned = await self._reads(user, after, fetch)
+        while True:
+            exhausted = len(owned) < fetch
+            extra = await self._moved_rows(user, pinned)
+            # From here to the end nothing awaits: the hot listing and the moves read
+            # below are those of one moment, which a first page pins.
+            ranked = self._ranked(user, filters, owned, shared, extra, pinned, after)
+            if not exhausted:  # only what lies before the last row read is complete
+                frontier = rank(listing_key(owned[-1]))
+                ranked = [(key, item) for key, item in ranked if rank(key) <= frontier]
+            if len(ranked) > limit or exhausted:
+                break
+            fetch *= 4
+            owned += await self._store.owned(user, listing_key(owned[-1]), fetch)
+        page = ranked[:limit]
+        next_cursor = None
+        if len(ranked) > limit:
+            last_key = page[-1][0]
+            next_cursor = self._cursor(pinned, last_key, filters)
+        return Page([item for _, item in page], next_cursor)
+
+    async def _reads(
+        self, user: str, after: Key | None, fetch: int
+    ) -> tuple[list[tuple[Conversation, str]], list[Conversation]]:
+        """The store's shared rows and first `fetch` owned rows after `after`; a first
+        page's are kept a few seconds (only with a hot listing to correct them)."""
+        key = (user, fetch)
+        cacheable = after is None and self._hot is not None
+        began = self._clock()
+        if cacheable:
+            found = self._first_reads.get(key)
+            if found is not None and began - found[0] < FIRST_READS_SECONDS:
+                return found[1], list(found[2])
+        shared, owned = await asyncio.gather(
+            self._store.shared(user), self._store.owned(user, after, fetch)
+        )
+        if cacheable:
+            self._first_reads[key] = began, shared, list(owned)
+            self._first_reads.move_to_end(key)
+            while len(self._first_reads) > FIRST_READS_USERS:
+                self._first_reads.popitem(last=False)
+        return shared, owned
+
+    async def _moved_rows(self, user: str, pinned: int | None) -> dict[str, Conversation]:
+        """Rows of the user's conversations that moved after `pinned` and are no longer
+        in the hot listing (placed where they stood then, shown as they are now)."""
+        if pinned is None:
+            return {}
+        hot = self._hot
+        wanted = [
+            cid for cid in self.moves.moved_owned(user, pinned) if hot is None or not hot.meta(cid)
+        ]
+        rows = await self._store.conversations(wanted) if wanted else []
+        return {meta.conversation_id: meta for meta in rows}
+
+    def _ranked(
+        self,
+        user: str,
+        filters: Filters,
+        owned: list[Conversation],
+        shared: list[tuple[Conversation, str]],
+        extra: dict[str, Conversation],
+        pinned: int | None,
+        after: Key | None,
+    ) -> list[tuple[Key, Item]]:
+        """Every known candidate after `after`, placed as of `pinned`, in listing order."""
+        hot = self._hot
+        hot_owned = set(hot.owned(user)) if hot is not None else set()
+        moved = set(self.moves.moved_owned(user, pinned)) if pinned is not None else set()
+        found: dict[str, tuple[Key, Item]] = {}
+
+        def consider(key: Key | None, meta: Conversation | None, permission: str) -> None:
+            if key is None or meta is None or meta.conversation_id in found:
+                return
+            found[meta.conversation_id] = key, Item(meta, permission)
+
+        def newest(cid: str) -> Conversation | None:
+            return hot.meta(cid) if hot is not None else None
+
+        for row in owned:
+            if row.conversation_id not in hot_owned and row.conversation_id not in moved:
+                consider(listing_key(row), row, OWNER)
+        for cid in hot_owned - moved:
+            hot_row = newest(cid)
+            consider(listing_key(hot_row) if hot_row else None, hot_row, OWNER)
+        for cid in moved:  # placed where they stood when the cursor was pinned
+            consider(self._placed(cid, None, pinned), newest(cid) or extra.get(cid), OWNER)
+        for cid, (held, permission) in self._holdings(user, shared).items():
+            consider(self._placed(cid, listing_key(held), pinned), held, permission)
+        ranked = [
+            (key, item)
+            for key, item in found.values()
+            if (after is None or rank(key) > rank(after))
+            and not gone(item.meta)
+            and filters.admits(item.meta)
+        ]
+        ranked.sort(key=lambda entry: rank(entry[0]))
+        return ranked
+
+    def _placed(self, cid: str, now: Key | None, pinned: int | None) -> Key | None:
+        """Where the conversation stood at epoch `pinned` (`now` if it has not moved)."""
+        if pinned is None:
+            return now
+        position = self.moves.position(cid, pinned)
+        return now if isinstance(position, NotMoved) else position
+
+    def _holdings(
+        self, user: str, shared: list[tuple[Conversation, str]]
+    ) -> dict[str, tuple[Conversation, str]]:
+        """What is shared with the user now: the store's rows, the hot changes on top."""
+        hot = self._hot
+        held = {meta.conversation_id: (meta, permission) for meta, permission in shared}
+        if hot is None:
+            return held
+        for cid, holding in hot.holdings(user).items():
+            newest = hot.meta(cid)
+            if holding is None or newest is None:
+                held.pop(cid, None)
+            else:
+                held[cid] = newest, holding
+        for cid, (_, permission) in list(held.items()):
+            newest = hot.meta(cid)
+            if newest is not None:
+                held[cid] = newest, permission
+        return held
+
+    def _cursor(self, pinned: int | None, last: Key, filters: Filters) -> str:
+        if pinned is None:
+            pinned = self.moves.pin()  # the first page's moment, taken with no await since
+        raw = _cursor_encode(
+            _Cursor(self.moves.incarnation, pinned, last[0], last[1], _filter_fields(filters))
+        )
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _filter_fields(filters: Filters) -> tuple[bool, bool | None, str | None, str | None]:
+    return filters.favorite, filters.archived, filters.tag, filters.q
