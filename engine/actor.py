@@ -330,6 +330,20 @@ class ConversationActor:
             self.require(principal, OWNER, "deleting a conversation")
             await self._commit(Deleted(now()))
 
+    async def expire(self) -> bool:
+        """Delete the conversation if its expiry has passed: the retention sweeper's call,
+        on no caller's behalf. It is journaled like the owner's delete, so the flusher
+        removes the conversation's rows from the store and the journal trims its records.
+        False if it has not expired (its expiry moved) or was deleted already."""
+        async with self._lock:
+            if self.closed:
+                raise Passivated(self.id)
+            at = now()
+            if self.meta.deleted or not self.meta.expired(at):
+                return False
+            await self._commit(Deleted(at))
+            return True
+
     async def create_branch(
         self, principal: Principal, *, name: str, leaf_id: str, created_by: str
     ) -> Branch:

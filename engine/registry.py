@@ -173,6 +173,26 @@ class Registry:
             self._check_budget()
             return result
 
+    async def expire(self, conversation_id: str) -> bool:
+        """Delete the conversation if it has expired, then passivate it (the retention
+        sweeper's call); False if it has not, or is unknown or deleted already."""
+        while True:
+            actor = self._hot.get(conversation_id)
+            try:
+                if actor is None:
+                    actor = await self._activate(conversation_id)
+                expired = await actor.expire()
+            except NotFound:
+                return False
+            except Passivated:
+                continue
+            finally:
+                if actor is not None and not actor.closed:
+                    self._count(actor)
+            if expired:  # nothing of it is served again: free its memory now
+                await self.passivate(conversation_id)
+            return expired
+
     async def _activate(self, conversation_id: str) -> ConversationActor:
         pending = self._activating.get(conversation_id)
         if pending is not None:

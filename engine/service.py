@@ -40,6 +40,11 @@ class Conversations(Protocol):
 
     async def create(self, principal: Principal, new: NewConversation) -> ConversationActor: ...
 
+    async def expire(self, conversation_id: str) -> bool:
+        """Delete the conversation if its expiry has passed (the retention sweeper, on no
+        caller's behalf); False if it has not, or is unknown or deleted already."""
+        ...
+
     async def revision(self, principal: Principal, conversation_id: str) -> int | None:
         """The conversation's version when served from memory (responses may be cached
         against it); None when every read must go to the store."""

@@ -84,6 +84,17 @@ class StoreBacked:
             created[0], self._journal, self._flusher, self._config, self._sidebar.observe
         )
 
+    async def expire(self, conversation_id: str) -> bool:
+        async with self._serialized(conversation_id):
+            snapshot = await _query(self._store.load(conversation_id))
+            if snapshot is None or snapshot.conversation.deleted:
+                return False
+            state = ConversationState.from_snapshot(snapshot)
+            actor = ConversationActor(
+                state, self._journal, self._flusher, self._config, self._sidebar.observe
+            )
+            return await actor.expire()
+
     # -- targeted reads --------------------------------------------------------------------------
 
     async def revision(self, principal: Principal, conversation_id: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from engine.registry import Registry
+from engine.retention import Retention
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.accounts import Accounts
@@ -31,7 +32,9 @@ from gateway.keys import (
     FLUSHER,
     LOGIN_LIMITER,
     RESPONSES,
+    RETENTION,
     SENDER,
+    STORE,
 )
 from gateway.login_limiter import LoginLimiter
 from gateway.openapi import build_on_startup
@@ -104,7 +107,7 @@ def create_app(settings: Settings) -> web.Application:
             await stack.enter_async_context(DataDirLock(settings.data_dir))
             if limiter is not None:
                 app[LIMITER] = await stack.enter_async_context(limiter)
-            store = await stack.enter_async_context(open_store(settings))
+            store = app[STORE] = await stack.enter_async_context(open_store(settings))
             if settings.accounts:
                 accounts = Accounts.from_settings(store, settings)
                 app[ACCOUNTS] = await stack.enter_async_context(accounts)
@@ -120,6 +123,8 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)
+            retention = Retention(store, app[CONVERSATIONS], settings.retention())
+            app[RETENTION] = await stack.enter_async_context(retention)
             yield
 
     app.cleanup_ctx.append(components)

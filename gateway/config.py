@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple, get_args
 from engine.actor import ActorConfig, Durability
 from engine.budget import default_max_hot_bytes
 from engine.registry import RegistryConfig
+from engine.retention import RetentionConfig
 from gateway.responses import ResponseLimits
 from persistence.flusher import FlusherConfig
 
@@ -70,6 +71,7 @@ class Settings:
     jwt_issuer: str = ""  # the `iss` tokens must carry, if set
     jwt_ttl_seconds: int = 3600  # lifetime of the tokens --accounts' login issues
     accounts: bool = False  # built-in accounts: /api/auth/register, login, me
+    retention_sweep_seconds: float = 60.0  # between removals of expired conversations
     default_ttl_seconds: int = 0  # a new conversation expires this long after creation; 0: never
 
     def registry(self) -> RegistryConfig:
@@ -97,6 +99,9 @@ class Settings:
             consistency=self.scylla_consistency,
             batch_size=self.max_batch_size,
         )
+
+    def retention(self) -> RetentionConfig:
+        return RetentionConfig(interval=self.retention_sweep_seconds)
 
     def auth_modes(self) -> frozenset[str]:
         return frozenset(m.strip() for m in self.auth.split(",") if m.strip())
@@ -205,6 +210,9 @@ _OPTIONS: dict[str, Option] = {
         "shared in Redis when the journal is there)", "off"),
     "cors_origins": Option(("CANOPY_CORS_ORIGINS",), str, "server",
         "browser origins allowed to call, comma separated, or *; preflights are answered", "none"),
+    "retention_sweep_seconds": Option(("CANOPY_RETENTION_SWEEP_SECONDS",), float, "storage",
+        "seconds between sweeps that remove expired conversations from the store and journal "
+        "(they vanish from reads at once)"),
     "default_ttl_seconds": Option(("CANOPY_DEFAULT_TTL_SECONDS",), int, "storage",
         "a new conversation expires this many seconds after creation; 0: never"),
     "jwt_secret": Option(("CANOPY_JWT_SECRET",), str, "auth",

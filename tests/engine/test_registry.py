@@ -443,3 +443,26 @@ async def test_hot_counts_stay_exact_under_concurrent_appends(engine: Engine) ->
     assert await engine.registry.passivate(actor.id)
     assert engine.registry.hot_messages == len(other)
     assert engine.registry.hot_bytes == other.nbytes
+
+
+async def test_expire_deletes_only_what_has_expired(engine: Engine) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from engine.actor import NewConversation
+    from engine.errors import NotFound
+
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    ahead = await engine.registry.create(ANONYMOUS, NewConversation("t", "alice", expires_at=soon))
+    assert not await engine.registry.expire(ahead.id)  # not due: kept, still served
+    assert (await engine.registry.get(ANONYMOUS, ahead.id)).meta.title == "t"
+    assert not await engine.registry.expire("00000000-0000-0000-0000-000000000000")
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    due = await engine.registry.create(ANONYMOUS, NewConversation("t", "alice", expires_at=past))
+    assert await engine.registry.expire(due.id)
+    assert due.id not in engine.registry._hot  # passivated: its memory is free
+    snapshot = await engine.sqlite.load(due.id)
+    assert snapshot is not None and snapshot.conversation.deleted
+    assert not await engine.registry.expire(due.id)  # deleted already
+    with pytest.raises(NotFound):
+        await engine.registry.get(ANONYMOUS, due.id)
