@@ -66,8 +66,8 @@ class Principal:
         level = self.level(meta, shares)
         if level is None:
             raise NotFound(f"conversation {meta.conversation_id} not found")
-        if need > READ and self.scopes and not self.scopes & WRITE_SCOPES:
-            raise Forbidden("insufficient_scope", "this credential may only read (no write scope)")
+        if need > READ:
+            self.require_write()
         if level < need:
             raise Forbidden(
                 "permission_denied",
@@ -75,6 +75,11 @@ class Principal:
                 f"{meta.conversation_id}; you have {LEVEL_NAMES[level]}",
             )
         return level
+
+    def require_write(self) -> None:
+        """Forbidden if the credential may only read (it carries scopes, none to write)."""
+        if self.scopes and not self.scopes & WRITE_SCOPES:
+            raise Forbidden("insufficient_scope", "this credential may only read (no write scope)")
 
     def author(self, claimed: str | None, field_name: str = "created_by") -> str:
         """Who a new row is by: the caller. A user (or a service acting for one) that

@@ -246,6 +246,13 @@ class ConversationActor:
     def shares(self) -> Iterable[Share]:
         return self.state.shares.values()
 
+    def shares_seen_by(self, principal: Principal) -> list[Share]:
+        """Who else it is shared with is the owner's to know: others see their own share."""
+        if self.require(principal) == OWNER:
+            return list(self.state.shares.values())
+        own = self.state.shares.get(principal.user_id or "")
+        return [own] if own is not None else []
+
     def fork_source(self, message_id: str | None) -> list[Message]:
         """Non-root messages a fork copies: all of them, or the lineage of one message."""
         nodes = self.state.tree.lineage(message_id) if message_id else list(self.state.tree)

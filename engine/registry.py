@@ -339,6 +339,7 @@ class Registry:
 
     async def create(self, principal: Principal, new: NewConversation) -> ConversationActor:
         """Create a conversation with its root message (and a fork's copied messages)."""
+        principal.require_write()
         event = new.created()
         conversation_id = event.conversation.conversation_id
         try:

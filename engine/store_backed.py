@@ -71,6 +71,7 @@ class StoreBacked:
             return await operation(await self.get(principal, conversation_id))
 
     async def create(self, principal: Principal, new: NewConversation) -> ConversationActor:
+        principal.require_write()
         event = new.created()
         created: list[ConversationState] = []
 

@@ -313,6 +313,11 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
 
     parse_rate_limit(settings.rate_limit)
     parse_origins(settings.cors_origins)
+    if "none" in modes and len(modes) > 1:
+        raise ValueError(
+            "--auth none lets every request without a credential in unchecked, so combined "
+            f"with {', '.join(sorted(modes - {'none'}))} it would turn them off: choose one"
+        )
     if "none" in modes and not settings.allow_anonymous and not _loopback(settings.host):
         raise ValueError(
             f"--auth none on {settings.host} would let anyone on the network in: bind to "

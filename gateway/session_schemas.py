@@ -6,23 +6,24 @@ never rename one. Limits are in the types, so msgspec answers the 422 itself.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
 
-from gateway.schemas import ConversationOut, CreateConversation
+from gateway.schemas import ConversationOut, CreateConversation, Description, Title
 from persistence.records import Conversation
 
 MAX_TAGS = 20
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Tags = Annotated[tuple[Tag, ...], msgspec.Meta(max_length=MAX_TAGS)]
 Instant = Annotated[datetime, msgspec.Meta(tz=True)]  # RFC 3339 with its offset
-Seconds = Annotated[int, msgspec.Meta(gt=0)]
+MAX_TTL_SECONDS = 100 * 366 * 86400  # a century: past it, no expiry is meant
+Seconds = Annotated[int, msgspec.Meta(gt=0, le=MAX_TTL_SECONDS)]
 
 
 def _one_expiry(expires_at: object, ttl_seconds: object) -> None:
-    if expires_at not in (None, msgspec.UNSET) and ttl_seconds not in (None, msgspec.UNSET):
+    if expires_at is not msgspec.UNSET and ttl_seconds is not msgspec.UNSET:
         raise ValueError("give expires_at or ttl_seconds, not both")
 
 
@@ -35,19 +36,23 @@ class CreateSession(CreateConversation):
     ttl_seconds: Seconds | None = None
 
     def __post_init__(self) -> None:
-        _one_expiry(self.expires_at, self.ttl_seconds)
+        if self.expires_at is not None and self.ttl_seconds is not None:
+            raise ValueError("give expires_at or ttl_seconds, not both")
+        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
+            raise ValueError("expires_at is in the past: the conversation would be gone at once")
 
 
 class PatchConversation(msgspec.Struct):
-    """Any of these; `expires_at: null` removes the expiry."""
+    """Any of these; `expires_at: null` (or `ttl_seconds: null`) removes the expiry, and
+    an `expires_at` already past expires the conversation now."""
 
-    title: str | msgspec.UnsetType = msgspec.UNSET
-    description: str | msgspec.UnsetType = msgspec.UNSET
+    title: Title | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
     is_favorite: bool | msgspec.UnsetType = msgspec.UNSET
     archived: bool | msgspec.UnsetType = msgspec.UNSET
     tags: Tags | msgspec.UnsetType = msgspec.UNSET
     expires_at: Instant | None | msgspec.UnsetType = msgspec.UNSET
-    ttl_seconds: Seconds | msgspec.UnsetType = msgspec.UNSET
+    ttl_seconds: Seconds | None | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
         fields = self.__struct_fields__

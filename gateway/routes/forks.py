@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
 from engine.access import FORK
-from engine.actor import NewConversation
+from engine.actor import ConversationActor, NewConversation
 from gateway.codec import json_response, path_id, read_body
-from gateway.keys import CONVERSATIONS, PRINCIPAL
+from gateway.keys import CONVERSATIONS, DEFAULT_TTL, PRINCIPAL
 from gateway.openapi import describe
+from gateway.routes.sessions import expiry
 from gateway.schemas import ConversationOut, Fork, conversation_out
+from persistence.records import Message
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}"
@@ -27,12 +31,17 @@ async def _fork(
     author = principal.author(body.created_by)
     branch_id = path_id(request, "branch_id") if branch else None
     message_id = path_id(request, "message_id") if message else None
+
     # The source again, now that the body is in: it may have been deleted meanwhile.
-    point, copied = await registry.run(
-        principal,
-        source_id,
-        lambda source: source.fork_copy(principal, branch_id=branch_id, message_id=message_id),
-    )
+    async def copy(source: ConversationActor) -> tuple[str | None, list[Message], datetime | None]:
+        point, copied = await source.fork_copy(
+            principal, branch_id=branch_id, message_id=message_id
+        )
+        return point, copied, source.meta.expires_at
+
+    point, copied, source_expiry = await registry.run(principal, source_id, copy)
+    # The copies are the source's messages: they expire no later than it does.
+    expiries = [expiry(None, None, request.app[DEFAULT_TTL]), source_expiry]
     forked = await registry.create(
         principal,
         NewConversation(
@@ -41,6 +50,7 @@ async def _fork(
             description=f"Forked from conversation {source_id}",
             fork_from=(source_id, point),
             copied=copied,
+            expires_at=min((at for at in expiries if at is not None), default=None),
         ),
     )
     return json_response(conversation_out(forked.meta))

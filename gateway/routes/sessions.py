@@ -64,7 +64,7 @@ def patch_of(body: PatchConversation) -> Patch:
         archived=_given(body.archived),
         tags=_given(body.tags),
         expires_at=expires_at,
-        clears_expiry=body.expires_at is None,
+        clears_expiry=body.expires_at is None or body.ttl_seconds is None,
     )
 
 

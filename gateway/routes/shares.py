@@ -42,8 +42,9 @@ async def create(request: web.Request) -> web.Response:
 @describe("List a conversation's shares", response=list[ShareOut])
 async def list_(request: web.Request) -> web.Response:
     conversation_id = path_id(request, "conversation_id")
-    actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
-    return json_response([share_out(actor.id, s) for s in actor.shares()])
+    principal = request[PRINCIPAL]
+    actor = await request.app[CONVERSATIONS].get(principal, conversation_id)
+    return json_response([share_out(actor.id, s) for s in actor.shares_seen_by(principal)])
 
 
 @routes.delete(BASE + "/shares/{user_id}")

@@ -189,6 +189,12 @@ async def test_a_read_scope_may_read_but_not_write(start_node: NodeFactory) -> N
     assert (await node.request("GET", f"{API}/{cid}", headers=reader))[0] == 200
     status, body = await node.request("PUT", f"{API}/{cid}", json={"title": "x"}, headers=reader)
     assert (status, body["error"]["code"]) == (403, "insufficient_scope"), body
+    status, body = await node.request("POST", API, json={"title": "t"}, headers=reader)
+    assert (status, body["error"]["code"]) == (403, "insufficient_scope"), body
+    fork = await node.request("POST", f"{API}/{cid}/fork", json={"title": "f"}, headers=reader)
+    assert fork[0] == 403
+    status, mine = await node.request("GET", "/api/v1/conversations", headers=reader)
+    assert status == 200 and [c["conversation_id"] for c in mine["conversations"]] == [cid]
 
 
 def test_a_verified_token_is_cached_and_not_verified_again() -> None:

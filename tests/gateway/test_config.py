@@ -84,6 +84,7 @@ def test_serve_help_shows_groups_and_defaults(capsys: pytest.CaptureFixture[str]
         (["--auth", "jwt", "--jwt-secret", "short"], "at least 32 bytes"),
         (["--accounts"], "--accounts issues JWTs: it needs --auth jwt"),
         (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], "jwt keys:"),
+        (["--auth", "jwt,none", "--jwt-secret", "x" * 32], "it would turn them off"),
     ],
 )
 def test_jwt_settings_are_checked_at_start(argv: list[str], complaint: str) -> None:

@@ -86,6 +86,10 @@ async def test_ttl_seconds_sets_an_expiry_from_now(node: Node) -> None:
         {"ttl_seconds": 60, "expires_at": "2030-01-01T00:00:00Z"},
         {"is_favorite": "yes"},
         {"title": None},
+        {"ttl_seconds": 10**12},  # past any date: was a 500 (timedelta overflow)
+        {"expires_at": None, "ttl_seconds": 60},  # clear and set at once
+        {"title": "t" * 1001},  # PUT's limits hold for PATCH too
+        {"description": "d" * 10_001},
     ],
 )
 async def test_invalid_patches_answer_422_and_change_nothing(node: Node, body: Json) -> None:
@@ -169,6 +173,36 @@ async def test_create_takes_session_fields_and_the_node_default_ttl(
         node, "POST", f"{API}/conversations", 422, "invalid_field",
         json={"title": "t", "created_by": "alice", "tags": ["x" * 65]},
     )  # fmt: skip
+    past = rfc3339(datetime.now(UTC) - timedelta(seconds=1))
+    for refused in ({"expires_at": past}, {"ttl_seconds": 10**12}):
+        await expect_error(
+            node, "POST", f"{API}/conversations", 422, "invalid_field",
+            json={"title": "t", "created_by": "alice", **refused},
+        )  # fmt: skip
+    assert len(await listing_of(node)) == 2  # nothing was created
+
+
+async def test_ttl_seconds_null_clears_the_expiry(node: Node) -> None:
+    cid, _ = await new_conversation(node, ttl_seconds=60)
+    cleared = await ok(node, "PATCH", conv_path(cid), {"ttl_seconds": None})
+    assert cleared["expires_at"] is None
+
+
+async def test_a_fork_expires_with_the_node_default_and_no_later_than_its_source(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(default_ttl_seconds=7200)
+    source, _ = await new_conversation(node, ttl_seconds=60)
+    fork = await ok(node, "POST", conv_path(source, "/fork"), {"title": "f", "created_by": "bob"})
+    src = await ok(node, "PATCH", conv_path(source), {"tags": ["x"]})
+    forked = await ok(node, "PATCH", conv_path(fork["conversation_id"]), {"tags": ["x"]})
+    assert forked["expires_at"] == src["expires_at"]  # the sooner: the source's
+    lasting, _ = await new_conversation(node)
+    await ok(node, "PATCH", conv_path(lasting), {"expires_at": None})
+    fork = await ok(node, "POST", conv_path(lasting, "/fork"), {"title": "f", "created_by": "bob"})
+    forked = await ok(node, "PATCH", conv_path(fork["conversation_id"]), {"tags": ["x"]})
+    expires = datetime.fromisoformat(forked["expires_at"])  # the node's default
+    assert timedelta(seconds=7000) < expires - datetime.now(UTC) <= timedelta(seconds=7200)
 
 
 async def test_an_expired_conversation_vanishes_from_every_read(

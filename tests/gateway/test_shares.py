@@ -20,7 +20,7 @@ from gateway_helpers import (
 )
 
 if TYPE_CHECKING:
-    from conftest import Node
+    from conftest import Node, NodeFactory
 
 
 @pytest.mark.parametrize("permission", ["read", "branch", "fork"])
@@ -168,3 +168,30 @@ async def test_bad_limit_is_invalid(node: Node, limit: str) -> None:
         "invalid_field",
         params={"limit": limit},
     )
+
+
+async def test_who_else_it_is_shared_with_is_for_the_owner(start_node: NodeFactory) -> None:
+    from gateway.auth import api_key_digest
+
+    node = await start_node(auth="api-key", api_keys=f"k:{api_key_digest('share-key')}")
+
+    def acting_for(user: str) -> dict[str, str]:
+        return {"X-API-Key": "share-key", "X-Canopy-User": user}
+
+    status, created = await node.request(
+        "POST", "/api/v1/conversations", json={"title": "t"}, headers=acting_for("alice")
+    )
+    cid = created["conversation_id"]
+    for user in ("bob", "carol"):
+        status, _ = await node.request(
+            "POST", conv_path(cid, "/share"), headers=acting_for("alice"),
+            json={"shared_with": user, "permission": "read"},
+        )  # fmt: skip
+        assert status == 200
+    listed = {}
+    for user in ("alice", "bob", "dave"):
+        status, body = await node.request(
+            "GET", conv_path(cid, "/shares"), headers=acting_for(user)
+        )
+        listed[user] = (status, [s["shared_with"] for s in body] if status == 200 else None)
+    assert listed == {"alice": (200, ["bob", "carol"]), "bob": (200, ["bob"]), "dave": (404, None)}
