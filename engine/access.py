@@ -23,6 +23,8 @@ READ, BRANCH, FORK, OWNER = 1, 2, 3, 4
 SHARE_LEVELS = {"read": READ, "branch": BRANCH, "fork": FORK}  # a share's permission
 LEVEL_NAMES = {READ: "read", BRANCH: "branch", FORK: "fork", OWNER: "owner"}
 WRITE_SCOPES = frozenset({"write", "canopy:write"})
+# Scopes Canopy reads; others (an identity provider's "openid email") restrict nothing.
+CANOPY_SCOPES = WRITE_SCOPES | {"read", "canopy:read"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,8 @@ class Principal:
     - `anonymous`: no authentication configured (`--auth none`, loopback): nothing is
       checked, as in seed 000; `user_id` is the `X-Canopy-User` header if one was sent.
 
-    `scopes` come from the credential; when it carries any, a mutation needs `write`.
+    `scopes` come from the credential; when it carries Canopy's (`read`, `write`, or
+    `canopy:` ones), a mutation needs `write`.
     """
 
     user_id: str | None
@@ -77,8 +80,8 @@ class Principal:
         return level
 
     def require_write(self) -> None:
-        """Forbidden if the credential may only read (it carries scopes, none to write)."""
-        if self.scopes and not self.scopes & WRITE_SCOPES:
+        """Forbidden if the credential may only read (Canopy scopes, none to write)."""
+        if self.scopes & CANOPY_SCOPES and not self.scopes & WRITE_SCOPES:
             raise Forbidden("insufficient_scope", "this credential may only read (no write scope)")
 
     def author(self, claimed: str | None, field_name: str = "created_by") -> str:

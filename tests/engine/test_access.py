@@ -71,6 +71,8 @@ def test_a_read_only_credential_may_not_write_even_as_owner() -> None:
     with pytest.raises(Forbidden) as refused:
         reader.require(meta(), SHARES, BRANCH)
     assert refused.value.code == "insufficient_scope"
+    provider = Principal("alice", "user", frozenset({"openid", "email"}))  # not Canopy's
+    assert provider.require(meta(), SHARES, OWNER) == OWNER
     writer = Principal("alice", "user", frozenset({"read", "write"}))
     assert writer.require(meta(), SHARES, OWNER) == OWNER
 
