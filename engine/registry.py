@@ -34,7 +34,7 @@ from engine.actor import (
 )
 from engine.budget import default_max_hot_bytes
 from engine.conversation import ConversationState
-from engine.errors import CanopyError, Forbidden, NotFound, Unavailable
+from engine.errors import CanopyError, NotFound, Unavailable
 from engine.moves import ActivityMoves
 from engine.sidebar import Filters, HotListing, Page, Sidebar
 from persistence.background import Backoff, Throttled
@@ -397,12 +397,7 @@ class Registry:
 
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         """Conversations the user owns or was shared, most recently active first."""
-        if not principal.may_list(user_id):
-            raise Forbidden("permission_denied", "only that user or a service may list them")
-        page = await self._sidebar.page(
-            Principal(user_id, "user"), Filters(archived=None), limit, None
-        )
-        return [item.meta.conversation_id for item in page.items]
+        return await self._sidebar.ids(principal, user_id, limit)
 
     async def sidebar(
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None

@@ -27,7 +27,7 @@ import msgspec
 
 from engine.access import Principal
 from engine.actor import gone
-from engine.errors import CanopyError, InvalidInput, Unavailable
+from engine.errors import CanopyError, Forbidden, InvalidInput, Unavailable
 from engine.moves import ActivityMoves, NotMoved
 from persistence.records import Conversation, Event, ShareRevoked, ShareSet
 from persistence.store import Key, Store, StoreError, listing_key, rank
@@ -187,6 +187,15 @@ class Sidebar:
     def flushed(self, conversation_id: str) -> None:
         if self._hot is not None:
             self._hot.flushed(conversation_id)
+
+    async def ids(self, principal: Principal, user_id: str, limit: int) -> list[str]:
+        """Seed 000's listing: ids of what `user_id` owns or was shared, archived ones
+        too, newest activity first; Forbidden unless the caller is that user or a service."""
+        if not principal.may_list(user_id):
+            raise Forbidden("permission_denied", "only that user, or a service acting for "
+                            "them or for no one, may list their conversations")  # fmt: skip
+        page = await self.page(Principal(user_id, "user"), Filters(archived=None), limit, None)
+        return [item.meta.conversation_id for item in page.items]
 
     async def page(
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None

@@ -25,7 +25,7 @@ from engine.actor import (
     gone,
 )
 from engine.conversation import ConversationState
-from engine.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from engine.errors import InvalidInput, NotFound, Unavailable
 from engine.moves import ActivityMoves
 from engine.sidebar import Filters, Page, Sidebar
 from persistence.flusher import Flusher
@@ -134,12 +134,7 @@ class StoreBacked:
         _require(principal, conversation_id, await _query(self._store.head(conversation_id)), READ)
 
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
-        if not principal.may_list(user_id):
-            raise Forbidden("permission_denied", "only that user or a service may list them")
-        page = await self._sidebar.page(
-            Principal(user_id, "user"), Filters(archived=None), limit, None
-        )
-        return [item.meta.conversation_id for item in page.items]
+        return await self._sidebar.ids(principal, user_id, limit)
 
     async def sidebar(
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None
