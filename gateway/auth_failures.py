@@ -70,4 +70,5 @@ class AuthFailures:
 
 def _too_many(wait: float) -> RateLimited:
     seconds = max(1, math.ceil(wait))
-    return RateLimited(f"too many refused credentials from this address; retry in {seconds} s", wait)
+    message = f"too many refused credentials from this address; retry in {seconds} s"
+    return RateLimited(message, wait)
