@@ -19,6 +19,7 @@ from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.accounts import Accounts
 from gateway.auth import auth_middleware, authenticators
+from gateway.auth_failures import AuthFailures
 from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
@@ -86,7 +87,8 @@ def create_app(settings: Settings) -> web.Application:
     middlewares = [error_middleware, edge_middleware(limits)]
     if cors is not None:
         middlewares.append(cors_middleware(cors))
-    middlewares.append(auth_middleware(authenticators(settings)))
+    failures = AuthFailures(limiter) if limiter is not None else None
+    middlewares.append(auth_middleware(authenticators(settings), failures))
     if limiter is not None:
         middlewares.append(rate_limit_middleware(limiter))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)

@@ -20,6 +20,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from engine.access import ANONYMOUS, Principal
 from engine.errors import Unauthorized
+from gateway.auth_failures import AuthFailures
 from gateway.config import Settings
 from gateway.keys import PRINCIPAL
 
@@ -122,18 +123,34 @@ def authenticators(settings: Settings) -> list[Authenticator]:
     return chain
 
 
-def auth_middleware(authenticators: Sequence[Authenticator]) -> Middleware:
+def auth_middleware(
+    authenticators: Sequence[Authenticator], failures: AuthFailures | None = None
+) -> Middleware:
+    """`failures`: with `--rate-limit`, refused requests spend their address's budget."""
     chain = tuple(authenticators)
 
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def caller(request: web.Request) -> Principal | None:
         for authenticator in chain:
             principal = authenticator.authenticate(request)
             if principal is not None:
-                request[PRINCIPAL] = principal
-                return await handler(request)
+                return principal
         if is_public(request.path):  # their handlers never ask for a caller
-            return await handler(request)
+            return None
         raise Unauthorized("a credential is required (Authorization: Bearer <token>)")
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if failures is None:
+            principal = caller(request)
+        else:
+            failures.check(request)  # an address out of budget: nothing more is verified
+            try:
+                principal = caller(request)
+            except Unauthorized:
+                await failures.refused(request)  # raises 429 once the budget is spent
+                raise
+        if principal is not None:
+            request[PRINCIPAL] = principal
+        return await handler(request)
 
     return authenticate

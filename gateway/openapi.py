@@ -5,9 +5,10 @@ response type, query parameters, the errors peculiar to it); every schema comes 
 msgspec (`msgspec.json.schema_components`) over the same Structs that decode requests
 and encode responses, so the document cannot drift from the wire. The errors every
 route shares follow from what it has: a body (400, 408, 413, 415, 422), path or query
-parameters (404, 422), a caller (401, 403), and the edge (421, 429, 503). The document
-is built once, at startup, from the frozen router: a route without a description is
-left out, and tests/gateway/test_openapi.py fails on it.
+parameters (404, 422), a caller (401 with WWW-Authenticate, 403, and the X-Canopy-User
+header: whom a service acts for, or who an --auth none caller is), and the edge (421,
+429, 503). The document is built once, at startup, from the frozen router: a route
+without a description is left out, and tests/gateway/test_openapi.py fails on it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from gateway.auth import is_public
+from gateway.auth import USER_HEADER, is_public
 from gateway.paging import MAX_LIMIT
 from gateway.router import SegmentRouter
-from gateway.schemas import CompactMessageOut, ErrorOut, MessageOut, Name
+from gateway.schemas import CompactMessageOut, ErrorOut, MessageOut, Name, UserId
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -102,6 +103,18 @@ HEADERS = {
     "X-Next-Cursor": "The cursor of the next page, when there is one.",
     "Link": 'The next page\'s URL, rel="next".',
     "Retry-After": "Seconds to wait before retrying.",
+    "WWW-Authenticate": "The scheme to authenticate with (RFC 9110): Bearer, with"
+    ' error="invalid_token" and a description when a bearer token was refused.',
+}
+USER_PARAMETER = "CanopyUser"  # components/parameters: X-Canopy-User on every non-public route
+# What X-Canopy-User means under each auth mode, in the order the modes are asked.
+USER_HEADER_MEANING = {
+    "jwt": "Ignored with a bearer token: the token's subject is the caller.",
+    "api-key": "With an API key: the user the service acts for, with exactly that user's"
+    " permissions; absent, the service itself (unrestricted), which may also name any"
+    " created_by / shared_by.",
+    "none": "With --auth none (no credential): names the caller, unchecked; absent, an"
+    " anonymous caller.",
 }
 
 # Path parameters by name; any other is a string.
@@ -122,7 +135,7 @@ _REASONS = {
     413: "The request body or the response is too large",
     415: "The body is not application/json",
     421: "The Host header names another site",
-    422: "A field, path or query parameter is invalid",
+    422: "A field, path or query parameter, or X-Canopy-User, is invalid",
     429: "Rate limited (see Retry-After)",
     503: "Overloaded or a dependency is down (see Retry-After)",
 }
@@ -166,7 +179,11 @@ def document(app: web.Application, auth_modes: frozenset[str]) -> dict[str, Any]
             "description": "The hot tier for AI chat history: conversation trees in memory.",
         },
         "paths": paths,
-        "components": {"schemas": components, **_security_schemes(auth_modes)},
+        "components": {
+            "schemas": components,
+            "parameters": {USER_PARAMETER: _user_parameter(auth_modes, schema_of)},
+            **_security_schemes(auth_modes),
+        },
     }
     security = _security(auth_modes)
     if security is not None:
@@ -177,7 +194,7 @@ def document(app: web.Application, auth_modes: frozenset[str]) -> dict[str, Any]
 
 def _types(described: list[tuple[str, str, Operation]]) -> list[Any]:
     """Every type the document names, each once, in a stable order."""
-    found: dict[Any, None] = {ErrorOut: None}
+    found: dict[Any, None] = {ErrorOut: None, UserId: None}
     for _, pattern, op in described:
         found.update(dict.fromkeys(_alternatives(op.response)))
         if op.body is not None:
@@ -210,6 +227,8 @@ def _operation(
         for q in op.query
     ]
     public = is_public(pattern)
+    if not public:
+        parameters.append({"$ref": f"#/components/parameters/{USER_PARAMETER}"})
     result: dict[str, Any] = {
         "summary": op.summary,
         "operationId": _operation_id(method, pattern),
@@ -236,7 +255,7 @@ def _errors(op: Operation, has_path: bool, public: bool) -> set[int]:
     if op.query:
         errors |= {422}
     if not public:
-        errors |= {401, 403, 503}
+        errors |= {401, 403, 422, 503}  # 422: an X-Canopy-User over its length
     return errors
 
 
@@ -256,11 +275,26 @@ def _responses(op: Operation, errors: set[int], schema_of: dict[Any, Any]) -> di
         responses[str(status)] = {"description": _REASONS[status], **error_body}
         if status in (429, 503):
             responses[str(status)]["headers"] = {"Retry-After": _header("Retry-After")}
+        if status == 401:
+            responses["401"]["headers"] = {"WWW-Authenticate": _header("WWW-Authenticate", True)}
     return responses
 
 
-def _header(name: str) -> dict[str, Any]:
-    return {"description": HEADERS[name], "schema": {"type": "string"}}
+def _header(name: str, required: bool = False) -> dict[str, Any]:
+    header = {"description": HEADERS[name], "schema": {"type": "string"}}
+    return header | ({"required": True} if required else {})
+
+
+def _user_parameter(modes: frozenset[str], schema_of: dict[Any, Any]) -> dict[str, Any]:
+    """X-Canopy-User, described for the configured auth modes."""
+    meaning = " ".join(text for mode, text in USER_HEADER_MEANING.items() if mode in modes)
+    return {
+        "name": USER_HEADER,
+        "in": "header",
+        "required": False,
+        "description": f"The user a request is made for. {meaning}",
+        "schema": schema_of[UserId],
+    }
 
 
 def _operation_id(method: str, pattern: str) -> str:

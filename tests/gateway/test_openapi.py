@@ -26,6 +26,15 @@ def documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(method, path) for path, item in doc["paths"].items() for method in item}
 
 
+def parameters(doc: dict[str, Any], operation: dict[str, Any]) -> list[dict[str, Any]]:
+    """An operation's parameters, references to components/parameters resolved."""
+    prefix = "#/components/parameters/"
+    return [
+        doc["components"]["parameters"][p["$ref"].removeprefix(prefix)] if "$ref" in p else p
+        for p in operation.get("parameters", [])
+    ]
+
+
 async def fetch(node: Any, path: str, **kwargs: Any) -> tuple[int, str, bytes]:
     async with node.session.get(node.base + path, **kwargs) as response:
         return response.status, response.content_type, await response.read()
@@ -74,8 +83,10 @@ async def test_routes_carry_their_parameters_bodies_and_errors(start_node: Any) 
     node = await start_node()
     _, doc = await node.request("GET", "/openapi.json")
     lineage = doc["paths"]["/api/v1/conversations/{conversation_id}/messages/{message_id}/lineage"]
-    names = {p["name"]: p for p in lineage["get"]["parameters"]}
-    assert names.keys() == {"conversation_id", "message_id", "limit", "cursor", "compact"}
+    names = {p["name"]: p for p in parameters(doc, lineage["get"])}
+    assert names.keys() == {
+        "conversation_id", "message_id", "limit", "cursor", "compact", "X-Canopy-User",
+    }  # fmt: skip
     assert names["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000}
     assert names["conversation_id"]["schema"] == {"type": "string", "format": "uuid"}
     assert "X-Next-Cursor" in lineage["get"]["responses"]["200"]["headers"]
@@ -148,3 +159,50 @@ def test_jwt_and_anonymous_together_make_the_credential_optional() -> None:
     doc = document(create_app(Settings()), frozenset({"jwt", "none"}))
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert doc["security"] == [{"bearer": []}, {}]
+
+
+def documents() -> dict[str, dict[str, Any]]:
+    from gateway.app import create_app
+
+    app = create_app(Settings())
+    modes = ("none", "api-key", "jwt", "jwt,api-key")
+    return {m: document(app, frozenset(m.split(","))) for m in modes}
+
+
+def test_every_non_public_route_takes_x_canopy_user_as_its_modes_mean_it() -> None:
+    for modes, doc in documents().items():
+        for path, item in doc["paths"].items():
+            for method, operation in item.items():
+                names = [p["name"] for p in parameters(doc, operation)]
+                public = operation.get("security") == []
+                assert ("X-Canopy-User" in names) != public, (modes, method, path)
+                assert public or "422" in operation["responses"]  # the header's length
+        header = doc["components"]["parameters"]["CanopyUser"]
+        assert header["in"] == "header" and header["required"] is False
+        assert header["schema"] == {"type": "string", "minLength": 1, "maxLength": 256}
+        text = header["description"]
+        assert ("acts for" in text) == ("api-key" in modes), modes
+        assert ("--auth none" in text) == ("none" in modes), modes
+        assert ("subject" in text) == ("jwt" in modes), modes
+
+
+def test_a_401_names_its_www_authenticate_header() -> None:
+    doc = documents()["jwt"]
+    answers = [
+        operation["responses"]["401"]
+        for item in doc["paths"].values()
+        for operation in item.values()
+        if "401" in operation["responses"]
+    ]
+    assert len(answers) > 20
+    for answer in answers:
+        assert answer["headers"]["WWW-Authenticate"]["required"] is True
+    validate(doc)
+
+
+@EMBEDDED
+async def test_a_401_carries_the_header_the_document_promises(start_node: Any) -> None:
+    node = await start_node(auth="api-key", api_keys="ci:" + api_key_digest("secret"))
+    async with node.session.get(f"{node.base}/api/v1/users/u/conversations") as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"

@@ -1,9 +1,11 @@
-"""The permission matrix: who may call which endpoint of seed 000's API, with real API keys.
+"""The permission matrix: who may call which endpoint of a conversation, with real API keys.
 
 Every caller is a service key acting for a user (`X-Canopy-User`), so it has exactly that
 user's permissions: the owner, a holder of each share, a reader of a public conversation
 and a stranger to a private one. A refusal changes nothing; what a caller may not see
-answers exactly what an unknown conversation answers.
+answers exactly what an unknown conversation answers. Each caller's sidebar lists exactly
+what is theirs or shared with them, and a user's own JWT behaves as a service acting for
+that user.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import jwt
 import pytest
 from gateway_helpers import API, Json, assert_error, conv_path, random_id, state
 
@@ -22,6 +26,8 @@ if TYPE_CHECKING:
 
 KEY = "a-service-key-for-the-matrix"
 AUTH = {"auth": "api-key", "api_keys": f"svc:{hashlib.sha256(KEY.encode()).hexdigest()}"}
+SECRET = "the-matrix-signs-its-own-tokens-with-this"  # 32+ bytes: HS256's minimum
+JWT_AUTH = {**AUTH, "auth": "jwt,api-key", "jwt_secret": SECRET}
 OWNER, READER, BRANCHER, FORKER, PUBLIC_READER, STRANGER = (
     "olive", "reed", "bran", "forkie", "paula", "stan",
 )  # fmt: skip
@@ -37,6 +43,15 @@ class Caller:
         self.headers = {} if key is None else {"X-API-Key": key}
         if user is not None:
             self.headers["X-Canopy-User"] = user
+
+    @classmethod
+    def with_token(cls, node: Node, user: str) -> Caller:
+        """The user themself, with an HS256 token of the node's secret."""
+        caller = cls(node, key=None)
+        caller.user = user
+        token = jwt.encode({"sub": user, "exp": time.time() + 600}, SECRET, algorithm="HS256")
+        caller.headers["Authorization"] = f"Bearer {token}"
+        return caller
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Json]:
         return await self.node.request(method, path, headers=self.headers, **kwargs)
@@ -133,6 +148,7 @@ MATRIX: dict[Endpoint, tuple[int, ...]] = {
     Endpoint("GET", ""): READS,
     Endpoint("GET", "/tree"): READS,
     Endpoint("PUT", "", lambda w, u: {"title": "renamed", "is_public": True}): OWNS,
+    Endpoint("PATCH", "", lambda w, u: {"title": "patched", "is_favorite": True}): OWNS,
     Endpoint("DELETE", ""): OWNS,
     Endpoint("POST", "/messages", lambda w, u: message(u, w.second)): BRANCH,
     Endpoint("POST", "/messages", _to_branch, " (to a branch)"): BRANCH,
@@ -314,3 +330,46 @@ async def test_unknown_messages_and_branches_tell_nothing_more(
             problems += await _same_as_unknown(caller, endpoint, ghosts, (status, body))
     assert not problems, "\n".join(problems)
     assert await snapshot(Caller(node), world, user) == before
+
+
+async def test_each_sidebar_lists_what_is_theirs_or_shared_with_them(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(**AUTH)
+    owner = Caller(node, OWNER)
+    shared, public = await build(owner), await build(owner, public=True)
+    mine = await Caller(node, STRANGER).ok("POST", f"{API}/conversations", {"title": "own"})
+    expected = {
+        OWNER: [(public.cid, "owner"), (shared.cid, "owner")],
+        **{user: [(shared.cid, permission)] for user, permission in SHARES.items()},
+        PUBLIC_READER: [],  # public is readable, not theirs: not in their sidebar
+        STRANGER: [(mine["conversation_id"], "owner")],
+    }
+    for user, want in expected.items():
+        listed = (await Caller(node, user).ok("GET", f"{API}/conversations"))["conversations"]
+        assert [(item["conversation_id"], item["permission"]) for item in listed] == want, user
+
+
+async def test_a_users_own_token_has_that_users_permissions(start_node: NodeFactory) -> None:
+    node = await start_node(**JWT_AUTH)
+    world = await build(Caller(node, OWNER))
+    problems: list[str] = []
+    for user, column in ((READER, 1), (STRANGER, 5)):  # refusals only: the world stays
+        caller = Caller.with_token(node, user)
+        for endpoint, statuses in MATRIX.items():
+            status, body = await caller.send(*endpoint.call(world, user))
+            if status != statuses[column]:
+                problems.append(f"{user} {endpoint}: {status} {body}, expected {statuses[column]}")
+    assert not problems, "\n".join(problems)
+    sidebar = await Caller.with_token(node, READER).ok("GET", f"{API}/conversations")
+    assert [(i["conversation_id"], i["permission"]) for i in sidebar["conversations"]] == [
+        (world.cid, "read")
+    ]
+    owner = Caller.with_token(node, OWNER)
+    patched = await owner.ok("PATCH", conv_path(world.cid), {"title": "by token", "tags": ["t"]})
+    assert (patched["title"], patched["tags"]) == ("by token", ["t"])
+    status, body = await Caller.with_token(node, READER).send(
+        "PATCH", conv_path(world.cid), {"title": "not mine"}
+    )
+    assert_error(status, body, 403, "permission_denied")
+    assert (await owner.ok("GET", conv_path(world.cid)))["title"] == "by token"
