@@ -176,7 +176,9 @@ class Sidebar:
         self.moves = moves
         self._clock = clock
         # kept only with a hot listing to correct them (and tell when they must go)
-        self._first_reads = (first_reads or FirstReads(clock=clock)) if hot is not None else None
+        if first_reads is None:
+            first_reads = FirstReads(clock=clock)
+        self._first_reads = first_reads if hot is not None else None
 
     def observe(self, before: Conversation | None, after: Conversation, event: Event) -> None:
         """Called after every applied mutation (the actor's and a creation's)."""

@@ -58,11 +58,11 @@ class Clock:
 
 @asynccontextmanager
 async def sidebar_over(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path, clock: Clock, max_age: float = 60
 ) -> AsyncIterator[tuple[Sidebar, Counting, HotListing]]:
     async with Counting(tmp_path / "canopy.db") as store:
         hot = HotListing(clock=clock)
-        kept = FirstReads(60, clock=clock)
+        kept = FirstReads(max_age, clock=clock)
         yield Sidebar(store, hot, ActivityMoves(), clock=clock, first_reads=kept), store, hot
 
 
@@ -89,6 +89,13 @@ async def test_a_first_page_is_served_from_memory_long_after_it_was_read(tmp_pat
         assert store.owned_reads == 1
         clock.now = 61.0  # past the age limit
         assert await listed(sidebar) == [("a", "a")]
+        assert store.owned_reads == 2
+
+
+async def test_an_age_limit_of_zero_reads_the_store_for_every_first_page(tmp_path: Path) -> None:
+    async with sidebar_over(tmp_path, Clock(), max_age=0) as (sidebar, store, _):
+        await store.write("a", Changes(conversation=row("a", 1), version=1))
+        assert await listed(sidebar) == await listed(sidebar) == [("a", "a")]
         assert store.owned_reads == 2
 
 
