@@ -4,9 +4,19 @@
 
 The store is seeded directly (`Store.write`, as a flush writes it) with N conversations
 of one user, each with a 200-character last message. A real node (`canopy serve`) is
-started on loopback on that data; the first `GET /api/v1/conversations` after each
-start is a cold page (nothing hot, the index in the store: `--restarts` starts), then
-`--requests` more on one keep-alive connection give the hot p50 (after listing once).
+started on loopback on that data, `--restarts` times for each way of serving a first page:
+
+- cold: the first `GET /api/v1/conversations` after a start (nothing in memory, the
+  index in the store);
+- then `--dirty` conversations of the user are created and appended to through the API,
+  so the hot listing overlays the store's rows (they are the newest: the page mixes
+  them with stored ones), and `--requests` first pages follow on one keep-alive
+  connection, with an append to one of them every `--append-every` pages (the page
+  changes between requests; appends are not timed):
+  - kept: the node as configured by default: the first page's store rows stay in memory
+    while the hot listing covers every change since (engine/first_reads.py);
+  - store path: `--sidebar-cache-seconds 0`, every first page reads the store (what a
+    node pays without the kept rows: SQLite, or a Cassandra round trip).
 Cassandra runs when 127.0.0.1:9042 answers, in a keyspace of its own dropped at the end.
 """
 
@@ -15,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import json
 import socket
 import statistics
 import subprocess
@@ -96,25 +107,69 @@ def first_page(connection: http.client.HTTPConnection) -> float:
     return elapsed
 
 
-def measure(data_dir: Path, extra: list[str], restarts: int, requests: int) -> dict[str, float]:
-    cold: list[float] = []
-    hot: list[float] = []
-    for _ in range(restarts):
-        node = Node(data_dir, extra)
-        try:
-            connection = node.connection()
-            connection.request("GET", "/health")
-            connection.getresponse().read()  # the connection is open: time the page only
-            cold.append(first_page(connection))
-            hot += [first_page(connection) for _ in range(requests)]
-        finally:
-            node.stop()
-    return {
-        "cold_p50_ms": statistics.median(cold),
-        "cold_max_ms": max(cold),
-        "hot_p50_ms": statistics.median(hot),
-        "hot_p99_ms": statistics.quantiles(hot, n=100)[98],
-    }
+def call(connection: http.client.HTTPConnection, path: str, body: object) -> dict[str, object]:
+    connection.request(
+        "POST", path, body=json.dumps(body),
+        headers={"X-Canopy-User": USER, "Content-Type": "application/json"},
+    )  # fmt: skip
+    response = connection.getresponse()
+    answer = response.read()
+    assert response.status in (200, 201), answer[:200]
+    decoded: dict[str, object] = json.loads(answer)
+    return decoded
+
+
+def root(connection: http.client.HTTPConnection, cid: str) -> str:
+    connection.request("GET", f"/api/v1/conversations/{cid}/tree", headers={"X-Canopy-User": USER})
+    tree = json.loads(connection.getresponse().read())
+    return str(tree["messages"][0]["message_id"])
+
+
+def append(connection: http.client.HTTPConnection, cid: str, parent: str, n: int) -> None:
+    text = {"type": "text", "text": f"dirty message {n} " + "words " * 30}
+    body = {"role": "human", "content": text, "parent_message_id": parent}
+    call(connection, f"/api/v1/conversations/{cid}/messages", body)
+
+
+def hot_pages(
+    connection: http.client.HTTPConnection, dirty: int, requests: int, every: int
+) -> list[float]:
+    """First pages while `dirty` conversations made through the API are hot and moving."""
+    made = [
+        str(call(connection, "/api/v1/conversations", {"title": f"dirty {n}"})["conversation_id"])
+        for n in range(dirty)
+    ]
+    roots = {cid: root(connection, cid) for cid in made}
+    for n, cid in enumerate(made):
+        append(connection, cid, roots[cid], n)
+    times: list[float] = []
+    for n in range(requests):
+        if every and n % every == every - 1:
+            cid = made[n % dirty]
+            append(connection, cid, roots[cid], n)
+        times.append(first_page(connection))
+    return times
+
+
+def measure(data_dir: Path, extra: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {"cold": [], "kept": [], "store path": []}
+    for mode, flags in (("kept", []), ("store path", ["--sidebar-cache-seconds", "0"])):
+        for _ in range(args.restarts):
+            node = Node(data_dir, [*extra, *flags])
+            try:
+                connection = node.connection()
+                connection.request("GET", "/health")
+                connection.getresponse().read()  # the connection is open: time the page only
+                found["cold"].append(first_page(connection))
+                found[mode] += hot_pages(connection, args.dirty, args.requests, args.append_every)
+            finally:
+                node.stop()
+    return found
+
+
+def summary(times: list[float]) -> str:
+    p99 = statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
+    return f"p50 {statistics.median(times):.2f} ms, p99 {p99:.2f} ms (n={len(times)})"
 
 
 def cassandra_up() -> bool:
@@ -135,6 +190,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--restarts", type=int, default=5)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--dirty", type=int, default=20)
+    parser.add_argument("--append-every", type=int, default=10)
     parser.add_argument("--stores", default="sqlite,cassandra")
     args = parser.parse_args()
     for kind in args.stores.split(","):
@@ -155,13 +212,13 @@ def main() -> None:
             asyncio.run(seeded(store, args.conversations))
             seeded_s = time.perf_counter() - began
             try:
-                figures = measure(data_dir, extra, args.restarts, args.requests)
+                figures = measure(data_dir, extra, args)
             finally:
                 if kind == "cassandra":
                     drop_keyspace()
-            shown = ", ".join(f"{name} {value:.2f}" for name, value in figures.items())
-            seeding = f"{args.conversations} conversations, seeded in {seeded_s:.1f} s"
-            print(f"{kind} ({seeding}): {shown}")
+            print(f"{kind} ({args.conversations} conversations, seeded in {seeded_s:.1f} s):")
+            for name, times in figures.items():
+                print(f"  {name}: {summary(times)}")
 
 
 def drop_keyspace() -> None:

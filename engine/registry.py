@@ -35,6 +35,7 @@ from engine.actor import (
 from engine.budget import default_max_hot_bytes
 from engine.conversation import ConversationState
 from engine.errors import CanopyError, NotFound, Unavailable
+from engine.first_reads import MAX_AGE_SECONDS, FirstReads
 from engine.moves import ActivityMoves
 from engine.sidebar import Filters, HotListing, Page, Sidebar
 from persistence.background import Backoff, Throttled
@@ -56,6 +57,7 @@ class RegistryConfig:
     max_hot_bytes: int = field(default_factory=default_max_hot_bytes)
     max_hot_messages: int = 2_000_000
     idle_seconds: float = 600.0
+    sidebar_first_reads_seconds: float = MAX_AGE_SECONDS  # engine/first_reads.py; 0: none
 
     def oversized(self, actor: ConversationActor) -> bool:
         """Too big to count against the budget: admitting it would evict most others."""
@@ -85,7 +87,8 @@ class Registry:
         # an actor's count changed, so they stay exact however mutations interleave.
         self._counted: dict[str, tuple[int, int]] = {}
         self._oversized: set[str] = set()  # hot actors kept beside the budget
-        self._sidebar = Sidebar(store, HotListing(), ActivityMoves())
+        first_reads = FirstReads(config.sidebar_first_reads_seconds)
+        self._sidebar = Sidebar(store, HotListing(), ActivityMoves(), first_reads=first_reads)
         flusher.watch_clean(self._sidebar.flushed)
         self.activations = 0
         self.passivations = 0

@@ -8,6 +8,8 @@ conversation:
   unflushed changes (kept `GRACE_SECONDS` after its flush, longer than any store read
   that started before it), per user the ones they own among those, and the share
   holders added or removed. A user's listing looks only at their own entries.
+- `FirstReads` (engine/first_reads.py): a first page's store rows, kept per user until
+  the hot listing lets go of one of the user's conversations.
 - `ActivityMoves` (engine/moves.py): where conversations stood before they moved, so
   that a cursor's later pages list the order as of its first page: nothing is lost or
   repeated while messages arrive (see docs/decisions.md).
@@ -28,15 +30,12 @@ import msgspec
 from engine.access import Principal
 from engine.actor import gone
 from engine.errors import CanopyError, Forbidden, InvalidInput, Unavailable
+from engine.first_reads import FirstReads
 from engine.moves import ActivityMoves, NotMoved
 from persistence.records import Conversation, Event, ShareRevoked, ShareSet
 from persistence.store import Key, Store, StoreError, listing_key, rank
 
 GRACE_SECONDS = 10.0  # over the store's request timeout (5 s): no read outlives it
-# A first page's store reads are reused this long (under GRACE_SECONDS: whatever the hot
-# listing forgot since was flushed before those reads began), for this many users.
-FIRST_READS_SECONDS = 5.0
-FIRST_READS_USERS = 1000
 OWNER = "owner"
 
 
@@ -76,9 +75,6 @@ class Item:
 class Page:
     items: list[Item]
     next_cursor: str | None
-
-
-_Reads = tuple[float, list[tuple[Conversation, str]], list[Conversation]]
 
 
 class _Cursor(msgspec.Struct, array_like=True):
@@ -129,8 +125,10 @@ class HotListing:
             case ShareRevoked(shared_with=user):
                 self._hold(user, cid, None)
 
-    def flushed(self, conversation_id: str) -> None:
-        """The store has every change of the conversation: forget it after the grace."""
+    def flushed(self, conversation_id: str) -> list[tuple[str, set[str]]]:
+        """The store has every change of the conversation: forget it after the grace.
+        Returns those forgotten now, each with its owner and the holders it knew."""
+        forgotten: list[tuple[str, set[str]]] = []
         if conversation_id in self._metas:
             self._clean[conversation_id] = self._clock()
             self._clean.move_to_end(conversation_id)
@@ -140,23 +138,26 @@ class HotListing:
             if since > cutoff:
                 break
             del self._clean[cid]
-            self._forget(cid)
+            forgotten.append((cid, self._forget(cid)))
+        return forgotten
 
     def _hold(self, user: str, cid: str, permission: str | None) -> None:
         self._holders.setdefault(user, {})[cid] = permission
         self._holders_of.setdefault(cid, set()).add(user)
 
-    def _forget(self, cid: str) -> None:
+    def _forget(self, cid: str) -> set[str]:
         meta = self._metas.pop(cid)
         owned = self._owned[meta.created_by]
         owned.discard(cid)
         if not owned:
             del self._owned[meta.created_by]
-        for user in self._holders_of.pop(cid, ()):
+        holders = self._holders_of.pop(cid, set())
+        for user in holders:
             held = self._holders[user]
             del held[cid]
             if not held:
                 del self._holders[user]
+        return {meta.created_by, *holders}
 
 
 class Sidebar:
@@ -168,13 +169,16 @@ class Sidebar:
         hot: HotListing | None,
         moves: ActivityMoves,
         clock: Callable[[], float] = time.monotonic,
+        first_reads: FirstReads | None = None,
     ) -> None:
         self._store = store
         self._hot = hot  # None when every write goes through to the store (--cache off)
         self.moves = moves
         self._clock = clock
-        # (user, rows) -> (when the reads began, shared, owned): see FIRST_READS_SECONDS
-        self._first_reads: OrderedDict[tuple[str, int], _Reads] = OrderedDict()
+        # kept only with a hot listing to correct them (and tell when they must go)
+        if first_reads is None:
+            first_reads = FirstReads(clock=clock)
+        self._first_reads = first_reads if hot is not None else None
 
     def observe(self, before: Conversation | None, after: Conversation, event: Event) -> None:
         """Called after every applied mutation (the actor's and a creation's)."""
@@ -185,8 +189,10 @@ class Sidebar:
             self.moves.moved(after.conversation_id, after.created_by, previous)
 
     def flushed(self, conversation_id: str) -> None:
-        if self._hot is not None:
-            self._hot.flushed(conversation_id)
+        if self._hot is None or self._first_reads is None:
+            return
+        for cid, users in self._hot.flushed(conversation_id):
+            self._first_reads.forgotten(cid, users)
 
     async def ids(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         """Seed 000's listing: ids of what `user_id` owns or was shared, archived ones
@@ -252,22 +258,19 @@ class Sidebar:
         self, user: str, after: Key | None, fetch: int
     ) -> tuple[list[tuple[Conversation, str]], list[Conversation]]:
         """The store's shared rows and first `fetch` owned rows after `after`; a first
-        page's are kept a few seconds (only with a hot listing to correct them)."""
-        key = (user, fetch)
-        cacheable = after is None and self._hot is not None
+        page's are kept (engine/first_reads.py)."""
+        kept = self._first_reads if after is None else None
+        if kept is not None:
+            found = kept.get(user, fetch)
+            if found is not None:
+                return found
+        token = kept.reading(user) if kept is not None else None
         began = self._clock()
-        if cacheable:
-            found = self._first_reads.get(key)
-            if found is not None and began - found[0] < FIRST_READS_SECONDS:
-                return found[1], list(found[2])
         shared, owned = await asyncio.gather(
             self._store.shared(user), self._store.owned(user, after, fetch)
         )
-        if cacheable:
-            self._first_reads[key] = began, shared, list(owned)
-            self._first_reads.move_to_end(key)
-            while len(self._first_reads) > FIRST_READS_USERS:
-                self._first_reads.popitem(last=False)
+        if kept is not None:
+            kept.keep(user, token, began, fetch, shared, owned)
         return shared, owned
 
     async def _moved_rows(self, user: str, pinned: int | None) -> dict[str, Conversation]:

@@ -73,6 +73,7 @@ class Settings:
     accounts: bool = False  # built-in accounts: /api/auth/register, login, me
     retention_sweep_seconds: float = 60.0  # between removals of expired conversations
     default_ttl_seconds: int = 0  # a new conversation expires this long after creation; 0: never
+    sidebar_cache_seconds: float = 60.0  # a user's first-page store rows kept at most; 0: none
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -80,6 +81,7 @@ class Settings:
             max_hot_bytes=self.max_hot_bytes,
             max_hot_messages=self.max_hot_messages,
             idle_seconds=self.idle_seconds,
+            sidebar_first_reads_seconds=self.sidebar_cache_seconds,
         )
 
     def responses(self) -> ResponseLimits:
@@ -215,6 +217,9 @@ _OPTIONS: dict[str, Option] = {
         "(they vanish from reads at once)"),
     "default_ttl_seconds": Option(("CANOPY_DEFAULT_TTL_SECONDS",), int, "storage",
         "a new conversation expires this many seconds after creation; 0: never"),
+    "sidebar_cache_seconds": Option(("CANOPY_SIDEBAR_CACHE_SECONDS",), float, "storage",
+        "seconds at most a user's sidebar first-page store rows are kept in memory (this "
+        "node's writes keep them right; the limit bounds other writers'); 0: read every time"),
     "jwt_secret": Option(("CANOPY_JWT_SECRET",), str, "auth",
         "HS256 secret of --auth jwt (at least 32 bytes); also signs --accounts' tokens",
         "none; with --accounts, generated once into the data dir"),
