@@ -122,7 +122,8 @@ async def measure(systems: list[System], rounds: int, seconds: float) -> list[Fi
         warm = await run(system.node.port, system.batch, connections=8, count=2000, seconds=0.5)
         system.sent += warm.count
     for round_number in range(rounds):
-        for system in systems:
+        turn = round_number % len(systems)  # each system goes first in turn: no order bias
+        for system in systems[turn:] + systems[:turn]:
             pid = system.node.process.pid
             before = cpu_seconds(pid)
             result = await run(system.node.port, system.next_batch(), connections=CONCURRENCY,
