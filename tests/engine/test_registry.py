@@ -445,6 +445,36 @@ async def test_hot_counts_stay_exact_under_concurrent_appends(engine: Engine) ->
     assert engine.registry.hot_bytes == other.nbytes
 
 
+async def test_hot_counts_stay_exact_under_appends_forks_and_passivations(
+    engine: Engine,
+) -> None:
+    """32 writers at once: appends to a few conversations, forks of them (a creation with
+    copied messages) and passivations in between. The counts are what the hot actors hold."""
+    from engine.actor import NewConversation
+
+    sources = [await engine.conversation(title=f"s{i}") for i in range(4)]
+
+    async def writer(n: int) -> None:
+        source = sources[n % len(sources)]
+        for step in range(6):
+            if step == 3 and n % 4 == 0:
+                await engine.registry.passivate(source.id)  # reactivated by the next touch
+            elif step == 4 and n % 2 == 0:
+                point, copied = await engine.registry.run(
+                    ANONYMOUS, source.id, lambda a: a.fork_copy(ANONYMOUS)
+                )
+                fork = NewConversation("f", "bob", fork_from=(source.id, point), copied=copied)
+                await engine.registry.create(ANONYMOUS, fork)
+            else:
+                await engine.say(source.id, source.meta.root_id, f"w{n}-{step}")
+
+    await asyncio.gather(*(writer(n) for n in range(32)))
+    hot = list(engine.registry._hot.values())
+    assert len(hot) > len(sources)  # the forks are hot too
+    assert engine.registry.hot_messages == sum(len(actor) for actor in hot)
+    assert engine.registry.hot_bytes == sum(actor.nbytes for actor in hot)
+
+
 async def test_expire_deletes_only_what_has_expired(engine: Engine) -> None:
     from datetime import UTC, datetime, timedelta
 
