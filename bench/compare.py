@@ -72,7 +72,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.client import HOST, Connection, Result, build_request, call, run
+from bench.client import HOST, Connection, ProtocolError, Result, build_request, call, run
 from bench.cpu import machine_cpu_seconds, tree_cpu_seconds
 from bench.target import External, Server, parse_target
 
@@ -550,7 +550,10 @@ async def run_store(plan: Plan, store: Store) -> None:
             server = stack.enter_context(start(plan, store, ceiling)).server()
             beside.append(Beside(server, "ceiling", CEILING_WORKLOAD, ("get_message",)))
         for external in plan.externals:
-            workload = await seeded(external.server, external.name, store)
+            try:
+                workload = await seeded(external.server, external.name, store)
+            except (OSError, ProtocolError) as exc:
+                raise RuntimeError(f"--target {external.name} ({external.url}): {exc}") from exc
             beside.append(Beside(external.server, external.name, workload))
         for system in others:
             with start(plan, store, system) as started:
@@ -701,6 +704,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for name in names:
         if name in ORDER or names.count(name) > 1:
             parser.error(f"--target {name}: the name is taken")
+    for pid in (pid for t in args.target for pid in t.server.pids):
+        if not Path(f"/proc/{pid}").exists():
+            parser.error(f"--target pid={pid}: no such process")  # it would count 0 µs
     return args
 
 

@@ -202,3 +202,14 @@ def test_compare_measures_a_target_beside_canopy(tmp_path: Path) -> None:
         else:
             assert isinstance(row["cpu_us"], float) and row["cpu_us"] > 0
     assert "seeded" in done.stderr and "other" in done.stdout and "n/a" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [("canopy=http://127.0.0.1:1", "the name is taken"),
+     ("x=http://127.0.0.1:1,pid=999999999", "no such process")],
+)  # fmt: skip
+def test_compare_refuses_a_target_it_cannot_measure(target: str, says: str) -> None:
+    command = [sys.executable, "-m", "bench.compare", "--target", target]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and says in done.stderr
