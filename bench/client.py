@@ -29,10 +29,16 @@ class ProtocolError(Exception):
 
 
 def build_request(
-    method: str, path: str, body: object = None, *, port: int, headers: Mapping[str, str] = {}
+    method: str,
+    path: str,
+    body: object = None,
+    *,
+    port: int,
+    headers: Mapping[str, str] = {},
+    host: str = HOST,
 ) -> bytes:
     """The bytes of one keep-alive request; `body` is encoded as JSON."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     if body is None:
         return (head + "\r\n").encode()
@@ -56,6 +62,7 @@ class Connection(asyncio.BufferedProtocol):
         self.keep_bodies = False
         self.sent_ns = 0
         self.port = 0
+        self.host = HOST
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray(self.BUFFER)
         self._view = memoryview(self._buffer)
@@ -67,9 +74,9 @@ class Connection(asyncio.BufferedProtocol):
         self._busy = False
 
     @classmethod
-    async def open(cls, port: int) -> Connection:
-        _, protocol = await asyncio.get_running_loop().create_connection(cls, HOST, port)
-        protocol.port = port
+    async def open(cls, port: int, host: str = HOST) -> Connection:
+        _, protocol = await asyncio.get_running_loop().create_connection(cls, host, port)
+        protocol.port, protocol.host = port, host
         return protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,7 +180,9 @@ async def call(
     headers: Mapping[str, str] = {},
 ) -> Any:
     """One request with a decoded JSON answer; anything but 200 raises."""
-    request = build_request(method, path, body, port=connection.port, headers=headers)
+    request = build_request(
+        method, path, body, port=connection.port, headers=headers, host=connection.host
+    )
     status, payload = await connection.fetch(request)
     if status != 200:
         raise ProtocolError(f"{method} {path} -> {status}: {payload[:300]!r}")
@@ -262,11 +271,12 @@ async def run(
     connections: int = 1,
     count: int,
     seconds: float,
+    host: str = HOST,
 ) -> Result:
     """Send `requests` (cycled) over `connections` keep-alive connections, each with one
     request in flight, until `count` are sent or `seconds` pass; wait for the last answers.
     """
-    pool = [await Connection.open(port) for _ in range(connections)]
+    pool = [await Connection.open(port, host) for _ in range(connections)]
     try:
         load = _Load(requests, count, seconds)
         cpu, started = time.process_time(), time.perf_counter()

@@ -1,6 +1,7 @@
 """Canopy against a store-backed service and the bare HTTP stack, one workload, one run.
 
     python -m bench.compare [--quick] [--json PATH] [--stores sqlite,cassandra]
+                            [--target NAME=URL[,pid=N]...]
 
 Systems, each a server subprocess started fresh on each store:
   canopy     `canopy serve`: trees in memory, writes journalled then written behind
@@ -9,6 +10,11 @@ Systems, each a server subprocess started fresh on each store:
              goes through to the store, as a conventional store-backed service does
   ceiling    `python -m bench.ceiling`: bare aiohttp+uvloop answering a constant
              message-sized JSON body; get_message only
+  NAME       `--target NAME=URL[,pid=N]` (repeatable; URL `http://HOST[:PORT]`): a
+             server already running that speaks seed 000's API (e.g. the service Canopy
+             replaces), seeded and shape-checked like the others on every store run and
+             measured in canopy's alternating slices for every op (alone without canopy).
+             Its rows carry the store of the canopy they ran beside, not its own store.
 Stores: sqlite (embedded) always; cassandra when 127.0.0.1:9042 accepts connections,
 a fresh keyspace per node (`canopy_bench_<pid>_<system>`, dropped at the end); on
 Cassandra, canopy journals to Redis (127.0.0.1:6379 db 13, flushed before and after)
@@ -35,6 +41,14 @@ this client (bench/client.py: no per-request coroutine, no body copies, no JSON)
 another; the table shows both processes' CPU use at concurrency 32, so a saturated
 client would show, and the rest of the machine's (a co-located Cassandra competes for
 the same cores).
+
+Every row's `cpu_us` is the server's CPU microseconds per request at concurrency 32:
+utime + stime from /proc/<pid>/stat over the timed slices, summed over the server's
+processes and their descendants (a flusher process the node starts counts; children it
+reaped count through cutime + cstime), divided by the requests those slices sent. The
+processes of a started system are known; a --target's are those its `pid=N` options
+name (several are summed), and without one its `cpu_us` is null and its CPU lands in
+the rest of the machine's.
 """
 
 from __future__ import annotations
@@ -58,7 +72,9 @@ from pathlib import Path
 
 import uvloop
 
-from bench.client import Connection, Result, build_request, call, run
+from bench.client import HOST, Connection, ProtocolError, Result, build_request, call, run
+from bench.cpu import machine_cpu_seconds, tree_cpu_seconds
+from bench.target import External, Server, parse_target
 
 CASSANDRA = ("127.0.0.1", 9042)
 REDIS = ("127.0.0.1", 6379)
@@ -180,24 +196,15 @@ def pin(pid: int, cpus: set[int] | None) -> None:
             os.sched_setaffinity(int(task.name), cpus)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> float:
-    """Busy CPU time of the whole machine, every core (user, nice, system, irq, softirq, steal)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7))
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
 @dataclass
 class Node:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+
+    def server(self) -> Server:
+        """Its address; its CPU is the process's and its descendants' (a flusher process)."""
+        return Server(HOST, self.port, (self.process.pid,))
 
     def tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -305,8 +312,8 @@ async def chain(connection: Connection, cid: str, parent: str, length: int, tag:
     return ids
 
 
-async def seed(port: int) -> Workload:
-    pool = [await Connection.open(port) for _ in range(12)]
+async def seed(server: Server) -> Workload:
+    pool = [await Connection.open(server.port, server.host) for _ in range(12)]
     try:
         a, a_root = await conversation(pool[0], "A")
         t, t_root = await conversation(pool[0], "T")
@@ -325,9 +332,9 @@ async def seed(port: int) -> Workload:
             connection.close()
 
 
-async def check(port: int, w: Workload) -> None:
+async def check(server: Server, w: Workload) -> None:
     """Every system must answer the same shapes, or the comparison means nothing."""
-    c = await Connection.open(port)
+    c = await Connection.open(server.port, server.host)
     try:
         got = await call(c, "GET", f"{API}/{w.a}/messages/{w.a_depth2}")
         expect(got["depth"] == 2 and len(got["lineage"]) == 2, "get_message: depth 2", got)
@@ -355,7 +362,8 @@ def expect(ok: bool, what: str, got: object) -> None:
         raise AssertionError(f"workload check failed: {what}; got {str(got)[:300]}")
 
 
-def requests(op: str, w: Workload, port: int) -> list[bytes]:
+def requests(op: str, w: Workload, server: Server) -> list[bytes]:
+    port, host = server.port, server.host
     get = {
         "get_message": f"{API}/{w.a}/messages/{w.a_depth2}",
         "children": f"{API}/{w.a}/messages/{w.a_depth2}/children",
@@ -363,12 +371,13 @@ def requests(op: str, w: Workload, port: int) -> list[bytes]:
         "tree_100": f"{API}/{w.t}/tree",
     }
     if op in get:
-        return [build_request("GET", get[op], port=port)]
+        return [build_request("GET", get[op], port=port, host=host)]
     if op == "append":
         bodies = [message(w.a_depth2, "append", i) for i in range(2)]  # both roles
-        return [build_request("POST", f"{API}/{w.a}/messages", b, port=port) for b in bodies]
+        path = f"{API}/{w.a}/messages"
+        return [build_request("POST", path, b, port=port, host=host) for b in bodies]
     fork = {"title": "fork", "created_by": "bench"}
-    return [build_request("POST", f"{API}/{w.b}/fork", fork, port=port)]
+    return [build_request("POST", f"{API}/{w.b}/fork", fork, port=port, host=host)]
 
 
 CEILING_WORKLOAD = Workload(
@@ -391,22 +400,24 @@ class Measurement:
     sequential: int  # requests timed at concurrency 1
     concurrent: int  # requests at concurrency 32
     client_cpu: float  # cores used at concurrency 32: this process
-    server_cpu: float  # the server process
+    server_cpu: float  # the server's processes (NaN when their pids are unknown)
     other_cpu: float  # everything else on the machine (e.g. Cassandra)
+    cpu_us: float | None  # the server's CPU microseconds per request at concurrency 32
     errors: int = 0
     first_error: str = ""
 
     def row(self) -> dict[str, object]:
         return {"op": self.op, "system": self.system, "store": self.store,
                 "p50_ms": round(self.p50_ms, 4), "p99_ms": round(self.p99_ms, 4),
-                "rps": round(self.rps, 1)}  # fmt: skip
+                "rps": round(self.rps, 1),
+                "cpu_us": None if self.cpu_us is None else round(self.cpu_us, 1)}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Target:
     """One server and the requests it gets for the op being measured."""
 
-    node: Node
+    server: Server
     system: str
     batch: list[bytes]
 
@@ -419,26 +430,29 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
     kind = KIND[op]
     phases: list[list[Result]] = []
     for target in targets:
-        port, batch = target.node.port, target.batch
+        port, host, batch = target.server.port, target.server.host, target.batch
         warm = await run(
-            port, batch, connections=8, count=budget.warm[kind], seconds=budget.warm_seconds
-        )
+            port, batch, connections=8, count=budget.warm[kind], seconds=budget.warm_seconds,
+            host=host,
+        )  # fmt: skip
         one = await run(
-            port, batch, count=budget.sequential[kind], seconds=budget.sequential_seconds
-        )
+            port, batch, count=budget.sequential[kind], seconds=budget.sequential_seconds,
+            host=host,
+        )  # fmt: skip
         phases.append([warm, one])
     slices: list[list[Result]] = [[] for _ in targets]
     server = [0.0] * len(targets)
     other = [0.0] * len(targets)
     for _ in range(SLICES):
         for i, target in enumerate(targets):
-            pid = target.node.process.pid
-            server_before, machine_before = cpu_seconds(pid), machine_cpu_seconds()
+            pids = target.server.pids
+            server_before, machine_before = tree_cpu_seconds(pids), machine_cpu_seconds()
             result = await run(
-                target.node.port, target.batch, connections=CONCURRENCY,
+                target.server.port, target.batch, connections=CONCURRENCY,
                 count=budget.concurrent[kind] // SLICES, seconds=budget.concurrent_seconds / SLICES,
+                host=target.server.host,
             )  # fmt: skip
-            used = cpu_seconds(pid) - server_before
+            used = tree_cpu_seconds(pids) - server_before
             server[i] += used
             other[i] += machine_cpu_seconds() - machine_before - used - result.cpu
             slices[i].append(result)
@@ -447,6 +461,8 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
         warm, one = phases[i]
         elapsed = sum(r.elapsed for r in slices[i])
         failed = [r for r in (warm, one, *slices[i]) if r.errors]
+        known = bool(target.server.pids)
+        served = sum(r.count for r in slices[i])
         measured.append(
             Measurement(
                 op,
@@ -456,10 +472,11 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
                 one.percentile_ms(99),
                 statistics.median(r.rps for r in slices[i]),
                 one.count,
-                sum(r.count for r in slices[i]),
+                served,
                 sum(r.cpu for r in slices[i]) / elapsed,
-                server[i] / elapsed,
-                max(0.0, other[i] / elapsed),
+                server[i] / elapsed if known else math.nan,
+                max(0.0, other[i] / elapsed),  # without pids it includes the target's CPU
+                server[i] / served * 1e6 if known and served else None,
                 sum(r.errors for r in failed),
                 failed[0].first_error if failed else "",
             )  # fmt: skip
@@ -474,6 +491,7 @@ class Plan:
     systems: list[System]
     server_cpus: set[int] | None
     ops: tuple[str, ...] = OPS
+    externals: list[External] = field(default_factory=list)
     keyspaces: list[str] = field(default_factory=list)
     results: list[Measurement] = field(default_factory=list)
 
@@ -499,47 +517,72 @@ def start(plan: Plan, store: Store, system: System) -> Iterator[Node]:
                 raise
 
 
+@dataclass(frozen=True)
+class Beside:
+    """A server measured in canopy's alternating slices, with the workload seeded into it."""
+
+    server: Server
+    system: str
+    workload: Workload
+    ops: tuple[str, ...] = OPS
+
+    def target(self, op: str) -> Target:
+        return Target(self.server, self.system, requests(op, self.workload, self.server))
+
+
+async def seeded(server: Server, system: str, store: Store) -> Workload:
+    began = time.perf_counter()
+    workload = await seed(server)
+    await check(server, workload)
+    log(f"{store.name} {system}: seeded in {time.perf_counter() - began:.1f} s")
+    return workload
+
+
 async def run_store(plan: Plan, store: Store) -> None:
-    """Every system on `store`. The ceiling stays up beside canopy (idle servers cost
-    nothing) so that their get_message slices can alternate."""
+    """Every system on `store`. The ceiling and the --target servers stay up beside
+    canopy (idle servers cost nothing) and their slices alternate with canopy's; without
+    canopy each is measured alone."""
     ceiling = next((s for s in plan.systems if s.name == "ceiling"), None)
     others = [s for s in plan.systems if s is not ceiling]
     with contextlib.ExitStack() as stack:
-        beside = stack.enter_context(start(plan, store, ceiling)) if ceiling else None
+        beside: list[Beside] = []
+        if ceiling:
+            server = stack.enter_context(start(plan, store, ceiling)).server()
+            beside.append(Beside(server, "ceiling", CEILING_WORKLOAD, ("get_message",)))
+        for external in plan.externals:
+            try:
+                workload = await seeded(external.server, external.name, store)
+            except (OSError, ProtocolError) as exc:
+                raise RuntimeError(f"--target {external.name} ({external.url}): {exc}") from exc
+            beside.append(Beside(external.server, external.name, workload))
         for system in others:
             with start(plan, store, system) as started:
-                await run_ops(plan, store, system, started, beside)
-                if system.name == "canopy":
-                    beside = None  # measured with canopy
-        if beside is not None and "get_message" in plan.ops:
-            await record(plan, store, [Target(beside, "ceiling", ceiling_requests(beside))])
-
-
-def ceiling_requests(ceiling: Node) -> list[bytes]:
-    return requests("get_message", CEILING_WORKLOAD, ceiling.port)
+                with_canopy = beside if system.name == "canopy" else []
+                await run_ops(plan, store, system, started.server(), with_canopy)
+        if not any(s.name == "canopy" for s in others):
+            for alone in beside:
+                for op in (op for op in alone.ops if op in plan.ops):
+                    await record(plan, store, [alone.target(op)], op)
 
 
 async def run_ops(
-    plan: Plan, store: Store, system: System, started: Node, ceiling: Node | None
+    plan: Plan, store: Store, system: System, started: Server, beside: list[Beside]
 ) -> None:
-    began = time.perf_counter()
-    workload = await seed(started.port)
-    await check(started.port, workload)
-    log(f"{store.name} {system.name}: seeded in {time.perf_counter() - began:.1f} s")
+    workload = await seeded(started, system.name, store)
     await asyncio.sleep(0.5)  # let a write-behind node flush the seed before timing
     for op in (op for op in system.ops if op in plan.ops):
-        targets = [Target(started, system.name, requests(op, workload, started.port))]
-        if op == "get_message" and system.name == "canopy" and ceiling is not None:
-            targets.append(Target(ceiling, "ceiling", ceiling_requests(ceiling)))
+        targets = [Target(started, system.name, requests(op, workload, started))]
+        targets += [b.target(op) for b in beside if op in b.ops]
         await record(plan, store, targets, op)
 
 
-async def record(plan: Plan, store: Store, targets: list[Target], op: str = "get_message") -> None:
+async def record(plan: Plan, store: Store, targets: list[Target], op: str) -> None:
     for result in await measure(targets, op, plan.budget, store.name):
         plan.results.append(result)
         log(
             f"{store.name} {result.system} {op}: p50 {result.p50_ms:.3f} ms, "
-            f"p99 {result.p99_ms:.3f} ms, {result.rps:,.0f} rps"
+            f"p99 {result.p99_ms:.3f} ms, {result.rps:,.0f} rps, "
+            + ("cpu unknown" if result.cpu_us is None else f"{result.cpu_us:.0f} µs cpu")
             + (f", {result.errors} ERRORS ({result.first_error})" if result.errors else "")
         )
 
@@ -561,13 +604,13 @@ def table(results: list[Measurement], store: str) -> str:
     head = (
         f"{'op':<12} {'system':<10} {'p50 ms':>8} {'p99 ms':>8} {'rps':>9} "
         f"{'p50 off/canopy':>14} {'rps canopy/off':>14} {'rps canopy/ceil':>15} "
-        f"{'srv cpu':>7} {'cli cpu':>7} {'oth cpu':>7}"
+        f"{'srv cpu':>7} {'cpu us':>7} {'cli cpu':>7} {'oth cpu':>7}"
     )
     lines = [f"store: {store}", head, "-" * len(head)]
     ceiling = find(results, "get_message", "ceiling", store)
     rows = sorted(
         (m for m in results if m.store == store),
-        key=lambda m: (OPS.index(m.op), ORDER.index(m.system)),
+        key=lambda m: (OPS.index(m.op), *place(m.system)),
     )
     for m in rows:
         cells = ["", "", ""]
@@ -580,14 +623,28 @@ def table(results: list[Measurement], store: str) -> str:
         lines.append(
             f"{m.op:<12} {m.system:<10} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.rps:>9,.0f} "
             f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>15} "
-            f"{m.server_cpu:>7.0%} {m.client_cpu:>7.0%} {m.other_cpu:>7.0%}"
+            f"{cores(m.server_cpu)} {micros(m.cpu_us)} {cores(m.client_cpu)} {cores(m.other_cpu)}"
             + (f"  {m.errors} ERRORS" if m.errors else "")
         )
     lines.append(
         "p50/p99 at concurrency 1; rps at 32 (median of 3 slices); cpu at 32, in cores: "
-        "the server, this client, the rest of the machine"
+        "the server, its CPU µs per request, this client, the rest of the machine "
+        "(n/a: a --target without pid=)"
     )
     return "\n".join(lines)
+
+
+def place(system: str) -> tuple[int, str]:
+    """Canopy's own systems in ORDER, then the --target ones by name."""
+    return (ORDER.index(system), "") if system in ORDER else (len(ORDER), system)
+
+
+def cores(used: float) -> str:
+    return f"{'n/a':>7}" if math.isnan(used) else f"{used:>7.0%}"
+
+
+def micros(cpu_us: float | None) -> str:
+    return f"{'n/a':>7}" if cpu_us is None else f"{cpu_us:>7.1f}"
 
 
 def targets(results: list[Measurement], store: str) -> list[dict[str, object]]:
@@ -637,7 +694,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--systems", default=",".join(ORDER))
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--target", action="append", type=parse_target, default=[], metavar="NAME=URL[,pid=N]",
+        help="a running server with seed 000's API, measured beside canopy (repeatable); "
+        "pid=N (repeatable) names its processes for cpu_us",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    names = [t.name for t in args.target]
+    for name in names:
+        if name in ORDER or names.count(name) > 1:
+            parser.error(f"--target {name}: the name is taken")
+    for pid in (pid for t in args.target for pid in t.server.pids):
+        if not Path(f"/proc/{pid}").exists():
+            parser.error(f"--target pid={pid}: no such process")  # it would count 0 µs
+    return args
 
 
 def choose(args: argparse.Namespace) -> tuple[list[Store], list[System]]:
@@ -675,7 +745,7 @@ async def main_async(args: argparse.Namespace) -> int:
         os.sched_setaffinity(0, client_cpus)
     budget = Budget.default(args.quick)
     ops = tuple(op for op in OPS if op in args.ops.split(","))
-    plan = Plan(budget, stores, systems, server_cpus, ops)
+    plan = Plan(budget, stores, systems, server_cpus, ops, externals=args.target)
     redis_used = any(s.redis for s in stores)
     if redis_used:
         flush_redis()
@@ -718,7 +788,9 @@ def report(
             "settings": {"quick": args.quick, "concurrency": CONCURRENCY,
                          "budget": asdict(plan.budget), "seconds": round(seconds, 1),
                          "pinned": plan.server_cpus is not None,
-                         "stores": [asdict(s) for s in plan.stores]},
+                         "stores": [asdict(s) for s in plan.stores],
+                         "targets": [{"name": t.name, "url": t.url, "pids": t.server.pids}
+                                     for t in plan.externals]},
         }  # fmt: skip
         args.json.write_text(json.dumps(finite(document), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.json}")

@@ -6,6 +6,9 @@ right, not what they are.
 
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +18,8 @@ import pytest
 
 from bench.client import Connection, Result, build_request, call, run
 from bench.compare import free_port, node
+from bench.cpu import cpu_seconds, tree_cpu_seconds
+from bench.target import Server, parse_target
 
 PATH = "/api/v1/conversations/00000000-0000-4000-8000-000000000000/messages/x"
 
@@ -127,3 +132,84 @@ def test_bodies_larger_than_the_buffer_are_counted_off() -> None:
     connection.on_response = lambda _, status, body: answers.append((status, body))
     feed(connection, response(200, b"y" * (3 * Connection.BUFFER + 5)) * 2, Connection.BUFFER)
     assert answers == [(200, b""), (200, b"")]
+
+
+def test_parse_target_reads_name_url_and_pids() -> None:
+    target = parse_target("rust=http://10.0.0.5:8080,pid=12,pid=13")
+    assert (target.name, target.url) == ("rust", "http://10.0.0.5:8080")
+    assert target.server == Server("10.0.0.5", 8080, (12, 13))
+    assert parse_target("x=http://h").server == Server("h", 80, ())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["http://h:1", "=http://h:1", "a=https://h:1", "a=http://h:1/api", "a=http://h:1,pid=x",
+     "a=http://h:1,cpu=3", "a=http://h:notaport", "a=h:1"],
+)  # fmt: skip
+def test_a_bad_target_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_target(spec)
+
+
+# The child burns 0.3 s of CPU, says so, then waits on stdin; the parent waits on it.
+SPIN = """import sys, time
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+print("spun", flush=True)
+sys.stdin.readline()
+"""
+PARENT = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1]])"
+
+
+def test_cpu_of_a_process_tree_counts_its_children() -> None:
+    """A flusher process started by the node is part of the node's cost."""
+    command = [sys.executable, "-c", PARENT, SPIN]
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as parent:
+        assert parent.stdout is not None and parent.stdin is not None
+        try:
+            assert parent.stdout.readline() == b"spun\n"
+            assert cpu_seconds(parent.pid) < 0.25 <= tree_cpu_seconds([parent.pid])
+        finally:
+            parent.stdin.close()
+        assert parent.wait(timeout=60) == 0
+    assert tree_cpu_seconds([parent.pid]) == 0.0  # a process that is gone counts nothing
+
+
+def test_compare_measures_a_target_beside_canopy(tmp_path: Path) -> None:
+    """A second Canopy node stands in for the service being replaced: bench.compare seeds
+    and shape-checks it, alternates it with its own canopy, and reports cpu_us for every
+    system whose pids it knows."""
+    port = free_port()
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+             "--data-dir", str(tmp_path / "other")]  # fmt: skip
+    out = tmp_path / "compare.json"
+    with node(serve, port, tmp_path / "other.log", cpus=None) as other:
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "bench.compare", "--quick", "--no-pin",
+                   "--stores", "sqlite", "--systems", "canopy", "--ops", "get_message,append",
+                   "--target", f"other={url},pid={other.process.pid}", "--target", f"blind={url}",
+                   "--json", str(out)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {(r["op"], r["system"]): r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {(op, s) for op in ("get_message", "append")
+                         for s in ("canopy", "other", "blind")}  # fmt: skip
+    for (_, system), row in rows.items():
+        assert row["rps"] > 0 and row["p50_ms"] > 0
+        if system == "blind":
+            assert row["cpu_us"] is None  # no pid given: unknown, not zero
+        else:
+            assert isinstance(row["cpu_us"], float) and row["cpu_us"] > 0
+    assert "seeded" in done.stderr and "other" in done.stdout and "n/a" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [("canopy=http://127.0.0.1:1", "the name is taken"),
+     ("x=http://127.0.0.1:1,pid=999999999", "no such process")],
+)  # fmt: skip
+def test_compare_refuses_a_target_it_cannot_measure(target: str, says: str) -> None:
+    command = [sys.executable, "-m", "bench.compare", "--target", target]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and says in done.stderr
