@@ -423,6 +423,7 @@ class HeldFsync:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.reached: list[int | OSError] = []
+        self._finished = threading.Semaphore(0)  # one release per call that returned
         self._real = os.fsync
 
     def __call__(self, fd: int) -> None:
@@ -435,6 +436,13 @@ class HeldFsync:
         except OSError as exc:
             self.reached.append(exc)
             raise
+        finally:
+            self._finished.release()
+
+    async def finished(self, calls: int) -> None:
+        """Until `calls` calls have returned (a hang detector bounds each)."""
+        for _ in range(calls):
+            assert await asyncio.to_thread(self._finished.acquire, timeout=30)
 
 
 async def retired_segment_in_fsync(
@@ -464,7 +472,7 @@ async def test_a_trim_during_an_fsync_closes_nothing_under_it(
             assert journal.stats()["open_segments"] == 1
         finally:
             held.release.set()
-        await until(lambda: bool(held.reached), ticks=100_000)
+        await held.finished(1)
     assert held.reached[0] == inode
 
 
@@ -479,5 +487,5 @@ async def test_a_close_during_an_fsync_closes_nothing_under_it(
         await journal.__aexit__(None, None, None)
     finally:
         held.release.set()
-    await until(lambda: len(held.reached) == 3, ticks=100_000)  # held, then close's two
+    await held.finished(3)  # the held one, and close's two before it
     assert held.reached[-1] == inode  # the held one finished last, on its own file
