@@ -183,7 +183,6 @@ class FileJournal:
         self._wake = asyncio.Event()
         self._writing: list[asyncio.Future[None]] = []  # the waiters of the group in write()
         self._unsynced: set[int] = set()  # descriptors written since their last fsync
-        self._sync_lock = asyncio.Lock()  # trim closes no descriptor an fsync is using
         self._tasks: list[asyncio.Task[None]] = []
         self.records_written = 0
         self.damaged_bytes = 0
@@ -318,12 +317,11 @@ class FileJournal:
         released = self._release_mark is not None and mark >= self._release_mark
         kept = set() if released else set(self._recovered)
         try:
-            async with self._sync_lock:
-                for index in sorted(self._open_fds):
-                    if index < mark:  # what it holds is stored: no fsync owed
-                        fd = self._open_fds.pop(index)
-                        self._unsynced.discard(fd)
-                        os.close(fd)
+            for index in sorted(self._open_fds):
+                if index < mark:  # what it holds is stored: no fsync owed
+                    fd = self._open_fds.pop(index)
+                    self._unsynced.discard(fd)
+                    os.close(fd)  # an fsync under way holds its own copy (`_fsync`)
             for path in self._dir.iterdir():
                 found = _SEGMENT.match(path.name)
                 if found and int(found.group(1)) < mark and int(found.group(1)) not in kept:
@@ -401,7 +399,7 @@ class FileJournal:
             while view:
                 view = view[os.write(fd, view) :]
             if self._fsync_always:
-                await asyncio.get_running_loop().run_in_executor(None, os.fsync, fd)
+                await _fsync(fd)
         except OSError:
             try:
                 os.ftruncate(fd, before)
@@ -416,13 +414,37 @@ class FileJournal:
     async def _syncer(self) -> None:
         """fsync every descriptor written since its last fsync, the segment a mark just
         retired included (its last writes are as recent as the current one's)."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._fsync_interval)
-            async with self._sync_lock:
-                fds, self._unsynced = self._unsynced, set()
-                for fd in fds:
-                    try:
-                        await loop.run_in_executor(None, os.fsync, fd)
-                    except OSError as exc:
-                        throttled.warning("fsync", "journal fsync failed: %s", exc)
+            fds, self._unsynced = self._unsynced, set()
+            for fd in fds:
+                try:
+                    await _fsync(fd)
+                except OSError as exc:
+                    throttled.warning("fsync", "journal fsync failed: %s", exc)
+
+
+async def _fsync(fd: int) -> None:
+    """fsync `fd` in the executor through a duplicate the thread owns and closes.
+
+    A trim or close may close `fd` while the thread runs (or before it starts): the
+    duplicate keeps the file open, so the fsync never meets a closed or reused number
+    (EBADF under load). Shielded: a cancelled caller leaves the thread to finish and
+    close its copy instead of leaking it.
+    """
+    own = os.dup(fd)  # in the loop's thread: `fd` is open now
+    failure = await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, _sync_own, own))
+    if failure is not None:
+        raise failure
+
+
+def _sync_own(fd: int) -> OSError | None:
+    """fsync then close a descriptor this thread owns; the failure is returned, so a
+    caller that stopped waiting leaves no unretrieved exception behind."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(fd)
+    return None

@@ -27,18 +27,21 @@ from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
     ExecutionProfile,
+    NoHostAvailable,
     ResponseFuture,
     Session,
 )
+from cassandra.connection import ConnectionBusy
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     ExponentialReconnectionPolicy,
     TokenAwarePolicy,
 )
+from cassandra.pool import NoConnectionsAvailable
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from persistence.accounts import Account, decode_account, encode_account
-from persistence.background import within
+from persistence.background import Backoff, within
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
 from persistence.store import Changes, Key, StoreError, activity_us, listing_key, rank
 
@@ -188,6 +191,7 @@ class ScyllaStore:
         self._session: Session | None = None
         self._prepared: dict[str, PreparedStatement] = {}
         self._in_flight = asyncio.Semaphore(config.max_in_flight)
+        self.busy_retries = 0  # requests sent again after the driver could not send them
 
     async def __aenter__(self) -> ScyllaStore:
         loop = asyncio.get_running_loop()
@@ -531,8 +535,25 @@ class ScyllaStore:
         return await self._execute((await self._statement(cql)).bind(params))
 
     async def _execute(self, statement: Any) -> list[Any]:
+        """Run a statement under the in-flight limit, waiting out a full connection.
+
+        The driver refuses a request it could not even send ("Connection ... is
+        overloaded": the socket's buffer is full, as a fork's 1,000 rows in batches beside
+        other flushes make it): nothing reached Cassandra, so it is sent again once the
+        connection drains, within `request_timeout`, instead of failing the flush.
+        """
+        loop = asyncio.get_running_loop()
         async with self._in_flight:
-            return await self._execute_now(statement)
+            deadline = loop.time() + self._config.request_timeout
+            backoff = Backoff(0.001, 0.05)
+            while True:
+                try:
+                    return await self._execute_now(statement)
+                except StoreError as exc:
+                    if not _never_sent(exc.__cause__) or loop.time() >= deadline:
+                        raise
+                self.busy_retries += 1
+                await asyncio.sleep(backoff.failed())
 
     async def _execute_now(self, statement: Any) -> list[Any]:
         if self._session is None:
@@ -560,6 +581,18 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
+
+
+def _never_sent(exc: BaseException | None) -> bool:
+    """Every host refused the request before sending it: its socket full or no stream id."""
+    return (
+        isinstance(exc, NoHostAvailable)
+        and bool(exc.errors)
+        and all(
+            isinstance(error, ConnectionBusy | NoConnectionsAvailable)
+            for error in exc.errors.values()
+        )
+    )
 
 
 def _keyed_rows(

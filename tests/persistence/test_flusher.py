@@ -16,9 +16,11 @@ from msgspec.structs import replace
 
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal_file import FileJournal
+from persistence.journal_redis import RedisJournal
 from persistence.records import Conversation, Message, Snapshot
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, Key, StoreError
+from tests.backends import redis_journal
 from tests.waiting import until
 
 if TYPE_CHECKING:
@@ -432,3 +434,45 @@ async def test_cycle_during_a_failing_flush_does_not_trim_its_records(env: Env, 
     # A crash now must not lose the acknowledged record: the store or the journal has it.
     stored = await env.sqlite.load("c1")
     assert stored is not None or env.record("c1", 1) in await env.replay_from_disk()
+
+
+class HeldTrim:
+    """The flusher's view of a real journal whose first trim up to `held` is held until
+    released (never, in the test: a close cancels it)."""
+
+    def __init__(self, inner: RedisJournal, held: Mapping[str, int]) -> None:
+        self.inner = inner
+        self.held = held
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def mark(self) -> object:
+        return await self.inner.mark()
+
+    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
+        if flushed == self.held and not self.entered.is_set():
+            self.entered.set()
+            await self.release.wait()
+        await self.inner.trim(mark, flushed)
+
+
+async def test_a_close_during_a_cycles_trim_still_trims_what_it_had_stored(
+    tmp_path: Path, rows: Rows
+) -> None:
+    """A close cancels the background cycle; one cancelled in its trim used to lose the
+    versions it was trimming, so the next start replayed them (119-159 Redis records
+    after a clean shutdown under load)."""
+    async with redis_journal(tmp_path) as journal, SQLiteStore(tmp_path / "c.db") as store:
+        held = HeldTrim(journal, {"c1": 3})
+        flusher = Flusher(store, held, FlusherConfig(interval=0.001))  # type: ignore[arg-type]
+        async with flusher:
+            await journal.acquire("c1")
+            for seq in range(1, 4):
+                with flusher.mutation():
+                    await journal.append("c1", seq, b"record %d" % seq)
+                    changes = rows.changes(rows.conversation("c1", version=seq), (root(rows),))
+                    flusher.record("c1", lambda dirty, changes=changes: dirty.absorb(changes))
+            async with asyncio.timeout(10):  # a hang detector: the cycle stores, then trims
+                await held.entered.wait()
+            assert flusher.unflushed_bytes == 0  # all stored: only that trim is left
+        assert [entry.payload for entry in await journal.tail("c1", 0)] == []

@@ -376,16 +376,16 @@ async def test_the_segment_a_mark_retires_is_fsynced_too(
     retired: list[int] = []
     real_fsync = os.fsync
 
-    def noting(fd: int) -> None:
+    def noting(fd: int) -> None:  # by inode: the syncer fsyncs through a copy of the fd
         real_fsync(fd)
-        synced.add(fd)
+        synced.add(os.fstat(fd).st_ino)
         if retired and retired[0] in synced:
             retired_synced.set()
 
     monkeypatch.setattr(os, "fsync", noting)
     async with FileJournal(journal_dir, fsync=0.01) as journal:
         await journal.append("c", 0, payload(0))
-        retired.append(journal._fd)
+        retired.append(os.fstat(journal._fd).st_ino)
         await journal.mark()
         await journal.append("c", 1, payload(1))
         async with asyncio.timeout(10):  # a hang detector; the syncer runs every 10 ms
@@ -413,3 +413,79 @@ async def test_close_is_bounded_when_the_disk_stops_answering(
             await append  # never acknowledged, and told so
     finally:
         release.set()
+
+
+class HeldFsync:
+    """An fsync that holds its first call until released, then notes which file each
+    call reached (by inode) or the error it met."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.reached: list[int | OSError] = []
+        self._finished = threading.Semaphore(0)  # one release per call that returned
+        self._real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(30)
+        try:
+            self.reached.append(os.fstat(fd).st_ino)
+            self._real(fd)
+        except OSError as exc:
+            self.reached.append(exc)
+            raise
+        finally:
+            self._finished.release()
+
+    async def finished(self, calls: int) -> None:
+        """Until `calls` calls have returned (a hang detector bounds each)."""
+        for _ in range(calls):
+            assert await asyncio.to_thread(self._finished.acquire, timeout=30)
+
+
+async def retired_segment_in_fsync(
+    journal: FileJournal, held: HeldFsync, journal_dir: Path
+) -> tuple[object, int]:
+    """Write to a segment, retire it with a mark, and return once the syncer's fsync of
+    it is held: the mark and the retired segment's inode."""
+    await journal.append("c", 0, payload(0))
+    inode = (journal_dir / journal.segments()[-1]).stat().st_ino
+    mark = await journal.mark()
+    assert await asyncio.to_thread(held.entered.wait, 30)  # a hang detector
+    return mark, inode
+
+
+async def test_a_trim_during_an_fsync_closes_nothing_under_it(
+    journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syncer fsyncs the segment a mark retired; the trim that closes it does not wait
+    for the disk, and the fsync still reaches that segment's file, never EBADF."""
+    held = HeldFsync()
+    monkeypatch.setattr(os, "fsync", held)
+    async with FileJournal(journal_dir, fsync=0.001) as journal:
+        try:
+            mark, inode = await retired_segment_in_fsync(journal, held, journal_dir)
+            async with asyncio.timeout(10):  # a hang detector: trim must not wait for it
+                await journal.trim(mark, {"c": 0})
+            assert journal.stats()["open_segments"] == 1
+        finally:
+            held.release.set()
+        await held.finished(1)
+    assert held.reached[0] == inode
+
+
+async def test_a_close_during_an_fsync_closes_nothing_under_it(
+    journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldFsync()
+    monkeypatch.setattr(os, "fsync", held)
+    journal = await FileJournal(journal_dir, fsync=0.001).__aenter__()
+    try:
+        _, inode = await retired_segment_in_fsync(journal, held, journal_dir)
+        await journal.__aexit__(None, None, None)
+    finally:
+        held.release.set()
+    await held.finished(3)  # the held one, and close's two before it
+    assert held.reached[-1] == inode  # the held one finished last, on its own file

@@ -8,10 +8,15 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
+from cassandra.cluster import NoHostAvailable
+from cassandra.connection import ConnectionBusy
+from cassandra.query import BatchStatement
 
 from persistence.records import Branch, Conversation, Message
 from persistence.scylla import ScyllaStore
@@ -115,3 +120,43 @@ async def test_sessions_speak_protocol_v4() -> None:
     async with ScyllaStore(SCYLLA) as store:
         assert store._cluster is not None and store._cluster.protocol_version == 4
         assert await store.load("no-such-conversation") is None
+
+
+class Refused:
+    """What the driver's future reports when every host's connection was too busy to
+    even send the request ("Connection ... is overloaded")."""
+
+    has_more_pages = False
+
+    def add_callbacks(self, callback: object, errback: Callable[[BaseException], None]) -> None:
+        busy = ConnectionBusy("Connection 127.0.0.1:9042 is overloaded")
+        errback(NoHostAvailable("Unable to complete the operation", {"127.0.0.1:9042": busy}))
+
+
+async def test_a_fork_sized_write_waits_out_a_busy_connection() -> None:
+    """A batch the driver could not send is sent again once the connection drains: the
+    1,000-row flush of a fork is stored instead of failing."""
+    require("cassandra")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    meta = Conversation("c-busy", "root", "t", None, at, "u", at, False, None, None, 1001, 1)
+    root = Message("root", None, "root", b"{}", {}, at, "u", 1, 0)
+    rows = [root] + [
+        Message(f"m{i}", "root", "human", b'{"type":"text","text":"x"}', {}, at, "u", 2, i)
+        for i in range(1, 1001)
+    ]
+    async with ScyllaStore(SCYLLA) as store:
+        assert store._session is not None
+        real = store._session.execute_async
+        refusals = iter(range(8))  # the first batches meet a full socket
+
+        def busy_at_first(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(statement, BatchStatement) and next(refusals, None) is not None:
+                return Refused()
+            return real(statement, *args, **kwargs)
+
+        store._session.execute_async = busy_at_first  # type: ignore[method-assign]
+        written = Changes(conversation=meta, messages={m.message_id: m for m in rows}, version=1)
+        await store.write("c-busy", written)
+        assert store.busy_retries == 8
+        loaded = await store.load("c-busy")
+        assert loaded is not None and len(loaded.messages) == 1001
