@@ -97,3 +97,23 @@ async def test_a_record_set_aside_is_copied_once_and_keeps_its_place(tmp_path: P
         assert [(f[b"origin"].decode(), f[b"r"]) for _, f in kept] == [
             (stranded.origin, b"record 2")
         ]
+
+
+async def test_a_lone_record_goes_as_one_evalsha_not_a_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy conversation's lock lets one record out per send: it skips the pipeline's
+    CPU (~18 µs of ~100 per append), and a script Redis forgot is still loaded and the
+    record sent again, once."""
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+
+        def no_pipeline(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a lone record went through a pipeline")
+
+        monkeypatch.setattr(journal._client, "pipeline", no_pipeline)
+        await journal.append("c1", 1, b"first")
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.script_flush()
+        await journal.append("c1", 2, b"second")
+        assert payloads(await journal.tail("c1", 0)) == [b"first", b"second"]
