@@ -15,7 +15,8 @@ import argparse
 import uvloop
 
 from bench.client import Connection, build_request, run
-from bench.compare import API, conversation, cpu_seconds, message
+from bench.compare import API, conversation, message
+from bench.cpu import cpu_seconds
 
 
 async def load(port: int, pid: int, seconds: float, conversations: int, connections: int) -> str:
