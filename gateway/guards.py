@@ -30,7 +30,7 @@ from gateway.connections import EdgeHandler
 from gateway.schemas import MAX_USER_ID
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-USER_HEADER = "X-Canopy-User"  # read by gateway.auth (which cannot be imported here)
+USER_HEADER = "X-Canopy-User"  # who a service acts for (gateway.auth), checked here
 
 
 class MisdirectedRequest(CanopyError):

@@ -22,7 +22,8 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from gateway.auth import USER_HEADER, is_public
+from gateway.auth import is_public
+from gateway.guards import USER_HEADER
 from gateway.paging import MAX_LIMIT
 from gateway.router import SegmentRouter
 from gateway.schemas import CompactMessageOut, ErrorOut, MessageOut, Name, UserId

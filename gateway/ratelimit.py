@@ -22,9 +22,6 @@ import logging
 import math
 import re
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -33,6 +30,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from engine.access import Principal
 from engine.errors import RateLimited
+from gateway.buckets import Clock, MemoryBuckets, RateLimit
 from gateway.keys import PRINCIPAL
 from persistence import redis_keys
 from persistence.background import Throttled
@@ -40,21 +38,9 @@ from persistence.background import Throttled
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
-Clock = Callable[[], float]
 UNLIMITED_PATHS = frozenset({"/health"})  # a liveness probe refused would get the node killed
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _SPEC = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*(?:,\s*burst\s*=\s*(\d+)\s*)?")
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    rate: float  # tokens per second
-    burst: int  # the bucket's size: requests allowed at once after an idle spell
-
-    @property
-    def refill_seconds(self) -> float:
-        """How long an empty bucket takes to be full again (then it equals no bucket)."""
-        return self.burst / self.rate
 
 
 def parse_rate_limit(spec: str) -> RateLimit | None:
@@ -108,70 +94,6 @@ def open_limiter(spec: str, redis_url: str | None) -> Limiter | None:
     if limit is None:
         return None
     return MemoryBuckets(limit) if redis_url is None else RedisBuckets(limit, redis_url)
-
-
-class MemoryBuckets:
-    """Token buckets in this process, least recently used first.
-
-    A bucket untouched for `refill_seconds` is full, the same as no bucket, so the
-    oldest ones are dropped as requests pass; past `max_buckets` (a flood of distinct
-    callers) the oldest goes anyway, which can only be lenient to that one caller.
-    """
-
-    backend = "memory"
-
-    def __init__(
-        self, limit: RateLimit, *, clock: Clock = time.monotonic, max_buckets: int = 100_000
-    ) -> None:
-        self.limit = limit
-        self._clock = clock
-        self._max_buckets = max_buckets
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
-        self.allowed = 0
-        self.limited = 0
-
-    async def take(self, key: str) -> float:
-        return self.take_now(key)
-
-    def take_now(self, key: str) -> float:
-        now = self._clock()
-        limit = self.limit
-        tokens, at = self._buckets.pop(key, (limit.burst, now))
-        tokens = min(limit.burst, tokens + (now - at) * limit.rate)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-            self.allowed += 1
-        else:
-            wait = (1.0 - tokens) / limit.rate
-            self.limited += 1
-        self._buckets[key] = (tokens, now)  # now the most recently used
-        self._drop_idle(now)
-        return wait
-
-    def _drop_idle(self, now: float) -> None:
-        buckets = self._buckets
-        while buckets:
-            _, at = next(iter(buckets.values()))
-            if now - at < self.limit.refill_seconds and len(buckets) <= self._max_buckets:
-                return
-            buckets.popitem(last=False)
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend,
-            "allowed": self.allowed,
-            "limited": self.limited,
-            "buckets": len(self._buckets),
-        }
-
-    async def __aenter__(self) -> MemoryBuckets:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
 
 # KEYS[1] the bucket; ARGV rate, burst, ttl ms, now (seconds; empty: Redis's clock, one
