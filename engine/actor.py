@@ -11,7 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Literal
@@ -20,7 +20,7 @@ from msgspec.structs import replace
 
 from engine.access import BRANCH, FORK, OWNER, READ, Level, Principal
 from engine.conversation import ConversationState, root_content
-from engine.errors import InvalidInput, NotFound, Unavailable
+from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
 from persistence.flusher import Backpressure, Flusher
 from persistence.journal import Journal, JournalError
 from persistence.records import (
@@ -130,6 +130,37 @@ class Patch:
         )  # fmt: skip
 
 
+class _QueuedAppend:
+    """One caller's append waiting to be committed, and what became of it."""
+
+    __slots__ = ("principal", "new", "message", "error")
+
+    def __init__(self, principal: Principal, new: NewMessage) -> None:
+        self.principal = principal
+        self.new = new
+        self.message: Message | None = None
+        self.error: BaseException | None = None
+
+
+@dataclass
+class _Staged:
+    """The appends of one batch checked so far: their records and what they change."""
+
+    version: int  # the seq the next record is applied on top of
+    message_count: int
+    records: list[Record] = field(default_factory=list)
+    applies: list[Callable[[Changes], None]] = field(default_factory=list)
+    messages: dict[int, Message] = field(default_factory=dict)  # id(queued) -> its message
+    nodes: dict[str, Message] = field(default_factory=dict)
+    leaves: dict[str, str] = field(default_factory=dict)  # branch -> its staged leaf
+
+
+def _fail(batch: list[_QueuedAppend], error: BaseException) -> None:
+    for queued in batch:
+        if queued.message is None and queued.error is None:
+            queued.error = error
+
+
 class Passivated(Exception):
     """The actor was dropped while the caller waited; the registry retries on a fresh one."""
 
@@ -157,7 +188,8 @@ def _unobserved(before: Conversation | None, after: Conversation, event: Event) 
 
 class ConversationActor:
     __slots__ = (
-        "id", "state", "_journal", "_flusher", "_config", "_observe", "_lock", "_seq", "closed",
+        "id", "state", "_journal", "_flusher", "_config", "_observe", "_lock", "_seq", "_appends",
+        "closed",
     )  # fmt: skip
 
     def __init__(
@@ -176,6 +208,7 @@ class ConversationActor:
         self._config = config
         self._lock = asyncio.Lock()
         self._seq = state.version  # last seq handed out; may run ahead after a failed append
+        self._appends: list[_QueuedAppend] = []  # waiting for the lock, committed together
         self.closed = False
 
     @property
@@ -196,6 +229,11 @@ class ConversationActor:
 
     def __len__(self) -> int:
         return len(self.state.tree)
+
+    @property
+    def queued_appends(self) -> int:
+        """Appends waiting for the lock: they go to the journal together."""
+        return len(self._appends)
 
     @property
     def nbytes(self) -> int:
@@ -277,38 +315,92 @@ class ConversationActor:
     # -- mutations: serialized, journaled before applied -------------------------------------
 
     async def append(self, principal: Principal, new: NewMessage) -> Message:
+        """Append a message. Appends queued behind the lock are committed together by
+        whichever of them takes it first: one journal send for all of them (group commit),
+        applied and acknowledged in seq order."""
         if new.role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(sorted(ROLES))}; got {new.role!r}")
-        async with self._lock:
+        queued = _QueuedAppend(principal, new)
+        self._appends.append(queued)
+        try:
+            async with self._lock:
+                if self._appends:  # ours among them, unless an earlier holder took it
+                    batch, self._appends = self._appends, []
+                    await self._commit_appends(batch)
+        except asyncio.CancelledError:
+            if queued in self._appends:
+                self._appends.remove(queued)
+            raise
+        if queued.error is not None:
+            raise queued.error
+        assert queued.message is not None
+        return queued.message
+
+    async def _commit_appends(self, batch: list[_QueuedAppend]) -> None:
+        """Validate and number every queued append on top of the state and those staged
+        before it, journal them in one go, apply them in order. Each caller hears its own
+        refusal; a journal failure fails the batch, and nothing of it is applied."""
+        try:
             self._check_open()
-            self.require(principal, BRANCH, "appending a message")
-            parent_id = new.parent_id
-            if new.branch_id is not None:
-                leaf = self.branch(new.branch_id).leaf_message_id  # the branch must exist
-                parent_id = parent_id or leaf
-            if parent_id is None:
-                raise InvalidInput("parent_message_id is required (or a branch_id to append to)")
-            parent = self.state.tree.get(parent_id)
-            if parent is None:
-                raise InvalidInput(
-                    f"parent_message_id {parent_id} is not in conversation {self.id}"
-                )
-            limit = self._config.max_lineage_depth
-            if parent.depth >= limit:
-                raise InvalidInput(f"lineage depth would exceed MAX_LINEAGE_DEPTH ({limit})")
-            node = Message(
-                message_id=new_id(),
-                parent_id=parent_id,
-                role=new.role,
-                content=new.content,
-                content_metadata=new.content_metadata,
-                created_at=now(),
-                created_by=new.created_by,
-                depth=parent.depth + 1,
-                seq=self.meta.message_count,  # the tree may hold only a path (store-backed mode)
-            )
-            await self._commit(Appended(node, new.branch_id))
-            return node
+            staged = _Staged(self.state.version, self.meta.message_count)
+            for queued in batch:
+                try:
+                    self._stage(queued, staged)
+                except CanopyError as exc:  # refused: this caller's alone
+                    queued.error = exc
+            if staged.records:
+                await commit_many(
+                    self._journal, self._flusher, self._config.durability,
+                    staged.records, staged.applies,
+                )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch hears it
+            _fail(batch, exc)
+            return
+        except BaseException:  # cancelled: the callers behind the lock must not wait on it
+            _fail(batch, Unavailable("append interrupted; it may or may not have been stored"))
+            raise
+        for queued in batch:
+            if queued.error is None:
+                queued.message = staged.messages[id(queued)]
+
+    def _stage(self, queued: _QueuedAppend, staged: _Staged) -> None:
+        """Check one append against the state plus the appends staged before it, and
+        stage its record (the next seq, applied on top of the previous one)."""
+        new = queued.new
+        self.require(queued.principal, BRANCH, "appending a message")
+        parent_id = new.parent_id
+        if new.branch_id is not None:
+            leaf = staged.leaves.get(new.branch_id) or self.branch(new.branch_id).leaf_message_id
+            parent_id = parent_id or leaf
+        if parent_id is None:
+            raise InvalidInput("parent_message_id is required (or a branch_id to append to)")
+        parent = self.state.tree.get(parent_id) or staged.nodes.get(parent_id)
+        if parent is None:
+            raise InvalidInput(f"parent_message_id {parent_id} is not in conversation {self.id}")
+        limit = self._config.max_lineage_depth
+        if parent.depth >= limit:
+            raise InvalidInput(f"lineage depth would exceed MAX_LINEAGE_DEPTH ({limit})")
+        node = Message(
+            message_id=new_id(),
+            parent_id=parent_id,
+            role=new.role,
+            content=new.content,
+            content_metadata=new.content_metadata,
+            created_at=now(),
+            created_by=new.created_by,
+            depth=parent.depth + 1,
+            seq=staged.message_count,  # the tree may hold only a path (store-backed mode)
+        )
+        self._seq += 1
+        seq, event = self._seq, Appended(node, new.branch_id)
+        staged.records.append(Record(self.id, seq, event, prev=staged.version))
+        staged.applies.append(lambda changes: self.apply(seq, event, changes))
+        staged.messages[id(queued)] = node
+        staged.nodes[node.message_id] = node
+        if new.branch_id is not None:
+            staged.leaves[new.branch_id] = node.message_id
+        staged.version = seq
+        staged.message_count += 1
 
     async def update(
         self,
@@ -448,25 +540,48 @@ async def commit(
 ) -> None:
     """Journal a record per the durability mode, `apply` it, and leave it dirty to flush.
 
-    Every mutation goes through here: the conversation's own and its creation.
+    Every mutation goes through here or `commit_many`: the conversation's own and its
+    creation.
     """
-    conversation_id = record.conversation_id
+    await commit_many(journal, flusher, durability, (record,), (apply,))
+
+
+async def commit_many(
+    journal: Journal,
+    flusher: Flusher,
+    durability: Durability,
+    records: Sequence[Record],
+    applies: Sequence[Callable[[Changes], None]],
+) -> None:
+    """`commit` for consecutive records of one conversation: journaled in one go (one
+    journal send), then applied in order; a journal failure applies none of them."""
+    conversation_id = records[0].conversation_id
     try:
         flusher.check_capacity()
     except Backpressure as exc:
         raise Unavailable(str(exc), retry_after=exc.retry_after) from None
-    payload = encode_record(record)
+    payloads = [encode_record(record) for record in records]
     with flusher.mutation():
+        appends = [
+            journal.append(conversation_id, record.seq, payload)
+            for record, payload in zip(records, payloads, strict=True)
+        ]
         if durability == "memory":
-            appended = asyncio.ensure_future(journal.append(conversation_id, record.seq, payload))
-            appended.add_done_callback(_log_failure)
-            flusher.adopt(appended)
+            for append in appends:
+                appended = asyncio.ensure_future(append)
+                appended.add_done_callback(_log_failure)
+                flusher.adopt(appended)
         else:
-            try:
-                await journal.append(conversation_id, record.seq, payload)
-            except JournalError as exc:
-                raise Unavailable(f"journal unavailable: {exc}") from None
-        flusher.record(conversation_id, apply)
+            failure: JournalError | None = None
+            for append in appends:  # every one awaited: no failure goes unretrieved
+                try:
+                    await append
+                except JournalError as exc:
+                    failure = failure or exc
+            if failure is not None:
+                raise Unavailable(f"journal unavailable: {failure}") from None
+        for apply in applies:
+            flusher.record(conversation_id, apply)
     if durability == "store":
         try:
             await flusher.flush(conversation_id)

@@ -3,7 +3,8 @@
 Each record is an entry `{seq}-1` in the conversation's stream. Appends go through a
 Lua script that checks the caller's epoch against the conversation's epoch key and
 adds the entry atomically, so a node that lost ownership can never append (fencing).
-Appends made in one event-loop tick are sent in one pipeline (group commit). Trimming
+Appends made in one event-loop tick are sent in one pipeline (group commit), a
+conversation's records of the tick in one script call. Trimming
 removes entries up to the flushed seq and deletes an emptied stream.
 
 Scripts run by EVALSHA, loaded again only when Redis answers NOSCRIPT (a restart, a
@@ -32,12 +33,15 @@ from persistence.journal import Entry, JournalError
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
+# ARGV: epoch, conversation id, then (seq, record) for each record, in seq order.
 _APPEND = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' is not the owner')
 end
-redis.call('XADD', KEYS[1], ARGV[2] .. '-1', 'r', ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[4])
+for i = 3, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], ARGV[i] .. '-1', 'r', ARGV[i + 1])
+end
+redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 
@@ -59,6 +63,7 @@ return 1
 
 
 Call = tuple[Sequence[str], Sequence[str | int | bytes]]  # one script run: keys, args
+_Queued = tuple[str, int, bytes, "asyncio.Future[None]"]  # conversation, seq, record, ack
 
 
 class Fenced(JournalError):
@@ -79,7 +84,7 @@ class RedisJournal:
         )
         self._close_timeout = close_timeout
         self._epochs: dict[str, int] = {}
-        self._batch: list[tuple[str, int, bytes, asyncio.Future[None]]] = []
+        self._batch: list[_Queued] = []
         self._scheduled: asyncio.Handle | None = None  # the tick's send of `_batch`
         self._sends: set[asyncio.Task[None]] = set()  # owned: awaited on close
         self._sending = asyncio.Lock()  # batches go out in order, one at a time
@@ -139,7 +144,7 @@ class RedisJournal:
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
 
-    async def _send(self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]) -> None:
+    async def _send(self, batch: list[_Queued]) -> None:
         try:
             async with self._sending:
                 await self._send_in_order(batch)
@@ -148,25 +153,29 @@ class RedisJournal:
                 if not future.done():
                     future.set_exception(JournalError("journal closed before the append"))
 
-    async def _send_in_order(
-        self, batch: list[tuple[str, int, bytes, asyncio.Future[None]]]
-    ) -> None:
-        calls: list[Call] = []
-        sent: list[asyncio.Future[None]] = []  # in step with calls
-        for conversation_id, seq, payload, future in batch:
+    async def _send_in_order(self, batch: list[_Queued]) -> None:
+        """One script call per conversation for all its records in the batch: they land
+        together or not at all (a script runs atomically)."""
+        grouped: dict[str, list[_Queued]] = {}
+        for queued in batch:
+            conversation_id, _, _, future = queued
             if future.done():  # its appender stopped waiting before it was sent
                 continue
-            epoch = self._epochs.get(conversation_id)
-            if epoch is None:
+            if conversation_id not in self._epochs:
                 future.set_exception(Fenced(f"conversation {conversation_id} is not acquired"))
                 continue
+            grouped.setdefault(conversation_id, []).append(queued)
+        calls: list[Call] = []
+        for conversation_id, records in grouped.items():
             keys = [
                 redis_keys.journal(conversation_id),
                 redis_keys.epoch(conversation_id),
                 redis_keys.JOURNALED,
             ]
-            calls.append((keys, [epoch, seq, payload, conversation_id]))
-            sent.append(future)
+            args: list[str | int | bytes] = [self._epochs[conversation_id], conversation_id]
+            for _, seq, payload, _ in records:
+                args += (seq, payload)
+            calls.append((keys, args))
         try:
             results = await self._run(_APPEND, calls)
         except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
@@ -175,16 +184,17 @@ class RedisJournal:
                 if not future.done():
                     future.set_exception(JournalError(f"redis unavailable: {exc}"))
             return
-        for future, result in zip(sent, results, strict=True):
-            if future.done():  # its appender stopped waiting meanwhile
-                continue
-            if isinstance(result, ResponseError):
-                kind = Fenced if str(result).startswith("FENCED") else JournalError
-                future.set_exception(kind(str(result)))
-            elif isinstance(result, Exception):
-                future.set_exception(JournalError(f"redis: {result}"))
-            else:
-                future.set_result(None)
+        for records, result in zip(grouped.values(), results, strict=True):
+            for *_, future in records:
+                if future.done():  # its appender stopped waiting meanwhile
+                    continue
+                if isinstance(result, ResponseError):
+                    kind = Fenced if str(result).startswith("FENCED") else JournalError
+                    future.set_exception(kind(str(result)))
+                elif isinstance(result, Exception):
+                    future.set_exception(JournalError(f"redis: {result}"))
+                else:
+                    future.set_result(None)
 
     async def replay(self) -> list[Entry]:
         try:

@@ -21,6 +21,7 @@ from engine.access import ANONYMOUS
 from engine.actor import ActorConfig, ConversationActor, Durability, NewConversation, NewMessage
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
+from persistence.journal import Journal
 from persistence.journal_file import FileJournal
 from persistence.records import Message
 from persistence.sqlite import SQLiteStore
@@ -41,7 +42,7 @@ class Engine:
     directory: Path
     sqlite: SQLiteStore
     store: Store  # what the flusher and registry use: `sqlite` or a wrapper around it
-    journal: FileJournal
+    journal: FileJournal  # the file journal itself, under any wrapper the engine uses
     flusher: Flusher
     registry: Registry
     stack: contextlib.AsyncExitStack
@@ -114,6 +115,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         max_unflushed_bytes: int = 256 * 1024 * 1024,
         flush_interval: float = HOUR,
         wrap_store: Callable[[SQLiteStore], Store] | None = None,
+        wrap_journal: Callable[[FileJournal], Journal] | None = None,
         recover_damaged: bool = False,
     ) -> Engine:
         directory = directory or tmp_path / "node"
@@ -135,9 +137,10 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             journal = await stack.enter_async_context(
                 FileJournal(directory / "journal", recover_damaged=recover_damaged)
             )
-            flusher = await stack.enter_async_context(Flusher(store, journal, flusher_config))
+            used: Journal = wrap_journal(journal) if wrap_journal else journal
+            flusher = await stack.enter_async_context(Flusher(store, used, flusher_config))
             registry = await stack.enter_async_context(
-                Registry(store, journal, flusher, registry_config)
+                Registry(store, used, flusher, registry_config)
             )
             engine = Engine(directory, sqlite, store, journal, flusher, registry, stack.pop_all())
         opened.append(engine)

@@ -11,7 +11,7 @@ import redis
 
 from persistence import redis_keys
 from persistence.journal import Entry, JournalError
-from persistence.journal_redis import Fenced, RedisJournal
+from persistence.journal_redis import Call, Fenced, RedisJournal
 from tests.backends import redis_journal
 from tests.services import REDIS_URL, require
 from tests.waiting import until
@@ -117,3 +117,33 @@ async def test_a_lone_record_goes_as_one_evalsha_not_a_pipeline(
             client.script_flush()
         await journal.append("c1", 2, b"second")
         assert payloads(await journal.tail("c1", 0)) == [b"first", b"second"]
+
+
+async def test_a_conversations_records_of_one_tick_go_in_one_script_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An actor's queued appends reach the journal in one tick: each conversation's go
+    as one EVALSHA (atomic: all land or none), the conversations' calls in one pipeline;
+    a fenced conversation fails alone."""
+    async with redis_journal(tmp_path) as journal, redis_journal(tmp_path) as rival:
+        for conversation_id in ("c1", "c2", "c3"):
+            await journal.acquire(conversation_id)
+        await rival.acquire("c3")  # c3 is fenced for `journal`
+        sent: list[int] = []
+        run = journal._run
+
+        async def counted(script: str, calls: list[Call]) -> list[object]:
+            sent.append(len(calls))
+            return await run(script, calls)
+
+        monkeypatch.setattr(journal, "_run", counted)
+        c1 = [journal.append("c1", seq, b"c1-%d" % seq) for seq in range(1, 6)]
+        c2 = [journal.append("c2", seq, b"c2-%d" % seq) for seq in range(1, 4)]
+        c3 = journal.append("c3", 1, b"stale")
+        await asyncio.gather(*c1, *c2)
+        with pytest.raises(Fenced):
+            await c3
+        assert sent == [3]
+        assert payloads(await journal.tail("c1", 0)) == [b"c1-%d" % s for s in range(1, 6)]
+        assert payloads(await journal.tail("c2", 1)) == [b"c2-2", b"c2-3"]
+        assert payloads(await rival.tail("c3", 0)) == []
