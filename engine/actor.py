@@ -131,15 +131,14 @@ class Patch:
 
 
 class _QueuedAppend:
-    """One caller's append waiting to be committed, and what became of it."""
+    """One caller's append waiting to be committed; `future` gets its message or error."""
 
-    __slots__ = ("principal", "new", "message", "error")
+    __slots__ = ("principal", "new", "future")
 
     def __init__(self, principal: Principal, new: NewMessage) -> None:
         self.principal = principal
         self.new = new
-        self.message: Message | None = None
-        self.error: BaseException | None = None
+        self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
 
 @dataclass
@@ -150,15 +149,15 @@ class _Staged:
     message_count: int
     records: list[Record] = field(default_factory=list)
     applies: list[Callable[[Changes], None]] = field(default_factory=list)
-    messages: dict[int, Message] = field(default_factory=dict)  # id(queued) -> its message
+    messages: list[tuple[_QueuedAppend, Message]] = field(default_factory=list)
     nodes: dict[str, Message] = field(default_factory=dict)
     leaves: dict[str, str] = field(default_factory=dict)  # branch -> its staged leaf
 
 
 def _fail(batch: list[_QueuedAppend], error: BaseException) -> None:
     for queued in batch:
-        if queued.message is None and queued.error is None:
-            queued.error = error
+        if not queued.future.done():
+            queued.future.set_exception(error)
 
 
 class Passivated(Exception):
@@ -189,7 +188,7 @@ def _unobserved(before: Conversation | None, after: Conversation, event: Event) 
 class ConversationActor:
     __slots__ = (
         "id", "state", "_journal", "_flusher", "_config", "_observe", "_lock", "_seq", "_appends",
-        "closed",
+        "_draining", "_drainer", "closed",
     )  # fmt: skip
 
     def __init__(
@@ -208,7 +207,9 @@ class ConversationActor:
         self._config = config
         self._lock = asyncio.Lock()
         self._seq = state.version  # last seq handed out; may run ahead after a failed append
-        self._appends: list[_QueuedAppend] = []  # waiting for the lock, committed together
+        self._appends: list[_QueuedAppend] = []  # waiting for the next batch
+        self._draining = False  # a batch is being committed: new appends wait for the next
+        self._drainer: asyncio.Task[None] | None = None  # commits batches while any queue
         self.closed = False
 
     @property
@@ -315,26 +316,46 @@ class ConversationActor:
     # -- mutations: serialized, journaled before applied -------------------------------------
 
     async def append(self, principal: Principal, new: NewMessage) -> Message:
-        """Append a message. Appends queued behind the lock are committed together by
-        whichever of them takes it first: one journal send for all of them (group commit),
-        applied and acknowledged in seq order."""
+        """Append a message. Group commit: an append to an idle conversation is committed
+        by its caller; those that arrive meanwhile queue, and the drainer commits each
+        queue as one batch when the batch before it is done (one journal send), applied
+        and acknowledged in seq order. A waiter taking the lock in turn instead would
+        commit one record per journal round trip: each finds only the append that arrived
+        while the previous one held the lock."""
         if new.role not in ROLES:
             raise InvalidInput(f"role must be one of {', '.join(sorted(ROLES))}; got {new.role!r}")
         queued = _QueuedAppend(principal, new)
         self._appends.append(queued)
+        if self._draining:
+            return await queued.future
+        self._draining = True
         try:
-            async with self._lock:
-                if self._appends:  # ours among them, unless an earlier holder took it
-                    batch, self._appends = self._appends, []
-                    await self._commit_appends(batch)
-        except asyncio.CancelledError:
-            if queued in self._appends:
-                self._appends.remove(queued)
+            await self._commit_queued()
+        except BaseException:
+            if queued.future.done() and not queued.future.cancelled():
+                queued.future.exception()  # ours, raised otherwise: retrieved
             raise
-        if queued.error is not None:
-            raise queued.error
-        assert queued.message is not None
-        return queued.message
+        finally:
+            if self._appends:
+                self._drainer = asyncio.create_task(self._drain(), name=f"appends-{self.id}")
+            else:
+                self._draining = False
+        return queued.future.result()
+
+    async def _drain(self) -> None:
+        try:
+            while self._appends:
+                await self._commit_queued()
+        finally:  # cancelled (shutdown): what is still queued is refused, never left waiting
+            _fail(self._appends, Unavailable("the conversation stopped taking appends"))
+            self._appends = []
+            self._draining = False
+            self._drainer = None
+
+    async def _commit_queued(self) -> None:
+        async with self._lock:
+            batch, self._appends = self._appends, []
+            await self._commit_appends(batch)
 
     async def _commit_appends(self, batch: list[_QueuedAppend]) -> None:
         """Validate and number every queued append on top of the state and those staged
@@ -344,10 +365,12 @@ class ConversationActor:
             self._check_open()
             staged = _Staged(self.state.version, self.meta.message_count)
             for queued in batch:
+                if queued.future.done():  # its caller stopped waiting: nothing to commit
+                    continue
                 try:
                     self._stage(queued, staged)
                 except CanopyError as exc:  # refused: this caller's alone
-                    queued.error = exc
+                    queued.future.set_exception(exc)
             if staged.records:
                 await commit_many(
                     self._journal, self._flusher, self._config.durability,
@@ -356,12 +379,12 @@ class ConversationActor:
         except Exception as exc:  # noqa: BLE001 - every caller of the batch hears it
             _fail(batch, exc)
             return
-        except BaseException:  # cancelled: the callers behind the lock must not wait on it
+        except BaseException:  # cancelled: the callers of the batch must not wait on it
             _fail(batch, Unavailable("append interrupted; it may or may not have been stored"))
             raise
-        for queued in batch:
-            if queued.error is None:
-                queued.message = staged.messages[id(queued)]
+        for queued, message in staged.messages:
+            if not queued.future.done():
+                queued.future.set_result(message)
 
     def _stage(self, queued: _QueuedAppend, staged: _Staged) -> None:
         """Check one append against the state plus the appends staged before it, and
@@ -395,7 +418,7 @@ class ConversationActor:
         seq, event = self._seq, Appended(node, new.branch_id)
         staged.records.append(Record(self.id, seq, event, prev=staged.version))
         staged.applies.append(lambda changes: self.apply(seq, event, changes))
-        staged.messages[id(queued)] = node
+        staged.messages.append((queued, node))
         staged.nodes[node.message_id] = node
         if new.branch_id is not None:
             staged.leaves[new.branch_id] = node.message_id

@@ -89,6 +89,8 @@ class RedisJournal:
         self._sends: set[asyncio.Task[None]] = set()  # owned: awaited on close
         self._sending = asyncio.Lock()  # batches go out in order, one at a time
         self.set_aside_records = 0
+        self.sends = 0  # script runs of appends, and the records they carried
+        self.records_sent = 0
 
     async def __aenter__(self) -> RedisJournal:
         try:
@@ -111,6 +113,7 @@ class RedisJournal:
             await asyncio.gather(*late, return_exceptions=True)
             if late:
                 log.warning("redis journal closed with %d sends cut short", len(late))
+        log.info("redis journal closed: %d records in %d sends", self.records_sent, self.sends)
         try:
             async with asyncio.timeout(self._close_timeout):
                 await self._client.aclose()
@@ -176,6 +179,8 @@ class RedisJournal:
             for _, seq, payload, _ in records:
                 args += (seq, payload)
             calls.append((keys, args))
+        self.sends += len(calls)
+        self.records_sent += sum(len(records) for records in grouped.values())
         try:
             results = await self._run(_APPEND, calls)
         except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
@@ -243,6 +248,8 @@ class RedisJournal:
             "owned": len(self._epochs),
             "queued": len(self._batch),
             "set_aside_records": self.set_aside_records,
+            "sends": self.sends,
+            "records_sent": self.records_sent,
         }
 
     async def mark(self) -> object:

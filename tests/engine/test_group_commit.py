@@ -8,10 +8,11 @@ what happens when one of them fails is decided by the test, not by timing.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import engine.actor as actor_module
 from engine.access import ANONYMOUS
 from engine.errors import InvalidInput, Unavailable
 from persistence.journal import JournalError
@@ -204,3 +205,30 @@ async def test_a_cancelled_holder_leaves_the_queued_appends_to_the_next(
     messages = await asyncio.gather(*queued)
     assert len({m.message_id for m in messages}) == 3
     assert all(actor.message(m.message_id) == m for m in messages)
+
+
+async def test_writers_that_wait_for_their_ack_keep_sharing_journal_sends(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """32 writers, each appending again as soon as it is acknowledged (the bench's load):
+    each batch takes everything that queued during the one before. Waiters taking the
+    lock in turn would commit about one record per send instead."""
+    sizes: list[int] = []
+    commit_many = actor_module.commit_many
+
+    async def counted(*args: Any) -> None:
+        sizes.append(len(args[3]))
+        await commit_many(*args)
+
+    monkeypatch.setattr(actor_module, "commit_many", counted)
+    actor = await engine.conversation()
+    root = actor.meta.root_id
+    sizes.clear()  # the creation's
+
+    async def writer(k: int) -> None:
+        for i in range(5):
+            await engine.say(actor.id, root, f"w{k}-{i}")
+
+    await asyncio.gather(*(writer(k) for k in range(32)))
+    assert sum(sizes) == 160 and len(actor) == 161
+    assert len(sizes) <= 20, sizes  # about two batches per round of 32
