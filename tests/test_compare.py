@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.client import Connection, Result, build_request, call, run
-from bench.compare import free_port, node
+from bench.compare import Measurement, free_port, node, targets
 from bench.cpu import cpu_seconds, tree_cpu_seconds
 from bench.target import Server, parse_target
 
@@ -213,3 +213,34 @@ def test_compare_refuses_a_target_it_cannot_measure(target: str, says: str) -> N
     command = [sys.executable, "-m", "bench.compare", "--target", target]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and says in done.stderr
+
+
+def measured(op: str, system: str, *, p50: float = 1.0, p99: float = 2.0, rps: float = 100.0,
+             cpu_us: float | None = 100.0, store: str = "cassandra") -> Measurement:  # fmt: skip
+    return Measurement(op, system, store, p50, p99, rps, 10, 100, 0.5, 0.5, 0.1, cpu_us)
+
+
+def test_targets_hold_the_write_paths_figures_and_each_external_targets_ratio() -> None:
+    results = [
+        measured("get_message", "canopy", rps=850.0),
+        measured("get_message", "ceiling", rps=1000.0),
+        measured("append", "canopy", p50=0.25, rps=7000.0, cpu_us=140.0),
+        measured("append", "cache_off", p50=5.0),
+        measured("append", "rust", rps=3000.0),
+        measured("append", "other", rps=4000.0),
+        measured("fork_1000", "canopy", p99=9.0),
+    ]
+    found = {t["target"]: t for t in targets(results, "cassandra")}
+    assert found["get_message rps canopy/ceiling"]["met"]  # 0.85 >= 0.8
+    assert (
+        found["append rps canopy/rust"]["met"] and found["append rps canopy/rust"]["value"] == 2.333
+    )
+    assert not found["append rps canopy/other"]["met"]  # 1.75 < 2
+    assert not found["append cpu_us canopy"]["met"]  # 140 > 130: an upper bound
+    assert found["append cpu_us canopy"]["at_most"]
+    assert found["append p50 ms canopy"]["met"] and found["fork_1000 p99 ms canopy"]["met"]
+    assert "append rps canopy/cache_off" not in found  # a system of its own, not a target
+    sqlite = {
+        t["target"]: t for t in targets([measured("append", "canopy", store="sqlite")], "sqlite")
+    }
+    assert sqlite["append cpu_us canopy"]["goal"] == 80.0 and "append p50 ms canopy" not in sqlite
