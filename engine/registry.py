@@ -49,7 +49,6 @@ throttled = Throttled(log)
 
 T = TypeVar("T")
 EVICTION_BATCH = 16  # passivations at once while over the budget
-MAX_TAIL_READS = 5  # an activation racing the flusher process's trims reads again
 
 
 @dataclass(frozen=True)
@@ -251,21 +250,21 @@ class Registry:
     async def _tail(
         self, conversation_id: str, snapshot: Snapshot | None
     ) -> tuple[Snapshot | None, list[replay.Replayed]]:
-        """The journal records after the snapshot's version. The flusher process may store
-        and trim meanwhile: a tail that starts past that version (its first record is on
-        a later one) means the store moved on, so it is read again (trims only follow
-        store writes)."""
-        for _ in range(MAX_TAIL_READS):
-            version = snapshot.conversation.version if snapshot else 0
-            replayed = await self._decode(await self._journal.tail(conversation_id, version))
-            if self._flusher.writes_here or not replayed or replayed[0].record.prev <= version:
-                break
-            newer = await self._store.load(conversation_id)
-            if newer is None or newer.conversation.version <= version:
-                break  # not moved on: a gap, set aside by the replay
-            if newer.conversation.deleted:
+        """The snapshot to build on and the journal records after it."""
+        version = snapshot.conversation.version if snapshot else 0
+        if self._flusher.writes_here:
+            return snapshot, await self._decode(await self._journal.tail(conversation_id, version))
+        # The flusher process stores and trims meanwhile (trims only follow its store
+        # writes): read the whole stream, then check the store did not move past the
+        # snapshot, so no record after the version built on can have been trimmed unseen.
+        replayed = await self._decode(await self._journal.tail(conversation_id, 0))
+        if replayed and replayed[0].record.seq <= version + 1:
+            return snapshot, replayed  # nothing after the snapshot was trimmed
+        head = await self._store.head(conversation_id)
+        if head is not None and head.conversation.version > version:
+            snapshot = await self._store.load(conversation_id)
+            if snapshot is None or snapshot.conversation.deleted:
                 raise NotFound(f"conversation {conversation_id} not found")
-            snapshot = newer
         return snapshot, replayed
 
     async def _decode(self, entries: list[Entry]) -> list[replay.Replayed]:
