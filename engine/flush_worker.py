@@ -35,10 +35,9 @@ from engine.conversation import ConversationState
 from persistence import redis_keys
 from persistence.background import Throttled, backoff_delay
 from persistence.flusher_lease import FlusherLease
-from persistence.journal import JournalError
 from persistence.journal_redis import RedisJournal
 from persistence.records import Created
-from persistence.store import Changes, Store, StoreError
+from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -225,7 +224,7 @@ class FlushWorker:
         async with self._slots:
             try:
                 await self._store_new_records(conversation_id)
-            except (StoreError, JournalError, RedisError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a store or journal failure is retried
                 self._states.drop(conversation_id)  # it may be ahead of the store now
                 failures = self._failures.get(conversation_id, 0) + 1
                 self._failures[conversation_id] = failures

@@ -18,11 +18,14 @@ import sys
 import threading
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
 from gateway.app import open_store
 from gateway.config import Settings
+from persistence.journal import JournalError
 from persistence.journal_redis import RedisJournal
+from persistence.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,12 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
     """Flush until told to stop; the process's exit status."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if lifeline:
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if lifeline:  # the node stops it (Ctrl-C reaches the whole process group)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         _watch_stdin(loop, stop)
+    else:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
     config = FlushWorkerConfig(node=settings.node(), interval=settings.flush_interval)
     client: redis.Redis = redis.Redis.from_url(
         settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
@@ -54,6 +59,9 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
     except LeaseHeld as exc:
         print(f"canopy flusher: {exc}", file=sys.stderr, flush=True)
         return 2
+    except (RedisError, JournalError, StoreError) as exc:  # its parent starts it again
+        print(f"canopy flusher: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         await client.aclose()
 

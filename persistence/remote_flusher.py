@@ -2,12 +2,13 @@
 
 Actors and the registry use it in place of the in-process `Flusher`: a mutation is
 applied to the actor's state (its changes go to a scratch `Changes`, dropped), and its
-conversation is added to the node's dirty set in Redis, one SADD per event-loop tick
-for every conversation journaled in it. The flusher process (engine/flush_worker.py)
-takes that set, stores the records from the journal and publishes the versions it
-stored; this side reads them to keep its unflushed-bytes count (backpressure), to tell
-the sidebar's hot listing which conversations the store now knows, and to show the
-flusher's backlog in `stats()`.
+conversation is added to the node's dirty set in Redis: one SADD per poll interval for
+every conversation journaled since, in the same round trip as the poll (a SADD per
+append would cost the serving process about as much CPU as the append's journal send).
+The flusher process (engine/flush_worker.py) takes that set, stores the records from
+the journal and publishes the versions it stored; this side reads them to keep its
+unflushed-bytes count (backpressure), to tell the sidebar's hot listing which
+conversations the store now knows, and to show the flusher's backlog in `stats()`.
 
 Nothing to write here: passivation drops an actor at once (reactivation reads the
 store plus the journal tail), and start-up recovery is the flusher process's.
@@ -68,8 +69,6 @@ class RemoteFlusher(Flusher):
         # Per conversation, each record not yet known stored: (version, nbytes, when).
         self._unstored: dict[str, deque[tuple[int, int, float]]] = {}
         self._to_mark: set[str] = set()  # journaled, not yet in the dirty set
-        self._mark_handle: asyncio.Handle | None = None
-        self._sends: set[asyncio.Task[None]] = set()
         self._unsent: asyncio.Future[None] | None = None  # a `memory` append not yet sent
         self._poller: asyncio.Task[None] | None = None
         self._last_id = b"0-0"
@@ -91,9 +90,8 @@ class RemoteFlusher(Flusher):
             async with asyncio.timeout(self._remote.close_timeout):
                 if self._appends:
                     await asyncio.wait(self._appends)
-                if self._sends:
-                    await asyncio.wait(self._sends)
-                await self._send_marks()
+                if self._to_mark:
+                    await self._client.sadd(redis_keys.dirty(self._remote.node), *self._to_mark)
         except (TimeoutError, RedisError) as exc:  # journaled: the next flusher start finds them
             log.warning("dirty marks not sent at close: %r", exc)
         with contextlib.suppress(TimeoutError):
@@ -125,25 +123,7 @@ class RemoteFlusher(Flusher):
             self._mark_dirty(conversation_id)
 
     def _mark_dirty(self, conversation_id: str) -> None:
-        self._to_mark.add(conversation_id)
-        if self._mark_handle is None:
-            self._mark_handle = asyncio.get_running_loop().call_soon(self._start_marks)
-
-    def _start_marks(self) -> None:
-        self._mark_handle = None
-        task = asyncio.create_task(self._send_marks())
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _send_marks(self) -> None:
-        marks, self._to_mark = self._to_mark, set()
-        if not marks:
-            return
-        try:
-            await self._client.sadd(redis_keys.dirty(self._remote.node), *marks)
-        except RedisError as exc:  # the next poll sends them again
-            self._to_mark |= marks
-            throttled.warning("mark", "marking conversations dirty failed: %s", exc)
+        self._to_mark.add(conversation_id)  # sent with the next poll
 
     def check_capacity(self) -> None:
         if self._unflushed > self._config.max_unflushed_bytes:
@@ -192,12 +172,21 @@ class RemoteFlusher(Flusher):
             await asyncio.sleep(self._config.interval)
 
     async def _read_flusher(self) -> None:
+        """One round trip: mark what was journaled since the last poll dirty, read what
+        the flusher stored since, its counters and its lease."""
         node = self._remote.node
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xread({redis_keys.flushed(node): self._last_id}, count=1000)
-            pipe.hgetall(redis_keys.flusher_stats(node))
-            pipe.pttl(redis_keys.flusher_lease(node))
-            streams, stats, lease_ms = await pipe.execute()
+        marks, self._to_mark = self._to_mark, set()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xread({redis_keys.flushed(node): self._last_id}, count=1000)
+                pipe.hgetall(redis_keys.flusher_stats(node))
+                pipe.pttl(redis_keys.flusher_lease(node))
+                if marks:
+                    pipe.sadd(redis_keys.dirty(node), *marks)
+                streams, stats, lease_ms, *_ = await pipe.execute()
+        except BaseException:
+            self._to_mark |= marks  # sent with the next poll, or at close
+            raise
         for _, entries in streams or ():
             for entry_id, fields in entries:
                 self._last_id = entry_id
@@ -209,8 +198,6 @@ class RemoteFlusher(Flusher):
             self._down_since = None
         elif self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
-        if self._to_mark and not self._sends:
-            await self._send_marks()
 
     def _stored_up_to(self, conversation_id: str, version: int) -> None:
         versions = self._unstored.get(conversation_id)

@@ -28,7 +28,9 @@ WRITERS = 8
 READY = re.compile(rb"flusher for node \S+ ready \(pid (\d+)\)")
 
 
-async def _eventually(condition: Callable[[], object], seconds: float = 60.0) -> None:
+async def _eventually(
+    condition: Callable[[], object], seconds: float = 60.0, node: NodeProcess | None = None
+) -> None:
     """Poll what another process does, within a deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -38,7 +40,8 @@ async def _eventually(condition: Callable[[], object], seconds: float = 60.0) ->
             result = await result
         if result:
             return
-        assert loop.time() < deadline, "the other process never got there"
+        last = b"".join(node.output[-30:]).decode(errors="replace") if node else ""
+        assert loop.time() < deadline, f"the other process never got there; its output:\n{last}"
         await asyncio.sleep(0.05)
 
 
@@ -147,9 +150,13 @@ async def test_serving_node_killed_under_load_loses_nothing_and_stores_it_once(
         writers = Writers(session, first.base)
         await writers.start(WRITERS)
         await writers.until(600)
-        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)
         await writers.finish()
-        await _eventually(lambda: not _alive(flusher))  # its lifeline closed: it drained
+        # Its lifeline closed, the flusher drains and exits (until then it holds the
+        # node's output pipe open: the node's wait() would wait for it).
+        await _eventually(lambda: not _alive(flusher), node=first)
+        assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
 
         second = node_process(*options)
         await second.start()

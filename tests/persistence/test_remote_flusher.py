@@ -4,19 +4,21 @@ evicted before its flusher stored it reloads whole from the store plus the journ
 from __future__ import annotations
 
 import asyncio
-import uuid
 import os
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 
 from engine.registry import Registry
 from gateway.keys import CONVERSATIONS, FLUSHER, STORE
+from persistence import redis_keys
 from tests.conftest import BACKENDS, Node, NodeFactory
-from tests.services import require
+from tests.services import REDIS_URL, require
 
 
 @pytest.fixture
@@ -102,10 +104,6 @@ async def test_evicted_before_stored_reloads_whole(start_node: NodeFactory) -> N
 async def test_an_unknown_conversation_is_not_found_and_leaves_nothing_in_redis(
     start_node: NodeFactory,
 ) -> None:
-    import redis.asyncio as redis
-
-    from tests.services import REDIS_URL
-
     node = await start_node()
     status, body = await node.request("GET", f"/api/v1/conversations/{uuid.uuid4()}/tree")
     assert status == 404, body
@@ -157,10 +155,5 @@ async def test_an_activation_racing_the_flusher_builds_on_what_it_stored(
 
 
 async def _trimmed(cid: str) -> bool:
-    import redis.asyncio as redis
-
-    from persistence import redis_keys
-    from tests.services import REDIS_URL
-
     async with redis.Redis.from_url(REDIS_URL) as client:
         return not await client.exists(redis_keys.journal(cid))
