@@ -113,6 +113,7 @@ class FlushWorker:
         self._stored: dict[str, int] = {}  # stored since the last trim and publication
         self._tasks: list[asyncio.Task[None]] = []
         self.lost_lease = asyncio.Event()
+        self._closing = False
         self.batches_written = 0
         self.messages_written = 0
         self.records_applied = 0
@@ -139,22 +140,18 @@ class FlushWorker:
     async def __aexit__(self, *exc: object) -> None:
         """Stop the cycles, then store what is due within `close_timeout` (the rest stays
         journaled: the next flusher takes every journaled conversation at its start)."""
+        self._closing = True  # the cycles stop even if a cancellation is swallowed
         run, renew = self._tasks
-        run.cancel()
-        await asyncio.gather(run, return_exceptions=True)
+        await _stop(run, self._config.close_timeout)
         drained = False
         try:
             async with asyncio.timeout(self._config.close_timeout):
                 while not (drained := await self._drain()):
                     await asyncio.sleep(self._config.backoff_initial)
-        except (TimeoutError, RedisError):
-            pass
-        writes = list(self._flushing.values())
-        for task in writes:
-            task.cancel()
-        await asyncio.gather(*writes, return_exceptions=True)
-        renew.cancel()
-        await asyncio.gather(renew, return_exceptions=True)
+        except Exception as exc:  # noqa: BLE001 - what is left stays journaled
+            log.warning("flusher's last drain cut short: %r", exc)
+        for task in [*self._flushing.values(), renew]:
+            await _stop(task, self._config.close_timeout)
         try:
             await self._lease.release()
         except RedisError as exc:  # it expires on its own
@@ -178,7 +175,7 @@ class FlushWorker:
     # -- cycles ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._config.interval)
             try:
                 await self._cycle()
@@ -311,7 +308,7 @@ class FlushWorker:
             raise
 
     async def _renew(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._config.lease_seconds / 3)
             try:
                 held = await self._lease.renew()
@@ -323,6 +320,15 @@ class FlushWorker:
                           "stopping", self._config.node)  # fmt: skip
                 self.lost_lease.set()
                 return
+
+
+async def _stop(task: asyncio.Task[None], seconds: float) -> None:
+    """Cancel a task and wait for it, at most `seconds` (a cancellation swallowed below,
+    e.g. turned into a Redis timeout, must not hang the close)."""
+    task.cancel()
+    _, late = await asyncio.wait([task], timeout=seconds)
+    if late:
+        log.warning("%s did not stop within %.0f s; left behind", task.get_name(), seconds)
 
 
 def _text(raw: bytes | str) -> str:

@@ -63,7 +63,9 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
         print(f"canopy flusher: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        await client.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await client.aclose()
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -75,6 +75,7 @@ class RemoteFlusher(Flusher):
         self._flusher_stats: dict[str, int] = {}
         self._lease_ms = 0
         self._down_since: float | None = None
+        self._closing = False
 
     async def __aenter__(self) -> RemoteFlusher:
         self._down_since = asyncio.get_running_loop().time()
@@ -83,9 +84,10 @@ class RemoteFlusher(Flusher):
 
     async def __aexit__(self, *exc: object) -> None:
         """Send the last dirty marks (the flusher process drains them as it stops)."""
+        self._closing = True
         if self._poller is not None:
             self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+            await asyncio.wait([self._poller], timeout=self._remote.close_timeout)
         try:
             async with asyncio.timeout(self._remote.close_timeout):
                 if self._appends:
@@ -164,11 +166,11 @@ class RemoteFlusher(Flusher):
     # -- what the flusher process tells ------------------------------------------------
 
     async def _poll(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self._read_flusher()
-            except RedisError as exc:
-                throttled.warning("poll", "reading the flusher's progress failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                throttled.warning("poll", "reading the flusher's progress failed: %r", exc)
             await asyncio.sleep(self._config.interval)
 
     async def _read_flusher(self) -> None:
