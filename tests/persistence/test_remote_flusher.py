@@ -99,6 +99,16 @@ async def test_evicted_before_stored_reloads_whole(start_node: NodeFactory) -> N
         assert await _tree(node, cid) == [f"m{i}" for i in range(5)]
     await _eventually(lambda: stored(6))
     assert await _tree(node, cid) == [f"m{i}" for i in range(5)]
+    flusher = node.app[FLUSHER]
+
+    async def caught_up() -> bool:  # what the flusher published reached the node
+        stats = flusher.stats()
+        return stats["unflushed_bytes"] == 0 and stats["dirty_conversations"] == 0
+
+    await _eventually(caught_up)
+    stats = flusher.stats()
+    assert stats["flusher_process_restarts"] == 0 and stats["flusher_process_running"] == 1
+    assert stats["flusher_batches_written"] >= 2 and stats["flusher_lease_ms"] > 0
 
 
 async def test_an_unknown_conversation_is_not_found_and_leaves_nothing_in_redis(
