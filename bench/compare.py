@@ -5,6 +5,8 @@
 
 Systems, each a server subprocess started fresh on each store:
   canopy     `canopy serve`: trees in memory, writes journalled then written behind
+  canopy_fp  `canopy serve --flusher-process` (only with `--systems`, on Cassandra +
+             Redis): the same, its write-behind in a child process (its CPU counts)
   cache_off  `canopy serve --cache off`: every read is a targeted store query (one
              message, children by parent, lineage by a parent walk) and every write
              goes through to the store, as a conventional store-backed service does
@@ -129,7 +131,7 @@ class Store:
             return []
         flags = ["--store", "scylla", "--scylla-nodes", f"{CASSANDRA[0]}:{CASSANDRA[1]}"]
         flags += ["--scylla-keyspace", keyspace]
-        if self.redis and system == "canopy":
+        if self.redis and system in ("canopy", "canopy_fp"):
             flags += ["--journal", "redis", "--redis-url", REDIS_URL]
         return flags
 
@@ -140,6 +142,7 @@ class System:
     ops: tuple[str, ...]
     command: Callable[[int, Path], list[str]]
     uses_store: bool = True
+    needs_redis: bool = False  # runs only on a store whose canopy journals to Redis
 
 
 def _serve(*extra: str) -> Callable[[int, Path], list[str]]:
@@ -155,8 +158,10 @@ SYSTEMS = (
                                                           "--port", str(port)], uses_store=False),
     System("canopy", OPS, _serve()),
     System("cache_off", OPS, _serve("--cache", "off")),
+    System("canopy_fp", OPS, _serve("--flusher-process"), needs_redis=True),
 )  # fmt: skip
-ORDER = ("canopy", "cache_off", "ceiling")  # in the table, under each op
+ORDER = ("canopy", "canopy_fp", "cache_off", "ceiling")  # in the table, under each op
+DEFAULT_SYSTEMS = ("canopy", "cache_off", "ceiling")
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -543,7 +548,7 @@ async def run_store(plan: Plan, store: Store) -> None:
     canopy (idle servers cost nothing) and their slices alternate with canopy's; without
     canopy each is measured alone."""
     ceiling = next((s for s in plan.systems if s.name == "ceiling"), None)
-    others = [s for s in plan.systems if s is not ceiling]
+    others = [s for s in plan.systems if s is not ceiling and (store.redis or not s.needs_redis)]
     with contextlib.ExitStack() as stack:
         beside: list[Beside] = []
         if ceiling:
@@ -712,7 +717,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a fifth of the requests")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--stores", default="auto", help="sqlite,cassandra (default: auto)")
-    parser.add_argument("--systems", default=",".join(ORDER))
+    parser.add_argument(
+        "--systems", default=",".join(DEFAULT_SYSTEMS),
+        help=f"of {', '.join(ORDER)} (canopy_fp: canopy with --flusher-process, on "
+        "Cassandra + Redis only)",
+    )  # fmt: skip
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(

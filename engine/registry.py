@@ -224,14 +224,13 @@ class Registry:
             await asyncio.shield(passivating)
         try:
             snapshot = await self._store.load(conversation_id)
-            unknown = snapshot is None and replayed is None  # no row, no journal records
-            if unknown or (snapshot is not None and snapshot.conversation.deleted):
+            if snapshot is None and replayed is None and not await self._unstored(conversation_id):
+                raise NotFound(f"conversation {conversation_id} not found")
+            if snapshot is not None and snapshot.conversation.deleted:
                 raise NotFound(f"conversation {conversation_id} not found")
             await self._journal.acquire(conversation_id)
             if replayed is None:
-                assert snapshot is not None
-                tail = await self._journal.tail(conversation_id, snapshot.conversation.version)
-                replayed = await self._decode(tail)
+                snapshot, replayed = await self._tail(conversation_id, snapshot)
             actor = await self._replay(conversation_id, snapshot, replayed)
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
@@ -239,6 +238,34 @@ class Registry:
         self.activations += 1
         await self._keep_within_budget()
         return actor
+
+    async def _unstored(self, conversation_id: str) -> bool:
+        """Whether an unknown conversation has journal records: with a flusher process, a
+        passivated one may not be stored yet (read without acquiring it: a lookup of an
+        unknown id leaves nothing behind)."""
+        if self._flusher.writes_here:
+            return False
+        return bool(await self._journal.tail(conversation_id, 0))
+
+    async def _tail(
+        self, conversation_id: str, snapshot: Snapshot | None
+    ) -> tuple[Snapshot | None, list[replay.Replayed]]:
+        """The snapshot to build on and the journal records after it."""
+        version = snapshot.conversation.version if snapshot else 0
+        if self._flusher.writes_here:
+            return snapshot, await self._decode(await self._journal.tail(conversation_id, version))
+        # The flusher process stores and trims meanwhile (trims only follow its store
+        # writes): read the whole stream, then check the store did not move past the
+        # snapshot, so no record after the version built on can have been trimmed unseen.
+        replayed = await self._decode(await self._journal.tail(conversation_id, 0))
+        if replayed and replayed[0].record.seq <= version + 1:
+            return snapshot, replayed  # nothing after the snapshot was trimmed
+        head = await self._store.head(conversation_id)
+        if head is not None and head.conversation.version > version:
+            snapshot = await self._store.load(conversation_id)
+            if snapshot is None or snapshot.conversation.deleted:
+                raise NotFound(f"conversation {conversation_id} not found")
+        return snapshot, replayed
 
     async def _decode(self, entries: list[Entry]) -> list[replay.Replayed]:
         """The entries that decode; the others are set aside (quarantined)."""
@@ -410,7 +437,10 @@ class Registry:
     # -- recovery, passivation, budget ----------------------------------------------------
 
     async def recover(self) -> None:
-        """Replay the journal into actors, then flush, before the node serves."""
+        """Replay the journal into actors, then flush, before the node serves (unless a
+        flusher process stores what the journal holds)."""
+        if not self._flusher.writes_here:
+            return
         entries = await self._journal.replay()
         by_conversation: dict[str, list[replay.Replayed]] = {}
         for step in await self._decode(entries):

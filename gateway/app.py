@@ -1,6 +1,8 @@
 """The aiohttp application: components composed in a fixed order, shut down in reverse.
 
 data-dir lock -> persistence (store, journal) -> flusher -> registry (recovery) -> routes.
+With `--flusher-process` the flusher is a child process (gateway/flusher_child.py) and
+its serving side (persistence/remote_flusher.py).
 On shutdown the registry stops, the flusher writes every dirty conversation, then the journal
 and the store close. With `--cache off` the store-backed service stands in for the
 registry and there is no journal: every write goes through to the store.
@@ -24,6 +26,7 @@ from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
+from gateway.flusher_child import FlusherChild
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.keys import (
     ACCOUNTS,
@@ -47,6 +50,7 @@ from persistence.data_dir import DataDirLock
 from persistence.flusher import Flusher
 from persistence.journal import Journal, NoJournal
 from persistence.journal_file import FileJournal
+from persistence.remote_flusher import RemoteFlusher, RemoteFlusherConfig
 from persistence.sqlite import SQLiteStore
 from persistence.store import Store
 
@@ -68,6 +72,18 @@ def open_journal(settings: Settings) -> Journal:
     return FileJournal(
         settings.data_dir / "journal", fsync=fsync, recover_damaged=settings.recover_damaged
     )
+
+
+async def write_behind(
+    settings: Settings, store: Store, journal: Journal, stack: contextlib.AsyncExitStack
+) -> Flusher:
+    """The in-process flusher, or (`--flusher-process`) the serving side of a flusher
+    child process, started here and stopped after the registry."""
+    if not settings.flusher_process:
+        return Flusher(store, journal, settings.flusher())
+    child = await stack.enter_async_context(FlusherChild(settings))
+    config = RemoteFlusherConfig(settings.node(), settings.redis_url, settings.flusher())
+    return RemoteFlusher(store, journal, config, child.stats)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -117,7 +133,8 @@ def create_app(settings: Settings) -> web.Application:
             journal = await stack.enter_async_context(
                 NoJournal() if cache_off else open_journal(settings)
             )
-            flusher = await stack.enter_async_context(Flusher(store, journal, settings.flusher()))
+            flusher = await write_behind(settings, store, journal, stack)
+            await stack.enter_async_context(flusher)
             conversations: Conversations = (
                 StoreBacked(store, flusher, settings.registry().actor)
                 if cache_off

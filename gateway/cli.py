@@ -23,11 +23,19 @@ def main(argv: list[str] | None = None) -> int:
     for command, about in (
         ("serve", "start a node"),
         ("migrate", "create the Cassandra keyspace and tables"),
+        ("flusher", "write a node's Redis journal behind to the store (its flusher process)"),
     ):
         config.add_arguments(commands.add_parser(command, help=about))
+    commands.choices["flusher"].add_argument(
+        "--stdin-lifeline", action="store_true", help="stop when stdin closes (the parent node)"
+    )
     args = parser.parse_args(argv)
     try:
         settings = config.build(args)
+        if args.command == "flusher" and settings.journal != "redis":
+            raise ValueError(
+                "canopy flusher writes a Redis journal behind: it needs --journal redis"
+            )
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(
@@ -36,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "migrate":
             return migrate(settings)
+        if args.command == "flusher":
+            return flusher(settings, lifeline=args.stdin_lifeline)
         return serve(settings)
     except (DataDirLocked, JournalDamaged) as exc:
         print(f"canopy {args.command}: {exc}", file=sys.stderr, flush=True)
@@ -49,6 +59,13 @@ def migrate(settings: config.Settings) -> int:
         create_schema(settings.scylla())
     print(f"keyspace {settings.scylla_keyspace} is ready on {settings.scylla_nodes}")
     return 0
+
+
+def flusher(settings: config.Settings, *, lifeline: bool) -> int:
+    from gateway import flusher_command
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(flusher_command.run(settings, lifeline=lifeline))
 
 
 def serve(settings: config.Settings) -> int:

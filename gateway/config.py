@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class Settings:
     write_timeout: float = 30.0  # seconds a client may take to drain one write
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
+    flusher_process: bool = False  # write behind from a `canopy flusher` child (Redis journal)
+    node_id: str = ""  # names the node's flusher queue and lease in Redis; "": host:port
     shutdown_timeout: float = 10.0
     store: str = "sqlite"  # or "scylla"
     journal: str = "file"  # or "redis"
@@ -111,6 +114,9 @@ class Settings:
     def hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
+    def node(self) -> str:
+        return self.node_id or f"{socket.gethostname()}:{self.port}"
+
     def flusher(self) -> FlusherConfig:
         return FlusherConfig(
             interval=self.flush_interval, max_unflushed_bytes=self.max_unflushed_bytes
@@ -171,6 +177,13 @@ _OPTIONS: dict[str, Option] = {
         "seconds between journal fsyncs, or always (fsync before every ack)"),
     "flush_interval": Option(("CANOPY_FLUSH_INTERVAL",), float, "durability",
         "seconds between write-behind cycles to the store"),
+    "flusher_process": Option(("CANOPY_FLUSHER_PROCESS",), bool, "durability",
+        "with --journal redis: write behind from a separate process (`canopy flusher`) the "
+        "node starts, restarts and stops; the serving process pays only the journal append",
+        "off"),
+    "node_id": Option(("CANOPY_NODE_ID",), str, "durability",
+        "this node's name for its flusher process (its queue and lease in Redis)",
+        "hostname:port"),
     "max_unflushed_bytes": Option(("CANOPY_MAX_UNFLUSHED_BYTES",), int, "durability",
         "bytes written but not yet in the store; past it writes get 503"),
     "recover_damaged": Option(("CANOPY_RECOVER_DAMAGED",), bool, "durability",
@@ -295,6 +308,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             raise ValueError(
                 f"{name} must be one of {', '.join(choices)}; got {getattr(settings, name)!r}"
             )
+    if settings.flusher_process:
+        check_flusher_process(settings)
     if settings.default_ttl_seconds < 0:
         raise ValueError("default_ttl_seconds must be 0 (no expiry) or a number of seconds")
     if settings.fsync != "always":
@@ -329,6 +344,34 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             "127.0.0.1, configure --auth jwt or api-key, or pass --allow-anonymous"
         )
     return settings
+
+
+def check_flusher_process(settings: Settings) -> None:
+    """A flusher process writes a Redis journal behind, for a node that caches."""
+    if settings.journal != "redis":
+        raise ValueError(
+            "--flusher-process writes a Redis journal behind: it needs "
+            "--journal redis (the file journal's flusher runs in the node)"
+        )
+    if settings.cache == "off":
+        raise ValueError("--flusher-process has nothing to write behind with --cache off")
+    if settings.durability == "store":
+        raise ValueError("--flusher-process cannot acknowledge after the store commit: "
+                         "--durability store writes in the serving process")  # fmt: skip
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The settings as `CANOPY_*` variables: what a child process (`canopy flusher`)
+    builds the same settings from."""
+    variables: dict[str, str] = {}
+    for name, option in _OPTIONS.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        variables[option.env[0]] = str(value)
+    return variables
 
 
 def _check_jwt(settings: Settings) -> None:

@@ -66,6 +66,10 @@ class Backpressure(Exception):
 class Flusher:
     """Owns the dirty set and the task that drains it; an async context manager."""
 
+    # This process writes the store: recovery replays the journal here, and a flushed
+    # (passivated) conversation is whole in the store. Not so with a flusher process.
+    writes_here = True
+
     def __init__(self, store: Store, journal: Journal, config: FlusherConfig) -> None:
         self._store = store
         self._journal = journal

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from gateway import cli
-from gateway.config import _OPTIONS, GROUPS, Settings, add_arguments, build
+from gateway.config import _OPTIONS, GROUPS, Settings, add_arguments, build, environment
 
 
 def parse(*argv: str, **environ: str) -> Settings:
@@ -96,3 +96,32 @@ def test_jwt_settings_from_the_environment() -> None:
     settings = parse(CANOPY_AUTH="jwt", CANOPY_JWT_SECRET="x" * 32, CANOPY_ACCOUNTS="1",
                      CANOPY_JWT_TTL_SECONDS="600")  # fmt: skip
     assert settings.accounts and settings.jwt_ttl_seconds == 600
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        ((), "it needs --journal redis"),  # the file journal keeps its in-process flusher
+        (("--journal", "redis", "--cache", "off"), "nothing to write behind with --cache off"),
+        (("--journal", "redis", "--durability", "store"), "--durability store writes in the"),
+    ],
+)
+def test_flusher_process_is_refused_where_it_has_nothing_to_do(
+    argv: tuple[str, ...], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse("--flusher-process", *argv)
+    assert parse("--flusher-process", "--journal", "redis").flusher_process
+
+
+def test_flusher_command_needs_the_redis_journal(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["flusher"])
+    assert exited.value.code == 2
+    assert "canopy flusher writes a Redis journal behind" in capsys.readouterr().err
+
+
+def test_settings_pass_to_a_child_process_whole() -> None:
+    settings = parse("--flusher-process", "--journal", "redis", "--port", "9123",
+                     "--max-unflushed-bytes", "77", "--allow-anonymous")  # fmt: skip
+    assert parse(**environment(settings)) == settings

@@ -1,0 +1,335 @@
+"""The flusher process's work (`canopy flusher`): write a node's Redis journal behind.
+
+The serving node journals each record and adds its conversation to the node's dirty set
+(`redis_keys.dirty`). This worker takes that set (SPOP) every cycle and, for each
+conversation, reads its journal stream after the version it has stored, applies the
+records (`engine.replay`'s chain, `ConversationState.apply`) to a state it loaded from
+the store, writes the coalesced changes in one `Store.write`, trims the stream up to the
+stored version and publishes that version (`redis_keys.flushed`) for the node's
+sidebar and backpressure. Nothing here is ever the only copy: a crash anywhere leaves
+the records in the journal, and records are idempotent upserts on a version-guarded
+store, so writing one twice changes nothing and no write goes backwards.
+
+At start it takes every journaled conversation (`redis_keys.JOURNALED`) once: what a
+killed flusher had taken from the dirty set is not forgotten. One flusher per node: it
+holds a lease (SET NX PX, renewed); a second one refuses to start (`LeaseHeld`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import cast
+
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from engine import replay
+from engine.conversation import ConversationState
+from persistence import redis_keys
+from persistence.background import Throttled, backoff_delay
+from persistence.flusher_lease import FlusherLease
+from persistence.journal_redis import RedisJournal
+from persistence.records import Created
+from persistence.store import Changes, Store
+
+log = logging.getLogger(__name__)
+throttled = Throttled(log)
+
+FLUSHED_ENTRIES = 10_000  # the published-versions stream keeps about this many cycles
+
+
+@dataclass(frozen=True)
+class FlushWorkerConfig:
+    node: str  # the serving node whose journal this writes behind
+    interval: float = 0.05  # seconds between cycles
+    concurrency: int = 16  # conversations written at once
+    take: int = 10_000  # conversations taken from the dirty set per cycle at most
+    max_state_bytes: int = 256 * 1024 * 1024  # conversation states kept (LRU), by budget
+    lease_seconds: float = 10.0
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
+    close_timeout: float = 10.0  # the final drain's budget; what is left stays journaled
+
+
+class LeaseHeld(Exception):
+    """Another flusher runs for this node."""
+
+
+class _States:
+    """Conversation states as last stored, least recently used first, within a budget."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._states: OrderedDict[str, ConversationState] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, conversation_id: str) -> ConversationState | None:
+        state = self._states.get(conversation_id)
+        if state is not None:
+            self._states.move_to_end(conversation_id)
+        return state
+
+    def put(self, conversation_id: str, state: ConversationState) -> None:
+        self.drop(conversation_id)
+        self._states[conversation_id] = state
+        self._bytes += state.nbytes
+        while self._bytes > self._max_bytes and len(self._states) > 1:
+            _, oldest = self._states.popitem(last=False)
+            self._bytes -= oldest.nbytes
+
+    def drop(self, conversation_id: str) -> None:
+        state = self._states.pop(conversation_id, None)
+        if state is not None:
+            self._bytes -= state.nbytes
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class FlushWorker:
+    """Writes one node's journal behind; an async context manager that runs its cycles."""
+
+    def __init__(
+        self, store: Store, journal: RedisJournal, client: redis.Redis, config: FlushWorkerConfig
+    ) -> None:
+        self._store = store
+        self._journal = journal
+        self._client = client
+        self._config = config
+        self._lease = FlusherLease(client, config.node, config.lease_seconds)
+        self._states = _States(config.max_state_bytes)
+        self._due: set[str] = set()  # conversations that may have records to store
+        self._flushing: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}
+        self._stored: dict[str, int] = {}  # stored since the last trim and publication
+        self._tasks: list[asyncio.Task[None]] = []
+        self.lost_lease = asyncio.Event()
+        self._closing = False
+        self.batches_written = 0
+        self.messages_written = 0
+        self.records_applied = 0
+        self.cycles = 0
+
+    async def __aenter__(self) -> FlushWorker:
+        if not await self._lease.take():
+            holder = await self._lease.holder()
+            raise LeaseHeld(f"another flusher runs for node {self._config.node} ({holder})")
+        try:
+            journaled = await self._client.smembers(redis_keys.JOURNALED)
+        except BaseException:
+            await self._lease.release()
+            raise
+        self._due.update(_text(raw) for raw in journaled)
+        self._tasks = [
+            asyncio.create_task(self._run(), name="flush-worker"),
+            asyncio.create_task(self._renew(), name="flush-worker-lease"),
+        ]
+        log.info("flusher for node %s started: %d journaled conversations to check",
+                 self._config.node, len(self._due))  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the cycles, then store what is due within `close_timeout` (the rest stays
+        journaled: the next flusher takes every journaled conversation at its start)."""
+        self._closing = True  # the cycles stop even if a cancellation is swallowed
+        run, renew = self._tasks
+        await _stop(run, self._config.close_timeout)
+        drained = False
+        try:
+            async with asyncio.timeout(self._config.close_timeout):
+                while not (drained := await self._drain()):
+                    await asyncio.sleep(self._config.backoff_initial)
+        except Exception as exc:  # noqa: BLE001 - what is left stays journaled
+            log.warning("flusher's last drain cut short: %r", exc)
+        for task in [*self._flushing.values(), renew]:
+            await _stop(task, self._config.close_timeout)
+        try:
+            await self._lease.release()
+        except RedisError as exc:  # it expires on its own
+            log.warning("flusher lease not released: %s", exc)
+        left = "nothing left due" if drained else f"{len(self._due)} conversations left due"
+        log.info("flusher closed: %d batches, %d messages written, %s",
+                 self.batches_written, self.messages_written, left)  # fmt: skip
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "pid": os.getpid(),
+            "backlog_conversations": len(self._due) + len(self._flushing),
+            "failing_conversations": len(self._failures),
+            "cached_states": len(self._states),
+            "batches_written": self.batches_written,
+            "messages_written": self.messages_written,
+            "records_applied": self.records_applied,
+            "cycles": self.cycles,
+        }
+
+    # -- cycles ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._config.interval)
+            try:
+                await self._cycle()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive any one cycle
+                throttled.warning("cycle", "flusher cycle failed: %r; retrying", exc)
+
+    async def _cycle(self) -> None:
+        """Take the dirty set, start the writes that are due, trim and publish what was
+        stored since the last cycle."""
+        self.cycles += 1
+        self._due.update(await self._take())
+        now = time.monotonic()
+        for conversation_id in list(self._due):
+            if conversation_id in self._flushing or self._not_before.get(conversation_id, 0) > now:
+                continue
+            self._due.discard(conversation_id)
+            task = asyncio.create_task(self._write(conversation_id))
+            self._flushing[conversation_id] = task
+            task.add_done_callback(functools.partial(self._written, conversation_id))
+        await self._publish()
+
+    async def _drain(self) -> bool:
+        """One closing round: take the dirty set, store everything due, trim, publish."""
+        taken = await self._take()
+        self._due.update(taken)
+        if self._flushing:
+            await asyncio.wait(list(self._flushing.values()))
+        due, self._due = self._due, set()
+        await asyncio.gather(*(self._write(cid) for cid in due))
+        await self._publish()
+        return not self._due and not taken
+
+    async def _take(self) -> list[str]:
+        """Conversations the node journaled since the last take (its dirty set, emptied)."""
+        taken = await self._client.spop(redis_keys.dirty(self._config.node), self._config.take)
+        return [_text(raw) for raw in cast(list[bytes], taken or [])]
+
+    def _written(self, conversation_id: str, _: asyncio.Task[None]) -> None:
+        del self._flushing[conversation_id]
+
+    async def _write(self, conversation_id: str) -> None:
+        """Store one conversation's new records; on failure it is due again after a backoff."""
+        async with self._slots:
+            try:
+                await self._store_new_records(conversation_id)
+            except Exception as exc:  # noqa: BLE001 - a store or journal failure is retried
+                self._states.drop(conversation_id)  # it may be ahead of the store now
+                failures = self._failures.get(conversation_id, 0) + 1
+                self._failures[conversation_id] = failures
+                config = self._config
+                delay = backoff_delay(failures, config.backoff_initial, config.backoff_max)
+                self._not_before[conversation_id] = time.monotonic() + delay
+                self._due.add(conversation_id)
+                throttled.warning("flush", "flush of %s failed (%d in a row): %s",
+                                  conversation_id, failures, exc)  # fmt: skip
+                return
+        self._failures.pop(conversation_id, None)
+        self._not_before.pop(conversation_id, None)
+
+    async def _store_new_records(self, conversation_id: str) -> None:
+        state, steps = await self._catch_up(conversation_id)
+        changes = Changes()
+        applied = 0
+        for step in steps:
+            record = step.record
+            if state is None:
+                if not isinstance(record.event, Created):
+                    break
+                state = ConversationState.from_created(record.seq, record.event, changes)
+            elif state.refuses(record.event) is None:
+                state.apply(record.seq, record.event, changes)
+            else:  # the serving node sets it aside when it activates the conversation
+                break
+            applied += 1
+        if state is None:
+            return
+        if applied:
+            await self._store.write(conversation_id, changes)
+            self.batches_written += 1
+            self.messages_written += len(changes.messages)
+            self.records_applied += applied
+        self._stored[conversation_id] = state.version
+        if state.meta.deleted:
+            self._states.drop(conversation_id)
+        else:
+            self._states.put(conversation_id, state)
+
+    async def _catch_up(
+        self, conversation_id: str
+    ) -> tuple[ConversationState | None, list[replay.Replayed]]:
+        """The conversation's state and the records to apply on it. A state kept from an
+        earlier cycle may be behind the store (another node wrote it, then trimmed): a
+        tail that does not start on its version means: load the store again."""
+        state = self._states.get(conversation_id)
+        for attempt in range(2):
+            if state is None:
+                snapshot = await self._store.load(conversation_id)
+                if snapshot is not None and snapshot.conversation.deleted:
+                    self._stored[conversation_id] = snapshot.conversation.version  # trim the rest
+                    return None, []
+                state = ConversationState.from_snapshot(snapshot) if snapshot else None
+            version = state.version if state else 0
+            entries = await self._journal.tail(conversation_id, version)
+            decoded, _ = replay.decode(entries)  # undecodable ones: set aside at activation
+            plan = replay.plan(decoded, version)
+            if plan.apply or not plan.stranded or attempt:
+                break
+            self._states.drop(conversation_id)
+            state = None
+        return state, plan.apply
+
+    async def _publish(self) -> None:
+        """Trim the streams up to what is stored, then tell the node what that is (and
+        how this flusher is doing)."""
+        stored, self._stored = self._stored, {}
+        node = self._config.node
+        try:
+            if stored:
+                await self._journal.trim(None, stored)
+            async with self._client.pipeline(transaction=False) as pipe:
+                if stored:
+                    entry = {"s": msgspec.msgpack.encode(list(stored.items()))}
+                    pipe.xadd(redis_keys.flushed(node), entry,  # type: ignore[arg-type]
+                              maxlen=FLUSHED_ENTRIES, approximate=True)  # fmt: skip
+                pipe.hset(redis_keys.flusher_stats(node), mapping=self.stats())  # type: ignore[arg-type]
+                await pipe.execute()
+        except BaseException:
+            for cid, version in stored.items():  # stored already: trimmed next time
+                self._stored[cid] = max(version, self._stored.get(cid, 0))
+            raise
+
+    async def _renew(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self._config.lease_seconds / 3)
+            try:
+                held = await self._lease.renew()
+            except RedisError as exc:
+                throttled.warning("lease", "flusher lease renewal failed: %s", exc)
+                continue
+            if not held:
+                log.error("flusher lease of node %s was lost: another flusher may run; "
+                          "stopping", self._config.node)  # fmt: skip
+                self.lost_lease.set()
+                return
+
+
+async def _stop(task: asyncio.Task[None], seconds: float) -> None:
+    """Cancel a task and wait for it, at most `seconds` (a cancellation swallowed below,
+    e.g. turned into a Redis timeout, must not hang the close)."""
+    task.cancel()
+    _, late = await asyncio.wait([task], timeout=seconds)
+    if late:
+        log.warning("%s did not stop within %.0f s; left behind", task.get_name(), seconds)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -1,0 +1,120 @@
+"""The node's flusher process as its child (`canopy serve --flusher-process`).
+
+The child is `canopy flusher` with the node's own settings (passed as `CANOPY_*`
+variables). It watches its stdin, a pipe from this process: when the node closes it,
+or dies however it dies, the child drains what is due and exits, so it never outlives
+the node for long. A child that exits is started again after a backoff (also when it
+refused because the previous one still held the node's lease: it is on its way out).
+Stopping closes the pipe and waits for the drain, then terminates, then kills: every
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from gateway import config
+from persistence.background import Backoff
+from persistence.flusher_lease import break_dead
+
+log = logging.getLogger(__name__)
+
+HEALTHY_SECONDS = 30.0  # a child that ran this long resets the restart backoff
+
+
+class FlusherChild:
+    """Starts, restarts and stops the node's flusher process; an async context manager."""
+
+    def __init__(self, settings: config.Settings, *, stop_timeout: float = 20.0) -> None:
+        self._settings = settings
+        self._stop_timeout = stop_timeout  # over the child's own drain (close_timeout)
+        self._backoff = Backoff(0.2, 5.0)
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+        self.started = asyncio.Event()  # the first child is running
+
+    async def __aenter__(self) -> FlusherChild:
+        await self._start()
+        self._task = asyncio.create_task(self._supervise(), name="flusher-child")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True
+        process = self._process
+        if process is not None and process.returncode is None:
+            await self._stop(process)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    def stats(self) -> dict[str, object]:
+        return {"restarts": self.restarts, "pid": self.pid or 0, "running": self.pid is not None}
+
+    async def _start(self) -> None:
+        environment = {**os.environ, **config.environment(self._settings)}
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "flusher", "--stdin-lifeline",
+            stdin=asyncio.subprocess.PIPE, env=environment,
+        )  # fmt: skip
+        log.info("flusher process %d started", self._process.pid)
+        self.started.set()
+
+    async def _supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            assert self._process is not None
+            began = loop.time()
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            if loop.time() - began > HEALTHY_SECONDS:
+                self._backoff.succeeded()
+            delay = self._backoff.failed()
+            log.error("flusher process %d exited with %d; restarting in %.1fs",
+                      self._process.pid, code, delay)  # fmt: skip
+            await self._break_lease(self._process.pid)
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            await self._start()
+            self.restarts += 1
+
+    async def _break_lease(self, pid: int) -> None:
+        """The dead child's lease would hold its successor back until it expires."""
+        client: redis.Redis = redis.Redis.from_url(
+            self._settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        try:
+            await break_dead(client, self._settings.node(), pid)
+        except RedisError as exc:  # it expires on its own
+            log.warning("lease of the dead flusher process %d not broken: %s", pid, exc)
+        finally:
+            await client.aclose()
+
+    async def _stop(self, process: asyncio.subprocess.Process) -> None:
+        if process.stdin is not None:
+            process.stdin.close()  # the child drains and exits
+        for step in (None, signal.SIGTERM, signal.SIGKILL):
+            if step is not None:
+                log.warning("flusher process %d still running: sending %s", process.pid, step.name)
+                process.send_signal(step)
+            try:
+                async with asyncio.timeout(self._stop_timeout if step is None else 5.0):
+                    await process.wait()
+                return
+            except TimeoutError:
+                continue

@@ -1,0 +1,81 @@
+"""`canopy flusher`: write a node's Redis journal behind to the store, in its own process.
+
+Run by `canopy serve --flusher-process` as its child, or on its own with the node's
+settings (the same options and `CANOPY_*` variables; `--node-id` or `--port` name the
+node). It stops on SIGTERM or SIGINT, when its lifeline (stdin, with `--stdin-lifeline`)
+closes, or when it lost its lease; it refuses to start while another flusher runs for
+the node (exit status 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
+from gateway.app import open_store
+from gateway.config import Settings
+from persistence.journal import JournalError
+from persistence.journal_redis import RedisJournal
+from persistence.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+async def run(settings: Settings, *, lifeline: bool) -> int:
+    """Flush until told to stop; the process's exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if lifeline:  # the node stops it (Ctrl-C reaches the whole process group)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _watch_stdin(loop, stop)
+    else:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    config = FlushWorkerConfig(node=settings.node(), interval=settings.flush_interval)
+    client: redis.Redis = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(open_store(settings))
+            journal = await stack.enter_async_context(RedisJournal(settings.redis_url))
+            worker = await stack.enter_async_context(FlushWorker(store, journal, client, config))
+            print(f"flusher for node {config.node} ready (pid {os.getpid()})", flush=True)
+            lost = asyncio.create_task(worker.lost_lease.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait((lost, stopped), return_when=asyncio.FIRST_COMPLETED)
+            for task in (lost, stopped):
+                task.cancel()
+            return 1 if worker.lost_lease.is_set() else 0
+    except LeaseHeld as exc:
+        print(f"canopy flusher: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except (RedisError, JournalError, StoreError) as exc:  # its parent starts it again
+        print(f"canopy flusher: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3.0):
+                await client.aclose()
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set `stop` once stdin reaches its end: the parent closed it, or died."""
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # the raw descriptor: no lock left held at exit
+            while os.read(0, 4096):
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=read, name="flusher-lifeline", daemon=True).start()

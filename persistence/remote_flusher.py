@@ -1,0 +1,213 @@
+"""The serving side of a separate flusher process (`canopy serve --flusher-process`).
+
+Actors and the registry use it in place of the in-process `Flusher`: a mutation is
+applied to the actor's state (its changes go to a scratch `Changes`, dropped), and its
+conversation is added to the node's dirty set in Redis: one SADD per poll interval for
+every conversation journaled since, in the same round trip as the poll (a SADD per
+append would cost the serving process about as much CPU as the append's journal send).
+The flusher process (engine/flush_worker.py) takes that set, stores the records from
+the journal and publishes the versions it stored; this side reads them to keep its
+unflushed-bytes count (backpressure), to tell the sidebar's hot listing which
+conversations the store now knows, and to show the flusher's backlog in `stats()`.
+
+Nothing to write here: passivation drops an actor at once (reactivation reads the
+store plus the journal tail), and start-up recovery is the flusher process's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from persistence import redis_keys
+from persistence.background import Throttled
+from persistence.flusher import Backpressure, Flusher, FlusherConfig
+from persistence.journal import Journal
+from persistence.store import Changes, Store
+
+log = logging.getLogger(__name__)
+throttled = Throttled(log)
+
+_STORED = msgspec.msgpack.Decoder(list[tuple[str, int]])
+
+
+@dataclass(frozen=True)
+class RemoteFlusherConfig:
+    node: str
+    redis_url: str
+    flusher: FlusherConfig = FlusherConfig()  # interval (polls), max_unflushed_bytes
+    down_seconds: float = 10.0  # the flusher without a lease this long: writes get 503
+    close_timeout: float = 3.0
+
+
+class RemoteFlusher(Flusher):
+    """A `Flusher` whose writing happens in the node's flusher process."""
+
+    writes_here = False
+
+    def __init__(
+        self,
+        store: Store,
+        journal: Journal,
+        config: RemoteFlusherConfig,
+        process_stats: Callable[[], dict[str, object]] = dict,
+    ) -> None:
+        super().__init__(store, journal, config.flusher)
+        self._remote = config
+        self._process_stats = process_stats  # the supervisor's: restarts, pid
+        self._client: redis.Redis = redis.Redis.from_url(
+            config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+        )
+        # Per conversation, each record not yet known stored: (version, nbytes, when).
+        self._unstored: dict[str, deque[tuple[int, int, float]]] = {}
+        self._to_mark: set[str] = set()  # journaled, not yet in the dirty set
+        self._unsent: asyncio.Future[None] | None = None  # a `memory` append not yet sent
+        self._poller: asyncio.Task[None] | None = None
+        self._last_id = b"0-0"
+        self._flusher_stats: dict[str, int] = {}
+        self._lease_ms = 0
+        self._down_since: float | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> RemoteFlusher:
+        self._down_since = asyncio.get_running_loop().time()
+        self._poller = asyncio.create_task(self._poll(), name="remote-flusher-poll")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Send the last dirty marks (the flusher process drains them as it stops)."""
+        self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.wait([self._poller], timeout=self._remote.close_timeout)
+        try:
+            async with asyncio.timeout(self._remote.close_timeout):
+                if self._appends:
+                    await asyncio.wait(self._appends)
+                if self._to_mark:
+                    await self._client.sadd(redis_keys.dirty(self._remote.node), *self._to_mark)
+        except (TimeoutError, RedisError) as exc:  # journaled: the next flusher start finds them
+            log.warning("dirty marks not sent at close: %r", exc)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._remote.close_timeout):
+                await self._client.aclose()
+
+    # -- what actors call ------------------------------------------------------------
+
+    def adopt(self, append: asyncio.Future[None]) -> None:
+        super().adopt(append)
+        self._unsent = append
+
+    def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
+        """Apply the mutation to the actor's state; remember its size until it is stored
+        and mark the conversation dirty once its record is in the journal."""
+        changes = Changes()
+        apply(changes)
+        if not changes.version:
+            return
+        loop = asyncio.get_running_loop()
+        self._unstored.setdefault(conversation_id, deque()).append(
+            (changes.version, changes.nbytes, loop.time())
+        )
+        self._unflushed += changes.nbytes
+        unsent, self._unsent = self._unsent, None
+        if unsent is not None and not unsent.done():  # `memory`: acked before it was sent
+            unsent.add_done_callback(lambda _: self._mark_dirty(conversation_id))
+        else:
+            self._mark_dirty(conversation_id)
+
+    def _mark_dirty(self, conversation_id: str) -> None:
+        self._to_mark.add(conversation_id)  # sent with the next poll
+
+    def check_capacity(self) -> None:
+        if self._unflushed > self._config.max_unflushed_bytes:
+            raise Backpressure(retry_after=1.0)
+        down = self._down_since
+        if (
+            down is not None
+            and asyncio.get_running_loop().time() - down > self._remote.down_seconds
+        ):
+            raise Backpressure(retry_after=1.0)
+
+    def stats(self) -> dict[str, int]:
+        lag = 0.0
+        if self._unstored:
+            now = asyncio.get_running_loop().time()
+            lag = now - min(versions[0][2] for versions in self._unstored.values())
+        stats = {
+            "dirty_conversations": len(self._unstored),
+            "writing_conversations": 0,
+            "unflushed_bytes": self._unflushed,
+            "lag_ms": int(lag * 1000),
+            "flusher_lease_ms": self._lease_ms,
+        }
+        stats.update({f"flusher_{k}": v for k, v in self._flusher_stats.items()})
+        process = self._process_stats()
+        stats.update({f"flusher_process_{k}": int(v) for k, v in process.items()})  # type: ignore[call-overload]
+        return stats
+
+    def pending(self) -> Iterator[tuple[str, Changes]]:
+        return iter(())  # the rows live in the journal until the flusher process stores them
+
+    async def flush(self, conversation_id: str) -> None:
+        """Nothing to write: a reactivation reads the store plus the journal tail."""
+
+    async def flush_all(self, retries: int = 0) -> bool:
+        return True  # the flusher process stores what the journal holds
+
+    # -- what the flusher process tells ------------------------------------------------
+
+    async def _poll(self) -> None:
+        while not self._closing:
+            try:
+                await self._read_flusher()
+            except Exception as exc:  # noqa: BLE001 - the next poll tries again
+                throttled.warning("poll", "reading the flusher's progress failed: %r", exc)
+            await asyncio.sleep(self._config.interval)
+
+    async def _read_flusher(self) -> None:
+        """One round trip: mark what was journaled since the last poll dirty, read what
+        the flusher stored since, its counters and its lease."""
+        node = self._remote.node
+        marks, self._to_mark = self._to_mark, set()
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xread({redis_keys.flushed(node): self._last_id}, count=1000)
+                pipe.hgetall(redis_keys.flusher_stats(node))
+                pipe.pttl(redis_keys.flusher_lease(node))
+                if marks:
+                    pipe.sadd(redis_keys.dirty(node), *marks)
+                streams, stats, lease_ms, *_ = await pipe.execute()
+        except BaseException:
+            self._to_mark |= marks  # sent with the next poll, or at close
+            raise
+        for _, entries in streams or ():
+            for entry_id, fields in entries:
+                self._last_id = entry_id
+                for conversation_id, version in _STORED.decode(fields[b"s"]):
+                    self._stored_up_to(conversation_id, version)
+        self._flusher_stats = {k.decode(): int(v) for k, v in stats.items()}
+        self._lease_ms = max(0, int(lease_ms))
+        if self._lease_ms:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+
+    def _stored_up_to(self, conversation_id: str, version: int) -> None:
+        versions = self._unstored.get(conversation_id)
+        if versions is None:
+            return
+        while versions and versions[0][0] <= version:
+            self._unflushed -= versions.popleft()[1]
+        if not versions:
+            del self._unstored[conversation_id]
+            for watcher in self._clean_watchers:
+                watcher(conversation_id)

@@ -1,0 +1,169 @@
+"""The serving side of `--flusher-process`: passivation writes nothing, so a conversation
+evicted before its flusher stored it reloads whole from the store plus the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from engine.registry import Registry
+from gateway.keys import CONVERSATIONS, FLUSHER, STORE
+from persistence import redis_keys
+from tests.conftest import BACKENDS, Node, NodeFactory
+from tests.services import REDIS_URL, require
+
+
+@pytest.fixture
+def backend() -> dict[str, Any]:
+    """Cassandra + Redis (emptied), the flusher in its own process."""
+    from tests.backends import wipe_cassandra, wipe_redis
+
+    require("cassandra")
+    require("redis")
+    wipe_cassandra()
+    wipe_redis()
+    return {**BACKENDS["cassandra+redis"], "flusher_process": True}
+
+
+@contextmanager
+def flusher_stopped(node: Node) -> Iterator[None]:
+    """SIGSTOP the node's flusher process: nothing reaches the store meanwhile."""
+    pid = node.app[FLUSHER].stats()["flusher_process_pid"]
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def _eventually(condition: Callable[[], Any], seconds: float = 60.0) -> None:
+    """Poll what the flusher process does, within a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not await condition():
+        assert loop.time() < deadline, "the flusher process never stored it"
+        await asyncio.sleep(0.05)
+
+
+async def _append(node: Node, cid: str, parent: str, text: str) -> str:
+    body = {"parent_message_id": parent, "role": "human", "created_by": "u",
+            "content": {"type": "text", "text": text}}  # fmt: skip
+    status, message = await node.request("POST", f"/api/v1/conversations/{cid}/messages", json=body)
+    assert status == 200, message
+    return str(message["message_id"])
+
+
+async def _tree(node: Node, cid: str) -> list[str]:
+    status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
+    assert status == 200, tree
+    return [m["content"]["text"] for m in tree["messages"][1:]]
+
+
+async def test_evicted_before_stored_reloads_whole(start_node: NodeFactory) -> None:
+    node = await start_node()
+    registry = node.app[CONVERSATIONS]
+    assert isinstance(registry, Registry)
+    store = node.app[STORE]
+    with flusher_stopped(node):  # created and appended to, nothing stored
+        status, created = await node.request(
+            "POST", "/api/v1/conversations", json={"title": "p", "created_by": "u"}
+        )
+        assert status == 200
+        cid = created["conversation_id"]
+        status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
+        parent = tree["messages"][0]["message_id"]
+        for i in range(3):
+            parent = await _append(node, cid, parent, f"m{i}")
+        assert await registry.passivate(cid)
+        assert await store.load(cid) is None
+        assert await _tree(node, cid) == ["m0", "m1", "m2"]  # from the journal alone
+
+    async def stored(count: int) -> bool:
+        snapshot = await store.load(cid)
+        return snapshot is not None and snapshot.conversation.message_count == count
+
+    await _eventually(lambda: stored(4))
+    with flusher_stopped(node):  # part stored, part journaled only
+        for i in range(3, 5):
+            parent = await _append(node, cid, parent, f"m{i}")
+        assert await registry.passivate(cid)
+        assert await _tree(node, cid) == [f"m{i}" for i in range(5)]
+    await _eventually(lambda: stored(6))
+    assert await _tree(node, cid) == [f"m{i}" for i in range(5)]
+    flusher = node.app[FLUSHER]
+
+    async def caught_up() -> bool:  # what the flusher published reached the node
+        stats = flusher.stats()
+        return stats["unflushed_bytes"] == 0 and stats["dirty_conversations"] == 0
+
+    await _eventually(caught_up)
+    stats = flusher.stats()
+    assert stats["flusher_process_restarts"] == 0 and stats["flusher_process_running"] == 1
+    assert stats["flusher_batches_written"] >= 2 and stats["flusher_lease_ms"] > 0
+
+
+async def test_an_unknown_conversation_is_not_found_and_leaves_nothing_in_redis(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    status, body = await node.request("GET", f"/api/v1/conversations/{uuid.uuid4()}/tree")
+    assert status == 404, body
+    async with redis.Redis.from_url(REDIS_URL) as client:
+        assert not await client.keys("canopy:epoch:*")
+
+
+async def test_an_activation_racing_the_flusher_builds_on_what_it_stored(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store read of an activation returns a version the flusher process then stores
+    past and trims the journal behind: the activation must not serve the older state."""
+    node = await start_node()
+    registry = node.app[CONVERSATIONS]
+    assert isinstance(registry, Registry)
+    store = node.app[STORE]
+    status, created = await node.request(
+        "POST", "/api/v1/conversations", json={"title": "r", "created_by": "u"}
+    )
+    cid = created["conversation_id"]
+    status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
+    parent = await _append(node, cid, tree["messages"][0]["message_id"], "m0")
+
+    async def stored(count: int) -> bool:
+        snapshot = await store.load(cid)
+        return snapshot is not None and snapshot.conversation.message_count == count
+
+    await _eventually(lambda: stored(2))
+    stale = await store.load(cid)
+    for i in range(1, 3):
+        parent = await _append(node, cid, parent, f"m{i}")
+    await _eventually(lambda: stored(4))
+    await _eventually(lambda: _trimmed(cid))
+    assert await registry.passivate(cid)
+    load = store.load
+    calls = 0
+
+    async def first_read_is_stale(conversation_id: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return stale if calls == 1 else await load(conversation_id)
+
+    monkeypatch.setattr(store, "load", first_read_is_stale)
+    assert await _tree(node, cid) == ["m0", "m1", "m2"]
+    parent = await _append(node, cid, parent, "m3")
+    monkeypatch.undo()
+    await _eventually(lambda: stored(5))
+    assert await _tree(node, cid) == ["m0", "m1", "m2", "m3"]
+
+
+async def _trimmed(cid: str) -> bool:
+    async with redis.Redis.from_url(REDIS_URL) as client:
+        return not await client.exists(redis_keys.journal(cid))
