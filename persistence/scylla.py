@@ -503,6 +503,9 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
+        finally:
+            if done.done():  # the driver is done with it (not so for a cancelled await)
+                _release(response)
 
 
 def _never_sent(exc: BaseException | None) -> bool:
@@ -519,6 +522,14 @@ def _never_sent(exc: BaseException | None) -> bool:
 
 def _by_seq(message: Message) -> int:
     return message.seq
+
+
+def _release(response: ResponseFuture) -> None:
+    """Let go of a finished request's statement now. The driver's future, its timer and
+    our callbacks refer to each other: that cycle kept every request's statement (a fork's
+    1,000 bound rows) alive until a full collection, which then took 80 ms."""
+    response.clear_callbacks()
+    response.query = response.message = response.query_plan = None
 
 
 def _resolve(future: asyncio.Future[list[Any]], rows: list[Any]) -> None:

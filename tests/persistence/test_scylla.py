@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,7 @@ from persistence.records import Branch, Conversation, Message
 from persistence.scylla import ScyllaStore
 from persistence.store import Changes
 from tests.backends import SCYLLA, _admin_session
+from tests.persistence.conftest import Rows
 from tests.services import require
 
 
@@ -127,10 +130,16 @@ class Refused:
     even send the request ("Connection ... is overloaded")."""
 
     has_more_pages = False
+    query: object = None
+    message: object = None
+    query_plan: object = None
 
     def add_callbacks(self, callback: object, errback: Callable[[BaseException], None]) -> None:
         busy = ConnectionBusy("Connection 127.0.0.1:9042 is overloaded")
         errback(NoHostAvailable("Unable to complete the operation", {"127.0.0.1:9042": busy}))
+
+    def clear_callbacks(self) -> None:
+        pass
 
 
 async def test_a_fork_sized_write_waits_out_a_busy_connection() -> None:
@@ -168,3 +177,27 @@ async def test_rows_come_back_as_plain_tuples() -> None:
     async with ScyllaStore(SCYLLA) as store:
         rows = await store._query("SELECT release_version FROM system.local", ())
         assert type(rows[0]) is tuple
+
+
+async def test_a_finished_request_lets_go_of_its_statement(rows: Rows) -> None:
+    """The driver's future, its timer and our callbacks form a cycle: unbroken, it kept
+    each request's statement (a fork's bound rows) until the cycle collector ran."""
+    require("cassandra")
+    async with ScyllaStore(SCYLLA) as store:
+        assert store._session is not None
+        real = store._session.execute_async
+        sent: list[weakref.ref[Any]] = []
+
+        def send(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(weakref.ref(statement))
+            return real(statement, *args, **kwargs)
+
+        store._session.execute_async = send  # type: ignore[method-assign]
+        meta = rows.conversation("c-gc")
+        messages = tuple(rows.message(f"m{i}", "c-gc-root", i) for i in range(1, 300))
+        gc.disable()
+        try:
+            await store.write("c-gc", rows.changes(meta, messages))
+            assert sent and all(ref() is None for ref in sent)
+        finally:
+            gc.enable()
