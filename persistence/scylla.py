@@ -37,12 +37,13 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.pool import NoConnectionsAvailable
-from cassandra.query import BatchStatement, BatchType, PreparedStatement, tuple_factory
+from cassandra.query import PreparedStatement, tuple_factory
 
 from persistence import scylla_writes as writes
 from persistence.accounts import Account, decode_account, encode_account
 from persistence.background import Backoff, within
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
+from persistence.scylla_batches import Batches, Binder
 from persistence.scylla_writes import EXPIRY_SHARDS
 from persistence.store import Changes, Key, StoreError, listing_key, rank
 
@@ -196,6 +197,8 @@ class ScyllaStore:
         self._in_flight = asyncio.Semaphore(config.max_in_flight)
         self.busy_retries = 0  # requests sent again after the driver could not send them
         self._listings = writes.Listings()
+        self._binders: dict[str, Binder] = {}
+        self._batches = Batches(config.batch_size, _BATCH_BYTES)
 
     async def __aenter__(self) -> ScyllaStore:
         loop = asyncio.get_running_loop()
@@ -434,24 +437,35 @@ class ScyllaStore:
         return prepared
 
     async def _batched(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
-        """Unlogged batches of one partition: at most `batch_size` statements, ~32 KiB each.
+        """Send `statements` as unlogged batches, each as soon as it is bound, letting the
+        loop run between them: no single step of a large write holds it long."""
+        binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
+        batches = self._batches.cut((binders[cql], params) for cql, params in statements)
+        first = next(batches, None)
+        if first is None:
+            return
+        sends = [asyncio.ensure_future(self._execute(first))]
+        try:
+            for batch in batches:
+                await asyncio.sleep(0)
+                sends.append(asyncio.ensure_future(self._execute(batch)))
+            if len(sends) == 1:
+                await sends[0]
+                return
+            done = await asyncio.gather(*sends, return_exceptions=True)
+        except BaseException:
+            for send in sends:
+                send.cancel()
+            raise
+        failed = [result for result in done if isinstance(result, BaseException)]
+        if failed:
+            raise failed[0]
 
-        Cassandra refuses batches over 50 KiB by default, so large contents split earlier.
-        """
-        batches: list[BatchStatement] = []
-        batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
-        for cql, params in statements:
-            weight = sum(len(p) for p in params if isinstance(p, bytes | str))
-            if len(batch) and (
-                len(batch) >= self._config.batch_size or size + weight > _BATCH_BYTES
-            ):
-                batches.append(batch)
-                batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
-            batch.add(await self._statement(cql), params)
-            size += weight
-        if len(batch):
-            batches.append(batch)
-        await asyncio.gather(*(self._execute(b) for b in batches))
+    async def _binder(self, cql: str) -> Binder:
+        binder = self._binders.get(cql)
+        if binder is None:
+            binder = self._binders[cql] = Binder(await self._statement(cql))
+        return binder
 
     async def _query(self, cql: str, params: Sequence[Any]) -> list[Any]:
         return await self._execute((await self._statement(cql)).bind(params))
