@@ -43,6 +43,7 @@ class Binder:
         )
         # Column encryption rewrites values per column: leave such statements to the driver.
         self.fast = prepared.column_encryption_policy is None
+        self.table = prepared.column_metadata[0].table_name if prepared.column_metadata else ""
 
     def values(self, params: Sequence[Any]) -> list[bytes | None]:
         if len(params) != len(self._serializers):
@@ -62,29 +63,39 @@ def _serializer(kind: Any, protocol_version: int) -> Serializer:
 
 class Batches:
     """Cuts statements into unlogged batches of at most `rows` statements and about
-    `max_bytes` of values each (Cassandra refuses a batch over 50 KiB by default)."""
+    `max_bytes` of values each (Cassandra refuses a batch over 50 KiB by default); a batch
+    over several tables stays under `mixed_bytes` (Cassandra warns of a batch over 5 KiB
+    of several partitions, and the driver logs each warning)."""
 
-    def __init__(self, rows: int, max_bytes: int) -> None:
+    def __init__(self, rows: int, max_bytes: int, mixed_bytes: int = 4096) -> None:
         self._rows = rows
         self._max_bytes = max_bytes
+        self._mixed_bytes = mixed_bytes
 
     def cut(self, bound: Iterable[tuple[Binder, Sequence[Any]]]) -> Iterator[BatchStatement]:
         """Each batch as soon as it is full: the caller may yield between them."""
         batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
+        table, mixed = "", False
         for binder, params in bound:
             if not len(batch):
                 batch.add(binder.prepared, params)  # sets the batch's routing key
-                size = _weight(params)
+                size, table, mixed = _weight(params), binder.table, False
                 continue
             if binder.fast:
                 values = binder.values(params)
                 weight = sum(map(len, filter(None, values)))
             else:
                 values, weight = None, _weight(params)
-            if len(batch) >= self._rows or size + weight > self._max_bytes:
+            mixed = mixed or binder.table != table
+            if (
+                len(batch) >= self._rows
+                or size + weight > self._max_bytes
+                or (mixed and size + weight > self._mixed_bytes)
+            ):
                 yield batch
                 batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
                 batch.add(binder.prepared, params)
+                table, mixed = binder.table, False
             elif values is None:
                 batch.add(binder.prepared, params)
             else:

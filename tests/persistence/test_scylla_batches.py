@@ -4,6 +4,7 @@ event loop running between them; a failed batch fails the write, which is retrie
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,15 @@ async def store(tmp_path: Path) -> AsyncIterator[ScyllaStore]:
         yield opened
 
 
-def fork(rows: Rows, cid: str, messages: int = 1000) -> Changes:
+def fork(rows: Rows, cid: str, messages: int = 1000, text: str = "x") -> Changes:
     """A fork's flush: a new conversation with `messages` messages below its root."""
     meta = rows.conversation(cid, message_count=messages + 1, expires_at=rows.at(9))
     root = rows.message(f"{cid}-root", None, 0)
-    below = tuple(rows.message(f"{cid}-m{i}", f"{cid}-root", i) for i in range(1, messages + 1))
+    content = b'{"type":"text","text":"%s"}' % text.encode()
+    below = tuple(
+        rows.message(f"{cid}-m{i}", f"{cid}-root", i, content=content)
+        for i in range(1, messages + 1)
+    )
     return rows.changes(meta, (root, *below))
 
 
@@ -116,3 +121,23 @@ async def test_our_binding_serializes_every_write_statement_as_the_driver_does(
     for cql, params in statements:
         prepared = await store._statement(cql)
         assert Binder(prepared).values(params) == BoundStatement(prepared).bind(params).values
+
+
+async def test_a_large_write_logs_no_batch_size_warning(
+    store: ScyllaStore, rows: Rows, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cassandra warns of a batch over 5 KiB that spans partitions (the driver logs it):
+    one table's rows go up to 32 KiB a batch, the conversation's other rows stay small."""
+    with caplog.at_level(logging.WARNING, logger="cassandra"):
+        # 32 KiB batches of 100 messages, the last 51 with the conversation's other rows
+        await store.write("f1", fork(rows, "f1", messages=1050, text="x" * 200))
+    assert [r.getMessage() for r in caplog.records if "Batch for" in r.getMessage()] == []
+
+
+async def test_an_appends_flush_is_still_one_batch(store: ScyllaStore, rows: Rows) -> None:
+    """Its few rows span several tables, well under the 5 KiB Cassandra warns at."""
+    await store.write("c1", fork(rows, "c1", messages=1, text="x" * 200))
+    sent = sending(store)
+    meta = rows.conversation("c1", version=2, updated_at=rows.at(2))
+    await store.write("c1", rows.changes(meta, (rows.message("c1-m2", "c1-root", 2),)))
+    assert len(sent) == 1
