@@ -198,6 +198,7 @@ class ScyllaStore:
         self.busy_retries = 0  # requests sent again after the driver could not send them
         self._listings = writes.Listings()
         self._binders: dict[str, Binder] = {}
+        self._turn = asyncio.Lock()  # held by the write binding a batch, for a loop pass
         self._batches = Batches(config.batch_size, _BATCH_BYTES)
 
     async def __aenter__(self) -> ScyllaStore:
@@ -437,21 +438,20 @@ class ScyllaStore:
         return prepared
 
     async def _batched(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
-        """Send `statements` as unlogged batches, each as soon as it is bound, letting the
-        loop run between them: no single step of a large write holds it long."""
+        """Send `statements` as unlogged batches, each as soon as it is bound. Between two
+        batches the loop runs, and writes take turns (the turn is held over the loop pass
+        that follows a binding), so many forks' write-behinds bind one batch a pass."""
         binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
         batches = self._batches.cut((binders[cql], params) for cql, params in statements)
-        first = next(batches, None)
-        if first is None:
-            return
-        sends = [asyncio.ensure_future(self._execute(first))]
+        sends: list[asyncio.Future[list[Any]]] = []
         try:
-            for batch in batches:
-                await asyncio.sleep(0)
-                sends.append(asyncio.ensure_future(self._execute(batch)))
-            if len(sends) == 1:
-                await sends[0]
-                return
+            more = bool(statements)
+            while more:
+                async with self._turn:
+                    batch, more = next(batches)
+                    sends.append(asyncio.ensure_future(self._execute(batch)))
+                    if more:
+                        await asyncio.sleep(0)
             done = await asyncio.gather(*sends, return_exceptions=True)
         except BaseException:
             for send in sends:

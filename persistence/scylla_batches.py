@@ -72,8 +72,11 @@ class Batches:
         self._max_bytes = max_bytes
         self._mixed_bytes = mixed_bytes
 
-    def cut(self, bound: Iterable[tuple[Binder, Sequence[Any]]]) -> Iterator[BatchStatement]:
-        """Each batch as soon as it is full: the caller may yield between them."""
+    def cut(
+        self, bound: Iterable[tuple[Binder, Sequence[Any]]]
+    ) -> Iterator[tuple[BatchStatement, bool]]:
+        """Each batch as soon as it is full, and whether more follow: the caller may let
+        the loop run between them."""
         batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
         table, mixed = "", False
         for binder, params in bound:
@@ -92,7 +95,7 @@ class Batches:
                 or size + weight > self._max_bytes
                 or (mixed and size + weight > self._mixed_bytes)
             ):
-                yield batch
+                yield batch, True
                 batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
                 batch.add(binder.prepared, params)
                 table, mixed = binder.table, False
@@ -102,7 +105,7 @@ class Batches:
                 batch._add_statement_and_params(True, binder.prepared.query_id, values)
             size += weight
         if len(batch):
-            yield batch
+            yield batch, False
 
 
 def _weight(params: Sequence[Any]) -> int:

@@ -69,7 +69,8 @@ async def test_a_forks_rows_go_as_bounded_batches_and_all_land(
 
 
 async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, rows: Rows) -> None:
-    """Each batch is bound and sent in its own step: another task runs between them."""
+    """Each batch is bound and sent in its own loop pass: another task runs between them,
+    and two forks' write-behinds take turns rather than binding in the same pass."""
     ticks = 0
 
     async def ticker() -> None:
@@ -83,9 +84,15 @@ async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, 
     running = asyncio.create_task(ticker())
     try:
         await store.write("f1", fork(rows, "f1"))
+        assert len(seen) >= 10
+        assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
+        seen.clear()
+        await asyncio.gather(
+            store.write("f2", fork(rows, "f2")), store.write("f3", fork(rows, "f3"))
+        )
     finally:
         running.cancel()
-    assert len(seen) >= 10
+    assert len(seen) >= 20
     assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
 
 
