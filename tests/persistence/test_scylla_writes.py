@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from persistence.scylla import ScyllaStore
+from persistence.scylla_writes import Listed, Listings
 from persistence.store import Changes
 from tests.backends import SCYLLA, cassandra_store
 from tests.persistence.conftest import Rows
@@ -104,3 +105,16 @@ async def test_a_deleted_conversation_leaves_its_owners_listing(
     await store.write("c1", rows.changes(gone))
     assert await listed_at(store, "alice") == []
     assert await store.owned("alice", None, 10) == []
+
+
+def test_the_remembered_listings_are_bounded(rows: Rows) -> None:
+    """The least recently written goes first; a deleted conversation is not remembered."""
+    listings = Listings(limit=2)
+    for cid in ("c1", "c2", "c1", "c3"):
+        listings.written(cid, rows.conversation(cid))
+    assert len(listings) == 2
+    assert listings.get("c2", "alice") is None  # c1 was written again after it
+    assert listings.get("c1", "alice") == Listed("alice", rows.at(0), None)
+    assert listings.get("c1", "bob") is None  # another owner's row is not this one
+    listings.written("c3", rows.conversation("c3", deleted=True))
+    assert listings.get("c3", "alice") is None
