@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -38,12 +37,15 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.pool import NoConnectionsAvailable
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import PreparedStatement, tuple_factory
 
+from persistence import scylla_writes as writes
 from persistence.accounts import Account, decode_account, encode_account
 from persistence.background import Backoff, within
 from persistence.records import Branch, Conversation, Message, Share, Snapshot
-from persistence.store import Changes, Key, StoreError, activity_us, listing_key, rank
+from persistence.scylla_batches import Batches, Binder
+from persistence.scylla_writes import EXPIRY_SHARDS
+from persistence.store import Changes, Key, StoreError, listing_key, rank
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,6 @@ ADDED_COLUMNS = (
     ("shared_conversations", "permission", "text"),
     ("conversation_activity", "summary", "blob"),
 )
-EXPIRY_SHARDS = 16
 
 # The sidebar's queries, prepared when the store opens: a cold node's first page then
 # pays no prepare round trips (32 -> see docs/decisions.md).
@@ -147,6 +148,9 @@ def _cluster(config: ScyllaConfig) -> Cluster:
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
         consistency_level=getattr(ConsistencyLevel, config.consistency),
         request_timeout=config.request_timeout,
+        # Rows as plain tuples: the default factory builds a namedtuple class for every
+        # result (about 60 µs of the driver's I/O thread per read; see docs/decisions.md).
+        row_factory=tuple_factory,
     )
     return Cluster(
         hosts,
@@ -192,6 +196,10 @@ class ScyllaStore:
         self._prepared: dict[str, PreparedStatement] = {}
         self._in_flight = asyncio.Semaphore(config.max_in_flight)
         self.busy_retries = 0  # requests sent again after the driver could not send them
+        self._listings = writes.Listings()
+        self._binders: dict[str, Binder] = {}
+        self._turn = asyncio.Lock()  # held by the write binding a batch, for a loop pass
+        self._batches = Batches(config.batch_size, _BATCH_BYTES)
 
     async def __aenter__(self) -> ScyllaStore:
         loop = asyncio.get_running_loop()
@@ -216,6 +224,7 @@ class ScyllaStore:
     # -- reads --------------------------------------------------------------------------
 
     async def load(self, conversation_id: str) -> Snapshot | None:
+        self._listings.forget(conversation_id)  # an activation: another node may have written
         head: Snapshot | None
         head, message_rows = await asyncio.gather(
             self.head(conversation_id),
@@ -353,123 +362,40 @@ class ScyllaStore:
     # -- writes ---------------------------------------------------------------------------
 
     async def write(self, conversation_id: str, changes: Changes) -> None:
-        cid = conversation_id
+        """The conversation's rows, its owner's listing and its conversation row go as
+        unlogged batches at once (one batch for an append's flush); share holders'
+        rows, in their own partitions, as a statement each."""
+        cid, meta = conversation_id, changes.conversation
         stamp = changes.version  # monotonic per conversation: the base of write timestamps
-        statements: list[tuple[str, Sequence[Any]]] = []
         if changes.deleted:
-            # Rows of messages, branches and shares carry the stamps of `_row_statements`
-            # (the version mapped twice); their delete must be on that scale to win.
-            statements += [
-                (
-                    f"DELETE FROM {table} USING TIMESTAMP ? WHERE conversation_id = ?",
-                    (
-                        _erase(_put(stamp)) if table != "conversation_activity" else _erase(stamp),
-                        cid,
-                    ),
-                )  # fmt: skip
-                for table in ("messages", "branches", "shares", "conversation_activity")
-            ]
+            statements = writes.deletion(cid, stamp)
             holders = await self._query(
                 "SELECT shared_with FROM shares WHERE conversation_id = ?", (cid,)
             )
-            listing = _shared_rows({row[0]: None for row in holders}, cid, stamp)
+            listing = writes.shared_rows({row[0]: None for row in holders}, cid, stamp)
         else:
-            statements += self._row_statements(cid, changes, _put(stamp))
-            listing = _shared_rows(changes.shares, cid, stamp)
-            if changes.conversation is not None:
-                statements.append(
-                    (
-                        "INSERT INTO conversation_activity"
-                        " (conversation_id, last_activity, summary) VALUES (?, ?, ?)"
-                        " USING TIMESTAMP ?",
-                        (
-                            cid,
-                            changes.conversation.updated_at,
-                            _encode(changes.conversation),
-                            _put(stamp),
-                        ),
-                    )
-                )
-        if changes.conversation is not None:
-            meta = changes.conversation
-            statements.append(
-                (
-                    "INSERT INTO conversations (conversation_id, version, deleted, body)"
-                    " VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
-                    (cid, meta.version, meta.deleted, _encode(meta), _put(stamp)),
-                )
+            statements = writes.rows(cid, changes, stamp)
+            listing = writes.shared_rows(changes.shares, cid, stamp)
+        if meta is not None:
+            statements.append(writes.conversation(cid, meta, stamp))
+            statements += writes.owner_listing(cid, meta, await self._listed(cid, meta), stamp)
+        try:
+            await asyncio.gather(
+                self._batched(statements), *(self._query(cql, params) for cql, params in listing)
             )
-        await self._batched(statements)
-        # Share holders' rows live in their own partitions: one statement each, not a batch.
-        await asyncio.gather(*(self._query(cql, params) for cql, params in listing))
-        if changes.conversation is not None:
-            await self._list_for_owner(cid, changes, stamp)
+        except BaseException:
+            self._listings.forget(cid)  # a part may have landed: read where it stands
+            raise
+        if meta is not None:
+            self._listings.written(cid, meta)
 
-    def _row_statements(
-        self, cid: str, changes: Changes, stamp: int
-    ) -> list[tuple[str, Sequence[Any]]]:
-        rows: list[tuple[str, Sequence[Any]]] = []
-        for m in changes.messages.values():
-            rows.append(
-                (
-                    "INSERT INTO messages (conversation_id, message_id, parent_id, seq, body)"
-                    " VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
-                    (cid, m.message_id, m.parent_id, m.seq, _encode(m), _put(stamp)),
-                )
-            )
-        rows += _keyed_rows("branches", "branch_id", changes.branches, cid, stamp)
-        rows += _keyed_rows("shares", "shared_with", changes.shares, cid, stamp)
-        return rows
-
-    async def _list_for_owner(self, cid: str, changes: Changes, stamp: int) -> None:
-        """Move the conversation's row in its owner's listing and in the expiry index
-        (drop both once deleted)."""
-        meta = changes.conversation
-        assert meta is not None
+    async def _listed(self, cid: str, meta: Conversation) -> writes.Listed | None:
+        """Where the owner's listing holds the conversation now: remembered, or read."""
         owner = meta.created_by
-        old = await self._query(
-            "SELECT last_activity, expires_at FROM user_conversation_activity"
-            " WHERE user_id = ? AND conversation_id = ?",
-            (owner, cid),
-        )
-        old_activity, old_expiry = old[0] if old else (None, None)
-        expires_at = None if meta.deleted else meta.expires_at
-        statements: list[tuple[str, Sequence[Any]]] = []
-        if old_activity is not None and (
-            meta.deleted or _ms(old_activity) != activity_us(meta.updated_at) // 1000
-        ):
-            statements.append(
-                (
-                    "DELETE FROM user_conversations USING TIMESTAMP ?"
-                    " WHERE user_id = ? AND last_activity = ? AND conversation_id = ?",
-                    (_erase(stamp), owner, old_activity, cid),
-                )
-            )
-        statements += _expiry_rows(cid, old_expiry, expires_at, stamp)
-        if meta.deleted:
-            statements.append(
-                (
-                    "DELETE FROM user_conversation_activity USING TIMESTAMP ?"
-                    " WHERE user_id = ? AND conversation_id = ?",
-                    (_erase(stamp), owner, cid),
-                )
-            )
-        else:
-            statements += [
-                (
-                    "INSERT INTO user_conversations"
-                    " (user_id, last_activity, conversation_id, summary) VALUES (?, ?, ?, ?)"
-                    " USING TIMESTAMP ?",
-                    (owner, meta.updated_at, cid, _encode(meta), _put(stamp)),
-                ),
-                (
-                    "INSERT INTO user_conversation_activity"
-                    " (user_id, conversation_id, last_activity, expires_at) VALUES (?, ?, ?, ?)"
-                    " USING TIMESTAMP ?",
-                    (owner, cid, meta.updated_at, expires_at, _put(stamp)),
-                ),
-            ]
-        await asyncio.gather(*(self._query(cql, params) for cql, params in statements))
+        listed = self._listings.get(cid, owner)
+        if listed is None:
+            listed = writes.stored(await self._query(writes.LISTED, (owner, cid)), owner)
+        return listed
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -512,24 +438,34 @@ class ScyllaStore:
         return prepared
 
     async def _batched(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
-        """Unlogged batches of one partition: at most `batch_size` statements, ~32 KiB each.
+        """Send `statements` as unlogged batches, each as soon as it is bound. Between two
+        batches the loop runs, and writes take turns (the turn is held over the loop pass
+        that follows a binding), so many forks' write-behinds bind one batch a pass."""
+        binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
+        batches = self._batches.cut((binders[cql], params) for cql, params in statements)
+        sends: list[asyncio.Future[list[Any]]] = []
+        try:
+            more = bool(statements)
+            while more:
+                async with self._turn:
+                    batch, more = next(batches)
+                    sends.append(asyncio.ensure_future(self._execute(batch)))
+                    if more:
+                        await asyncio.sleep(0)
+            done = await asyncio.gather(*sends, return_exceptions=True)
+        except BaseException:
+            for send in sends:
+                send.cancel()
+            raise
+        failed = [result for result in done if isinstance(result, BaseException)]
+        if failed:
+            raise failed[0]
 
-        Cassandra refuses batches over 50 KiB by default, so large contents split earlier.
-        """
-        batches: list[BatchStatement] = []
-        batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
-        for cql, params in statements:
-            weight = sum(len(p) for p in params if isinstance(p, bytes | str))
-            if len(batch) and (
-                len(batch) >= self._config.batch_size or size + weight > _BATCH_BYTES
-            ):
-                batches.append(batch)
-                batch, size = BatchStatement(batch_type=BatchType.UNLOGGED), 0
-            batch.add(await self._statement(cql), params)
-            size += weight
-        if len(batch):
-            batches.append(batch)
-        await asyncio.gather(*(self._execute(b) for b in batches))
+    async def _binder(self, cql: str) -> Binder:
+        binder = self._binders.get(cql)
+        if binder is None:
+            binder = self._binders[cql] = Binder(await self._statement(cql))
+        return binder
 
     async def _query(self, cql: str, params: Sequence[Any]) -> list[Any]:
         return await self._execute((await self._statement(cql)).bind(params))
@@ -581,6 +517,9 @@ class ScyllaStore:
             return await done
         except Exception as exc:
             raise StoreError(f"cassandra: {exc}") from exc
+        finally:
+            if done.done():  # the driver is done with it (not so for a cancelled await)
+                _release(response)
 
 
 def _never_sent(exc: BaseException | None) -> bool:
@@ -595,85 +534,16 @@ def _never_sent(exc: BaseException | None) -> bool:
     )
 
 
-def _keyed_rows(
-    table: str, key: str, rows: Mapping[str, msgspec.Struct | None], cid: str, stamp: int
-) -> list[tuple[str, Sequence[Any]]]:
-    """Upserts and deletions (None) of a table keyed by (conversation_id, `key`)."""
-    statements: list[tuple[str, Sequence[Any]]] = []
-    for row_key, row in rows.items():
-        if row is None:
-            statements.append((
-                f"DELETE FROM {table} USING TIMESTAMP ? WHERE conversation_id = ? AND {key} = ?",
-                (_erase(stamp), cid, row_key),
-            ))  # fmt: skip
-        else:
-            statements.append((
-                f"INSERT INTO {table} (conversation_id, {key}, body) VALUES (?, ?, ?)"
-                " USING TIMESTAMP ?",
-                (cid, row_key, _encode(row), _put(stamp)),
-            ))  # fmt: skip
-    return statements
-
-
-def _shared_rows(
-    shares: Mapping[str, Share | None], cid: str, stamp: int
-) -> list[tuple[str, Sequence[Any]]]:
-    """Share holders' listing rows (other partitions than the conversation's)."""
-    statements: list[tuple[str, Sequence[Any]]] = []
-    for user, share in shares.items():
-        if share is None:
-            statements.append((
-                "DELETE FROM shared_conversations USING TIMESTAMP ?"
-                " WHERE user_id = ? AND conversation_id = ?",
-                (_erase(stamp), user, cid),
-            ))  # fmt: skip
-        else:
-            statements.append((
-                "INSERT INTO shared_conversations (user_id, conversation_id, permission)"
-                " VALUES (?, ?, ?) USING TIMESTAMP ?",
-                (user, cid, share.permission, _put(stamp)),
-            ))  # fmt: skip
-    return statements
-
-
-def _expiry_rows(
-    cid: str, old: datetime | None, new: datetime | None, stamp: int
-) -> list[tuple[str, Sequence[Any]]]:
-    """Move the conversation in the expiry index from `old` (as stored) to `new`."""
-    shard = zlib.crc32(cid.encode()) % EXPIRY_SHARDS
-    statements: list[tuple[str, Sequence[Any]]] = []
-    if old is not None and (new is None or _ms(old) != activity_us(new) // 1000):
-        statements.append((
-            "DELETE FROM expiring_conversations USING TIMESTAMP ?"
-            " WHERE shard = ? AND expires_at = ? AND conversation_id = ?",
-            (_erase(stamp), shard, old, cid),
-        ))  # fmt: skip
-    if new is not None:
-        statements.append((
-            "INSERT INTO expiring_conversations (shard, expires_at, conversation_id)"
-            " VALUES (?, ?, ?) USING TIMESTAMP ?",
-            (shard, new, cid, _put(stamp)),
-        ))  # fmt: skip
-    return statements
-
-
-def _ms(stored: datetime) -> int:
-    """A Cassandra timestamp (naive UTC datetime) in milliseconds."""
-    return activity_us(stored.replace(tzinfo=UTC)) // 1000
-
-
 def _by_seq(message: Message) -> int:
     return message.seq
 
 
-def _put(version: int) -> int:
-    """Write timestamp of an insert at `version`: above any delete of the same version."""
-    return 2 * version + 1
-
-
-def _erase(version: int) -> int:
-    """Write timestamp of a delete at `version`: above every insert of older versions."""
-    return 2 * version
+def _release(response: ResponseFuture) -> None:
+    """Let go of a finished request's statement now. The driver's future, its timer and
+    our callbacks refer to each other: that cycle kept every request's statement (a fork's
+    1,000 bound rows) alive until a full collection, which then took 80 ms."""
+    response.clear_callbacks()
+    response.query = response.message = response.query_plan = None
 
 
 def _resolve(future: asyncio.Future[list[Any]], rows: list[Any]) -> None:

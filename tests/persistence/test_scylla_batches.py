@@ -1,0 +1,150 @@
+"""A large Cassandra write goes as bounded batches, bound by our own serializers, with the
+event loop running between them; a failed batch fails the write, which is retried whole."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cassandra.query import BatchStatement, BoundStatement
+
+from persistence import scylla_writes as writes
+from persistence.scylla import ScyllaStore
+from persistence.scylla_batches import Binder
+from persistence.store import Changes, StoreError
+from tests.backends import cassandra_store
+from tests.persistence.conftest import Rows
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ScyllaStore]:
+    async with cassandra_store(tmp_path) as opened:
+        yield opened
+
+
+def fork(rows: Rows, cid: str, messages: int = 1000, text: str = "x") -> Changes:
+    """A fork's flush: a new conversation with `messages` messages below its root."""
+    meta = rows.conversation(cid, message_count=messages + 1, expires_at=rows.at(9))
+    root = rows.message(f"{cid}-root", None, 0)
+    content = b'{"type":"text","text":"%s"}' % text.encode()
+    below = tuple(
+        rows.message(f"{cid}-m{i}", f"{cid}-root", i, content=content)
+        for i in range(1, messages + 1)
+    )
+    return rows.changes(meta, (root, *below))
+
+
+def sending(store: ScyllaStore, on_batch: Any = None) -> list[BatchStatement]:
+    """Record the batches the store sends; `on_batch(n)` may refuse the n-th (raise)."""
+    assert store._session is not None
+    sent: list[BatchStatement] = []
+    real = store._session.execute_async
+
+    def send(statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(statement, BatchStatement):
+            sent.append(statement)
+            if on_batch is not None:
+                on_batch(len(sent))
+        return real(statement, *args, **kwargs)
+
+    store._session.execute_async = send  # type: ignore[method-assign]
+    return sent
+
+
+async def test_a_forks_rows_go_as_bounded_batches_and_all_land(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    sent = sending(store)
+    await store.write("f1", fork(rows, "f1"))
+    assert len(sent) >= 10
+    assert all(len(batch) <= store._config.batch_size for batch in sent)
+    loaded = await store.load("f1")
+    assert loaded is not None
+    assert [m.seq for m in loaded.messages] == list(range(1001))
+    assert loaded.messages[5] == fork(rows, "f1").messages["f1-m5"]
+
+
+async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, rows: Rows) -> None:
+    """Each batch is bound and sent in its own loop pass: another task runs between them,
+    and two forks' write-behinds take turns rather than binding in the same pass."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    seen: list[int] = []
+    sending(store, on_batch=lambda _: seen.append(ticks))
+    running = asyncio.create_task(ticker())
+    try:
+        await store.write("f1", fork(rows, "f1"))
+        assert len(seen) >= 10
+        assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
+        seen.clear()
+        await asyncio.gather(
+            store.write("f2", fork(rows, "f2")), store.write("f3", fork(rows, "f3"))
+        )
+    finally:
+        running.cancel()
+    assert len(seen) >= 20
+    assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
+
+
+async def test_a_failed_batch_fails_the_write_and_a_retry_lands_it_whole(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    def third_fails(n: int) -> None:
+        if n == 3:
+            raise OSError("connection reset")
+
+    sending(store, on_batch=third_fails)
+    with pytest.raises(StoreError):
+        await store.write("f1", fork(rows, "f1"))
+    await store.write("f1", fork(rows, "f1"))  # the flusher's retry: the same changes
+    loaded = await store.load("f1")
+    assert loaded is not None and len(loaded.messages) == 1001
+    assert [m.conversation_id for m in await store.owned("alice", None, 10)] == ["f1"]
+
+
+async def test_our_binding_serializes_every_write_statement_as_the_driver_does(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    changes = fork(rows, "f1", messages=3)
+    changes.branches = {"b1": rows.branch("b1", "f1-m3"), "b2": None}
+    changes.shares = {"bob": rows.share("bob"), "carol": None}
+    meta = changes.conversation
+    assert meta is not None
+    statements = writes.rows("f1", changes, 7) + [writes.conversation("f1", meta, 7)]
+    old = writes.Listed("alice", rows.at(1), rows.at(5))
+    statements += writes.owner_listing("f1", meta, old, 7)
+    statements += writes.shared_rows(changes.shares, "f1", 7) + writes.deletion("f1", 7)
+    assert len({cql for cql, _ in statements}) >= 12
+    for cql, params in statements:
+        prepared = await store._statement(cql)
+        assert Binder(prepared).values(params) == BoundStatement(prepared).bind(params).values
+
+
+async def test_a_large_write_logs_no_batch_size_warning(
+    store: ScyllaStore, rows: Rows, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cassandra warns of a batch over 5 KiB that spans partitions (the driver logs it):
+    one table's rows go up to 32 KiB a batch, the conversation's other rows stay small."""
+    with caplog.at_level(logging.WARNING, logger="cassandra"):
+        # 32 KiB batches of 100 messages, the last 51 with the conversation's other rows
+        await store.write("f1", fork(rows, "f1", messages=1050, text="x" * 200))
+    assert [r.getMessage() for r in caplog.records if "Batch for" in r.getMessage()] == []
+
+
+async def test_an_appends_flush_is_still_one_batch(store: ScyllaStore, rows: Rows) -> None:
+    """Its few rows span several tables, well under the 5 KiB Cassandra warns at."""
+    await store.write("c1", fork(rows, "c1", messages=1, text="x" * 200))
+    sent = sending(store)
+    meta = rows.conversation("c1", version=2, updated_at=rows.at(2))
+    await store.write("c1", rows.changes(meta, (rows.message("c1-m2", "c1-root", 2),)))
+    assert len(sent) == 1
