@@ -136,7 +136,7 @@ async def read_limited(request: web.Request, limits: EdgeLimits) -> bytes:
     limits.budget.reserve(reserved)
     try:
         if request.content.is_eof():  # all of it already arrived (the usual small body)
-            return await _read(request, limits.max_body_bytes)
+            return _read_arrived(request, limits.max_body_bytes)
         with _reading(request):
             async with asyncio.timeout(limits.body_timeout):
                 return await _read(request, limits.max_body_bytes)
@@ -150,6 +150,18 @@ def _reading(request: web.Request) -> AbstractContextManager[None]:
     """Marks the connection as uploading: shutdown cuts it first (nothing was applied)."""
     protocol = request.protocol
     return protocol.reading() if isinstance(protocol, EdgeHandler) else nullcontext()
+
+
+def _read_arrived(request: web.Request, limit: int) -> bytes:
+    """A body that has all arrived, taken without awaiting (two `readany`s cost 4 µs)."""
+    try:
+        data = request.content.read_nowait()
+    except (ConnectionError, web.RequestPayloadError) as exc:
+        exc.__traceback__ = None  # as in _read
+        raise ClientGone("client closed the connection before sending the whole body") from None
+    if len(data) > limit:
+        raise BodyTooLarge(f"request body is over {limit} bytes")
+    return data
 
 
 async def _read(request: web.Request, limit: int) -> bytes:

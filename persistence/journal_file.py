@@ -182,6 +182,11 @@ class FileJournal:
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._writing: list[asyncio.Future[None]] = []  # the waiters of the group in write()
+        # Drains waiting for the queued group, and for the group in write() (None: no write
+        # under way): resolved once it is written or failed. Not an appender's future,
+        # which may be cancelled before its record is written.
+        self._drains: list[asyncio.Future[None]] = []
+        self._drains_writing: list[asyncio.Future[None]] | None = None
         self._unsynced: set[int] = set()  # descriptors written since their last fsync
         self._tasks: list[asyncio.Task[None]] = []
         self.records_written = 0
@@ -361,17 +366,26 @@ class FileJournal:
         self._open_fds[index] = fd
 
     async def _drain(self) -> None:
-        """Until every append made so far, the group being written included, is settled."""
-        while pending := [*self._waiters[-1:], *self._writing[-1:]]:
-            await asyncio.wait(pending)
+        """Until every append made so far, the group being written included, is settled
+        (written or failed). Appends made meanwhile are not waited for: under steady
+        appends there is always a newer one, and a drain that waited for those too
+        spun through them (two `asyncio.wait`s an append) and held the flusher's trim,
+        and with it the write-behind cycle, until the load stopped."""
+        drains = self._drains if self._frames else self._drains_writing
+        if drains is None:
+            return
+        drained = asyncio.get_running_loop().create_future()
+        drains.append(drained)
+        await drained
 
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._frames:
-                frames, waiters = self._frames, self._waiters
-                self._frames, self._waiters, self._writing = [], [], waiters
+                frames, waiters, drains = self._frames, self._waiters, self._drains
+                self._frames, self._waiters, self._drains = [], [], []
+                self._writing, self._drains_writing = waiters, drains
                 try:
                     await self._write(b"".join(frames))
                 except BaseException as exc:  # the writer outlives any failure but its cancel
@@ -383,7 +397,10 @@ class FileJournal:
                         raise
                     continue
                 finally:
-                    self._writing = []
+                    self._writing, self._drains_writing = [], None
+                    for drained in drains:
+                        if not drained.done():
+                            drained.set_result(None)
                 self.records_written += len(frames)
                 for waiter in waiters:
                     if not waiter.done():

@@ -342,6 +342,41 @@ async def test_each_open_and_mark_starts_a_segment_and_trim_deletes_files(
     assert journal.segments() == ["journal-0000000002.log", "journal-0000000003.log"]
 
 
+async def test_a_trim_under_steady_appends_waits_only_for_those_made_before_it(
+    open_journal: OpenJournal,
+) -> None:
+    """One record in flight at a time, as a conversation's appends under its lock: there is
+    always a newer one, and the trim (the flusher's cycle) waited for them all, to the end."""
+    journal = await open_journal()
+    await journal.append("c", 0, payload(0))
+    mark = await journal.mark()
+
+    async def steady() -> None:
+        for n in range(1, 501):
+            await journal.append("c", n, payload(n))
+            await asyncio.sleep(0)  # one pass of the loop, as the lock goes to the next appender
+
+    appending = asyncio.create_task(steady())
+    # The trim starts with a record queued, as the flusher's does under load.
+    await until(lambda: journal.records_written >= 10 and bool(journal.stats()["queued"]))
+    await journal.trim(mark, {"c": 0})
+    written_by_then = journal.records_written
+    await appending
+    assert written_by_then < 20, written_by_then  # the group under way and the one queued
+    assert journal.segments() == ["journal-0000000002.log"]
+
+
+async def test_a_trim_waits_for_the_appends_made_before_it(open_journal: OpenJournal) -> None:
+    journal = await open_journal()
+    await journal.append("c", 0, payload(0))
+    mark = await journal.mark()
+    acks = [journal.append("c", n, payload(n)) for n in range(1, 4)]
+    acks[0].cancel()  # an appender that stopped waiting: its record is written all the same
+    await journal.trim(mark, {"c": 0})
+    assert journal.records_written == 4
+    assert all(ack.done() for ack in acks)
+
+
 @pytest.mark.parametrize("flipped", [0, 2, 7])
 async def test_a_damaged_segment_header_is_damage_not_an_older_format(
     open_journal: OpenJournal, written: Written, journal_dir: Path, flipped: int
