@@ -28,6 +28,7 @@ from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.flusher_child import FlusherChild
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
+from gateway.heap import freeze_startup_objects
 from gateway.keys import (
     ACCOUNTS,
     CONVERSATIONS,
@@ -147,4 +148,5 @@ def create_app(settings: Settings) -> web.Application:
             yield
 
     app.cleanup_ctx.append(components)
+    app.cleanup_ctx.append(freeze_startup_objects)  # after recovery: all that lives on
     return app
