@@ -209,7 +209,7 @@ class ConversationActor:
         self._seq = state.version  # last seq handed out; may run ahead after a failed append
         self._appends: list[_QueuedAppend] = []  # waiting for the next batch
         self._draining = False  # a batch is being committed: new appends wait for the next
-        self._drainer: asyncio.Task[None] | None = None  # commits batches while any queue
+        self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self.closed = False
 
     @property

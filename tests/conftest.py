@@ -64,16 +64,25 @@ BACKENDS: dict[str, dict[str, Any]] = {
 }
 
 
+# Cassandra + Redis with the write-behind in its own process (`--flusher-process`).
+FLUSHER_PROCESS: dict[str, Any] = {**BACKENDS["cassandra+redis"], "flusher_process": True}
+
+
+def empty_servers() -> None:
+    """Require Cassandra and Redis, and empty them: a test on them starts from nothing."""
+    from tests.backends import wipe_cassandra, wipe_redis
+
+    require("cassandra")
+    require("redis")
+    wipe_cassandra()
+    wipe_redis()
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Settings of one storage configuration; server backends start each test empty."""
     if request.param == "cassandra+redis":
-        from tests.backends import wipe_cassandra, wipe_redis
-
-        require("cassandra")
-        require("redis")
-        wipe_cassandra()
-        wipe_redis()
+        empty_servers()
     return BACKENDS[request.param]
 
 

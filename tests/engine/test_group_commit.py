@@ -52,16 +52,21 @@ class GatedJournal:
         return asyncio.ensure_future(acknowledged())
 
 
-@pytest.fixture
-async def gated(open_engine: EngineFactory) -> tuple[Engine, GatedJournal]:
+async def open_gated(open_engine: EngineFactory) -> tuple[Engine, GatedJournal]:
+    """An engine whose journal is the file journal behind a gate."""
     journals: list[GatedJournal] = []
 
     def wrap(inner: FileJournal) -> GatedJournal:
         journals.append(GatedJournal(inner))
-        return journals[0]
+        return journals[-1]
 
     engine = await open_engine(wrap_journal=wrap)
-    return engine, journals[0]
+    return engine, journals[-1]
+
+
+@pytest.fixture
+async def gated(open_engine: EngineFactory) -> tuple[Engine, GatedJournal]:
+    return await open_gated(open_engine)
 
 
 async def hold_one_append(
@@ -96,14 +101,7 @@ async def test_appends_queued_behind_the_lock_go_to_the_journal_together(
 
 
 async def test_the_batch_survives_a_restart_whole(open_engine: EngineFactory) -> None:
-    journals: list[GatedJournal] = []
-
-    def wrap(inner: FileJournal) -> GatedJournal:
-        journals.append(GatedJournal(inner))
-        return journals[-1]
-
-    engine = await open_engine(wrap_journal=wrap)
-    journal = journals[0]
+    engine, journal = await open_gated(open_engine)
     actor = await engine.conversation()
     root = actor.meta.root_id
     leader = await hold_one_append(engine, journal, actor.id, root)
@@ -161,14 +159,7 @@ async def test_appends_to_one_branch_in_a_batch_chain_on_each_other(
 async def test_a_journal_failure_fails_the_whole_batch_and_applies_none_of_it(
     open_engine: EngineFactory,
 ) -> None:
-    journals: list[GatedJournal] = []
-
-    def wrap(inner: FileJournal) -> GatedJournal:
-        journals.append(GatedJournal(inner))
-        return journals[-1]
-
-    engine = await open_engine(wrap_journal=wrap)
-    journal = journals[0]
+    engine, journal = await open_gated(open_engine)
     actor = await engine.conversation()
     root = actor.meta.root_id
     leader = await hold_one_append(engine, journal, actor.id, root)

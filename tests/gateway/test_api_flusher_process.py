@@ -19,16 +19,10 @@ from test_sidebar import (  # noqa: F401
     test_shared_conversations_come_with_their_permission,
 )
 
-from tests.conftest import BACKENDS
-from tests.services import require
+from tests.conftest import FLUSHER_PROCESS, empty_servers
 
 
 @pytest.fixture
 def backend() -> dict[str, Any]:
-    from tests.backends import wipe_cassandra, wipe_redis
-
-    require("cassandra")
-    require("redis")
-    wipe_cassandra()
-    wipe_redis()
-    return {**BACKENDS["cassandra+redis"], "flusher_process": True}
+    empty_servers()
+    return FLUSHER_PROCESS

@@ -17,20 +17,15 @@ import redis.asyncio as redis
 from engine.registry import Registry
 from gateway.keys import CONVERSATIONS, FLUSHER, STORE
 from persistence import redis_keys
-from tests.conftest import BACKENDS, Node, NodeFactory
-from tests.services import REDIS_URL, require
+from tests.conftest import FLUSHER_PROCESS, Node, NodeFactory, empty_servers
+from tests.services import REDIS_URL
 
 
 @pytest.fixture
 def backend() -> dict[str, Any]:
     """Cassandra + Redis (emptied), the flusher in its own process."""
-    from tests.backends import wipe_cassandra, wipe_redis
-
-    require("cassandra")
-    require("redis")
-    wipe_cassandra()
-    wipe_redis()
-    return {**BACKENDS["cassandra+redis"], "flusher_process": True}
+    empty_servers()
+    return FLUSHER_PROCESS
 
 
 @contextmanager
