@@ -29,6 +29,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.dispatch import Dispatcher
 from gateway.schemas import ErrorDetail, ErrorOut
 from persistence.background import Throttled
 
@@ -238,7 +239,7 @@ class EdgeRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup
         return EdgeServer(
-            plain.request_handler,
+            Dispatcher(self.app),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),

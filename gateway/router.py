@@ -78,10 +78,14 @@ class SegmentRouter(web.AbstractResource):
         return zip(self._patterns, self._routes, strict=True)
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        return self.match(request.method, request.rel_url.path_safe)
+
+    def match(self, method: str, path: str) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        """The route for `method` on `path` (the prefix or below it, percent-encoded as
+        yarl's `path_safe`), or None with the methods the path has (empty: no route)."""
         segment = self._root
         parameters: dict[str, str] = {}
-        # aiohttp's index sends only the prefix and paths below it here
-        for part in request.rel_url.path_safe[len(self._prefix) :].split("/")[1:]:
+        for part in path[len(self._prefix) :].split("/")[1:]:
             found = segment.literals.get(part)
             if found is None:
                 if segment.parameter is None or not part:
@@ -91,7 +95,7 @@ class SegmentRouter(web.AbstractResource):
                     part = part.replace("%2F", "/").replace("%25", "%")
                 parameters[name] = part
             segment = found
-        route = segment.routes.get(request.method)
+        route = segment.routes.get(method)
         if route is None:  # 405 when the path has routes, 404 when it has none
             return None, segment.methods
         return UrlMappingMatchInfo(parameters, route), segment.methods
