@@ -87,7 +87,7 @@ class Engine:
             return
         self.closed = True
         self.stack.pop_all()
-        tasks = [*self.registry._tasks]
+        tasks = self.registry.background_tasks()
         if self.flusher._task is not None:
             tasks.append(self.flusher._task)
         for task in tasks:
