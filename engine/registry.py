@@ -30,10 +30,12 @@ from engine.actor import (
 from engine.budget import default_max_hot_bytes
 from engine.collection import Collector
 from engine.conversation import ConversationState
+from engine.directory import Directory, JournalOwnership, LeaseHeld
 from engine.errors import NotFound, Unavailable
 from engine.first_reads import MAX_AGE_SECONDS
 from engine.listing import Listing
 from engine.loading import Loader
+from engine.placement import Placement, ThisNode
 from engine.recovery import recover
 from engine.sidebar import Filters, Page
 from persistence.flusher import Flusher
@@ -60,22 +62,40 @@ class RegistryConfig:
 
 
 class Registry:
-    """Owns the hot actors of this node; an async context manager."""
+    """Owns the hot actors of this node; an async context manager.
+
+    Placement and the directory are consulted when a conversation is activated or
+    created and when it is passivated, never on a hot actor's request; their
+    single-node defaults own everything here through the journal, as before."""
 
     def __init__(
-        self, store: Store, journal: Journal, flusher: Flusher, config: RegistryConfig
+        self,
+        store: Store,
+        journal: Journal,
+        flusher: Flusher,
+        config: RegistryConfig,
+        *,
+        directory: Directory | None = None,
+        placement: Placement | None = None,
+        node_id: str = "this-node",
     ) -> None:
         self._journal = journal
         self._flusher = flusher
         self._config = config
+        self._directory = directory or JournalOwnership(journal)
+        self._directory.on_lost(self._lost)
+        self._placement = placement or ThisNode(node_id)
+        self._node_id = node_id
         self._table = ActivationTable()
-        self._collector = Collector(self._table, flusher, config, journal.release)
+        self._collector = Collector(self._table, flusher, config, self._directory.release)
         self._listing = Listing(store, flusher, config.sidebar_first_reads_seconds)
         self._loader = Loader(
-            store, journal, flusher, self._table, journal.acquire, self._admit,
+            store, journal, flusher, self._table, self._acquire, self._admit,
             self._collector.drop, self._listing.observe,
         )  # fmt: skip
         self.activations = 0
+        self.placed_elsewhere = 0  # activations here of conversations placed on another node
+        self.lost = 0  # hot actors dropped because another node took their lease
 
     async def __aenter__(self) -> Registry:
         await self.recover()
@@ -124,6 +144,8 @@ class Registry:
             "passivations": self.passivations,
             "oversized": self.oversized,
             "oversized_hot": self._collector.oversized_hot,
+            "placed_elsewhere": self.placed_elsewhere,
+            "lost": self.lost,
         }
 
     def __len__(self) -> int:
@@ -205,6 +227,23 @@ class Registry:
         await self._collector.keep_within_budget()
         return actor
 
+    async def _acquire(self, conversation_id: str) -> None:
+        """Own the conversation before reading its tail or appending to it."""
+        if self._placement.owner_of(conversation_id) != self._node_id:
+            self.placed_elsewhere += 1  # served here all the same: forwarding comes later
+        try:
+            await self._directory.acquire(conversation_id)
+        except LeaseHeld as exc:
+            raise Unavailable(f"cannot serve the conversation here now: {exc}") from None
+
+    def _lost(self, conversation_id: str) -> None:
+        """Another node took the conversation's lease: stop serving it at once (what is
+        in flight is refused by the journal's fencing; its next request reactivates)."""
+        actor = self._table.get(conversation_id)
+        if actor is not None:
+            self.lost += 1
+            self._collector.drop(actor)
+
     def _admit(self, state: ConversationState) -> ConversationActor:
         actor = ConversationActor(
             state, self._journal, self._flusher, self._config.actor, self._listing.observe
@@ -221,7 +260,7 @@ class Registry:
         event = new.created()
         conversation_id = event.conversation.conversation_id
         try:
-            await self._journal.acquire(conversation_id)
+            await self._acquire(conversation_id)
         except JournalError as exc:
             raise Unavailable(f"journal unavailable: {exc}") from None
 
