@@ -64,13 +64,15 @@ class Collector:
         self._spawn(self._sweep_idle())
 
     async def close(self) -> None:
-        """Cancel and await the background tasks (the idle sweep and eviction)."""
-        for task in list(self._tasks):
+        """Cancel and await every task this collector started: the idle sweep, eviction
+        and the passivations in flight."""
+        tasks = self.tasks()
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def tasks(self) -> list[asyncio.Task[None]]:
-        return list(self._tasks)
+        return [*self._tasks, *self._passivating.values()]
 
     @property
     def oversized_hot(self) -> int:
@@ -112,7 +114,7 @@ class Collector:
         actor = self._table.get(conversation_id)
         if actor is None or conversation_id in self._passivating:
             return False
-        task = asyncio.ensure_future(self._passivate(actor))
+        task = asyncio.create_task(self._passivate(actor), name=f"passivate-{conversation_id}")
         self._passivating[conversation_id] = task
         try:
             await asyncio.shield(task)

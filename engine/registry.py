@@ -107,6 +107,7 @@ class Registry:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._collector.close()
+        await asyncio.gather(*(actor.stop() for actor in self._table.actors()))
         log.info(
             "registry closed: %d hot actors, %d activations, %d passivations",
             len(self._table),
