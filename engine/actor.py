@@ -217,6 +217,14 @@ class ConversationActor:
         """Held by every mutation; passivation takes it to drop the actor between them."""
         return self._lock
 
+    async def stop(self) -> None:
+        """Cancel the drainer of queued appends (they are refused) and wait for it: the
+        node is closing and nothing may outlive it."""
+        drainer = self._drainer
+        if drainer is not None:
+            drainer.cancel()
+            await asyncio.gather(drainer, return_exceptions=True)
+
     def resync(self, last_seq: int = 0) -> None:
         """Follow the state after a journal replay applied records to it directly; new
         records are numbered past every seq the journal holds (`last_seq`)."""

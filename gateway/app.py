@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from engine.store_backed import StoreBacked
 from gateway.accounts import Accounts
 from gateway.auth import auth_middleware, authenticators
 from gateway.auth_failures import AuthFailures
+from gateway.cluster_member import join
 from gateway.config import Settings
 from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
@@ -31,6 +33,7 @@ from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.heap import freeze_startup_objects
 from gateway.keys import (
     ACCOUNTS,
+    CLUSTER,
     CONVERSATIONS,
     DEFAULT_TTL,
     EDGE,
@@ -87,6 +90,16 @@ async def write_behind(
     return RemoteFlusher(store, journal, config, child.stats)
 
 
+def node_report(app: web.Application) -> dict[str, Any]:
+    """What this node's heartbeat carries: its registry's and flusher's figures."""
+    conversations = app.get(CONVERSATIONS)
+    report = dict(conversations.stats()) if isinstance(conversations, Registry) else {}
+    flusher = app.get(FLUSHER)
+    if flusher is not None:
+        report.update(flusher.stats())
+    return report
+
+
 def create_app(settings: Settings) -> web.Application:
     limits = EdgeLimits(
         settings.max_body_bytes,
@@ -134,12 +147,22 @@ def create_app(settings: Settings) -> web.Application:
             journal = await stack.enter_async_context(
                 NoJournal() if cache_off else open_journal(settings)
             )
+            # Left after the flusher's final flush: leases outlive what they cover.
+            member = app[CLUSTER] = await join(settings, journal, stack, lambda: node_report(app))
             flusher = await write_behind(settings, store, journal, stack)
             await stack.enter_async_context(flusher)
             conversations: Conversations = (
                 StoreBacked(store, flusher, settings.registry().actor)
                 if cache_off
-                else Registry(store, journal, flusher, settings.registry())
+                else Registry(
+                    store,
+                    member.actors_journal,
+                    flusher,
+                    settings.registry(),
+                    directory=member.directory,
+                    placement=member.placement,
+                    node_id=member.node_id,
+                )  # fmt: skip
             )
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)

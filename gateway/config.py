@@ -51,7 +51,11 @@ class Settings:
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
     flusher_process: bool = False  # write behind from a `canopy flusher` child (Redis journal)
-    node_id: str = ""  # names the node's flusher queue and lease in Redis; "": host:port
+    node_id: str = ""  # names the node in the cluster and its flusher in Redis; "": host:port
+    cluster: str = "none"  # or "redis": membership and leases in Redis
+    advertise_url: str = ""  # where other nodes reach this one; "": http://HOST:PORT
+    lease_seconds: float = 2.0  # a conversation's lease: failover waits at most this long
+    heartbeat_seconds: float = 0.5  # between heartbeats; missing 3 in a row stops acks
     shutdown_timeout: float = 10.0
     store: str = "sqlite"  # or "scylla"
     journal: str = "file"  # or "redis"
@@ -117,6 +121,13 @@ class Settings:
     def node(self) -> str:
         return self.node_id or f"{socket.gethostname()}:{self.port}"
 
+    def advertised(self) -> str:
+        return self.advertise_url or f"http://{self.host}:{self.port}"
+
+    def heartbeat_deadline(self) -> float:
+        """How long a heartbeat lives: shorter than a lease (engine/membership_redis.py)."""
+        return self.heartbeat_seconds * HEARTBEATS_PER_DEADLINE
+
     def flusher(self) -> FlusherConfig:
         return FlusherConfig(
             interval=self.flush_interval, max_unflushed_bytes=self.max_unflushed_bytes
@@ -139,7 +150,10 @@ GROUPS = {
     "durability": "when a write is acknowledged and how it reaches the store",
     "limits": "memory, request and response bounds",
     "auth": "who may call",
+    "cluster": "membership and ownership among nodes",
 }
+
+HEARTBEATS_PER_DEADLINE = 3  # a node stops acknowledging after missing this many
 
 _OPTIONS: dict[str, Option] = {
     "host": Option(("CANOPY_HOST", "SERVER_HOST"), str, "server", "listen address"),
@@ -181,9 +195,20 @@ _OPTIONS: dict[str, Option] = {
         "with --journal redis: write behind from a separate process (`canopy flusher`) the "
         "node starts, restarts and stops; the serving process pays only the journal append",
         "off"),
-    "node_id": Option(("CANOPY_NODE_ID",), str, "durability",
-        "this node's name for its flusher process (its queue and lease in Redis)",
-        "hostname:port"),
+    "node_id": Option(("CANOPY_NODE_ID",), str, "cluster",
+        "this node's name in the cluster and for its flusher process (its queue and lease "
+        "in Redis)", "hostname:port"),
+    "cluster": Option(("CANOPY_CLUSTER",), str, "cluster",
+        "none (one node) or redis: heartbeat in Redis and hold a lease per active "
+        "conversation there (--redis-url)"),
+    "advertise_url": Option(("CANOPY_ADVERTISE_URL",), str, "cluster",
+        "the URL other nodes reach this one at", "http://HOST:PORT"),
+    "lease_seconds": Option(("CANOPY_LEASE_SECONDS",), float, "cluster",
+        "lifetime of a conversation's lease, renewed every third of it: a dead node's "
+        "conversations can be taken over this long after its last renewal"),
+    "heartbeat_seconds": Option(("CANOPY_HEARTBEAT_SECONDS",), float, "cluster",
+        "seconds between heartbeats; a node whose heartbeat is 3 intervals late stops "
+        "acknowledging writes (3 x this must be under --lease-seconds)"),
     "max_unflushed_bytes": Option(("CANOPY_MAX_UNFLUSHED_BYTES",), int, "durability",
         "bytes written but not yet in the store; past it writes get 503"),
     "recover_damaged": Option(("CANOPY_RECOVER_DAMAGED",), bool, "durability",
@@ -258,6 +283,7 @@ _CHOICES = {
     "cache": ("on", "off"),
     "store": ("sqlite", "scylla"),
     "journal": ("file", "redis"),
+    "cluster": ("none", "redis"),
 }
 
 
@@ -310,6 +336,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             )
     if settings.flusher_process:
         check_flusher_process(settings)
+    if settings.cluster != "none":
+        check_cluster(settings)
     if settings.default_ttl_seconds < 0:
         raise ValueError("default_ttl_seconds must be 0 (no expiry) or a number of seconds")
     if settings.fsync != "always":
@@ -358,6 +386,19 @@ def check_flusher_process(settings: Settings) -> None:
     if settings.durability == "store":
         raise ValueError("--flusher-process cannot acknowledge after the store commit: "
                          "--durability store writes in the serving process")  # fmt: skip
+
+
+def check_cluster(settings: Settings) -> None:
+    """A lease outlives the heartbeat deadline, so a node stops acknowledging before any
+    of its leases can expire and be taken (engine/directory_redis.py)."""
+    if settings.heartbeat_seconds <= 0 or settings.lease_seconds <= 0:
+        raise ValueError("heartbeat_seconds and lease_seconds must be positive")
+    if settings.heartbeat_deadline() >= settings.lease_seconds:
+        raise ValueError(
+            f"a heartbeat deadline of {settings.heartbeat_deadline():g}s "
+            f"({HEARTBEATS_PER_DEADLINE} x --heartbeat-seconds) must be shorter than "
+            f"--lease-seconds ({settings.lease_seconds:g}s)"
+        )
 
 
 def environment(settings: Settings) -> dict[str, str]:

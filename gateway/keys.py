@@ -8,6 +8,7 @@ from engine.access import Principal
 from engine.retention import Retention
 from engine.service import Conversations
 from gateway.accounts import Accounts
+from gateway.cluster_member import ClusterMember
 from gateway.guards import EdgeLimits
 from gateway.login_limiter import LoginLimiter
 from gateway.response_cache import ResponseCache
@@ -16,6 +17,7 @@ from persistence.flusher import Flusher
 from persistence.store import Store
 
 ACCOUNTS = web.AppKey("accounts", Accounts)
+CLUSTER = web.AppKey("cluster", ClusterMember)  # this node's membership, placement, directory
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 STORE = web.AppKey("store", Store)
 RETENTION = web.AppKey("retention", Retention)

@@ -96,6 +96,7 @@ class Flusher:
         self._stored: dict[str, int] = {}  # versions stored since the last trim
         self._since_mark = False  # records were journaled after the newest mark
         self._appends: set[asyncio.Future[None]] = set()  # acked before the journal took them
+        self._notifying: set[asyncio.Task[None]] = set()  # wake-ups of a mark's waiters
         self._clean_watchers: list[Callable[[str], None]] = []
         self.batches_written = 0
         self.messages_written = 0
@@ -119,7 +120,7 @@ class Flusher:
                     await asyncio.sleep(self._backoff.delay())
         except TimeoutError:
             pass
-        writes = list(self._flushing.values())
+        writes = [*self._flushing.values(), *self._notifying]
         for task in writes:
             task.cancel()
         await asyncio.gather(*writes, return_exceptions=True)
@@ -151,7 +152,9 @@ class Flusher:
             self._inflight[generation] -= 1
             if not self._inflight[generation] and generation < self._generation:
                 del self._inflight[generation]
-                asyncio.get_running_loop().create_task(self._notify_settled())
+                notifying = asyncio.create_task(self._notify_settled(), name="flusher-settled")
+                self._notifying.add(notifying)  # owned: awaited on close
+                notifying.add_done_callback(self._notifying.discard)
 
     def adopt(self, append: asyncio.Future[None]) -> None:
         """Own a journal append acknowledged before it completed (`memory` durability):

@@ -19,6 +19,7 @@ import pytest
 
 from engine.access import ANONYMOUS
 from engine.actor import ActorConfig, ConversationActor, Durability, NewConversation, NewMessage
+from engine.directory import Directory
 from engine.registry import Registry, RegistryConfig
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.journal import Journal
@@ -87,7 +88,7 @@ class Engine:
             return
         self.closed = True
         self.stack.pop_all()
-        tasks = [*self.registry._tasks]
+        tasks = self.registry.background_tasks()
         if self.flusher._task is not None:
             tasks.append(self.flusher._task)
         for task in tasks:
@@ -117,6 +118,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         wrap_store: Callable[[SQLiteStore], Store] | None = None,
         wrap_journal: Callable[[FileJournal], Journal] | None = None,
         recover_damaged: bool = False,
+        directory_of: Callable[[Journal], Directory] | None = None,
     ) -> Engine:
         directory = directory or tmp_path / "node"
         flusher_config = FlusherConfig(
@@ -139,8 +141,9 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             )
             used: Journal = wrap_journal(journal) if wrap_journal else journal
             flusher = await stack.enter_async_context(Flusher(store, used, flusher_config))
+            leases = directory_of(used) if directory_of else None
             registry = await stack.enter_async_context(
-                Registry(store, used, flusher, registry_config)
+                Registry(store, used, flusher, registry_config, directory=leases)
             )
             engine = Engine(directory, sqlite, store, journal, flusher, registry, stack.pop_all())
         opened.append(engine)

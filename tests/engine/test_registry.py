@@ -32,7 +32,7 @@ def state_of(actor: ConversationActor) -> State:
 
 async def evictions_done(engine: Engine) -> None:
     """Await the eviction task the registry spawned when it went over its budget."""
-    evicting = [t for t in engine.registry._tasks if t.get_coro().__name__ == "_evict"]
+    evicting = [t for t in engine.registry.background_tasks() if t.get_coro().__name__ == "_evict"]
     await asyncio.gather(*evicting)
 
 
@@ -469,7 +469,7 @@ async def test_hot_counts_stay_exact_under_appends_forks_and_passivations(
                 await engine.say(source.id, source.meta.root_id, f"w{n}-{step}")
 
     await asyncio.gather(*(writer(n) for n in range(32)))
-    hot = list(engine.registry._hot.values())
+    hot = engine.registry.actors()
     assert len(hot) > len(sources)  # the forks are hot too
     assert engine.registry.hot_messages == sum(len(actor) for actor in hot)
     assert engine.registry.hot_bytes == sum(actor.nbytes for actor in hot)
@@ -490,7 +490,7 @@ async def test_expire_deletes_only_what_has_expired(engine: Engine) -> None:
     past = datetime.now(UTC) - timedelta(seconds=1)
     due = await engine.registry.create(ANONYMOUS, NewConversation("t", "alice", expires_at=past))
     assert await engine.registry.expire(due.id)
-    assert due.id not in engine.registry._hot  # passivated: its memory is free
+    assert due.id not in [a.id for a in engine.registry.actors()]  # passivated: its memory is free
     snapshot = await engine.sqlite.load(due.id)
     assert snapshot is not None and snapshot.conversation.deleted
     assert not await engine.registry.expire(due.id)  # deleted already

@@ -125,3 +125,15 @@ def test_settings_pass_to_a_child_process_whole() -> None:
     settings = parse("--flusher-process", "--journal", "redis", "--port", "9123",
                      "--max-unflushed-bytes", "77", "--allow-anonymous")  # fmt: skip
     assert parse(**environment(settings)) == settings
+
+
+def test_cluster_settings_keep_the_heartbeat_deadline_under_the_lease() -> None:
+    settings = parse("--cluster", "redis", "--port", "8081")
+    assert (settings.lease_seconds, settings.heartbeat_deadline()) == (2.0, 1.5)
+    assert settings.advertised() == "http://127.0.0.1:8081"
+    from_env = parse(CANOPY_CLUSTER="redis", CANOPY_ADVERTISE_URL="http://a:1")
+    assert from_env.cluster == "redis" and from_env.advertised() == "http://a:1"
+    with pytest.raises(ValueError, match="must be shorter than --lease-seconds"):
+        parse("--cluster", "redis", "--heartbeat-seconds", "1")
+    with pytest.raises(ValueError, match="cluster must be one of"):
+        parse(CANOPY_CLUSTER="zookeeper")

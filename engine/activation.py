@@ -1,0 +1,84 @@
+"""The activation table: which conversations are hot on this node, most recently used
+last, and one activation per conversation however many first touches arrive at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator, ValuesView
+
+from engine.actor import ConversationActor
+
+
+class ActivationTable:
+    """The hot actors by conversation id, least recently used first."""
+
+    __slots__ = ("_hot", "_touched", "_activating")
+
+    def __init__(self) -> None:
+        self._hot: OrderedDict[str, ConversationActor] = OrderedDict()
+        self._touched: dict[str, float] = {}
+        self._activating: dict[str, asyncio.Future[ConversationActor]] = {}
+
+    def __len__(self) -> int:
+        return len(self._hot)
+
+    def __contains__(self, conversation_id: str) -> bool:
+        return conversation_id in self._hot
+
+    def __iter__(self) -> Iterator[str]:
+        """Conversation ids, least recently used first."""
+        return iter(self._hot)
+
+    def get(self, conversation_id: str) -> ConversationActor | None:
+        """The hot actor, without counting it as used."""
+        return self._hot.get(conversation_id)
+
+    def touch(self, conversation_id: str) -> ConversationActor | None:
+        """The hot actor, now the most recently used; None if it is not hot."""
+        actor = self._hot.get(conversation_id)
+        if actor is not None:
+            self._hot.move_to_end(conversation_id)
+            self._touched[conversation_id] = time.monotonic()
+        return actor
+
+    def actors(self) -> ValuesView[ConversationActor]:
+        return self._hot.values()
+
+    def newest(self) -> str | None:
+        return next(reversed(self._hot), None)
+
+    def idle(self, seconds: float) -> list[str]:
+        """The conversations untouched for `seconds`."""
+        cutoff = time.monotonic() - seconds
+        return [cid for cid, at in self._touched.items() if at < cutoff]
+
+    def add(self, actor: ConversationActor) -> None:
+        self._hot[actor.id] = actor
+        self._touched[actor.id] = time.monotonic()
+
+    def remove(self, actor: ConversationActor) -> None:
+        del self._hot[actor.id]
+        del self._touched[actor.id]
+
+    async def activate(
+        self, conversation_id: str, load: Callable[[str], Awaitable[ConversationActor]]
+    ) -> ConversationActor:
+        """`load(conversation_id)` once: concurrent callers share its result or failure."""
+        pending = self._activating.get(conversation_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ConversationActor] = asyncio.get_running_loop().create_future()
+        self._activating[conversation_id] = future
+        try:
+            actor = await load(conversation_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: only waiters that exist re-raise it
+            raise
+        else:
+            future.set_result(actor)
+            return actor
+        finally:
+            del self._activating[conversation_id]

@@ -1,0 +1,30 @@
+"""The listing merge of a caching node: seed 000's user listing and the sidebar answer
+from the Store merged with what this node's hot actors changed and has not flushed
+(engine/sidebar.py), told of every applied mutation and of every flush."""
+
+from __future__ import annotations
+
+from engine.access import Principal
+from engine.actor import Observer
+from engine.first_reads import FirstReads
+from engine.moves import ActivityMoves
+from engine.sidebar import Filters, HotListing, Page, Sidebar
+from persistence.flusher import Flusher
+from persistence.store import Store
+
+
+class Listing:
+    def __init__(self, store: Store, flusher: Flusher, first_reads_seconds: float) -> None:
+        first_reads = FirstReads(first_reads_seconds)
+        self._sidebar = Sidebar(store, HotListing(), ActivityMoves(), first_reads=first_reads)
+        flusher.watch_clean(self._sidebar.flushed)
+        # told of every applied mutation (the actors' and a creation's): no extra call
+        self.observe: Observer = self._sidebar.observe
+
+    async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
+        return await self._sidebar.ids(principal, user_id, limit)
+
+    async def page(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> Page:
+        return await self._sidebar.page(principal, filters, limit, cursor)

@@ -1,0 +1,145 @@
+"""Membership over Redis: each node keeps a heartbeat key (its advertised URL and
+stats, PX = the heartbeat deadline) renewed every interval, and its id in a sorted set
+scored by that key's expiry, so live nodes are listed by score without a SCAN (which
+would walk every key, on every master of a Redis Cluster). The key decides: a member
+listed whose key has expired is dead. Closing deletes both: a clean leave.
+
+Timing: the key expires no earlier than `deadline` after the heartbeat was sent, and
+this node stops acknowledging writes `deadline` after sending its last successful
+heartbeat, so it has stopped before anyone can see it dead; its leases last longer
+(lease_seconds > deadline, engine/directory_redis.py), so no lease of a node that still
+acknowledges can expire first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from engine import cluster_keys
+from engine.membership import Member, Watcher
+from persistence.background import Throttled
+
+log = logging.getLogger(__name__)
+throttled = Throttled(log)
+
+
+class RedisMembership:
+    """This node's heartbeat in Redis, and the live members it last read."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        node_id: str,
+        url: str,
+        report: Callable[[], dict[str, Any]],
+        *,
+        interval: float,
+        deadline: float,
+    ) -> None:
+        if deadline <= interval:
+            raise ValueError("the heartbeat deadline must be longer than its interval")
+        self._client = client
+        self.node_id, self.url = node_id, url
+        self._report = report
+        self._interval, self._deadline = interval, deadline
+        self._sent_at = float("-inf")  # monotonic send time of the last heartbeat that landed
+        self._live: list[Member] = []
+        self._watchers: list[Watcher] = []
+        self._task: asyncio.Task[None] | None = None
+        self.heartbeats = 0
+        self.heartbeat_failures = 0
+
+    async def __aenter__(self) -> RedisMembership:
+        await self._beat()  # a node that cannot reach Redis does not start
+        self._task = asyncio.create_task(self._run(), name="heartbeat")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Leave: stop beating, delete the heartbeat and the member entry."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._sent_at = float("-inf")
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.delete(cluster_keys.member(self.node_id))
+                pipe.zrem(cluster_keys.MEMBERS, self.node_id)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("leaving the cluster: %s (the heartbeat expires by itself)", exc)
+        log.info("membership closed: %d heartbeats, %d failed", self.heartbeats,
+                 self.heartbeat_failures)  # fmt: skip
+
+    def live(self) -> list[Member]:
+        return list(self._live)
+
+    def watch(self, watcher: Watcher) -> None:
+        self._watchers.append(watcher)
+
+    def can_acknowledge(self) -> bool:
+        return time.monotonic() < self._sent_at + self._deadline
+
+    def heartbeat_age(self) -> float:
+        return time.monotonic() - self._sent_at
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "kind": "redis",
+            "node_id": self.node_id,
+            "live_nodes": len(self._live),
+            "heartbeat_age": round(self.heartbeat_age(), 3),
+            "heartbeats": self.heartbeats,
+            "heartbeat_failures": self.heartbeat_failures,
+            "can_acknowledge": self.can_acknowledge(),
+        }
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._beat()
+            except Exception as exc:  # noqa: BLE001 - Redis or a bad record: beat again
+                self.heartbeat_failures += 1
+                throttled.warning("heartbeat", "heartbeat failed: %s", exc)
+
+    async def _beat(self) -> None:
+        """Renew the heartbeat and read the members, in one round trip; then their records."""
+        sent_at, now_ms = time.monotonic(), int(time.time() * 1000)
+        deadline_ms = int(self._deadline * 1000)
+        record = msgspec.json.encode({"url": self.url, "at": now_ms, "stats": self._report()})
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(cluster_keys.member(self.node_id), record, px=deadline_ms)
+            pipe.zadd(cluster_keys.MEMBERS, {self.node_id: now_ms + deadline_ms})
+            pipe.zremrangebyscore(cluster_keys.MEMBERS, "-inf", now_ms)
+            pipe.zrangebyscore(cluster_keys.MEMBERS, now_ms, "+inf")
+            *_, listed = await pipe.execute()
+        self._sent_at = sent_at
+        self.heartbeats += 1
+        await self._read_members([node.decode() for node in listed], now_ms)
+
+    async def _read_members(self, listed: list[str], now_ms: int) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for node_id in listed:
+                pipe.get(cluster_keys.member(node_id))
+            records = await pipe.execute()
+        live = []
+        for node_id, raw in zip(listed, records, strict=True):
+            if raw is None:
+                continue  # listed, but its heartbeat expired: dead
+            record = msgspec.json.decode(raw)
+            age = max(0.0, (now_ms - int(record["at"])) / 1000)
+            live.append(Member(node_id, str(record["url"]), record["stats"], age))
+        before = {member.node_id for member in self._live}
+        self._live = live
+        now = frozenset(member.node_id for member in live)
+        if now != before:
+            for watcher in self._watchers:
+                watcher(now)

@@ -1,0 +1,136 @@
+"""The registry consults the directory on activation and passivation only, drops an actor
+whose lease another node took, and a cluster member's journal refuses what it may not
+acknowledge; the single-node defaults own everything through the journal."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from engine.access import ANONYMOUS
+from engine.directory import JournalOwnership, LeaseHeld, LossWatcher
+from engine.errors import Unavailable
+from engine.fencing import AcknowledgingJournal
+from engine.membership import Alone
+from persistence.journal import Journal
+
+if TYPE_CHECKING:
+    from conftest import EngineFactory
+
+
+class FakeDirectory:
+    """Counts calls; refuses what `taken` names; `lose(cid)` plays a renewal's loss."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.calls: list[tuple[str, str]] = []
+        self.held: set[str] = set()
+        self.taken: set[str] = set()
+        self.renewed = True
+        self._watchers: list[LossWatcher] = []
+
+    async def __aenter__(self) -> FakeDirectory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    async def acquire(self, conversation_id: str) -> int:
+        self.calls.append(("acquire", conversation_id))
+        if conversation_id in self.taken:
+            raise LeaseHeld(conversation_id, "other:1")
+        await self.journal.acquire(conversation_id)
+        self.held.add(conversation_id)
+        return len(self.calls)
+
+    def release(self, conversation_id: str) -> None:
+        self.calls.append(("release", conversation_id))
+        self.held.discard(conversation_id)
+        self.journal.release(conversation_id)
+
+    def is_held(self, conversation_id: str) -> bool:
+        return conversation_id in self.held
+
+    def can_acknowledge(self) -> bool:
+        return self.renewed
+
+    def on_lost(self, watcher: LossWatcher) -> None:
+        self._watchers.append(watcher)
+
+    def lose(self, conversation_id: str) -> None:
+        self.held.discard(conversation_id)
+        self.taken.add(conversation_id)
+        for watcher in self._watchers:
+            watcher(conversation_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_activation_acquires_passivation_releases_hot_reads_touch_nothing(
+    open_engine: EngineFactory,
+) -> None:
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0])
+    directory = fakes[0]
+    actor = await engine.conversation()
+    assert directory.calls == [("acquire", actor.id)]
+    for _ in range(100):
+        await engine.registry.get(ANONYMOUS, actor.id)
+        await engine.say(actor.id, actor.meta.root_id)
+    assert directory.calls == [("acquire", actor.id)]  # the hot path never asks
+    assert await engine.registry.passivate(actor.id)
+    assert directory.calls[-1] == ("release", actor.id)
+    await engine.registry.get(ANONYMOUS, actor.id)
+    assert directory.calls[-1] == ("acquire", actor.id)
+
+
+async def test_a_lost_lease_drops_the_actor_and_its_writes_are_refused(
+    open_engine: EngineFactory,
+) -> None:
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0])
+    actor = await engine.conversation()
+    await engine.flusher.flush(actor.id)  # stored: what its new owner would build on
+    fakes[0].lose(actor.id)
+    assert actor.closed and len(engine.registry) == 0
+    assert engine.registry.stats()["lost"] == 1
+    with pytest.raises(Unavailable, match="owned by node other:1"):
+        await engine.say(actor.id, actor.meta.root_id)
+
+
+async def test_a_member_that_may_not_acknowledge_refuses_appends(
+    open_engine: EngineFactory,
+) -> None:
+    fakes: list[FakeDirectory] = []
+
+    def fenced(journal: Journal) -> Journal:
+        fakes.append(FakeDirectory(journal))
+        return AcknowledgingJournal(journal, Alone("n:1", "http://n", dict), fakes[0])
+
+    engine = await open_engine(wrap_journal=fenced, directory_of=lambda _: fakes[0])
+    actor = await engine.conversation()
+    await engine.say(actor.id, actor.meta.root_id, "kept")
+    fakes[0].renewed = False
+    with pytest.raises(Unavailable, match="leases were not renewed"):
+        await engine.say(actor.id, actor.meta.root_id, "refused")
+    fakes[0].renewed = True
+    fakes[0].held.discard(actor.id)  # lost, but not yet told
+    with pytest.raises(Unavailable, match="no longer owns"):
+        await engine.say(actor.id, actor.meta.root_id, "refused")
+    assert [m.content for m in actor.messages()][-1].endswith(b'"kept"}')
+
+
+async def test_the_single_node_default_owns_through_the_journal(
+    open_engine: EngineFactory,
+) -> None:
+    engine = await open_engine()
+    actor = await engine.conversation()
+    assert await engine.registry.passivate(actor.id)
+    await engine.registry.get(ANONYMOUS, actor.id)
+    directory = engine.registry._directory
+    assert isinstance(directory, JournalOwnership) and directory.stats()["acquired"] == 2
+    assert directory.is_held(actor.id) and directory.can_acknowledge()
+    alone = Alone("n:1", "http://n", lambda: {"actors": 1})
+    assert [m.node_id for m in alone.live()] == ["n:1"] and alone.can_acknowledge()
