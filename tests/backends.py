@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis
+import redis.cluster
 
 from persistence.journal_redis import RedisJournal
+from persistence.redis_pool import RedisPool, RedisSettings
 from persistence.scylla import TABLES, ScyllaConfig, ScyllaStore
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_URL, require
 
 SCYLLA = ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=KEYSPACE)
 _fresh: set[Path] = set()
@@ -53,6 +55,25 @@ def wipe_redis() -> None:
         client.flushdb()
 
 
+def wipe_redis_cluster() -> None:
+    with redis.cluster.RedisCluster.from_url(REDIS_CLUSTER_URL) as client:
+        client.flushdb()  # on every master
+
+
+def admin_client(settings: RedisSettings) -> redis.Redis | redis.cluster.RedisCluster:
+    """A blocking client to what `settings` name: for tests to look at or change."""
+    if settings.cluster:
+        return redis.cluster.RedisCluster.from_url(settings.urls()[0])
+    return redis.Redis.from_url(settings.url)
+
+
+def redis_settings(*, cluster: bool = False, **options: float) -> RedisSettings:
+    """The test Redis (or the test Redis Cluster), required: skipped or failed if absent."""
+    require("redis-cluster" if cluster else "redis")
+    url = REDIS_CLUSTER_URL if cluster else REDIS_URL
+    return RedisSettings(url=url, cluster=cluster, **options)  # type: ignore[arg-type]
+
+
 def drop_keyspace() -> None:
     """Drop this run's keyspace. A schema change waits for every table's flush: on a busy
     machine it can take far longer than a query's 10 s, and a keyspace left behind (named
@@ -79,9 +100,10 @@ async def cassandra_store(directory: Path) -> AsyncIterator[ScyllaStore]:
 
 
 @asynccontextmanager
-async def redis_journal(directory: Path) -> AsyncIterator[RedisJournal]:
-    require("redis")
-    if first_use(directory / "redis"):
-        wipe_redis()
-    async with RedisJournal(REDIS_URL) as journal:
+async def redis_journal(directory: Path, *, cluster: bool = False) -> AsyncIterator[RedisJournal]:
+    """A journal over a pool of its own; the first one of a test starts from empty data."""
+    settings = redis_settings(cluster=cluster)
+    if first_use(directory / ("redis-cluster" if cluster else "redis")):
+        wipe_redis_cluster() if cluster else wipe_redis()
+    async with RedisPool(settings) as pool, RedisJournal(pool) as journal:
         yield journal
