@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import redis
-import redis.cluster
 
 from persistence.journal_redis import RedisJournal
 from persistence.redis_pool import RedisPool, RedisSettings
@@ -56,15 +55,20 @@ def wipe_redis() -> None:
 
 
 def wipe_redis_cluster() -> None:
-    with redis.cluster.RedisCluster.from_url(REDIS_CLUSTER_URL) as client:
-        client.flushdb()  # on every master
+    on_every_server(RedisSettings(REDIS_CLUSTER_URL, cluster=True), "FLUSHALL")
 
 
-def admin_client(settings: RedisSettings) -> redis.Redis | redis.cluster.RedisCluster:
-    """A blocking client to what `settings` name: for tests to look at or change."""
-    if settings.cluster:
-        return redis.cluster.RedisCluster.from_url(settings.urls()[0])
-    return redis.Redis.from_url(settings.url)
+def on_every_server(settings: RedisSettings, *command: str) -> None:
+    """Run a command on the single Redis, or on every master of the cluster (redis-py's
+    blocking RedisCluster leaves a socket unclosed after a command sent to all nodes)."""
+    with redis.Redis.from_url(settings.urls()[0]) as seed:
+        if not settings.cluster:
+            seed.execute_command(*command)
+            return
+        ranges = seed.execute_command("CLUSTER", "SLOTS")
+    for host, port in {(r[2][0].decode(), int(r[2][1])) for r in ranges}:
+        with redis.Redis(host, port) as master:
+            master.execute_command(*command)
 
 
 def redis_settings(*, cluster: bool = False, **options: float) -> RedisSettings:

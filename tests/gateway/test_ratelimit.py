@@ -22,7 +22,7 @@ from gateway.ratelimit import (
 )
 from persistence import redis_keys
 from persistence.redis_pool import RedisPool, RedisSettings
-from tests.backends import admin_client, redis_settings
+from tests.backends import on_every_server, redis_settings
 from tests.waiting import until
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ class Clock:
 async def clean_redis(request: pytest.FixtureRequest) -> AsyncIterator[RedisPool]:
     """An emptied Redis (or Redis Cluster) behind an open pool."""
     settings = redis_settings(cluster=request.param == "redis-cluster")
-    with admin_client(settings) as client:
-        client.flushdb()
+    on_every_server(settings, "FLUSHDB")
     async with RedisPool(settings) as pool:
         yield pool
 
@@ -130,8 +129,7 @@ def test_memory_buckets_are_bounded() -> None:
 async def test_redis_buckets_expire_when_they_would_be_full(clean_redis: RedisPool) -> None:
     async with RedisBuckets(RateLimit(10.0, 50), clean_redis) as buckets:
         await buckets.take("alice")
-    with admin_client(clean_redis.settings) as client:
-        ttl = client.pttl(redis_keys.rate_bucket("alice"))
+    ttl = await clean_redis.client.pttl(redis_keys.rate_bucket("alice"))
     assert 0 < ttl <= 5_000 + 1_000  # 50 tokens at 10/s, plus a second of slack
 
 
@@ -149,8 +147,7 @@ async def test_concurrent_takes_in_one_pipeline_share_the_budget(clean_redis: Re
     async with RedisBuckets(RateLimit(1 / 3600, 4), clean_redis) as buckets:
         waits = await asyncio.gather(*(buckets.take("alice") for _ in range(10)))
         assert sorted(wait == 0 for wait in waits) == [False] * 6 + [True] * 4
-        with admin_client(clean_redis.settings) as client:
-            client.script_flush()  # as after a Redis restart
+        on_every_server(clean_redis.settings, "SCRIPT", "FLUSH")  # as after a Redis restart
         assert await buckets.take("bob") == 0.0
         assert buckets.stats()["errors"] == 0
 
