@@ -32,8 +32,9 @@ import jwt
 import uvloop
 
 from bench.client import Connection, build_request, call, run
-from bench.compare import Node, free_port, node, placement
+from bench.compare import placement
 from bench.cpu import cpu_seconds
+from bench.node import Node, free_port, node
 
 API = "/api/v1/conversations"
 SECRET = "bench-auth-secret-0123456789abcdef-0123456789"

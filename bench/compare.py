@@ -74,8 +74,9 @@ from pathlib import Path
 
 import uvloop
 
-from bench.client import HOST, Connection, ProtocolError, Result, build_request, call, run
+from bench.client import Connection, ProtocolError, Result, build_request, call, run
 from bench.cpu import machine_cpu_seconds, tree_cpu_seconds
+from bench.node import Node, free_port, node
 from bench.target import External, Server, parse_target
 
 CASSANDRA = ("127.0.0.1", 9042)
@@ -184,61 +185,6 @@ def has_cache_flag() -> bool:
         capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
     return "--cache" in help_text
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def pin(pid: int, cpus: set[int] | None) -> None:
-    """Pin every thread of `pid` (threads started later inherit it)."""
-    if not cpus:
-        return
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(task.name), cpus)
-
-
-@dataclass
-class Node:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def server(self) -> Server:
-        """Its address; its CPU is the process's and its descendants' (a flusher process)."""
-        return Server(HOST, self.port, (self.process.pid,))
-
-    def tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-@contextlib.contextmanager
-def node(command: list[str], port: int, log_path: Path, cpus: set[int] | None) -> Iterator[Node]:
-    """A server subprocess, ready (it printed "Running on"); terminated however we leave."""
-    with open(log_path, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-    started = Node(process, port, log_path)
-    try:
-        pin(process.pid, cpus)
-        deadline = time.monotonic() + 120
-        while "Running on" not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(command[1:4])} did not start:\n{started.tail()}")
-            time.sleep(0.05)
-        pin(process.pid, cpus)
-        yield started
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=120)  # a canopy node flushes every dirty conversation first
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def migrate(keyspace: str, store: Store) -> None:

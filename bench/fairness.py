@@ -25,7 +25,8 @@ from pathlib import Path
 import uvloop
 
 from bench.client import Connection, Result, build_request, call, run
-from bench.compare import free_port, node, placement
+from bench.compare import placement
+from bench.node import free_port, node
 
 API = "/api/v1/conversations"
 DEPTH = 1000

@@ -25,8 +25,9 @@ from pathlib import Path
 import uvloop
 
 from bench.client import run
-from bench.compare import CASSANDRA, free_port, node, pin, requests, seed
+from bench.compare import CASSANDRA, requests, seed
 from bench.cpu import tree_cpu_seconds
+from bench.node import free_port, node, pin
 from bench.target import Server
 
 HERE = str(Path(__file__).resolve().parent.parent)

@@ -12,20 +12,15 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from bench.node import free_port, node
+
 RESULTS = Path(__file__).parent / "results"
 LOCUSTFILE = Path(__file__).parent / "locustfile.py"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def main() -> int:
@@ -35,25 +30,21 @@ def main() -> int:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     port = free_port()
-    with tempfile.TemporaryDirectory() as data, open(RESULTS / "node.log", "wb") as log:
-        node = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir", data],
-            stdout=log, stderr=subprocess.STDOUT,
+    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir"]
+    with (
+        tempfile.TemporaryDirectory() as data,
+        node([*serve, data], port, RESULTS / "node.log", cpus=None),
+    ):
+        locust = subprocess.run(
+            [
+                sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
+                "--headless", "-u", str(args.users), "-r", str(max(1, args.users // 4)),
+                "-t", f"{args.seconds}s", "--stop-timeout", "5",
+                "--host", f"http://127.0.0.1:{port}",
+                "--html", str(RESULTS / "loadtest.html"), "--csv", str(RESULTS / "loadtest"),
+            ],
+            timeout=args.seconds + 120,
         )  # fmt: skip
-        try:
-            locust = subprocess.run(
-                [
-                    sys.executable, "-m", "locust", "-f", str(LOCUSTFILE),
-                    "--headless", "-u", str(args.users), "-r", str(max(1, args.users // 4)),
-                    "-t", f"{args.seconds}s", "--stop-timeout", "5",
-                    "--host", f"http://127.0.0.1:{port}",
-                    "--html", str(RESULTS / "loadtest.html"), "--csv", str(RESULTS / "loadtest"),
-                ],
-                timeout=args.seconds + 120,
-            )  # fmt: skip
-        finally:
-            node.terminate()
-            node.wait(timeout=60)
     print(store_writes_per_ack())
     return locust.returncode
 

@@ -26,7 +26,6 @@ import http.client
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from pathlib import Path
 import msgspec
 from msgspec.structs import replace
 
+from bench.node import free_port
 from engine.content import normalize
 from engine.conversation import ConversationState, root_content
 from persistence.records import Conversation, Message
@@ -156,9 +156,7 @@ class Node:
     """A `canopy serve` subprocess on loopback, with default settings."""
 
     def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         command = [sys.executable, "-m", "gateway.cli", "serve"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir)]
         self.process = subprocess.Popen(

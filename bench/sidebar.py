@@ -37,6 +37,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.node import free_port
 from persistence.records import Conversation
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, Store
@@ -63,12 +64,6 @@ async def seed(store: Store, count: int) -> None:
         await asyncio.gather(
             *(store.write(m.conversation_id, Changes(conversation=m, version=2)) for m in chunk)
         )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Node:

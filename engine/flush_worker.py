@@ -10,7 +10,7 @@ sidebar and backpressure. Nothing here is ever the only copy: a crash anywhere l
 the records in the journal, and records are idempotent upserts on a version-guarded
 store, so writing one twice changes nothing and no write goes backwards.
 
-At start it takes every journaled conversation (`redis_keys.JOURNALED`) once: what a
+At start it takes every journaled conversation (`RedisJournal.journaled`) once: what a
 killed flusher had taken from the dirty set is not forgotten. One flusher per node: it
 holds a lease (SET NX PX, renewed); a second one refuses to start (`LeaseHeld`).
 """
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import cast
 
 import msgspec
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from engine import replay
@@ -37,6 +36,7 @@ from persistence.background import Throttled, backoff_delay
 from persistence.flusher_lease import FlusherLease
 from persistence.journal_redis import RedisJournal
 from persistence.records import Created
+from persistence.redis_pool import Client
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class FlushWorker:
     """Writes one node's journal behind; an async context manager that runs its cycles."""
 
     def __init__(
-        self, store: Store, journal: RedisJournal, client: redis.Redis, config: FlushWorkerConfig
+        self, store: Store, journal: RedisJournal, client: Client, config: FlushWorkerConfig
     ) -> None:
         self._store = store
         self._journal = journal
@@ -124,11 +124,11 @@ class FlushWorker:
             holder = await self._lease.holder()
             raise LeaseHeld(f"another flusher runs for node {self._config.node} ({holder})")
         try:
-            journaled = await self._client.smembers(redis_keys.JOURNALED)
+            journaled = await self._journal.journaled()
         except BaseException:
             await self._lease.release()
             raise
-        self._due.update(_text(raw) for raw in journaled)
+        self._due.update(journaled)
         self._tasks = [
             asyncio.create_task(self._run(), name="flush-worker"),
             asyncio.create_task(self._renew(), name="flush-worker-lease"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -39,6 +39,7 @@ from gateway.keys import (
     EDGE,
     FLUSHER,
     LOGIN_LIMITER,
+    REDIS,
     RESPONSES,
     RETENTION,
     SENDER,
@@ -58,6 +59,9 @@ from persistence.remote_flusher import RemoteFlusher, RemoteFlusherConfig
 from persistence.sqlite import SQLiteStore
 from persistence.store import Store
 
+if TYPE_CHECKING:
+    from persistence.redis_pool import RedisPool  # redis is an optional extra
+
 
 def open_store(settings: Settings) -> Store:
     if settings.store == "scylla":
@@ -67,27 +71,44 @@ def open_store(settings: Settings) -> Store:
     return SQLiteStore(settings.data_dir / "canopy.db")
 
 
-def open_journal(settings: Settings) -> Journal:
+def open_journal(
+    settings: Settings, pool: RedisPool | None = None
+) -> contextlib.AbstractAsyncContextManager[Journal]:
+    """The journal the settings name; a Redis one over `pool`, or a pool of its own."""
     if settings.journal == "redis":
-        from persistence.journal_redis import RedisJournal
+        from persistence.journal_redis import RedisJournal, own_pool_journal
 
-        return RedisJournal(settings.redis_url)
+        return RedisJournal(pool) if pool is not None else own_pool_journal(settings.redis())
     fsync: str | float = settings.fsync if settings.fsync == "always" else float(settings.fsync)
     return FileJournal(
         settings.data_dir / "journal", fsync=fsync, recover_damaged=settings.recover_damaged
     )
 
 
+def open_redis(settings: Settings) -> RedisPool | None:
+    """The node's one Redis pool (journal, flusher process, rate limits), if it uses Redis."""
+    if settings.journal != "redis":
+        return None
+    from persistence.redis_pool import RedisPool
+
+    return RedisPool(settings.redis())
+
+
 async def write_behind(
-    settings: Settings, store: Store, journal: Journal, stack: contextlib.AsyncExitStack
+    settings: Settings,
+    store: Store,
+    journal: Journal,
+    stack: contextlib.AsyncExitStack,
+    pool: RedisPool | None,
 ) -> Flusher:
     """The in-process flusher, or (`--flusher-process`) the serving side of a flusher
     child process, started here and stopped after the registry."""
     if not settings.flusher_process:
         return Flusher(store, journal, settings.flusher())
-    child = await stack.enter_async_context(FlusherChild(settings))
-    config = RemoteFlusherConfig(settings.node(), settings.redis_url, settings.flusher())
-    return RemoteFlusher(store, journal, config, child.stats)
+    assert pool is not None  # the settings check: --flusher-process needs --journal redis
+    child = await stack.enter_async_context(FlusherChild(settings, pool.client))
+    config = RemoteFlusherConfig(settings.node(), settings.flusher())
+    return RemoteFlusher(store, journal, config, pool.client, child.stats)
 
 
 def node_report(app: web.Application) -> dict[str, Any]:
@@ -111,9 +132,8 @@ def create_app(settings: Settings) -> web.Application:
     # rate limit spends the caller's budget, so it comes after.
     origins = parse_origins(settings.cors_origins)
     cors = Cors(origins) if origins else None
-    limiter = open_limiter(
-        settings.rate_limit, settings.redis_url if settings.journal == "redis" else None
-    )
+    pool = open_redis(settings)
+    limiter = open_limiter(settings.rate_limit, pool)
     middlewares = [error_middleware, edge_middleware(limits)]
     if cors is not None:
         middlewares.append(cors_middleware(cors))
@@ -137,6 +157,8 @@ def create_app(settings: Settings) -> web.Application:
         async with contextlib.AsyncExitStack() as stack:
             # Before anything in the data dir is opened: a second process touches nothing.
             await stack.enter_async_context(DataDirLock(settings.data_dir))
+            if pool is not None:  # before its users, closed after them
+                app[REDIS] = await stack.enter_async_context(pool)
             if limiter is not None:
                 app[LIMITER] = await stack.enter_async_context(limiter)
             store = app[STORE] = await stack.enter_async_context(open_store(settings))
@@ -145,11 +167,11 @@ def create_app(settings: Settings) -> web.Application:
                 app[ACCOUNTS] = await stack.enter_async_context(accounts)
             cache_off = settings.cache == "off"  # the conventional design, for comparison
             journal = await stack.enter_async_context(
-                NoJournal() if cache_off else open_journal(settings)
+                NoJournal() if cache_off else open_journal(settings, pool)
             )
             # Left after the flusher's final flush: leases outlive what they cover.
             member = app[CLUSTER] = await join(settings, journal, stack, lambda: node_report(app))
-            flusher = await write_behind(settings, store, journal, stack)
+            flusher = await write_behind(settings, store, journal, stack, pool)
             await stack.enter_async_context(flusher)
             conversations: Conversations = (
                 StoreBacked(store, flusher, settings.registry().actor)

@@ -23,6 +23,7 @@ from gateway.responses import ResponseLimits
 from persistence.flusher import FlusherConfig
 
 if TYPE_CHECKING:
+    from persistence.redis_pool import RedisSettings
     from persistence.scylla import ScyllaConfig
 
 
@@ -64,6 +65,9 @@ class Settings:
     scylla_replication: str = "SimpleStrategy:1"
     scylla_consistency: str = "LOCAL_QUORUM"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # redis_url names seed nodes of a Redis Cluster
+    redis_timeout: float = 1.0  # seconds to connect to Redis and for each reply
+    redis_max_connections: int = 64  # the shared pool's connections per Redis server
     recover_damaged: bool = False  # replay past journal damage (the segment is kept aside)
     auth: str = "none"  # comma-separated: none, api-key, jwt
     allow_anonymous: bool = False  # --auth none on an address other than loopback
@@ -117,6 +121,16 @@ class Settings:
 
     def hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+
+    def redis(self) -> RedisSettings:
+        from persistence.redis_pool import RedisSettings  # redis is an optional extra
+
+        return RedisSettings(
+            url=self.redis_url,
+            cluster=self.redis_cluster,
+            timeout=self.redis_timeout,
+            max_connections=self.redis_max_connections,
+        )
 
     def node(self) -> str:
         return self.node_id or f"{socket.gethostname()}:{self.port}"
@@ -181,7 +195,14 @@ _OPTIONS: dict[str, Option] = {
     "scylla_consistency": Option(("CANOPY_SCYLLA_CONSISTENCY",), str, "storage",
         "consistency level of every Cassandra statement"),
     "redis_url": Option(("CANOPY_REDIS_URL", "REDIS_URL"), str, "storage",
-        "Redis for the journal"),
+        "Redis for the journal, the flusher process and shared rate limits: redis://host:port/db; "
+        "with --redis-cluster, one or more seed nodes, comma separated"),
+    "redis_cluster": Option(("CANOPY_REDIS_CLUSTER",), bool, "storage",
+        "--redis-url is a Redis Cluster (keys of one conversation share one slot)", "off"),
+    "redis_timeout": Option(("CANOPY_REDIS_TIMEOUT",), float, "storage",
+        "seconds to connect to Redis and to wait for each reply"),
+    "redis_max_connections": Option(("CANOPY_REDIS_MAX_CONNECTIONS",), int, "storage",
+        "connections per Redis server in the node's one pool (journal, limits, flusher)"),
     "max_batch_size": Option(("CANOPY_MAX_BATCH_SIZE", "MAX_BATCH_SIZE"), int, "storage",
         "rows per Cassandra batch statement"),
     "durability": Option(("CANOPY_DURABILITY",), str, "durability",
@@ -338,6 +359,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
         check_flusher_process(settings)
     if settings.cluster != "none":
         check_cluster(settings)
+    if settings.journal == "redis":
+        settings.redis().check()
     if settings.default_ttl_seconds < 0:
         raise ValueError("default_ttl_seconds must be 0 (no expiry) or a number of seconds")
     if settings.fsync != "always":

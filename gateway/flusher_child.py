@@ -17,12 +17,12 @@ import os
 import signal
 import sys
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from gateway import config
 from persistence.background import Backoff
 from persistence.flusher_lease import break_dead
+from persistence.redis_pool import Client
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,11 @@ HEALTHY_SECONDS = 30.0  # a child that ran this long resets the restart backoff
 class FlusherChild:
     """Starts, restarts and stops the node's flusher process; an async context manager."""
 
-    def __init__(self, settings: config.Settings, *, stop_timeout: float = 20.0) -> None:
+    def __init__(
+        self, settings: config.Settings, client: Client, *, stop_timeout: float = 20.0
+    ) -> None:
         self._settings = settings
+        self._client = client  # the node's shared pool's
         self._stop_timeout = stop_timeout  # over the child's own drain (close_timeout)
         self._backoff = Backoff(0.2, 5.0)
         self._process: asyncio.subprocess.Process | None = None
@@ -95,15 +98,10 @@ class FlusherChild:
 
     async def _break_lease(self, pid: int) -> None:
         """The dead child's lease would hold its successor back until it expires."""
-        client: redis.Redis = redis.Redis.from_url(
-            self._settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-        )
         try:
-            await break_dead(client, self._settings.node(), pid)
+            await break_dead(self._client, self._settings.node(), pid)
         except RedisError as exc:  # it expires on its own
             log.warning("lease of the dead flusher process %d not broken: %s", pid, exc)
-        finally:
-            await client.aclose()
 
     async def _stop(self, process: asyncio.subprocess.Process) -> None:
         if process.stdin is not None:

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
@@ -25,6 +24,7 @@ from gateway.app import open_store
 from gateway.config import Settings
 from persistence.journal import JournalError
 from persistence.journal_redis import RedisJournal
+from persistence.redis_pool import RedisPool
 from persistence.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,14 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
     else:
         loop.add_signal_handler(signal.SIGINT, stop.set)
     config = FlushWorkerConfig(node=settings.node(), interval=settings.flush_interval)
-    client: redis.Redis = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-    )
     try:
         async with contextlib.AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(RedisPool(settings.redis()))
             store = await stack.enter_async_context(open_store(settings))
-            journal = await stack.enter_async_context(RedisJournal(settings.redis_url))
-            worker = await stack.enter_async_context(FlushWorker(store, journal, client, config))
+            journal = await stack.enter_async_context(RedisJournal(pool))
+            worker = await stack.enter_async_context(
+                FlushWorker(store, journal, pool.client, config)
+            )
             print(f"flusher for node {config.node} ready (pid {os.getpid()})", flush=True)
             lost = asyncio.create_task(worker.lost_lease.wait())
             stopped = asyncio.create_task(stop.wait())
@@ -62,10 +62,6 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
     except (RedisError, JournalError, StoreError) as exc:  # its parent starts it again
         print(f"canopy flusher: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
-    finally:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3.0):
-                await client.aclose()
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from engine.access import Principal
@@ -16,6 +18,9 @@ from gateway.responses import Sender
 from persistence.flusher import Flusher
 from persistence.store import Store
 
+if TYPE_CHECKING:
+    from persistence.redis_pool import RedisPool  # redis is an optional extra
+
 ACCOUNTS = web.AppKey("accounts", Accounts)
 CLUSTER = web.AppKey("cluster", ClusterMember)  # this node's membership, placement, directory
 CONVERSATIONS = web.AppKey("conversations", Conversations)
@@ -27,5 +32,8 @@ FLUSHER = web.AppKey("flusher", Flusher)
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)
+# The node's one Redis client pool (with --journal redis): membership, leases and any
+# other Redis user take `app[REDIS].client` rather than opening their own.
+REDIS: web.AppKey[RedisPool] = web.AppKey("redis")
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by gateway.auth

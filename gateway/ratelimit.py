@@ -23,7 +23,7 @@ import math
 import re
 import time
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -34,6 +34,9 @@ from gateway.buckets import Clock, MemoryBuckets, RateLimit
 from gateway.keys import PRINCIPAL
 from persistence import redis_keys
 from persistence.background import Throttled
+
+if TYPE_CHECKING:
+    from persistence.redis_pool import RedisPool  # redis is an optional extra
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -87,13 +90,13 @@ class Limiter(Protocol):
 LIMITER: web.AppKey[Limiter] = web.AppKey("rate_limiter")
 
 
-def open_limiter(spec: str, redis_url: str | None) -> Limiter | None:
-    """The limiter `--rate-limit` asks for: in Redis when the node uses Redis, else in
-    memory; None when rate limiting is off."""
+def open_limiter(spec: str, pool: RedisPool | None) -> Limiter | None:
+    """The limiter `--rate-limit` asks for: in Redis when the node uses Redis (its
+    shared pool), else in memory; None when rate limiting is off."""
     limit = parse_rate_limit(spec)
     if limit is None:
         return None
-    return MemoryBuckets(limit) if redis_url is None else RedisBuckets(limit, redis_url)
+    return MemoryBuckets(limit) if pool is None else RedisBuckets(limit, pool)
 
 
 # KEYS[1] the bucket; ARGV rate, burst, ttl ms, now (seconds; empty: Redis's clock, one
@@ -119,11 +122,17 @@ return {taken, tostring(wait)}
 """
 
 
+class LimiterClosed(Exception):
+    """A take queued when the limiter closed: it is taken from memory instead."""
+
+
 class RedisBuckets:
     """Token buckets in Redis, shared by every node that uses the same Redis.
 
     `clock` is for tests; by default the script reads Redis's own clock, so nodes whose
-    clocks disagree still refill one bucket at one pace.
+    clocks disagree still refill one bucket at one pace. A take waits `timeout` at most
+    for Redis (the pool's client may wait longer), then limits from memory. The client
+    is the pool's: closing the buckets ends their sends, the pool closes it after.
     """
 
     backend = "redis"
@@ -131,19 +140,18 @@ class RedisBuckets:
     def __init__(
         self,
         limit: RateLimit,
-        url: str,
+        pool: RedisPool,
         *,
         clock: Clock | None = None,
         timeout: float = 0.25,
         retry_seconds: float = 1.0,
     ) -> None:
-        import redis.asyncio as redis  # an optional extra, needed only with Redis
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError  # an optional extra, needed only with Redis
 
         self.limit = limit
-        self._client: Any = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._client: Any = pool.client
+        self._timeout = timeout
+        self._closed = False
         self._clock = clock
         self._retry_seconds = retry_seconds
         self._down_until = 0.0  # while Redis failed lately, do not wait on it at every request
@@ -158,7 +166,7 @@ class RedisBuckets:
         self._failures = (RedisError, OSError)
 
     async def take(self, key: str) -> float:
-        if time.monotonic() < self._down_until:
+        if self._closed or time.monotonic() < self._down_until:
             return self._fallback.take_now(key)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
@@ -167,6 +175,8 @@ class RedisBuckets:
         self._batch.append((redis_keys.rate_bucket(key), future))
         try:
             wait = await future
+        except LimiterClosed:  # closing with the node: no Redis failure, no warning
+            return self._fallback.take_now(key)
         except self._failures as exc:  # Redis down or slow: limit locally meanwhile
             self.errors += 1
             self._down_until = time.monotonic() + self._retry_seconds
@@ -180,6 +190,9 @@ class RedisBuckets:
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
+        if self._closed:  # closed since these takes were queued: no send starts now
+            _settle(batch, LimiterClosed())
+            return
         task = asyncio.create_task(self._send(batch), name="rate-limit-send")
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
@@ -190,8 +203,8 @@ class RedisBuckets:
         except Exception as exc:  # every taker hears it
             _settle(batch, exc)
             return
-        except BaseException:  # cancelled by close: the takers limit from memory
-            _settle(batch, ConnectionError("the rate limiter closed"))
+        except BaseException:  # cancelled: the takers limit from memory
+            _settle(batch, LimiterClosed())
             raise
         for (_, future), wait in zip(batch, waits, strict=True):
             if not future.done():
@@ -207,7 +220,8 @@ class RedisBuckets:
             self._sha = await self._client.script_load(_TAKE)
         for attempt in range(2):
             try:
-                results = await self._run(buckets, args)
+                async with asyncio.timeout(self._timeout):  # the script load may take longer
+                    results = await self._run(buckets, args)
                 break
             except NoScriptError:  # Redis restarted or flushed its scripts
                 if attempt:
@@ -220,7 +234,7 @@ class RedisBuckets:
             return [await self._client.evalsha(self._sha, 1, buckets[0], *args)]
         pipeline = self._client.pipeline(transaction=False)
         for bucket in buckets:
-            pipeline.evalsha(self._sha, 1, bucket, *args)
+            pipeline.execute_command("EVALSHA", self._sha, 1, bucket, *args)  # cluster-safe
         return list(await pipeline.execute())
 
     def stats(self) -> dict[str, Any]:
@@ -239,10 +253,11 @@ class RedisBuckets:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for task in self._sends:
-            task.cancel()
-        await asyncio.gather(*self._sends, return_exceptions=True)
-        await self._client.aclose()
+        """Start no send from now on; let the sends in flight finish (each is bounded by
+        `timeout`) before the pool may close the client."""
+        self._closed = True
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)
 
 
 def _settle(batch: list[tuple[str, asyncio.Future[float]]], failure: Exception) -> None:

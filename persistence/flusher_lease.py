@@ -11,9 +11,8 @@ import os
 import secrets
 import socket
 
-import redis.asyncio as redis
-
 from persistence import redis_keys
+from persistence.redis_pool import Client
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -45,7 +44,7 @@ def _holder_prefix(pid: int) -> str:
 class FlusherLease:
     """One flusher's hold on its node's lease."""
 
-    def __init__(self, client: redis.Redis, node: str, seconds: float) -> None:
+    def __init__(self, client: Client, node: str, seconds: float) -> None:
         self._client = client
         self._key = redis_keys.flusher_lease(node)
         self._ttl_ms = int(seconds * 1000)
@@ -66,7 +65,7 @@ class FlusherLease:
         await self._client.eval(_RELEASE, 1, self._key, self.token)
 
 
-async def break_dead(client: redis.Redis, node: str, pid: int) -> bool:
+async def break_dead(client: Client, node: str, pid: int) -> bool:
     """Drop the node's lease if the process `pid` of this host (known dead) holds it."""
     key = redis_keys.flusher_lease(node)
     return bool(await client.eval(_BREAK, 1, key, _holder_prefix(pid)))

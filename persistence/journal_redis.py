@@ -10,26 +10,31 @@ removes entries up to the flushed seq and deletes an emptied stream.
 Scripts run by EVALSHA, loaded again only when Redis answers NOSCRIPT (a restart, a
 SCRIPT FLUSH). redis-py's `Script` asks SCRIPT EXISTS before every pipeline that runs
 one: a second round trip on every journal append (p50 184 -> 110 µs without it). The
-script calls go over persistence/resp.py's lean pipelined connection, the rest over
-redis-py.
+script calls go over the pool's lean channel (persistence/redis_pool.py), the rest over
+its redis-py client. Each script's keys share one hash tag (persistence/redis_keys.py),
+so on a Redis Cluster each call runs on one master.
+
+The journal never closes the pool's client: the pool closes after its users. Closing
+the journal refuses new appends, then sends what is queued and waits for every send in
+flight (each appender hears its outcome).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from persistence import redis_keys
+from persistence import journal_migration, redis_keys
 from persistence.background import Throttled
 from persistence.journal import Entry, JournalError
-from persistence.resp import LeanRedis
+from persistence.redis_pool import RedisPool, RedisSettings
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -79,12 +84,12 @@ def _sha(script: str) -> str:
 class RedisJournal:
     """Journal backend over Redis Streams (see module docstring)."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0, close_timeout: float = 3.0) -> None:
-        self._client: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        self._lean = LeanRedis(url, timeout=timeout)  # the script calls: the hot path
+    def __init__(self, pool: RedisPool, *, close_timeout: float = 3.0) -> None:
+        self._pool = pool
+        self._client = pool.client
+        self._lean = pool.lean  # the script calls: the hot path
         self._close_timeout = close_timeout
+        self._closed = False
         self._epochs: dict[str, int] = {}
         self._batch: list[_Queued] = []
         self._scheduled: asyncio.Handle | None = None  # the tick's send of `_batch`
@@ -98,30 +103,28 @@ class RedisJournal:
         try:
             for script in (_APPEND, _TRIM, _SET_ASIDE):
                 await self._client.script_load(script)
+            if not self._pool.cluster:  # an older version ran on a single Redis only
+                await journal_migration.migrate(self._client)
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Send what is queued and wait for the sends in flight, then close the client:
-        each within `close_timeout`. An append still unsent then fails (never acked)."""
+        """Refuse new appends, send what is queued and wait for every send in flight,
+        within `close_timeout`: a send still unfinished then is cancelled and its
+        appenders fail (never acked). The client stays open: it is the pool's."""
+        self._closed = True
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._send_batch()
         if self._sends:
-            _, late = await asyncio.wait(self._sends, timeout=self._close_timeout)
+            _, late = await asyncio.wait(set(self._sends), timeout=self._close_timeout)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
             if late:
                 log.warning("redis journal closed with %d sends cut short", len(late))
         log.info("redis journal closed: %d records in %d sends", self.records_sent, self.sends)
-        self._lean.close()
-        try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._client.aclose()
-        except TimeoutError:
-            log.warning("redis journal: closing the client took over %.1fs", self._close_timeout)
 
     async def acquire(self, conversation_id: str) -> None:
         """Become the conversation's owner: appends from any earlier owner are refused."""
@@ -138,6 +141,9 @@ class RedisJournal:
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if self._closed:  # no send may start once close has waited for the last one
+            future.set_exception(JournalError("journal closed before the append"))
+            return future
         if not self._batch:
             self._scheduled = loop.call_soon(self._send_batch)
         self._batch.append((conversation_id, seq, payload, future))
@@ -176,7 +182,7 @@ class RedisJournal:
             keys = [
                 redis_keys.journal(conversation_id),
                 redis_keys.epoch(conversation_id),
-                redis_keys.JOURNALED,
+                redis_keys.journaled_of(conversation_id),
             ]
             args: list[str | int | bytes] = [self._epochs[conversation_id], conversation_id]
             for _, seq, payload, _ in records:
@@ -206,15 +212,24 @@ class RedisJournal:
 
     async def replay(self) -> list[Entry]:
         try:
-            conversation_ids = await self._client.smembers(redis_keys.JOURNALED)
             payloads: list[Entry] = []
-            for raw in sorted(conversation_ids):
-                conversation_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            for conversation_id in await self.journaled():
                 await self.acquire(conversation_id)
                 payloads += await self.tail(conversation_id, 0)
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
         return payloads
+
+    async def journaled(self) -> list[str]:
+        """Every conversation whose journal stream is not empty, sorted: the shards'
+        sets, read in one batch."""
+        sets = await self._lean.execute(
+            [("SMEMBERS", redis_keys.journaled(n)) for n in range(redis_keys.SHARDS)]
+        )
+        failed = next((s for s in sets if isinstance(s, Exception)), None)
+        if failed is not None:
+            raise JournalError(f"redis: {failed}")
+        return sorted(raw.decode() for members in sets for raw in members)
 
     async def tail(self, conversation_id: str, after_seq: int) -> list[Entry]:
         stream = redis_keys.journal(conversation_id)
@@ -260,7 +275,7 @@ class RedisJournal:
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         calls: list[Call] = [
-            ([redis_keys.journal(cid), redis_keys.JOURNALED], [f"{seq + 1}-0", cid])
+            ([redis_keys.journal(cid), redis_keys.journaled_of(cid)], [f"{seq + 1}-0", cid])
             for cid, seq in flushed.items()
         ]
         try:
@@ -293,3 +308,10 @@ class RedisJournal:
         return await self._lean.execute(
             [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
         )
+
+
+@contextlib.asynccontextmanager
+async def own_pool_journal(settings: RedisSettings) -> AsyncIterator[RedisJournal]:
+    """A journal over a pool of its own (tools and tests; a node shares its pool)."""
+    async with RedisPool(settings) as pool, RedisJournal(pool) as journal:
+        yield journal

@@ -1,22 +1,66 @@
-"""Every Redis key Canopy uses, in one place."""
+"""Every Redis key Canopy uses, in one place.
+
+Every key of one conversation carries the hash tag of its shard (`canopy:{17}:...`),
+and so does the shard's set of journaled conversations: on a Redis Cluster they all
+live in one slot, so a script that touches a conversation's stream, its epoch and its
+shard's set runs on one master (docs/decisions.md). `SHARDS` never changes: it places
+every key a node ever wrote.
+"""
 
 from __future__ import annotations
 
+import binascii
+import functools
+
 PREFIX = "canopy:"
+SHARDS = 1024  # hash tags the conversations spread over: the cluster's unit of balance
+
+
+@functools.lru_cache(maxsize=65536)
+def shard(conversation_id: str) -> int:
+    """The conversation's shard: CRC16 (Redis Cluster's own hash) of its id."""
+    return binascii.crc_hqx(conversation_id.encode(), 0) % SHARDS
+
+
+def conversation_key(conversation_id: str, kind: str) -> str:
+    """`canopy:{<shard>}:<kind>:<conversation id>`: a key of the conversation, in the slot
+    of its shard. Use it for any new per-conversation key (a lease, ...)."""
+    return f"{PREFIX}{{{shard(conversation_id)}}}:{kind}:{conversation_id}"
 
 
 def journal(conversation_id: str) -> str:
     """Stream of a conversation's unflushed journal records; entry id = `{seq}-1`."""
-    return f"{PREFIX}journal:{{{conversation_id}}}"
+    return conversation_key(conversation_id, "journal")
 
 
 def epoch(conversation_id: str) -> str:
     """Ownership epoch of a conversation, incremented at each activation (fencing)."""
+    return conversation_key(conversation_id, "epoch")
+
+
+def journaled(shard_number: int) -> str:
+    """Set of the shard's conversations whose journal stream is not empty: what start-up
+    recovery replays."""
+    return f"{PREFIX}{{{shard_number}}}:journaled"
+
+
+def journaled_of(conversation_id: str) -> str:
+    """The journaled set the conversation belongs in (the slot of its keys)."""
+    return journaled(shard(conversation_id))
+
+
+# The layout before shards (one node-wide set; tags by conversation id): a node started
+# over what an older version left moves it to the layout above (journal_migration.py).
+LEGACY_JOURNALED = f"{PREFIX}journaled"
+
+
+def legacy_journal(conversation_id: str) -> str:
+    return f"{PREFIX}journal:{{{conversation_id}}}"
+
+
+def legacy_epoch(conversation_id: str) -> str:
     return f"{PREFIX}epoch:{{{conversation_id}}}"
 
-
-# Conversations whose journal stream is not empty: what start-up recovery replays.
-JOURNALED = f"{PREFIX}journaled"
 
 # Journal records recovery could not apply (undecodable, after a gap): kept, never trimmed.
 # One hash tag for both, so the script that writes them touches one slot.

@@ -17,20 +17,19 @@ store plus the journal tail), and start-up recovery is the flusher process's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import msgspec
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from persistence import redis_keys
 from persistence.background import Throttled
 from persistence.flusher import Backpressure, Flusher, FlusherConfig
 from persistence.journal import Journal
+from persistence.redis_pool import Client
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,6 @@ _STORED = msgspec.msgpack.Decoder(list[tuple[str, int]])
 @dataclass(frozen=True)
 class RemoteFlusherConfig:
     node: str
-    redis_url: str
     flusher: FlusherConfig = FlusherConfig()  # interval (polls), max_unflushed_bytes
     down_seconds: float = 10.0  # the flusher without a lease this long: writes get 503
     close_timeout: float = 3.0
@@ -58,14 +56,13 @@ class RemoteFlusher(Flusher):
         store: Store,
         journal: Journal,
         config: RemoteFlusherConfig,
+        client: Client,
         process_stats: Callable[[], dict[str, object]] = dict,
     ) -> None:
         super().__init__(store, journal, config.flusher)
         self._remote = config
         self._process_stats = process_stats  # the supervisor's: restarts, pid
-        self._client: redis.Redis = redis.Redis.from_url(
-            config.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-        )
+        self._client = client  # the node's shared pool's: closed after this flusher
         # Per conversation, each record not yet known stored: (version, nbytes, when).
         self._unstored: dict[str, deque[tuple[int, int, float]]] = {}
         self._to_mark: set[str] = set()  # journaled, not yet in the dirty set
@@ -96,9 +93,6 @@ class RemoteFlusher(Flusher):
                     await self._client.sadd(redis_keys.dirty(self._remote.node), *self._to_mark)
         except (TimeoutError, RedisError) as exc:  # journaled: the next flusher start finds them
             log.warning("dirty marks not sent at close: %r", exc)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._remote.close_timeout):
-                await self._client.aclose()
 
     # -- what actors call ------------------------------------------------------------
 

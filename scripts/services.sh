@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Start/stop the local Redis and Cassandra servers Canopy needs, without Docker.
 #
-#   scripts/services.sh start  [redis|cassandra]   install if needed, start, wait until answering
-#   scripts/services.sh stop   [redis|cassandra]   stop what this script started (pid files)
-#   scripts/services.sh status [redis|cassandra]   exit 0 only if every named server answers
+#   scripts/services.sh start  [redis|redis-cluster|cassandra]   install if needed, start, wait until answering
+#   scripts/services.sh stop   [redis|redis-cluster|cassandra]   stop what this script started (pid files)
+#   scripts/services.sh status [redis|redis-cluster|cassandra]   exit 0 only if every named server answers
 #
 # Redis:     Debian package redis-server (apt-get), our own instance from a
 #            generated config -- the system service is never used.
+# Redis Cluster: three masters on 127.0.0.1:7001-7003 (cluster-enabled yes, no
+#            replicas), made one cluster by `redis-cli --cluster create` once.
 # Cassandra: Apache Cassandra assembled from Maven Central (cassandra-all and its
 #            runtime dependencies, fetched with mvn), run on the machine's JDK 17.
 #
@@ -23,10 +25,12 @@ TEMPLATES="$SCRIPT_DIR/services"
 
 HOST=127.0.0.1
 REDIS_PORT=6379
+CLUSTER_PORTS=(7001 7002 7003)
 CQL_PORT=9042
 
 STATE_DIR="${CANOPY_SERVICES_DIR:-/tmp/canopy-services}"
 REDIS_STATE="$STATE_DIR/redis"
+CLUSTER_STATE="$STATE_DIR/redis-cluster"
 CASSANDRA_STATE="$STATE_DIR/cassandra"
 REDIS_PIDFILE="$REDIS_STATE/redis.pid"
 CASSANDRA_PIDFILE="$CASSANDRA_STATE/cassandra.pid"
@@ -236,6 +240,102 @@ redis_status() {
     fi
 }
 
+# ---------------------------------------------------------- redis cluster --
+
+cluster_node_state() { echo "$CLUSTER_STATE/$1"; }
+
+cluster_node_up() {
+    [[ $(timeout 3 redis-cli -h "$HOST" -p "$1" ping 2>/dev/null) == PONG ]]
+}
+
+cluster_nodes_up() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do cluster_node_up "$port" || return 1; done
+}
+
+# Every slot served: the masters have met and hold all 16384 slots between them.
+cluster_ok() {
+    command -v redis-cli >/dev/null &&
+        timeout 3 redis-cli -h "$HOST" -p "${CLUSTER_PORTS[0]}" cluster info 2>/dev/null |
+        grep -q '^cluster_state:ok'
+}
+
+cluster_node_launch() {
+    local port=$1 state
+    state=$(cluster_node_state "$port")
+    mkdir -p "$state"
+    sed -e "s|@PORT@|$port|g" -e "s|@NODE_STATE@|$state|g" \
+        "$TEMPLATES/redis-cluster.conf" >"$state/redis.conf"
+    rm -f "$state/redis.pid"
+    redis-server "$state/redis.conf" 9>&- ||
+        { show_log_tail "$state/redis.log"; die "redis-server on $port failed to start"; }
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s $state/redis.pid ]] && break
+        sleep 0.1
+    done
+}
+
+# A node that already belongs to a cluster knows other nodes (or holds slots): a
+# fresh one knows only itself.  `--cluster create` runs only over fresh nodes.
+cluster_fresh() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do
+        [[ $(redis-cli -h "$HOST" -p "$port" cluster info | sed -n 's/^cluster_known_nodes:\([0-9]*\).*/\1/p') == 1 ]] ||
+            return 1
+    done
+}
+
+CHECK_PORT=
+cluster_check_port() { cluster_node_up "$CHECK_PORT"; }
+
+redis-cluster_start() {
+    local port state addresses=()
+    if cluster_ok; then
+        log "redis-cluster: already running on $HOST:${CLUSTER_PORTS[*]}"
+        return 0
+    fi
+    redis_install
+    log "redis-cluster: starting (state: $CLUSTER_STATE)..."
+    for port in "${CLUSTER_PORTS[@]}"; do
+        state=$(cluster_node_state "$port")
+        if cluster_node_up "$port"; then
+            continue
+        fi
+        live_pid "$state/redis.pid" redis-server >/dev/null || cluster_node_launch "$port"
+        CHECK_PORT=$port
+        wait_until "redis-cluster $port" "$REDIS_START_TIMEOUT" cluster_check_port \
+            "$state/redis.pid" redis-server "$state/redis.log"
+    done
+    if cluster_fresh; then
+        for port in "${CLUSTER_PORTS[@]}"; do addresses+=("$HOST:$port"); done
+        redis-cli --cluster create "${addresses[@]}" --cluster-replicas 0 --cluster-yes \
+            >"$CLUSTER_STATE/create.log" 2>&1 ||
+            { show_log_tail "$CLUSTER_STATE/create.log"; die "redis-cli --cluster create failed"; }
+    fi
+    wait_until redis-cluster "$REDIS_START_TIMEOUT" cluster_ok \
+        "$(cluster_node_state "${CLUSTER_PORTS[0]}")/redis.pid" redis-server \
+        "$(cluster_node_state "${CLUSTER_PORTS[0]}")/redis.log"
+    log "redis-cluster: up on $HOST:${CLUSTER_PORTS[*]}"
+}
+
+redis-cluster_stop() {
+    local port state
+    for port in "${CLUSTER_PORTS[@]}"; do
+        state=$(cluster_node_state "$port")
+        stop_pid "redis-cluster $port" "$state/redis.pid" redis-server "$REDIS_STOP_TIMEOUT"
+    done
+}
+
+redis-cluster_status() {
+    if cluster_ok; then
+        log "redis-cluster: UP on $HOST:${CLUSTER_PORTS[*]}"
+    else
+        log "redis-cluster: DOWN (no cluster_state:ok on $HOST:${CLUSTER_PORTS[0]})"
+        return 1
+    fi
+}
+
 # -------------------------------------------------------------- cassandra --
 
 # Real CQL handshake + "SELECT release_version FROM system.local"; prints the version.
@@ -412,8 +512,8 @@ main() {
     local cmd=${1:-} target=${2:-all}
     local services
     case $target in
-        all) services=(redis cassandra) ;;
-        redis | cassandra) services=("$target") ;;
+        all) services=(redis redis-cluster cassandra) ;;
+        redis | redis-cluster | cassandra) services=("$target") ;;
         *) usage ;;
     esac
     case $cmd in

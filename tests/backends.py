@@ -11,8 +11,9 @@ from pathlib import Path
 import redis
 
 from persistence.journal_redis import RedisJournal
+from persistence.redis_pool import RedisPool, RedisSettings
 from persistence.scylla import TABLES, ScyllaConfig, ScyllaStore
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_URL, require
 
 SCYLLA = ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=KEYSPACE)
 _fresh: set[Path] = set()
@@ -53,6 +54,30 @@ def wipe_redis() -> None:
         client.flushdb()
 
 
+def wipe_redis_cluster() -> None:
+    on_every_server(RedisSettings(REDIS_CLUSTER_URL, cluster=True), "FLUSHALL")
+
+
+def on_every_server(settings: RedisSettings, *command: str) -> None:
+    """Run a command on the single Redis, or on every master of the cluster (redis-py's
+    blocking RedisCluster leaves a socket unclosed after a command sent to all nodes)."""
+    with redis.Redis.from_url(settings.urls()[0]) as seed:
+        if not settings.cluster:
+            seed.execute_command(*command)
+            return
+        ranges = seed.execute_command("CLUSTER", "SLOTS")
+    for host, port in {(r[2][0].decode(), int(r[2][1])) for r in ranges}:
+        with redis.Redis(host, port) as master:
+            master.execute_command(*command)
+
+
+def redis_settings(*, cluster: bool = False, **options: float) -> RedisSettings:
+    """The test Redis (or the test Redis Cluster), required: skipped or failed if absent."""
+    require("redis-cluster" if cluster else "redis")
+    url = REDIS_CLUSTER_URL if cluster else REDIS_URL
+    return RedisSettings(url=url, cluster=cluster, **options)  # type: ignore[arg-type]
+
+
 def drop_keyspace() -> None:
     """Drop this run's keyspace. A schema change waits for every table's flush: on a busy
     machine it can take far longer than a query's 10 s, and a keyspace left behind (named
@@ -79,9 +104,10 @@ async def cassandra_store(directory: Path) -> AsyncIterator[ScyllaStore]:
 
 
 @asynccontextmanager
-async def redis_journal(directory: Path) -> AsyncIterator[RedisJournal]:
-    require("redis")
-    if first_use(directory / "redis"):
-        wipe_redis()
-    async with RedisJournal(REDIS_URL) as journal:
+async def redis_journal(directory: Path, *, cluster: bool = False) -> AsyncIterator[RedisJournal]:
+    """A journal over a pool of its own; the first one of a test starts from empty data."""
+    settings = redis_settings(cluster=cluster)
+    if first_use(directory / ("redis-cluster" if cluster else "redis")):
+        wipe_redis_cluster() if cluster else wipe_redis()
+    async with RedisPool(settings) as pool, RedisJournal(pool) as journal:
         yield journal

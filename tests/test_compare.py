@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from bench.client import Connection, Result, build_request, call, run
-from bench.compare import Measurement, free_port, node, targets
+from bench.compare import Measurement, targets
 from bench.cpu import cpu_seconds, tree_cpu_seconds
+from bench.node import free_port, node
 from bench.target import Server, parse_target
 
 PATH = "/api/v1/conversations/00000000-0000-4000-8000-000000000000/messages/x"

@@ -13,10 +13,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
-import redis.asyncio as redis
 
-from persistence import redis_keys
+from persistence.journal_redis import own_pool_journal
 from persistence.records import Snapshot
+from persistence.redis_pool import RedisSettings
 from persistence.scylla import ScyllaStore
 from tests.backends import SCYLLA
 from tests.processes import NodeProcess
@@ -108,8 +108,8 @@ async def _stored(store: ScyllaStore, writers: Writers) -> dict[str, Snapshot]:
 
 
 async def _all_stored_and_trimmed(store: ScyllaStore, writers: Writers) -> bool:
-    async with redis.Redis.from_url(REDIS_URL) as client:
-        if await client.scard(redis_keys.JOURNALED):  # type: ignore[misc]
+    async with own_pool_journal(RedisSettings(REDIS_URL)) as journal:
+        if await journal.journaled():
             return False
     for cid, snapshot in (await _stored(store, writers)).items():
         if not writers.acked[cid].keys() <= {m.message_id for m in snapshot.messages}:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from bench.node import free_port
 from engine.conversation import ConversationState
 from persistence.records import Conversation, Message
 
@@ -62,9 +62,7 @@ class Client:
 @pytest.fixture(scope="session")
 def node_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A `canopy serve` process (journal durability) for the session."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data_dir: Path = tmp_path_factory.mktemp("bench-node")
     process = subprocess.Popen(
         [

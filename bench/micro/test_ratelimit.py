@@ -38,7 +38,10 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def test_redis_take(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
-    buckets = RedisBuckets(PLENTY, REDIS_URL)
+    from persistence.redis_pool import RedisPool, RedisSettings
+
+    pool = RedisPool(RedisSettings(REDIS_URL))
+    buckets = RedisBuckets(PLENTY, pool)
     try:
         loop.run_until_complete(buckets.take("u:alice"))
     except Exception as exc:  # noqa: BLE001
@@ -48,3 +51,4 @@ def test_redis_take(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
         assert buckets.stats()["errors"] == 0
     finally:
         loop.run_until_complete(buckets.__aexit__(None, None, None))
+        loop.run_until_complete(pool.__aexit__(None, None, None))

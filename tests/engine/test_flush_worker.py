@@ -15,19 +15,22 @@ import redis.asyncio as redis
 from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
 from persistence.flusher_lease import break_dead
 from persistence.journal_redis import RedisJournal
+from persistence.redis_pool import RedisPool
 from persistence.sqlite import SQLiteStore
-from tests.backends import wipe_redis
-from tests.services import REDIS_URL, require
+from tests.backends import redis_settings, wipe_redis
 
 
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, RedisJournal, redis.Redis]]:
-    require("redis")
+    settings = redis_settings()
     wipe_redis()
-    client: redis.Redis = redis.Redis.from_url(REDIS_URL)
-    async with SQLiteStore(tmp_path / "canopy.db") as store, RedisJournal(REDIS_URL) as journal:
-        yield store, journal, client
-    await client.aclose()
+    async with (
+        RedisPool(settings) as pool,
+        SQLiteStore(tmp_path / "canopy.db") as store,
+        RedisJournal(pool) as journal,
+    ):
+        assert isinstance(pool.client, redis.Redis)
+        yield store, journal, pool.client
 
 
 async def test_a_second_worker_for_the_node_refuses_until_the_first_one_closed(

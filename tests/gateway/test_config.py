@@ -137,3 +137,26 @@ def test_cluster_settings_keep_the_heartbeat_deadline_under_the_lease() -> None:
         parse("--cluster", "redis", "--heartbeat-seconds", "1")
     with pytest.raises(ValueError, match="cluster must be one of"):
         parse(CANOPY_CLUSTER="zookeeper")
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--redis-url", "redis://a:7001,redis://b:7001"], "add --redis-cluster"),
+        (["--redis-url", "redis://a:7001/3", "--redis-cluster"], "only database 0"),
+        (["--redis-url", "http://a:6379"], "expected redis://"),
+        (["--redis-timeout", "0"], "must be positive"),
+    ],
+)
+def test_redis_settings_are_checked_at_start(argv: list[str], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse("--journal", "redis", *argv)
+
+
+def test_a_redis_cluster_is_named_by_its_seed_nodes() -> None:
+    settings = parse("--journal", "redis", "--redis-url", "redis://a:7001, redis://b:7002",
+                     "--redis-cluster", "--redis-max-connections", "8")  # fmt: skip
+    redis = settings.redis()
+    assert (redis.cluster, redis.urls(), redis.max_connections) == (
+        True, ["redis://a:7001", "redis://b:7002"], 8,
+    )  # fmt: skip

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import redis
 from gateway_helpers import API, assert_error
 
 from gateway.auth import api_key_digest
@@ -21,7 +21,9 @@ from gateway.ratelimit import (
     parse_rate_limit,
 )
 from persistence import redis_keys
-from tests.services import REDIS_URL, require
+from persistence.redis_pool import RedisPool, RedisSettings
+from tests.backends import on_every_server, redis_settings
+from tests.waiting import until
 
 if TYPE_CHECKING:
     from conftest import Node, NodeFactory
@@ -37,12 +39,13 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def clean_redis() -> str:
-    require("redis")
-    with redis.Redis.from_url(REDIS_URL) as client:
-        client.flushdb()
-    return REDIS_URL
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def clean_redis(request: pytest.FixtureRequest) -> AsyncIterator[RedisPool]:
+    """An emptied Redis (or Redis Cluster) behind an open pool."""
+    settings = redis_settings(cluster=request.param == "redis-cluster")
+    on_every_server(settings, "FLUSHDB")
+    async with RedisPool(settings) as pool:
+        yield pool
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ async def test_memory_buckets_refill_at_the_rate() -> None:
     assert buckets.stats() == {"backend": "memory", "allowed": 6, "limited": 3, "buckets": 1}
 
 
-async def test_redis_buckets_refill_at_the_rate(clean_redis: str) -> None:
+async def test_redis_buckets_refill_at_the_rate(clean_redis: RedisPool) -> None:
     clock = Clock()
     async with RedisBuckets(RateLimit(1.0, 2), clean_redis, clock=clock) as buckets:
         await check_refill(buckets, clock)
@@ -123,15 +126,14 @@ def test_memory_buckets_are_bounded() -> None:
     assert buckets.stats()["buckets"] == 100
 
 
-async def test_redis_buckets_expire_when_they_would_be_full(clean_redis: str) -> None:
+async def test_redis_buckets_expire_when_they_would_be_full(clean_redis: RedisPool) -> None:
     async with RedisBuckets(RateLimit(10.0, 50), clean_redis) as buckets:
         await buckets.take("alice")
-    with redis.Redis.from_url(clean_redis) as client:
-        ttl = client.pttl(redis_keys.rate_bucket("alice"))
+    ttl = await clean_redis.client.pttl(redis_keys.rate_bucket("alice"))
     assert 0 < ttl <= 5_000 + 1_000  # 50 tokens at 10/s, plus a second of slack
 
 
-async def test_two_limiters_on_one_redis_share_a_budget(clean_redis: str) -> None:
+async def test_two_limiters_on_one_redis_share_a_budget(clean_redis: RedisPool) -> None:
     limit = RateLimit(1 / 3600, 4)
     async with (
         RedisBuckets(limit, clean_redis) as one,
@@ -141,20 +143,42 @@ async def test_two_limiters_on_one_redis_share_a_budget(clean_redis: str) -> Non
     assert [wait == 0 for wait in taken] == [True] * 4 + [False] * 2
 
 
-async def test_concurrent_takes_in_one_pipeline_share_the_budget(clean_redis: str) -> None:
+async def test_concurrent_takes_in_one_pipeline_share_the_budget(clean_redis: RedisPool) -> None:
     async with RedisBuckets(RateLimit(1 / 3600, 4), clean_redis) as buckets:
         waits = await asyncio.gather(*(buckets.take("alice") for _ in range(10)))
         assert sorted(wait == 0 for wait in waits) == [False] * 6 + [True] * 4
-        with redis.Redis.from_url(clean_redis) as client:
-            client.script_flush()  # as after a Redis restart
+        on_every_server(clean_redis.settings, "SCRIPT", "FLUSH")  # as after a Redis restart
         assert await buckets.take("bob") == 0.0
         assert buckets.stats()["errors"] == 0
 
 
+async def test_a_take_queued_when_the_limiter_closes_is_never_sent(
+    clean_redis: RedisPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Close between a take and its tick's send: the take is limited from memory, no send
+    starts on the pool the node is closing, and no task is left behind."""
+    buckets = await RedisBuckets(RateLimit(1.0, 2), clean_redis).__aenter__()
+    sent: list[list[str]] = []
+    take_in_redis = buckets._take
+
+    async def counted(bucket_keys: list[str]) -> list[float]:
+        sent.append(bucket_keys)
+        return await take_in_redis(bucket_keys)
+
+    monkeypatch.setattr(buckets, "_take", counted)
+    take = asyncio.ensure_future(buckets.take("alice"))
+    await until(lambda: bool(buckets._batch))  # queued; its send is due this tick
+    await buckets.__aexit__(None, None, None)
+    assert await take == 0.0  # from the memory buckets
+    assert sent == [] and not buckets._sends
+    assert buckets.stats()["fallback"]["allowed"] == 1
+
+
 async def test_without_redis_the_limiter_limits_per_node(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
-    buckets = RedisBuckets(RateLimit(1.0, 2), "redis://127.0.0.1:1/0", clock=clock)
-    async with buckets:
+    pool = RedisPool(RedisSettings("redis://127.0.0.1:1/0"))
+    buckets = RedisBuckets(RateLimit(1.0, 2), pool, clock=clock)
+    async with pool, buckets:
         with caplog.at_level(logging.WARNING, "gateway.ratelimit"):
             await check_refill(buckets, clock)  # the same limits, from memory
     stats = buckets.stats()
@@ -214,13 +238,14 @@ async def test_another_caller_keeps_their_budget(start_node: NodeFactory) -> Non
 
 @embedded
 async def test_nodes_on_one_redis_share_a_budget(
-    start_node: NodeFactory, clean_redis: str, tmp_path: Path
+    start_node: NodeFactory, clean_redis: RedisPool, tmp_path: Path
 ) -> None:
     nodes = [
         await start_node(
             rate_limit="1/h,burst=4",
             journal="redis",
-            redis_url=clean_redis,
+            redis_url=clean_redis.settings.url,
+            redis_cluster=clean_redis.settings.cluster,
             data_dir=tmp_path / name,
         )
         for name in ("one", "two")

@@ -37,6 +37,7 @@ JOURNALS: dict[str, Callable[..., AbstractAsyncContextManager[Journal]]] = {
         directory / "journal", fsync=fsync if fsync == "always" else float(fsync)
     ),
     "redis": lambda directory, fsync="0.05": redis_journal(directory),
+    "redis-cluster": lambda directory, fsync="0.05": redis_journal(directory, cluster=True),
 }
 
 

@@ -4,7 +4,10 @@ bounded close."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -12,7 +15,9 @@ import redis
 from persistence import redis_keys
 from persistence.journal import Entry, JournalError
 from persistence.journal_redis import Call, Fenced, RedisJournal
-from tests.backends import redis_journal
+from persistence.redis_pool import Lean, RedisPool
+from persistence.resp import Arg
+from tests.backends import redis_journal, redis_settings, wipe_redis
 from tests.services import REDIS_URL, require
 from tests.waiting import until
 
@@ -60,25 +65,70 @@ async def test_appends_and_trims_survive_redis_forgetting_its_scripts(tmp_path: 
         assert payloads(await rival.tail("c1", 0)) == [b"third"]
 
 
+class GatedLean:
+    """The pool's lean channel, holding every batch until `gate` opens: a send in flight
+    for as long as a test needs. `calls` counts the batches sent."""
+
+    def __init__(self, lean: Lean) -> None:
+        self._lean = lean
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def execute(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        self.calls += 1
+        await self.gate.wait()
+        return await self._lean.execute(commands)
+
+    def close(self) -> None:
+        self._lean.close()
+
+
+@contextlib.asynccontextmanager
+async def gated_journal(
+    close_timeout: float = 3.0,
+) -> AsyncIterator[tuple[RedisJournal, GatedLean]]:
+    settings = redis_settings()
+    wipe_redis()
+    async with RedisPool(settings) as pool:
+        gated = pool.lean = GatedLean(pool.lean)
+        gated.gate.set()  # open while the journal starts
+        journal = await RedisJournal(pool, close_timeout=close_timeout).__aenter__()
+        gated.gate.clear()
+        yield journal, gated
+
+
 async def test_close_while_a_send_is_stalled_finishes_within_its_bound() -> None:
-    """Redis stops answering writes (CLIENT PAUSE, bounded) with an append in flight:
-    close cuts the send short at its deadline, and the appender hears of it."""
-    require("redis")
-    journal = RedisJournal(REDIS_URL, timeout=10.0, close_timeout=0.2)
-    await journal.__aenter__()
-    await journal.acquire("c1")
-    with redis.Redis.from_url(REDIS_URL) as admin:
-        admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
-        try:
-            append = journal.append("c1", 1, b"stalled")
-            await until(lambda: bool(journal._sends) and not journal._batch)
-            async with asyncio.timeout(5):  # a hang detector, far above the 0.2 s bound
-                await journal.__aexit__(None, None, None)
-            assert append.done() and not journal._sends
-            with pytest.raises(JournalError):
-                await append
-        finally:
-            admin.execute_command("CLIENT", "UNPAUSE")
+    """Redis does not answer with an append in flight: close cuts the send short at its
+    deadline, and the appender hears of it."""
+    async with gated_journal(close_timeout=0.2) as (journal, gated):
+        await journal.acquire("c1")
+        append = journal.append("c1", 1, b"stalled")
+        await until(lambda: gated.calls == 1)
+        async with asyncio.timeout(5):  # a hang detector, far above the 0.2 s bound
+            await journal.__aexit__(None, None, None)
+        assert append.done() and not journal._sends
+        with pytest.raises(JournalError):
+            await append
+
+
+async def test_close_waits_for_the_send_in_flight_and_starts_none_after() -> None:
+    """Close with a send in flight: that send completes and its appender is acked; an
+    append made while close waits is refused at once, never sent on a closing pool."""
+    async with gated_journal() as (journal, gated):
+        await journal.acquire("c1")
+        first = asyncio.ensure_future(journal.append("c1", 1, b"in flight"))
+        await until(lambda: gated.calls == 1)
+        closing = asyncio.ensure_future(journal.__aexit__(None, None, None))
+        await until(lambda: journal._closed)  # close began: it waits for the send
+        late = journal.append("c1", 2, b"during close")
+        with pytest.raises(JournalError, match="closed"):
+            async with asyncio.timeout(5):  # a hang detector
+                await late
+        gated.gate.set()
+        await closing
+        await first  # acked: it went out before close began
+        assert gated.calls == 1 and not journal._sends
+        assert payloads(await journal.tail("c1", 0)) == [b"in flight"]
 
 
 async def test_a_record_set_aside_is_copied_once_and_keeps_its_place(tmp_path: Path) -> None:
@@ -149,3 +199,39 @@ async def test_a_conversations_records_of_one_tick_go_in_one_script_call(
         assert payloads(await journal.tail("c1", 0)) == [b"c1-%d" % s for s in range(1, 6)]
         assert payloads(await journal.tail("c2", 1)) == [b"c2-2", b"c2-3"]
         assert payloads(await rival.tail("c3", 0)) == []
+
+
+async def test_a_node_upgraded_in_place_finds_what_the_older_layout_journaled() -> None:
+    """An older version tagged keys by conversation id and kept one node-wide journaled
+    set: at start the journal moves them into the shards, records, order and epoch kept."""
+    require("redis")
+    wipe_redis()
+    with redis.Redis.from_url(REDIS_URL) as client:  # what the older version left
+        for seq in (1, 2, 3):
+            client.xadd(redis_keys.legacy_journal("c1"), {"r": b"old %d" % seq}, id=f"{seq}-1")
+        client.set(redis_keys.legacy_epoch("c1"), 7)
+        client.sadd(redis_keys.LEGACY_JOURNALED, "c1", "c-flushed")  # c-flushed: trimmed away
+    settings = redis_settings()
+    async with RedisPool(settings) as pool, RedisJournal(pool) as journal:
+        assert payloads(await journal.replay()) == [b"old 1", b"old 2", b"old 3"]
+        await journal.append("c1", 4, b"new 4")
+        assert await journal.journaled() == ["c1"]
+    with redis.Redis.from_url(REDIS_URL) as client:
+        assert int(client.get(redis_keys.epoch("c1")) or 0) == 8  # past the older owner's
+        legacy = [redis_keys.LEGACY_JOURNALED, redis_keys.legacy_journal("c1"),
+                  redis_keys.legacy_epoch("c1")]  # fmt: skip
+        assert client.exists(*legacy) == 0
+    async with RedisPool(settings) as pool, RedisJournal(pool) as journal:
+        assert payloads(await journal.replay()) == [b"old 1", b"old 2", b"old 3", b"new 4"]
+
+
+def test_every_key_of_a_conversation_shares_one_slot() -> None:
+    """On a Redis Cluster each script runs on one master: the keys it names share a slot."""
+    from redis.crc import key_slot
+
+    for cid in ("c1", "a{b}c", "}{", "0f8fad5b-d9cb-469f-a165-70867728950e"):
+        keys = [redis_keys.journal(cid), redis_keys.epoch(cid), redis_keys.journaled_of(cid),
+                redis_keys.conversation_key(cid, "lease")]  # fmt: skip
+        assert len({key_slot(key.encode()) for key in keys}) == 1, keys
+    set_aside = {key_slot(k.encode()) for k in (redis_keys.SET_ASIDE, redis_keys.SET_ASIDE_SEEN)}
+    assert len(set_aside) == 1
