@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -138,6 +138,18 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._hot)
+
+    def hot(self, conversation_id: str) -> tuple[ConversationActor, float] | None:
+        """The conversation's actor and when it was last touched (time.monotonic), if
+        it is hot; neither activated nor touched (the admin API's look)."""
+        actor = self._hot.get(conversation_id)
+        return None if actor is None else (actor, self._touched[conversation_id])
+
+    def hot_actors(self) -> Iterator[tuple[ConversationActor, float]]:
+        """Each hot actor with when it was last touched (time.monotonic), least
+        recently used first (the admin API's listing)."""
+        touched = self._touched
+        return ((actor, touched[cid]) for cid, actor in self._hot.items())
 
     async def get(self, principal: Principal, conversation_id: str) -> ConversationActor:
         """The conversation's actor, activating it if needed; NotFound if unknown, deleted

@@ -20,6 +20,7 @@ from engine.retention import Retention
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.accounts import Accounts
+from gateway.admin import add_admin
 from gateway.auth import auth_middleware, authenticators
 from gateway.auth_failures import AuthFailures
 from gateway.config import Settings
@@ -35,6 +36,7 @@ from gateway.keys import (
     DEFAULT_TTL,
     EDGE,
     FLUSHER,
+    JOURNAL,
     LOGIN_LIMITER,
     RESPONSES,
     RETENTION,
@@ -115,6 +117,7 @@ def create_app(settings: Settings) -> web.Application:
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
     add_routes(app)
+    add_admin(app, settings)  # /admin/..., /metrics
     build_on_startup(app, settings.auth_modes())
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
     app[SENDER] = Sender(ResponseBudget(settings.responses()))
@@ -134,6 +137,7 @@ def create_app(settings: Settings) -> web.Application:
             journal = await stack.enter_async_context(
                 NoJournal() if cache_off else open_journal(settings)
             )
+            app[JOURNAL] = journal
             flusher = await write_behind(settings, store, journal, stack)
             await stack.enter_async_context(flusher)
             conversations: Conversations = (
