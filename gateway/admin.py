@@ -80,7 +80,10 @@ MEMBERSHIP = web.AppKey("membership", Membership)
 NODE_ID = web.AppKey("node_id", str)
 
 
-def actor_out(request: web.Request, actor: ConversationActor, touched: float) -> ActorOut:
+def actor_out(
+    request: web.Request, actor: ConversationActor, touched: float, now: float
+) -> ActorOut:
+    """The actor's figures; `now` (time.monotonic) is one instant for a whole listing."""
     flusher = request.app[FLUSHER]
     unflushed_bytes, unflushed_records = flusher.unflushed(actor.id)
     return ActorOut(
@@ -94,7 +97,7 @@ def actor_out(request: web.Request, actor: ConversationActor, touched: float) ->
         unflushed_records=unflushed_records,
         last_flush=flusher.last_flush(actor.id),
         pending_mutations=actor.queued_appends,
-        idle_seconds=round(max(0.0, time.monotonic() - touched), 3),
+        idle_seconds=max(0.0, now - touched),
         title=actor.meta.title,
     )
 
@@ -153,7 +156,8 @@ async def actors(request: web.Request) -> web.Response:
     sort, limit, offset = _paging(request)
     registry = _registry(request)
     hot = [] if registry is None else list(registry.hot_actors())
-    listed = sorted((actor_out(request, a, t) for a, t in hot), key=SORTS[sort])
+    now = time.monotonic()
+    listed = sorted((actor_out(request, a, t, now) for a, t in hot), key=SORTS[sort])
     page = listed[offset : offset + limit]
     more = offset + limit < len(listed)
     return json_response(ActorsOut(page, len(listed), str(offset + limit) if more else None))
@@ -164,7 +168,7 @@ async def actors(request: web.Request) -> web.Response:
 async def actor(request: web.Request) -> web.Response:
     require_admin(request)
     _, found, touched = _hot(request)
-    return json_response(actor_out(request, found, touched))
+    return json_response(actor_out(request, found, touched, time.monotonic()))
 
 
 @routes.post("/admin/actors/{conversation_id}/flush")
@@ -176,7 +180,7 @@ async def flush(request: web.Request) -> web.Response:
         await request.app[FLUSHER].flush(found.id)
     except StoreError as exc:
         raise Unavailable(f"store unavailable: {exc}") from None
-    return json_response(actor_out(request, found, touched))
+    return json_response(actor_out(request, found, touched, time.monotonic()))
 
 
 @routes.post("/admin/actors/{conversation_id}/passivate")

@@ -32,9 +32,16 @@ class RequestMetrics:
         self.requests = 0
         self._samples: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
-    def observe(self, request: web.Request, status: int, seconds: float, code: str | None) -> None:
+    def observe(
+        self,
+        request: web.Request,
+        route: AbstractRoute,
+        status: int,
+        seconds: float,
+        code: str | None,
+    ) -> None:
         self.requests += 1
-        key = (request.match_info.route, status)
+        key = (route, status)
         histogram = self._latency.get(key)
         if histogram is None:
             histogram = self._child(request, key)
@@ -96,4 +103,5 @@ REQUEST_METRICS = web.AppKey("request_metrics", RequestMetrics)
 
 def observe(request: web.Request, status: int, seconds: float, code: str | None = None) -> None:
     """Count one answered request (`code`: its error code, if it failed)."""
-    request.app[REQUEST_METRICS].observe(request, status, seconds, code)
+    match = request.match_info
+    match.current_app[REQUEST_METRICS].observe(request, match.route, status, seconds, code)

@@ -58,14 +58,26 @@ async def test_the_admin_api_refuses_without_the_admin_token(start_node: NodeFac
     assert (await admin(node, "GET", f"/admin/actors/{cid}"))["unflushed_records"] == 1
 
 
-@HOT
-async def test_the_admin_token_passes_by_the_user_authentication(start_node: NodeFactory) -> None:
-    """--auth api-key would refuse a bearer it does not know: /admin is not its to check."""
-    node = await start(start_node, auth="api-key", api_keys=f"svc:{api_key_digest('k')}")
+EMBEDDED = pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+AUTHS = {
+    "api-key": {"auth": "api-key", "api_keys": f"svc:{api_key_digest('k')}"},
+    "jwt": {"auth": "jwt", "jwt_secret": "s" * 32},  # the admin token is no JWT: refused
+    "jwt+rate-limit": {"auth": "jwt", "jwt_secret": "s" * 32, "rate_limit": "1000/s"},
+}
+
+
+@EMBEDDED
+@pytest.mark.parametrize("auth", sorted(AUTHS))
+async def test_the_admin_token_passes_by_the_user_authentication(
+    start_node: NodeFactory, auth: str
+) -> None:
+    """A user authenticator would refuse the admin bearer: /admin is not its to check."""
+    node = await start(start_node, **AUTHS[auth])
     body = await admin(node, "GET", "/admin/nodes")
     assert [n["node_id"] for n in body["nodes"]] == [node.settings.node()]
+    await admin(node, "GET", "/admin/actors")
     status, _ = await node.request("GET", f"{API}/users/alice/conversations", headers=BEARER)
-    assert status == 401  # the admin token is no user credential
+    assert status == 401  # and the admin token is no user credential
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
