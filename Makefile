@@ -4,9 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-save bench-check compare scale loadtest services services-stop clean
+.PHONY: install browser run test lint bench bench-save bench-check compare scale loadtest services services-stop clean
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Debian's chromium for the admin page test (Playwright drives it; nothing is downloaded).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || scripts/services.sh browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
