@@ -28,6 +28,12 @@ def rss_bytes() -> int:
         return 0
 
 
+COMPONENTS = (
+    ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
+    ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
+)  # fmt: skip
+
+
 def node_stats(app: web.Application) -> Stats:
     """Each component's stats by name; those the node does not run are left out
     (`registry` with --cache off, `rate_limiter` without --rate-limit)."""
@@ -35,12 +41,7 @@ def node_stats(app: web.Application) -> Stats:
     conversations = app.get(CONVERSATIONS)
     if isinstance(conversations, Registry):
         sections["registry"] = conversations.stats()
-    components: list[tuple[str, Any]] = [
-        (name, app.get(key))
-        for name, key in (("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
-                          ("rate_limiter", LIMITER), ("connections", SERVER),
-                          ("requests", REQUEST_METRICS))  # fmt: skip
-    ]
+    components: list[tuple[str, Any]] = [(name, app.get(key)) for name, key in COMPONENTS]
     sender = app.get(SENDER)
     components.append(("responses", sender.budget if sender is not None else None))
     for name, component in components:

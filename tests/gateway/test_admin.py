@@ -4,7 +4,10 @@ hot actors)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,6 +15,7 @@ from gateway_helpers import API, ERROR_KEYS, chain, create_branch, new_conversat
 
 from gateway.admin_token import ADMIN
 from gateway.auth import api_key_digest
+from gateway.keys import FLUSHER
 
 if TYPE_CHECKING:
     from conftest import Node, NodeFactory
@@ -29,7 +33,7 @@ async def admin(node: Node, method: str, path: str, status: int = 200) -> Any:
 
 
 async def start(start_node: NodeFactory, **overrides: Any) -> Node:
-    return await start_node(admin_token=TOKEN, flush_interval=NO_FLUSH, **overrides)
+    return await start_node(**{"admin_token": TOKEN, "flush_interval": NO_FLUSH, **overrides})
 
 
 REFUSED = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"X-API-Key": "k"})
@@ -190,3 +194,45 @@ async def test_an_actor_that_is_not_hot_is_a_json_404(start_node: NodeFactory) -
         assert body["error"]["code"] == "not_found"
     body = await admin(node, "GET", "/admin/actors/not-a-uuid", status=422)
     assert set(body["error"]) == ERROR_KEYS
+
+
+@pytest.mark.parametrize("backend", ["embedded-cache-off"], indirect=True)
+async def test_a_node_without_hot_actors_answers_with_none(start_node: NodeFactory) -> None:
+    """--cache off keeps nothing hot: the node is listed, its actors are not."""
+    node = await start(start_node)
+    cid, root = await new_conversation(node)
+    await chain(node, cid, 2, root)
+    [figures] = (await admin(node, "GET", "/admin/nodes"))["nodes"]
+    assert figures["actors"] == figures["hot_messages"] == 0
+    assert "registry" not in figures["stats"] and figures["stats"]["journal"] == {"kind": "none"}
+    assert await admin(node, "GET", "/admin/actors") == {
+        "actors": [],
+        "total": 0,
+        "next_cursor": None,
+    }
+    await admin(node, "GET", f"/admin/actors/{cid}", status=404)
+
+
+@pytest.mark.parametrize("backend", ["cassandra+redis"], indirect=True)
+async def test_with_a_flusher_process_unflushed_records_follow_its_progress(
+    start_node: NodeFactory,
+) -> None:
+    """The flusher process stores; the node learns of it and the figures follow."""
+    node = await start(start_node, flusher_process=True, flush_interval=0.05)
+    pid = node.app[FLUSHER].stats()["flusher_process_pid"]
+    assert isinstance(pid, int) and pid
+    os.kill(pid, signal.SIGSTOP)  # nothing reaches the store meanwhile
+    try:
+        cid, root = await new_conversation(node)
+        await chain(node, cid, 3, root)
+        detail = await admin(node, "GET", f"/admin/actors/{cid}")
+        assert detail["unflushed_records"] == 4 and detail["last_flush"] is None
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60.0
+    while (detail := await admin(node, "GET", f"/admin/actors/{cid}"))["unflushed_records"]:
+        assert loop.time() < deadline, detail  # polling another process, bounded
+        await asyncio.sleep(0.05)
+    assert detail["unflushed_bytes"] == 0 and detail["last_flush"] is not None
+    assert (await admin(node, "GET", "/admin/nodes"))["nodes"][0]["unflushed_records"] == 0
