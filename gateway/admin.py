@@ -2,8 +2,7 @@
 passivate. Every figure comes from a component's stats() (gateway/node_stats.py) or a
 read-only look at one actor; the bearer is the admin token (gateway/admin_token.py).
 
-Nodes come from `Membership.nodes()`: this node alone until cluster membership
-(engine/membership.py) lists every live one with its heartbeat's stats.
+Nodes come from `Membership.nodes()` (gateway/admin_nodes.py).
 """
 
 from __future__ import annotations
@@ -11,14 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import Protocol
 
 from aiohttp import web
 
 from engine.actor import ConversationActor
 from engine.errors import InvalidInput, NotFound, Unavailable
 from engine.registry import Registry
-from gateway.admin_schemas import ActorOut, ActorsOut, NodeOut, NodesOut, PassivatedOut
+from gateway.admin_nodes import MEMBERSHIP, ThisNode
+from gateway.admin_schemas import ActorOut, ActorsOut, NodesOut, PassivatedOut
 from gateway.admin_token import ADMIN, AdminAccess, require_admin
 from gateway.codec import json_response, path_id
 from gateway.config import Settings
@@ -26,7 +25,6 @@ from gateway.connections import SERVER, ServerSlot
 from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL
 from gateway.metrics import add_metrics
 from gateway.metrics import routes as metrics_routes
-from gateway.node_stats import Stats, node_stats
 from gateway.openapi import Query, describe
 from gateway.request_metrics import REQUEST_METRICS, RequestMetrics
 from persistence.store import StoreError
@@ -41,42 +39,6 @@ SORTS: dict[str, Callable[[ActorOut], tuple[float, str]]] = {  # largest or late
 }
 
 
-class Membership(Protocol):
-    def nodes(self) -> list[NodeOut]:
-        """Every live node, this one included, with its figures."""
-        ...
-
-
-class ThisNode:
-    """Membership of a node on its own: itself, its heartbeat now."""
-
-    def __init__(self, node_id: str, address: str, app: web.Application) -> None:
-        self.node_id, self.address, self._app = node_id, address, app
-
-    def nodes(self) -> list[NodeOut]:
-        return [summary(self.node_id, self.address, 0.0, node_stats(self._app))]
-
-
-def summary(node_id: str, address: str, heartbeat_age: float, stats: Stats) -> NodeOut:
-    """A node's headline figures from its stats() (as a heartbeat carries them)."""
-    registry, flusher = stats.get("registry", {}), stats.get("flusher", {})
-    return NodeOut(
-        node_id=node_id,
-        address=address,
-        heartbeat_age_seconds=heartbeat_age,
-        actors=registry.get("hot_actors", 0),
-        hot_messages=registry.get("hot_messages", 0),
-        memory_bytes=registry.get("hot_bytes", 0),
-        rss_bytes=stats["process"]["rss_bytes"],
-        unflushed_bytes=flusher.get("unflushed_bytes", 0),
-        unflushed_records=flusher.get("unflushed_records", 0),
-        flush_lag_seconds=flusher.get("lag_ms", 0) / 1000,
-        requests_per_second=stats.get("requests", {}).get("requests_per_second", 0.0),
-        stats=stats,
-    )
-
-
-MEMBERSHIP = web.AppKey("membership", Membership)
 NODE_ID = web.AppKey("node_id", str)
 
 
