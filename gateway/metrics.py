@@ -51,8 +51,7 @@ COUNTERS = (
     ("connections", "refused", "connections_refused", "Connections refused at the cap"),
     ("rate_limiter", "limited", "rate_limited_requests", "Requests refused by the rate limit"),
     ("retention", "swept", "expired_conversations", "Expired conversations removed"),
-    # Cluster figures: absent until their components (forwarding, leases) exist.
-    ("forwarder", "forwarded", "forwarded_requests", "Requests forwarded to their owner"),
+    # Cluster figures: lease ones absent until the directory reports them.
     ("directory", "renewals", "lease_renewals", "Lease renewals"),
     ("directory", "losses", "lease_losses", "Leases lost"),
 )
@@ -77,6 +76,10 @@ class NodeCollector(Collector):
         for section, key, name, about in COUNTERS:
             if key in stats.get(section, {}):
                 yield CounterMetricFamily(PREFIX + name, about, value=stats[section][key])
+        forwarded = stats.get("forwarder", {}).get("forwarded", 0)  # 0 on a node alone
+        yield CounterMetricFamily(
+            PREFIX + "forwarded_requests", "Requests forwarded to their owner", value=forwarded
+        )
         lag = stats.get("flusher", {}).get("lag_ms")
         if lag is not None:
             yield GaugeMetricFamily(

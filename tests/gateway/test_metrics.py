@@ -50,7 +50,8 @@ async def test_the_figures_parse_and_follow_what_was_written(start_node: NodeFac
     assert samples[("canopy_resident_memory_bytes", ())] > samples[("canopy_hot_bytes", ())]
     assert samples[("canopy_journal_append_duration_seconds_count", ())] >= 1
     assert ("canopy_flush_duration_seconds_count", ()) in samples
-    assert ("canopy_forwarded_requests_total", ()) not in samples  # no forwarding yet
+    assert samples[("canopy_forwarded_requests_total", ())] == 0  # a node alone
+    assert ("canopy_lease_renewals_total", ()) not in samples  # no leases yet
     creations = requests_of(samples, f"{API}/conversations", "200", "POST")
     assert creations == 1
 
