@@ -4,9 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-save bench-check compare scale loadtest services services-stop clean
+.PHONY: install browser run test lint bench bench-save bench-check compare scale loadtest services services-stop clean
 
 install: $(STAMP)
+
+# Debian's chromium for the admin page test (Playwright drives it; nothing is downloaded);
+# `make test` needs it, `make run` does not.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || scripts/services.sh browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +22,7 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/canopy serve --data-dir $${CANOPY_DATA_DIR:-./data}
 
-test: install services
+test: install browser services
 	$(BIN)/pytest -q
 
 # Real Redis (Debian package) and Apache Cassandra 5.0 (from Maven Central) on loopback.

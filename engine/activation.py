@@ -43,6 +43,16 @@ class ActivationTable:
             self._touched[conversation_id] = time.monotonic()
         return actor
 
+    def looked(self, conversation_id: str) -> tuple[ConversationActor, float] | None:
+        """The actor and when it was last touched (time.monotonic), without touching it."""
+        actor = self._hot.get(conversation_id)
+        return None if actor is None else (actor, self._touched[conversation_id])
+
+    def with_touches(self) -> Iterator[tuple[ConversationActor, float]]:
+        """Each hot actor with when it was last touched, least recently used first."""
+        touched = self._touched
+        return ((actor, touched[cid]) for cid, actor in self._hot.items())
+
     def actors(self) -> ValuesView[ConversationActor]:
         return self._hot.values()
 

@@ -60,6 +60,9 @@ class AcknowledgingJournal:
     def release(self, conversation_id: str) -> None:
         self._journal.release(conversation_id)
 
+    def epoch(self, conversation_id: str) -> int:
+        return self._journal.epoch(conversation_id)
+
     async def replay(self) -> list[Entry]:
         return await self._journal.replay()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -161,6 +161,16 @@ class Registry:
         return self._collector.tasks()
 
     # -- lookup and activation -----------------------------------------------------------
+
+    def hot(self, conversation_id: str) -> tuple[ConversationActor, float] | None:
+        """The conversation's actor and when it was last touched (time.monotonic), if
+        it is hot; neither activated nor touched (the admin API's look)."""
+        return self._table.looked(conversation_id)
+
+    def hot_actors(self) -> Iterator[tuple[ConversationActor, float]]:
+        """Each hot actor with when it was last touched (time.monotonic), least
+        recently used first (the admin API's listing)."""
+        return self._table.with_touches()
 
     async def get(self, principal: Principal, conversation_id: str) -> ConversationActor:
         """The conversation's actor, activating it if needed; NotFound if unknown, deleted

@@ -21,6 +21,7 @@ from engine.retention import Retention
 from engine.service import Conversations
 from engine.store_backed import StoreBacked
 from gateway.accounts import Accounts
+from gateway.admin import add_admin
 from gateway.auth import auth_middleware, authenticators
 from gateway.auth_failures import AuthFailures
 from gateway.cluster_member import join
@@ -38,6 +39,7 @@ from gateway.keys import (
     DEFAULT_TTL,
     EDGE,
     FLUSHER,
+    JOURNAL,
     LOGIN_LIMITER,
     REDIS,
     RESPONSES,
@@ -148,6 +150,7 @@ def create_app(settings: Settings) -> web.Application:
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
     add_routes(app)
+    add_admin(app, settings)  # /admin/..., /metrics
     build_on_startup(app, settings.auth_modes())
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
     app[SENDER] = Sender(ResponseBudget(settings.responses()))
@@ -169,6 +172,7 @@ def create_app(settings: Settings) -> web.Application:
             journal = await stack.enter_async_context(
                 NoJournal() if cache_off else open_journal(settings, pool)
             )
+            app[JOURNAL] = journal
             # Left after the flusher's final flush: leases outlive what they cover.
             member = app[CLUSTER] = await join(settings, journal, stack, lambda: node_report(app))
             flusher = await write_behind(settings, store, journal, stack, pool)

@@ -85,6 +85,8 @@ class Settings:
     retention_sweep_seconds: float = 60.0  # between removals of expired conversations
     default_ttl_seconds: int = 0  # a new conversation expires this long after creation; 0: never
     sidebar_cache_seconds: float = 60.0  # a user's first-page store rows kept at most; 0: none
+    admin_token: str = ""  # bearer of /admin/... and /metrics; "": one is made at start
+    metrics_public: bool = False  # /metrics answers without the admin token
 
     def registry(self) -> RegistryConfig:
         return RegistryConfig(
@@ -165,6 +167,7 @@ GROUPS = {
     "limits": "memory, request and response bounds",
     "auth": "who may call",
     "cluster": "membership and ownership among nodes",
+    "admin": "the admin API and page, and Prometheus metrics",
 }
 
 HEARTBEATS_PER_DEADLINE = 3  # a node stops acknowledging after missing this many
@@ -295,6 +298,11 @@ _OPTIONS: dict[str, Option] = {
     "accounts": Option(("CANOPY_ACCOUNTS",), bool, "auth",
         "built-in accounts: /api/auth/register, /api/auth/login, /api/auth/me (needs --auth jwt)",
         "off"),
+    "admin_token": Option(("CANOPY_ADMIN_TOKEN",), str, "admin",
+        "bearer token of /admin/... and /metrics (Authorization: Bearer <token>)",
+        "none: one is made at start and logged"),
+    "metrics_public": Option(("CANOPY_METRICS_PUBLIC",), bool, "admin",
+        "serve /metrics without the admin token (for a scrape on a private network)", "off"),
 }  # fmt: skip
 
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})

@@ -229,6 +229,18 @@ class EdgeServer(web.Server):
         await super().shutdown(drain / 2)
 
 
+class ServerSlot:
+    """Where the app finds the server that serves it (made after the app is frozen)."""
+
+    server: EdgeServer | None = None
+
+    def stats(self) -> dict[str, int]:
+        return self.server.stats() if self.server is not None else {}
+
+
+SERVER = web.AppKey("edge_server", ServerSlot)
+
+
 class EdgeRunner(web.AppRunner):
     """An AppRunner whose server is an EdgeServer."""
 
@@ -238,7 +250,7 @@ class EdgeRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup
-        return EdgeServer(
+        server = EdgeServer(
             Dispatcher(self.app),
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
@@ -246,6 +258,9 @@ class EdgeRunner(web.AppRunner):
             max_connections=self.max_connections,
             **plain._kwargs,
         )
+        if SERVER in self.app:
+            self.app[SERVER].server = server
+        return server
 
 
 class EdgeSite(web.BaseSite):

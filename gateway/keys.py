@@ -16,6 +16,7 @@ from gateway.login_limiter import LoginLimiter
 from gateway.response_cache import ResponseCache
 from gateway.responses import Sender
 from persistence.flusher import Flusher
+from persistence.journal import Journal
 from persistence.store import Store
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ RETENTION = web.AppKey("retention", Retention)
 DEFAULT_TTL = web.AppKey("default_ttl_seconds", int)  # of a new conversation; 0: none
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
+JOURNAL = web.AppKey("journal", Journal)
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)

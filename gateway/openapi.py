@@ -22,7 +22,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from gateway.auth import is_public
+from gateway.auth import is_admin, is_public
 from gateway.guards import USER_HEADER
 from gateway.paging import MAX_LIMIT
 from gateway.router import SegmentRouter
@@ -227,13 +227,14 @@ def _operation(
         | ({"description": q.description} if q.description else {})
         for q in op.query
     ]
-    public = is_public(pattern)
-    if not public:
+    page = pattern == "/admin"  # the admin page asks for the token itself
+    public, admin = is_public(pattern) or page, is_admin(pattern) and not page
+    if not (public or admin):
         parameters.append({"$ref": f"#/components/parameters/{USER_PARAMETER}"})
     result: dict[str, Any] = {
         "summary": op.summary,
         "operationId": _operation_id(method, pattern),
-        "responses": _responses(op, _errors(op, bool(names), public), schema_of),
+        "responses": _responses(op, _errors(op, bool(names), public or admin, admin), schema_of),
     }
     if parameters:
         result["parameters"] = parameters
@@ -244,11 +245,13 @@ def _operation(
         }
     if public:
         result["security"] = []  # reachable without a credential
+    elif admin:
+        result["security"] = [{ADMIN_SCHEME: []}]
     return result
 
 
-def _errors(op: Operation, has_path: bool, public: bool) -> set[int]:
-    errors = {421, 429} | set(op.errors)
+def _errors(op: Operation, has_path: bool, public: bool, admin: bool = False) -> set[int]:
+    errors = {421, 429} | set(op.errors) | ({401} if admin else set())
     if op.body is not None:
         errors |= {400, 408, 413, 415, 422, 503}
     if has_path:
@@ -303,19 +306,24 @@ def _operation_id(method: str, pattern: str) -> str:
     return "_".join([method.lower(), *words])
 
 
+ADMIN_SCHEME = "adminToken"  # /admin/... and /metrics (gateway/admin_token.py)
+
+
 def _security_schemes(modes: frozenset[str]) -> dict[str, Any]:
-    schemes: dict[str, Any] = {}
+    schemes: dict[str, Any] = {
+        ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "--admin-token"}
+    }
     if "jwt" in modes:
         schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     if "api-key" in modes:
         schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-    return {"securitySchemes": schemes} if schemes else {}
+    return {"securitySchemes": schemes}
 
 
 def _security(modes: frozenset[str]) -> list[dict[str, list[str]]] | None:
     """Any configured scheme will do; with `none` among the modes, none is needed."""
     requirements: list[dict[str, list[str]]] = [
-        {name: []} for name in _security_schemes(modes).get("securitySchemes", {})
+        {name: []} for name in _security_schemes(modes)["securitySchemes"] if name != ADMIN_SCHEME
     ]
     if not requirements:
         return None

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import Counter, defaultdict
+import time
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from persistence.background import Backoff, Throttled, backoff_delay
 from persistence.journal import Journal, JournalError
 from persistence.keyed_lock import KeyedLock
+from persistence.latency import SIZE_BUCKETS, Histogram
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class _Mark:
 
 
 _NO_MARK = object()  # no checkpoint is complete yet: nothing may be trimmed
+LAST_FLUSHES_KEPT = 65_536  # conversations whose last store write time is remembered
 
 
 class Backpressure(Exception):
@@ -79,6 +82,11 @@ class Flusher:
         # The nbytes of every Changes in both sets, kept as they grow and are written:
         # every mutation checks it, so summing the sets there would cost O(dirty).
         self._unflushed = 0
+        self._unflushed_records = 0
+        self._dirty_since: dict[str, float] = {}  # monotonic: when it last became dirty
+        self._last_flush: OrderedDict[str, float] = OrderedDict()  # wall clock, bounded
+        self.flush_seconds = Histogram()  # one conversation's store write
+        self.batch_records = Histogram(SIZE_BUCKETS)  # journal records in it
         self._exclusive = KeyedLock()  # one writer per conversation
         self._generation = 0
         self._inflight: defaultdict[int, int] = defaultdict(int)
@@ -169,12 +177,15 @@ class Flusher:
         found = self._dirty.get(conversation_id)
         if found is None:
             found = self._dirty[conversation_id] = Changes()
+            self._dirty_since.setdefault(conversation_id, time.monotonic())
             self._wake.set()
         before = found.nbytes
         try:
             apply(found)
         finally:
             self._unflushed += found.nbytes - before
+            found.records += 1
+            self._unflushed_records += 1
 
     def watch_clean(self, watcher: Callable[[str], None]) -> None:
         """Call `watcher(conversation_id)` whenever a conversation has nothing unflushed
@@ -189,16 +200,35 @@ class Flusher:
     def unflushed_bytes(self) -> int:
         return self._unflushed
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, object]:
         """Counters for the admin API and metrics."""
+        oldest = min(self._dirty_since.values(), default=None)
         return {
             "dirty_conversations": len(self._dirty),
             "writing_conversations": len(self._writing),
             "unflushed_bytes": self._unflushed,
+            "unflushed_records": self._unflushed_records,
+            "lag_ms": 0 if oldest is None else int((time.monotonic() - oldest) * 1000),
             "failing_conversations": len(self._failures),
             "batches_written": self.batches_written,
             "messages_written": self.messages_written,
+            "flush_seconds": self.flush_seconds.snapshot(),
+            "batch_records": self.batch_records.snapshot(),
         }
+
+    def unflushed(self, conversation_id: str) -> tuple[int, int]:
+        """(bytes, journal records) of the conversation not yet in the store."""
+        nbytes = records = 0
+        for changes in (self._writing.get(conversation_id), self._dirty.get(conversation_id)):
+            if changes is not None:
+                nbytes += changes.nbytes
+                records += changes.records
+        return nbytes, records
+
+    def last_flush(self, conversation_id: str) -> float | None:
+        """When (epoch seconds) the conversation was last written to the store, if
+        among the last LAST_FLUSHES_KEPT conversations written."""
+        return self._last_flush.get(conversation_id)
 
     def pending(self) -> Iterator[tuple[str, Changes]]:
         """Unflushed changes, older before newer for each conversation (read-your-writes)."""
@@ -214,6 +244,7 @@ class Flusher:
             if changes is None:
                 return
             self._writing[conversation_id] = changes
+            started = time.perf_counter()
             try:
                 await self._store.write(conversation_id, changes)
             except BaseException:
@@ -224,13 +255,29 @@ class Flusher:
                 raise
             finally:
                 del self._writing[conversation_id]
+            self.flush_seconds.observe(time.perf_counter() - started)
             self._unflushed -= changes.nbytes
+            self._unflushed_records -= changes.records
             self.batches_written += 1
             self.messages_written += len(changes.messages)
+            self.batch_records.observe(changes.records)
+            self._flushed(conversation_id)
             self._stored_at(conversation_id, changes.version)
             if conversation_id not in self._dirty:
                 for watcher in self._clean_watchers:
                     watcher(conversation_id)
+
+    def _flushed(self, conversation_id: str) -> None:
+        """Remember when it was stored; its lag restarts if it was written to meanwhile
+        (from now: an upper bound on when that write came)."""
+        self._last_flush[conversation_id] = time.time()
+        self._last_flush.move_to_end(conversation_id)
+        if len(self._last_flush) > LAST_FLUSHES_KEPT:
+            self._last_flush.popitem(last=False)
+        if conversation_id in self._dirty:
+            self._dirty_since[conversation_id] = time.monotonic()
+        else:
+            self._dirty_since.pop(conversation_id, None)
 
     async def flush_all(self, retries: int = 0) -> bool:
         """Mark the journal, write every dirty conversation, trim: True once all is stored

@@ -41,6 +41,10 @@ class Journal(Protocol):
         """Forget ownership of a passivated conversation."""
         ...
 
+    def epoch(self, conversation_id: str) -> int:
+        """The fencing epoch this node holds the conversation at (0: not fenced)."""
+        ...
+
     def append(self, conversation_id: str, seq: int, payload: bytes) -> Awaitable[None]:
         """Queue a record now (order of calls is order in the log); await its durability."""
         ...
@@ -90,6 +94,9 @@ class NoJournal:
 
     def release(self, conversation_id: str) -> None:
         pass
+
+    def epoch(self, conversation_id: str) -> int:
+        return 0
 
     async def append(self, conversation_id: str, seq: int, payload: bytes) -> None:
         pass

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import NamedTuple
 
 from persistence.background import Throttled, within
 from persistence.journal import Entry, JournalDamaged, JournalError
+from persistence.latency import Histogram
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -192,6 +194,7 @@ class FileJournal:
         self.records_written = 0
         self.damaged_bytes = 0
         self.set_aside_records = 0
+        self.append_seconds = Histogram()  # one group write (and its fsync, if always)
 
     async def __aenter__(self) -> FileJournal:
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +233,9 @@ class FileJournal:
 
     def release(self, conversation_id: str) -> None:
         pass
+
+    def epoch(self, conversation_id: str) -> int:
+        return 0  # one process owns the data dir: nothing to fence
 
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
         self._frames.append(frame(payload))
@@ -349,6 +355,7 @@ class FileJournal:
             "queued": len(self._frames),
             "damaged_bytes": self.damaged_bytes,
             "set_aside_records": self.set_aside_records,
+            "append_seconds": self.append_seconds.snapshot(),
         }
 
     def _open_segment(self, index: int) -> None:
@@ -386,6 +393,7 @@ class FileJournal:
                 frames, waiters, drains = self._frames, self._waiters, self._drains
                 self._frames, self._waiters, self._drains = [], [], []
                 self._writing, self._drains_writing = waiters, drains
+                started = time.perf_counter()
                 try:
                     await self._write(b"".join(frames))
                 except BaseException as exc:  # the writer outlives any failure but its cancel
@@ -401,6 +409,7 @@ class FileJournal:
                     for drained in drains:
                         if not drained.done():
                             drained.set_result(None)
+                self.append_seconds.observe(time.perf_counter() - started)
                 self.records_written += len(frames)
                 for waiter in waiters:
                     if not waiter.done():

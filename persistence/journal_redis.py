@@ -26,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from persistence import journal_migration, redis_keys
 from persistence.background import Throttled
 from persistence.journal import Entry, JournalError
+from persistence.latency import Histogram
 from persistence.redis_pool import RedisPool, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class RedisJournal:
         self.set_aside_records = 0
         self.sends = 0  # script runs of appends, and the records they carried
         self.records_sent = 0
+        self.append_seconds = Histogram()  # one send: the script calls of a tick's records
 
     async def __aenter__(self) -> RedisJournal:
         try:
@@ -137,6 +140,9 @@ class RedisJournal:
 
     def release(self, conversation_id: str) -> None:
         self._epochs.pop(conversation_id, None)
+
+    def epoch(self, conversation_id: str) -> int:
+        return self._epochs.get(conversation_id, 0)
 
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -190,6 +196,7 @@ class RedisJournal:
             calls.append((keys, args))
         self.sends += len(calls)
         self.records_sent += sum(len(records) for records in grouped.values())
+        started = time.perf_counter()
         try:
             results = await self._run(_APPEND, calls)
         except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
@@ -198,6 +205,7 @@ class RedisJournal:
                 if not future.done():
                     future.set_exception(JournalError(f"redis unavailable: {exc}"))
             return
+        self.append_seconds.observe(time.perf_counter() - started)
         for records, result in zip(grouped.values(), results, strict=True):
             for *_, future in records:
                 if future.done():  # its appender stopped waiting meanwhile
@@ -268,6 +276,7 @@ class RedisJournal:
             "set_aside_records": self.set_aside_records,
             "sends": self.sends,
             "records_sent": self.records_sent,
+            "append_seconds": self.append_seconds.snapshot(),
         }
 
     async def mark(self) -> object:

@@ -131,15 +131,16 @@ class RemoteFlusher(Flusher):
         ):
             raise Backpressure(retry_after=1.0)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, object]:
         lag = 0.0
         if self._unstored:
             now = asyncio.get_running_loop().time()
             lag = now - min(versions[0][2] for versions in self._unstored.values())
-        stats = {
+        stats: dict[str, object] = {
             "dirty_conversations": len(self._unstored),
             "writing_conversations": 0,
             "unflushed_bytes": self._unflushed,
+            "unflushed_records": sum(len(versions) for versions in self._unstored.values()),
             "lag_ms": int(lag * 1000),
             "flusher_lease_ms": self._lease_ms,
         }
@@ -147,6 +148,10 @@ class RemoteFlusher(Flusher):
         process = self._process_stats()
         stats.update({f"flusher_process_{k}": int(v) for k, v in process.items()})  # type: ignore[call-overload]
         return stats
+
+    def unflushed(self, conversation_id: str) -> tuple[int, int]:
+        versions = self._unstored.get(conversation_id, ())
+        return sum(nbytes for _, nbytes, _ in versions), len(versions)
 
     def pending(self) -> Iterator[tuple[str, Changes]]:
         return iter(())  # the rows live in the journal until the flusher process stores them
@@ -201,6 +206,7 @@ class RemoteFlusher(Flusher):
             return
         while versions and versions[0][0] <= version:
             self._unflushed -= versions.popleft()[1]
+            self._flushed(conversation_id)  # as this node learns it
         if not versions:
             del self._unstored[conversation_id]
             for watcher in self._clean_watchers:

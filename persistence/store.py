@@ -56,6 +56,7 @@ class Changes:
     shares: dict[str, Share | None] = field(default_factory=dict)
     version: int = 0
     nbytes: int = 0
+    records: int = 0  # journal records folded in (the admin API's unflushed records)
 
     @property
     def deleted(self) -> bool:
@@ -70,6 +71,7 @@ class Changes:
         self.shares.update(newer.shares)
         self.version = max(self.version, newer.version)
         self.nbytes += newer.nbytes
+        self.records += newer.records
 
 
 class Store(Protocol):

@@ -4,6 +4,8 @@
 #   scripts/services.sh start  [redis|redis-cluster|cassandra]   install if needed, start, wait until answering
 #   scripts/services.sh stop   [redis|redis-cluster|cassandra]   stop what this script started (pid files)
 #   scripts/services.sh status [redis|redis-cluster|cassandra]   exit 0 only if every named server answers
+#   scripts/services.sh browser                    install Debian's chromium if missing (the
+#                                                  admin page test drives it with Playwright)
 #
 # Redis:     Debian package redis-server (apt-get), our own instance from a
 #            generated config -- the system service is never used.
@@ -501,15 +503,32 @@ cassandra_status() {
     fi
 }
 
+# ---------------------------------------------------------------- browser --
+
+# Debian's chromium: Playwright (from PyPI) drives it by its path, so no browser
+# build is ever downloaded.
+browser_install() {
+    if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then
+        return 0
+    fi
+    mkdir -p "$STATE_DIR"
+    apt_install chromium
+    log "browser: $(chromium --version 2>/dev/null || echo chromium) installed"
+}
+
 # ------------------------------------------------------------------- main --
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
 main() {
     local cmd=${1:-} target=${2:-all}
+    if [[ $cmd == browser ]]; then
+        browser_install
+        return
+    fi
     local services
     case $target in
         all) services=(redis redis-cluster cassandra) ;;

@@ -174,6 +174,10 @@ def test_every_non_public_route_takes_x_canopy_user_as_its_modes_mean_it() -> No
         for path, item in doc["paths"].items():
             for method, operation in item.items():
                 names = [p["name"] for p in parameters(doc, operation)]
+                if operation.get("security") == [{"adminToken": []}]:  # no user's route
+                    assert path.startswith("/admin/") or path == "/metrics", path
+                    assert "X-Canopy-User" not in names and "401" in operation["responses"]
+                    continue
                 public = operation.get("security") == []
                 assert ("X-Canopy-User" in names) != public, (modes, method, path)
                 assert public or "422" in operation["responses"]  # the header's length
@@ -184,6 +188,19 @@ def test_every_non_public_route_takes_x_canopy_user_as_its_modes_mean_it() -> No
         assert ("acts for" in text) == ("api-key" in modes), modes
         assert ("--auth none" in text) == ("none" in modes), modes
         assert ("subject" in text) == ("jwt" in modes), modes
+
+
+def test_the_admin_routes_name_the_admin_token_in_every_mode() -> None:
+    for doc in documents().values():
+        scheme = doc["components"]["securitySchemes"]["adminToken"]
+        assert scheme == {"type": "http", "scheme": "bearer", "description": "--admin-token"}
+        admin = {p for p in doc["paths"] if p.startswith("/admin/") or p == "/metrics"}
+        assert {"/admin/nodes", "/admin/actors", "/metrics"} <= admin
+        for path in admin:
+            for operation in doc["paths"][path].values():
+                assert operation["security"] == [{"adminToken": []}], path
+        assert doc["paths"]["/admin"]["get"]["security"] == []  # the page asks for it
+        assert {"adminToken": []} not in doc.get("security", [])
 
 
 def test_a_401_names_its_www_authenticate_header() -> None:

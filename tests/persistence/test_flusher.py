@@ -212,14 +212,22 @@ async def test_a_cycle_writes_each_dirty_conversation_once(env: Env, rows: Rows)
     for seq in range(1, 4):
         for cid in ("c1", "c2", "c3"):
             await env.mutate(cid, seq, messages=(root(rows, cid),))
-    assert env.flusher.stats()["dirty_conversations"] == 3
+    dirty = env.flusher.stats()
+    assert (dirty["dirty_conversations"], dirty["unflushed_records"]) == (3, 9)
+    assert env.flusher.unflushed("c1")[1] == 3 and env.flusher.last_flush("c1") is None
     assert await env.flusher.flush_all()
     assert sorted(env.store.written) == [("c1", 3), ("c2", 3), ("c3", 3)]
     assert env.flusher.batches_written == 3
-    assert env.flusher.stats() == {
+    stats = env.flusher.stats()
+    flushes, batches = stats.pop("flush_seconds"), stats.pop("batch_records")
+    assert stats == {
         "dirty_conversations": 0, "writing_conversations": 0, "unflushed_bytes": 0,
+        "unflushed_records": 0, "lag_ms": 0,
         "failing_conversations": 0, "batches_written": 3, "messages_written": 3,
     }  # fmt: skip
+    assert flushes["count"] == 3  # type: ignore[index]
+    assert (batches["count"], batches["sum"]) == (3, 9)  # type: ignore[index]  # 3 records each
+    assert env.flusher.unflushed("c1") == (0, 0) and env.flusher.last_flush("c1") is not None
     assert await env.flusher.flush_all()
     assert len(env.store.attempts) == 3  # nothing dirty: no more writes
 

@@ -1,0 +1,50 @@
+"""Every component's stats() in one dict: what the admin API, /metrics and (with
+membership) the heartbeat carry. Read when asked, never kept: no loose counters."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aiohttp import web
+
+from engine.registry import Registry
+from gateway.connections import SERVER
+from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL, RETENTION, SENDER
+from gateway.ratelimit import LIMITER
+from gateway.request_metrics import REQUEST_METRICS
+
+Stats = dict[str, dict[str, Any]]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """The process's resident memory (Linux), 0 where /proc is not there."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+COMPONENTS = (
+    ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
+    ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
+)  # fmt: skip
+
+
+def node_stats(app: web.Application) -> Stats:
+    """Each component's stats by name; those the node does not run are left out
+    (`registry` with --cache off, `rate_limiter` without --rate-limit)."""
+    sections: Stats = {"process": {"rss_bytes": rss_bytes(), "pid": os.getpid()}}
+    conversations = app.get(CONVERSATIONS)
+    if isinstance(conversations, Registry):
+        sections["registry"] = conversations.stats()
+    components: list[tuple[str, Any]] = [(name, app.get(key)) for name, key in COMPONENTS]
+    sender = app.get(SENDER)
+    components.append(("responses", sender.budget if sender is not None else None))
+    for name, component in components:
+        if component is not None:
+            sections[name] = component.stats()
+    return sections
