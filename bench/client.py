@@ -72,6 +72,7 @@ class Connection(asyncio.BufferedProtocol):
         self._keep = False
         self._body = bytearray()
         self._busy = False
+        self.head = b""  # the last response head, lower-cased, while keep_bodies is set
 
     @classmethod
     async def open(cls, port: int, host: str = HOST) -> Connection:
@@ -106,6 +107,14 @@ class Connection(asyncio.BufferedProtocol):
         self.on_response = done
         self.send(data)
         return await future
+
+    def header(self, name: bytes) -> bytes:
+        """A header of the last response `fetch` got (lower-case name); b"" if absent."""
+        for line in self.head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key == name:
+                return value.strip()
+        return b""
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._filled == len(self._buffer):
@@ -147,6 +156,8 @@ class Connection(asyncio.BufferedProtocol):
         self._remaining = int(head[at + 17 : line_end if line_end > 0 else len(head)])
         self._status = int(head[9:12])
         self._keep = self.keep_bodies or self._status != 200
+        if self.keep_bodies:
+            self.head = head
         return True
 
     def _finish(self) -> None:
