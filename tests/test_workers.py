@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from persistence.data_dir import DataDirLock
 from tests.processes import NodeProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -209,3 +210,19 @@ async def test_sigterm_stops_the_supervisor_and_every_worker_cleanly(node: NodeP
     pids = worker_pids(node)
     assert await node.stop(signal.SIGTERM) == 0
     assert not [pid for pid in pids.values() if alive(pid)]
+
+
+async def test_the_supervisor_exits_non_zero_when_a_worker_cannot_start(
+    tmp_path: Path, unused_tcp_port_factory: Any
+) -> None:
+    data = tmp_path / "data"
+    with DataDirLock(data / "worker-1"):  # worker 1 finds its shard in use
+        supervisor = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "serve", "--workers", "2",
+            "--data-dir", str(data), "--port", str(unused_tcp_port_factory()),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await supervisor.communicate()
+    assert supervisor.returncode == 1, output
+    assert b"worker-1 exited with 2 before serving" in output
+    assert b"Running on" not in output
