@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,3 +75,11 @@ def node(command: list[str], port: int, log_path: Path, cpus: set[int] | None) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def canopy(port: int, data_dir: Path, *extra: str, workers: int = 1) -> list[str]:
+    """The command of a `canopy serve` node (`workers` > 1: a supervisor and its workers;
+    its CPU is the process tree's, bench.cpu.tree_cpu_seconds)."""
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
+               "--data-dir", str(data_dir), *extra]  # fmt: skip
+    return command + (["--workers", str(workers)] if workers != 1 else [])

@@ -81,10 +81,11 @@ class NewConversation:
     tags: tuple[str, ...] = ()
     expires_at: datetime | None = None
 
-    def created(self) -> Created:
-        """The creation event: a new row, its root message, the copies re-numbered."""
+    def created(self, conversation_id: str | None = None) -> Created:
+        """The creation event: a new row (a new id unless given), its root message, the
+        copies re-numbered."""
         at = now()
-        conversation_id, root_id = new_id(), new_id()
+        conversation_id, root_id = conversation_id or new_id(), new_id()
         meta = Conversation(
             conversation_id=conversation_id,
             root_id=root_id,

@@ -8,7 +8,7 @@ from engine.access import Principal
 from engine.actor import Observer
 from engine.first_reads import FirstReads
 from engine.moves import ActivityMoves
-from engine.sidebar import Filters, HotListing, Page, Sidebar
+from engine.sidebar import Filters, HotListing, Page, ShardPage, Sidebar
 from persistence.flusher import Flusher
 from persistence.store import Store
 
@@ -23,6 +23,11 @@ class Listing:
 
     async def user_conversations(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         return await self._sidebar.ids(principal, user_id, limit)
+
+    async def shard_page(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> ShardPage:
+        return await self._sidebar.shard_page(principal, filters, limit, cursor)
 
     async def page(
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None

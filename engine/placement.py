@@ -10,7 +10,7 @@ single-node default answers "this node" without hashing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 
@@ -69,3 +69,17 @@ def _primed(node_id: str) -> hashlib.blake2b:
     hasher.update(node_id.encode())
     hasher.update(b"\0")  # "ab"+"c" and "a"+"bc" score differently
     return hasher
+
+
+def placed_here(placement: Placement, node_id: str, new_id: Callable[[], str]) -> Callable[[], str]:
+    """A source of new ids that `placement` puts on `node_id`: random ids drawn until
+    one lands here (about N draws among N nodes), so a conversation is created where it
+    belongs without a hop, whichever node the request reached."""
+
+    def draw() -> str:
+        while True:
+            candidate = new_id()
+            if placement.owner_of(candidate) == node_id:
+                return candidate
+
+    return draw

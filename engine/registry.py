@@ -26,6 +26,7 @@ from engine.actor import (
     Passivated,
     commit,
     gone,
+    new_id,
 )
 from engine.budget import default_max_hot_bytes
 from engine.collection import Collector
@@ -37,7 +38,7 @@ from engine.listing import Listing
 from engine.loading import Loader
 from engine.placement import Placement, ThisNode
 from engine.recovery import recover
-from engine.sidebar import Filters, Page
+from engine.sidebar import Filters, Page, ShardPage
 from persistence.flusher import Flusher
 from persistence.journal import Journal, JournalError
 from persistence.records import Message, Record
@@ -78,6 +79,7 @@ class Registry:
         directory: Directory | None = None,
         placement: Placement | None = None,
         node_id: str = "this-node",
+        conversation_ids: Callable[[], str] | None = None,
     ) -> None:
         self._journal = journal
         self._flusher = flusher
@@ -86,6 +88,9 @@ class Registry:
         self._directory.on_lost(self._lost)
         self._placement = placement or ThisNode(node_id)
         self._node_id = node_id
+        # where new conversation ids come from (engine/placement.py's placed_here: ids
+        # this node owns, so a creation needs no handover)
+        self._new_id = conversation_ids or new_id
         self._table = ActivationTable()
         self._collector = Collector(self._table, flusher, config, self._directory.release)
         self._listing = Listing(store, flusher, config.sidebar_first_reads_seconds)
@@ -268,7 +273,7 @@ class Registry:
     async def create(self, principal: Principal, new: NewConversation) -> ConversationActor:
         """Create a conversation with its root message (and a fork's copied messages)."""
         principal.require_write()
-        event = new.created()
+        event = new.created(self._new_id())
         conversation_id = event.conversation.conversation_id
         try:
             await self._acquire(conversation_id)
@@ -332,6 +337,12 @@ class Registry:
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None
     ) -> Page:
         return await self._listing.page(principal, filters, limit, cursor)
+
+    async def shard_page(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> ShardPage:
+        """This node's page of a listing merged across shards (engine/sidebar_merge.py)."""
+        return await self._listing.shard_page(principal, filters, limit, cursor)
 
     # -- recovery and passivation -----------------------------------------------------------
 

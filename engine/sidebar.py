@@ -77,6 +77,17 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class ShardPage:
+    """One shard's page for a merge: items with their keys, whether more follow, and
+    the listing moment its cursors pin (`incarnation`, `pinned`)."""
+
+    entries: list[tuple[Key, Item]]
+    more: bool
+    incarnation: str
+    pinned: int
+
+
 class _Cursor(msgspec.Struct, array_like=True):
     incarnation: str
     pinned: int
@@ -160,6 +171,18 @@ class HotListing:
         return {meta.created_by, *holders}
 
 
+USER_LISTING = Filters(archived=None)  # seed 000's: archived ones too
+
+
+def listing_for(principal: Principal, user_id: str) -> Principal:
+    """Who seed 000's listing of `user_id` lists as; Forbidden unless the caller is that
+    user or a service."""
+    if not principal.may_list(user_id):
+        raise Forbidden("permission_denied", "only that user, or a service acting for "
+                        "them or for no one, may list their conversations")  # fmt: skip
+    return Principal(user_id, "user")
+
+
 class Sidebar:
     """Lists a user's conversations from the store, the hot listing and the moves."""
 
@@ -197,10 +220,7 @@ class Sidebar:
     async def ids(self, principal: Principal, user_id: str, limit: int) -> list[str]:
         """Seed 000's listing: ids of what `user_id` owns or was shared, archived ones
         too, newest activity first; Forbidden unless the caller is that user or a service."""
-        if not principal.may_list(user_id):
-            raise Forbidden("permission_denied", "only that user, or a service acting for "
-                            "them or for no one, may list their conversations")  # fmt: skip
-        page = await self.page(Principal(user_id, "user"), Filters(archived=None), limit, None)
+        page = await self.page(listing_for(principal, user_id), USER_LISTING, limit, None)
         return [item.meta.conversation_id for item in page.items]
 
     async def page(
@@ -213,6 +233,31 @@ class Sidebar:
                 "listing conversations needs a user: send X-Canopy-User or a user's credential"
             )
         pinned, after = self._resume(cursor, filters) if cursor else (None, None)
+        entries, more = await self._entries(user, filters, limit, pinned, after)
+        next_cursor = None
+        if more:
+            next_cursor = self._cursor(pinned, entries[-1][0], filters)
+        return Page([item for _, item in entries], next_cursor)
+
+    async def shard_page(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> ShardPage:
+        """A page as `page` makes it, with each item's listing key and the moment it
+        is pinned to, for a merge of several shards' pages (engine/sidebar_merge.py)."""
+        user = principal.user_id
+        if user is None:
+            raise InvalidInput(
+                "listing conversations needs a user: send X-Canopy-User or a user's credential"
+            )
+        pinned, after = self._resume(cursor, filters) if cursor else (None, None)
+        entries, more = await self._entries(user, filters, limit, pinned, after)
+        if pinned is None:
+            pinned = self.moves.pin()  # no await since the ranking: its moment
+        return ShardPage(entries, more, self.moves.incarnation, pinned)
+
+    async def _entries(
+        self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
+    ) -> tuple[list[tuple[Key, Item]], bool]:
         try:
             return await self._page(user, filters, limit, pinned, after)
         except StoreError as exc:
@@ -223,7 +268,7 @@ class Sidebar:
             cursor = _cursor_decode(base64.urlsafe_b64decode(raw.encode() + b"=="))
         except (binascii.Error, msgspec.DecodeError, ValueError):
             raise InvalidCursor("cursor is not one this API handed out") from None
-        if cursor.filters != _filter_fields(filters):
+        if cursor.filters != filter_fields(filters):
             raise InvalidCursor("a cursor continues the listing it came from: same filters")
         if cursor.incarnation != self.moves.incarnation or not self.moves.covers(cursor.pinned):
             raise CursorExpired("the cursor is too old (or the node restarted): list again")
@@ -231,7 +276,7 @@ class Sidebar:
 
     async def _page(
         self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
-    ) -> Page:
+    ) -> tuple[list[tuple[Key, Item]], bool]:
         fetch = limit + 1
         shared, owned = await self._reads(user, after, fetch)
         while True:
@@ -247,12 +292,7 @@ class Sidebar:
                 break
             fetch *= 4
             owned += await self._store.owned(user, listing_key(owned[-1]), fetch)
-        page = ranked[:limit]
-        next_cursor = None
-        if len(ranked) > limit:
-            last_key = page[-1][0]
-            next_cursor = self._cursor(pinned, last_key, filters)
-        return Page([item for _, item in page], next_cursor)
+        return ranked[:limit], len(ranked) > limit
 
     async def _reads(
         self, user: str, after: Key | None, fetch: int
@@ -359,11 +399,14 @@ class Sidebar:
     def _cursor(self, pinned: int | None, last: Key, filters: Filters) -> str:
         if pinned is None:
             pinned = self.moves.pin()  # the first page's moment, taken with no await since
-        raw = _cursor_encode(
-            _Cursor(self.moves.incarnation, pinned, last[0], last[1], _filter_fields(filters))
-        )
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return cursor_at(self.moves.incarnation, pinned, last, filters)
 
 
-def _filter_fields(filters: Filters) -> tuple[bool, bool | None, str | None, str | None]:
+def cursor_at(incarnation: str, pinned: int, last: Key, filters: Filters) -> str:
+    """The cursor of a listing pinned at `pinned` that continues after `last`."""
+    raw = _cursor_encode(_Cursor(incarnation, pinned, last[0], last[1], filter_fields(filters)))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def filter_fields(filters: Filters) -> tuple[bool, bool | None, str | None, str | None]:
     return filters.favorite, filters.archived, filters.tag, filters.q

@@ -11,6 +11,7 @@ registry and there is no journal: every write goes through to the store.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ from gateway.ratelimit import LIMITER, open_limiter, rate_limit_middleware
 from gateway.response_cache import ResponseCache
 from gateway.responses import ResponseBudget, Sender
 from gateway.routes import add_routes
+from gateway.shard_listings import add_internal_routes
+from gateway.worker_peers import PEERS, WorkerPeers
 from persistence.data_dir import DataDirLock
 from persistence.flusher import Flusher
 from persistence.journal import Journal, NoJournal
@@ -123,7 +126,7 @@ def node_report(app: web.Application) -> dict[str, Any]:
     return report
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Application:
     limits = EdgeLimits(
         settings.max_body_bytes,
         settings.body_timeout,
@@ -155,11 +158,16 @@ def create_app(settings: Settings) -> web.Application:
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
     app[SENDER] = Sender(ResponseBudget(settings.responses()))
     app[LOGIN_LIMITER] = LoginLimiter()
+    if peers is not None:  # one of --workers N (gateway/workers.py)
+        app[PEERS] = peers
+        add_internal_routes(app)
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             # Before anything in the data dir is opened: a second process touches nothing.
             await stack.enter_async_context(DataDirLock(settings.data_dir))
+            if peers is not None:
+                await stack.enter_async_context(peers)
             if pool is not None:  # before its users, closed after them
                 app[REDIS] = await stack.enter_async_context(pool)
             if limiter is not None:
@@ -174,7 +182,8 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[JOURNAL] = journal
             # Left after the flusher's final flush: leases outlive what they cover.
-            member = app[CLUSTER] = await join(settings, journal, stack, lambda: node_report(app))
+            report = functools.partial(node_report, app)
+            member = app[CLUSTER] = await join(settings, journal, stack, report, peers)
             flusher = await write_behind(settings, store, journal, stack, pool)
             await stack.enter_async_context(flusher)
             conversations: Conversations = (
@@ -188,6 +197,7 @@ def create_app(settings: Settings) -> web.Application:
                     directory=member.directory,
                     placement=member.placement,
                     node_id=member.node_id,
+                    conversation_ids=member.conversation_ids,
                 )  # fmt: skip
             )
             app[FLUSHER] = flusher

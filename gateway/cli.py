@@ -9,8 +9,9 @@ import sys
 
 import uvloop
 
-from gateway import config, connections
+from gateway import config, connections, workers
 from gateway.app import create_app
+from gateway.workers import WorkersRefused
 from persistence.data_dir import DataDirLock, DataDirLocked
 from persistence.journal import JournalDamaged
 
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         ("flusher", "write a node's Redis journal behind to the store (its flusher process)"),
     ):
         config.add_arguments(commands.add_parser(command, help=about))
+    commands.choices["serve"].add_argument(
+        "--worker-index", type=int, default=None, help=argparse.SUPPRESS
+    )  # set by the supervisor of --workers N for each worker it starts
     commands.choices["flusher"].add_argument(
         "--stdin-lifeline", action="store_true", help="stop when stdin closes (the parent node)"
     )
@@ -46,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             return migrate(settings)
         if args.command == "flusher":
             return flusher(settings, lifeline=args.stdin_lifeline)
-        return serve(settings)
-    except (DataDirLocked, JournalDamaged) as exc:
+        return serve(settings, args.worker_index)
+    except (DataDirLocked, JournalDamaged, WorkersRefused) as exc:
         print(f"canopy {args.command}: {exc}", file=sys.stderr, flush=True)
         return 2
 
@@ -68,8 +72,13 @@ def flusher(settings: config.Settings, *, lifeline: bool) -> int:
         return runner.run(flusher_command.run(settings, lifeline=lifeline))
 
 
-def serve(settings: config.Settings) -> int:
+def serve(settings: config.Settings, worker_index: int | None = None) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if worker_index is not None:
+        return workers.run_worker(settings, worker_index)
+    if settings.worker_count() > 1:
+        return workers.supervise(settings)
+    workers.check_layout(settings.data_dir, 1)
     serving = connections.serve(
         create_app(settings),
         settings.host,

@@ -12,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.actor import new_id
 from engine.directory import Directory
 from engine.fencing import AcknowledgingJournal
 from engine.membership import Alone, Membership
-from engine.placement import Placement, Rendezvous, ThisNode
+from engine.membership_workers import Workers
+from engine.placement import Placement, Rendezvous, ThisNode, placed_here
 from gateway.config import Settings
+from gateway.worker_peers import WorkerPeers
 from persistence.journal import Journal, JournalError
 
 Report = Callable[[], dict[str, Any]]  # what this node's heartbeat carries
@@ -29,6 +32,7 @@ class ClusterMember:
     placement: Placement
     directory: Directory | None  # None: the registry's default (the journal's ownership)
     actors_journal: Journal  # what the actors append through
+    conversation_ids: Callable[[], str] | None = None  # new ids; None: the registry's
 
     def stats(self) -> dict[str, Any]:
         directory = self.directory.stats() if self.directory else {"kind": "journal"}
@@ -36,10 +40,21 @@ class ClusterMember:
 
 
 async def join(
-    settings: Settings, journal: Journal, stack: contextlib.AsyncExitStack, report: Report
+    settings: Settings,
+    journal: Journal,
+    stack: contextlib.AsyncExitStack,
+    report: Report,
+    peers: WorkerPeers | None = None,
 ) -> ClusterMember:
-    """Enter this node's membership and directory into `stack` (left in reverse)."""
+    """Enter this node's membership and directory into `stack` (left in reverse). One
+    of `--workers N` (`peers`) is a member among its sibling workers, and makes new
+    conversations with ids placed on itself."""
     node_id = settings.node()
+    if peers is not None:  # one of --workers N: the workers are the members
+        urls = [f"unix:{path}" for path in peers.sockets]
+        workers = Workers(peers.index, urls, report)
+        ids = placed_here(peers.placement, peers.node_id, new_id)
+        return ClusterMember(peers.node_id, workers, peers.placement, None, journal, ids)
     if settings.cluster == "none":
         alone = Alone(node_id, settings.advertised(), report)
         return ClusterMember(node_id, alone, ThisNode(node_id), None, journal)

@@ -58,6 +58,7 @@ class Settings:
     lease_seconds: float = 2.0  # a conversation's lease: failover waits at most this long
     heartbeat_seconds: float = 0.5  # between heartbeats; missing 3 in a row stops acks
     shutdown_timeout: float = 10.0
+    workers: str = "1"  # worker processes on the one port; "auto": one per core
     store: str = "sqlite"  # or "scylla"
     journal: str = "file"  # or "redis"
     scylla_nodes: str = "127.0.0.1:9042"
@@ -140,6 +141,15 @@ class Settings:
     def advertised(self) -> str:
         return self.advertise_url or f"http://{self.host}:{self.port}"
 
+    def worker_count(self) -> int:
+        """How many worker processes `--workers` asks for ("auto": one per usable core)."""
+        if self.workers.strip().lower() == "auto":
+            return len(os.sched_getaffinity(0))
+        count = int(self.workers)
+        if count < 1:
+            raise ValueError(f"workers must be a positive number or auto; got {self.workers!r}")
+        return count
+
     def heartbeat_deadline(self) -> float:
         """How long a heartbeat lives: shorter than a lease (engine/membership_redis.py)."""
         return self.heartbeat_seconds * HEARTBEATS_PER_DEADLINE
@@ -175,6 +185,10 @@ HEARTBEATS_PER_DEADLINE = 3  # a node stops acknowledging after missing this man
 _OPTIONS: dict[str, Option] = {
     "host": Option(("CANOPY_HOST", "SERVER_HOST"), str, "server", "listen address"),
     "port": Option(("CANOPY_PORT", "SERVER_PORT"), int, "server", "listen port"),
+    "workers": Option(("CANOPY_WORKERS",), str, "server",
+        "worker processes serving the one port (SO_REUSEPORT), each owning the conversations "
+        "placed on it and its own shard of the data dir (data-dir/worker-K); auto: one per "
+        "core. Embedded storage only, and fixed for a data dir once chosen"),
     "max_connections": Option(("CANOPY_MAX_CONNECTIONS",), int, "server",
         "open client connections; past it a new one gets 503 and is closed",
         "soft RLIMIT_NOFILE - 80"),
@@ -363,6 +377,14 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             raise ValueError(
                 f"{name} must be one of {', '.join(choices)}; got {getattr(settings, name)!r}"
             )
+    try:
+        workers = settings.worker_count()
+    except ValueError:
+        raise ValueError(
+            f"workers must be a positive number or auto; got {settings.workers!r}"
+        ) from None
+    if workers > 1:
+        check_workers(settings)
     if settings.flusher_process:
         check_flusher_process(settings)
     if settings.cluster != "none":
@@ -403,6 +425,23 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             "127.0.0.1, configure --auth jwt or api-key, or pass --allow-anonymous"
         )
     return settings
+
+
+def check_workers(settings: Settings) -> None:
+    """Workers shard embedded storage by placement; a shared store or journal (and the
+    cluster's membership per worker) is not built yet (docs/decisions.md)."""
+    if settings.store != "sqlite" or settings.journal != "file":
+        raise ValueError(
+            "--workers above 1 shards embedded storage: it needs --store sqlite and "
+            "--journal file (a shared Cassandra or Redis is not supported yet)"
+        )
+    if settings.cache == "off":
+        raise ValueError("--workers above 1 needs the cache: listings merge the workers' hot ones")
+    if settings.cluster != "none":
+        raise ValueError("--workers above 1 with --cluster redis is not supported yet")
+    if settings.accounts:
+        raise ValueError("--workers above 1 with --accounts is not supported yet (accounts "
+                         "live in the store, which the workers shard)")  # fmt: skip
 
 
 def check_flusher_process(settings: Settings) -> None:

@@ -22,7 +22,8 @@ import signal
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import msgspec
 from aiohttp import hdrs, web
@@ -30,6 +31,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.dispatch import Dispatcher
+from gateway.lifeline import watch_stdin
 from gateway.schemas import ErrorDetail, ErrorOut
 from persistence.background import Throttled
 
@@ -48,6 +50,13 @@ REFUSING_AT_ONCE = 16
 DRAIN_SHARE = 0.5
 KEEPALIVE_TIMEOUT = 75.0  # as web.run_app: idle keep-alive connections close after it
 REFUSAL_LINGER = 1.0  # seconds a refused client gets to read its 503 and hang up
+
+
+class Worker(NamedTuple):
+    """Where one of `--workers N` listens besides the shared port."""
+
+    number: int  # its index among the workers
+    socket: Path  # its Unix socket: its siblings hand it its conversations' requests
 
 
 def default_max_connections() -> int:
@@ -266,9 +275,12 @@ class EdgeRunner(web.AppRunner):
 class EdgeSite(web.BaseSite):
     """A TCP site whose protocol factory is EdgeServer.accept."""
 
-    def __init__(self, runner: EdgeRunner, host: str, port: int, **kwargs: Any) -> None:
+    def __init__(
+        self, runner: EdgeRunner, host: str, port: int, *, reuse_port: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(runner, **kwargs)
         self.host, self.bound_port = host, port
+        self.reuse_port = reuse_port  # --workers N: every worker listens on the one port
 
     @property
     def name(self) -> str:
@@ -279,7 +291,11 @@ class EdgeSite(web.BaseSite):
         server = self._runner.server
         assert isinstance(server, EdgeServer)
         self._server = await asyncio.get_running_loop().create_server(
-            server.accept, self.host, self.bound_port, backlog=self._backlog
+            server.accept,
+            self.host,
+            self.bound_port,
+            backlog=self._backlog,
+            reuse_port=self.reuse_port or None,
         )
         self.bound_port = self._server.sockets[0].getsockname()[1]
 
@@ -292,8 +308,11 @@ async def serve(
     max_connections: int,
     shutdown_timeout: float,
     announce: Callable[[str], None],
+    worker: Worker | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down within `shutdown_timeout`."""
+    """Serve until SIGINT or SIGTERM, then shut down within `shutdown_timeout`; as one
+    of `--workers N` (`worker`), on the shared port, on its Unix socket too, and until
+    its supervisor goes (SIGTERM from it, or its lifeline)."""
     runner = EdgeRunner(
         app,
         max_connections=max_connections,
@@ -303,13 +322,19 @@ async def serve(
     )
     await runner.setup()
     try:
-        site = EdgeSite(runner, host, port)
+        site = EdgeSite(runner, host, port, reuse_port=worker is not None)
         await site.start()
-        announce(f"======== Running on {site.name} ========")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if worker is None:
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        else:  # Ctrl-C reaches the whole group: the supervisor stops its workers
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            watch_stdin(loop, stop)
+            worker.socket.unlink(missing_ok=True)  # one a killed worker left
+            await web.UnixSite(runner, str(worker.socket)).start()
+        announce(f"======== Running on {site.name} ========")
         await stop.wait()
     finally:
         await runner.cleanup()

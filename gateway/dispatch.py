@@ -6,6 +6,8 @@ in an LRU cache, for every request. A bare POST handler on uvloop cost 66-75 µs
 a request through it and 42-53 µs with the match set directly (one run, alternated,
 /tmp figures in docs/decisions.md). This dispatcher does the same work for routes
 under the conversation prefix with one trie walk and a chain built once per route;
+with `--workers N` it is also where a request for another worker's conversation is
+handed to it, before any middleware (gateway/worker_peers.py);
 everything else (other routes, 404 and 405, `Expect: 100-continue`) goes to
 `Application._handle` unchanged, so the answers are the same either way.
 """
@@ -19,6 +21,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from gateway.router import SegmentRouter
+from gateway.worker_peers import PEERS
 
 Chain = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,6 +35,9 @@ class Dispatcher:
         self._general = app._handle
         self._routers = [r for r in app.router.resources() if isinstance(r, SegmentRouter)]
         self._chains: dict[Handler, Chain] = {}
+        # the other workers of `--workers N`, to hand another's conversation to; None
+        # for a node alone (then no placement is asked per request)
+        self._peers = app.get(PEERS)
         self.direct = 0  # requests served through a trie's chain
         self.general = 0  # requests handed to Application._handle
 
@@ -44,6 +50,10 @@ class Dispatcher:
         for router in self._routers:
             if router.covers(path):
                 match, _ = router.match(request.method, path)
+                if match is not None and self._peers is not None:  # --workers N only
+                    owner = self._peers.owner_elsewhere(request, match)
+                    if owner is not None:
+                        return await self._peers.hand_over(request, owner)
                 if match is None or hdrs.EXPECT in request.headers:
                     break  # 404, 405 and 100-continue as aiohttp answers them
                 match.add_app(self._app)

@@ -15,13 +15,13 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 from redis.exceptions import RedisError
 
 from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
 from gateway.app import open_store
 from gateway.config import Settings
+from gateway.lifeline import watch_stdin
 from persistence.journal import JournalError
 from persistence.journal_redis import RedisJournal
 from persistence.redis_pool import RedisPool
@@ -37,7 +37,7 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     if lifeline:  # the node stops it (Ctrl-C reaches the whole process group)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _watch_stdin(loop, stop)
+        watch_stdin(loop, stop)
     else:
         loop.add_signal_handler(signal.SIGINT, stop.set)
     config = FlushWorkerConfig(node=settings.node(), interval=settings.flush_interval)
@@ -62,16 +62,3 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
     except (RedisError, JournalError, StoreError) as exc:  # its parent starts it again
         print(f"canopy flusher: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
-
-
-def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """Set `stop` once stdin reaches its end: the parent closed it, or died."""
-
-    def read() -> None:
-        with contextlib.suppress(OSError):  # the raw descriptor: no lock left held at exit
-            while os.read(0, 4096):
-                pass
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(stop.set)
-
-    threading.Thread(target=read, name="flusher-lifeline", daemon=True).start()

@@ -22,6 +22,7 @@ from gateway.session_schemas import (
     session_out,
     sidebar_item,
 )
+from gateway.shard_listings import sidebar_page
 
 T = TypeVar("T")
 routes = web.RouteTableDef()
@@ -92,9 +93,7 @@ async def sidebar(request: web.Request) -> web.Response:
         tag=query.get("tag"),
         q=query.get("q") or None,
     )
-    page = await request.app[CONVERSATIONS].sidebar(
-        request[PRINCIPAL], filters, _limit(query.get("limit")), query.get("cursor")
-    )
+    page = await sidebar_page(request, filters, _limit(query.get("limit")), query.get("cursor"))
     items = [sidebar_item(item.meta, item.permission) for item in page.items]
     return json_response(SidebarOut(items, page.next_cursor))
 

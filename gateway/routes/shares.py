@@ -13,6 +13,7 @@ from gateway.codec import json_response, path_id, read_body
 from gateway.keys import CONVERSATIONS, PRINCIPAL
 from gateway.openapi import Query, describe
 from gateway.schemas import CreateShare, Deleted, ShareOut, share_out
+from gateway.shard_listings import user_ids
 
 routes = web.RouteTableDef()
 BASE = "/api/v1/conversations/{conversation_id}"
@@ -66,7 +67,5 @@ async def user_conversations(request: web.Request) -> web.Response:
     # the length first: int() refuses strings over 4,300 digits with a ValueError
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidInput(f"limit must be an integer from 1 to {MAX_LIMIT}")
-    ids = await request.app[CONVERSATIONS].user_conversations(
-        request[PRINCIPAL], request.match_info["user_id"], int(raw)
-    )
+    ids = await user_ids(request, request.match_info["user_id"], int(raw))
     return json_response(ids)

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from engine.placement import Rendezvous, ThisNode
+from engine.actor import new_id
+from engine.placement import Rendezvous, ThisNode, placed_here
 
 IDS = [str(uuid.UUID(int=n * 7919 + 1)) for n in range(10_000)]
 NODES = ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"]
@@ -50,3 +51,11 @@ def test_a_leave_moves_only_what_the_leaver_held() -> None:
 def test_no_live_node_is_an_error() -> None:
     with pytest.raises(LookupError):
         Rendezvous([]).owner_of(IDS[0])
+
+
+def test_ids_placed_here_all_belong_to_the_node_that_drew_them() -> None:
+    placement = Rendezvous(["worker-0", "worker-1", "worker-2"])
+    draw = placed_here(placement, "worker-1", new_id)
+    ids = [draw() for _ in range(200)]
+    assert len(set(ids)) == 200
+    assert {placement.owner_of(cid) for cid in ids} == {"worker-1"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -160,3 +161,24 @@ def test_a_redis_cluster_is_named_by_its_seed_nodes() -> None:
     assert (redis.cluster, redis.urls(), redis.max_connections) == (
         True, ["redis://a:7001", "redis://b:7002"], 8,
     )  # fmt: skip
+
+
+def test_workers_default_to_one_and_auto_is_one_per_core() -> None:
+    assert parse().worker_count() == 1
+    assert parse("--workers", "auto").worker_count() == len(os.sched_getaffinity(0))
+    assert parse(CANOPY_WORKERS="3").worker_count() == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--workers", "0"], "positive number or auto"),
+        (["--workers", "many"], "positive number or auto"),
+        (["--workers", "2", "--journal", "redis"], "needs --store sqlite"),
+        (["--workers", "2", "--cache", "off"], "needs the cache"),
+        (["--workers", "2", "--cluster", "redis"], "not supported yet"),
+    ],
+)
+def test_workers_are_refused_where_they_cannot_shard(argv: list[str], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        parse(*argv)

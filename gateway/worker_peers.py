@@ -1,0 +1,132 @@
+"""A worker of `canopy serve --workers N` among its siblings.
+
+Each conversation belongs to one worker by placement (rendezvous over `worker-0` ..
+`worker-N-1`, engine/membership_workers.py). The kernel hands a connection on the
+shared port to any worker, so a request for another worker's conversation is relayed
+to it over its Unix socket (gateway/relay.py) with the hop header, which the owner
+never relays again. The dispatcher asks `owner_elsewhere` only when there are peers:
+a single worker pays nothing per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from multidict import CIMultiDict
+
+from engine.membership_workers import worker_id
+from engine.placement import Rendezvous
+from gateway.relay import relay, request_headers
+from gateway.schemas import ErrorDetail, ErrorOut
+
+
+@dataclass(frozen=True)
+class PeerAnswer:
+    status: int
+    body: bytes
+    content_type: str
+
+
+HOP = "X-Canopy-Hop"  # set on a request one worker relays to another
+PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
+
+
+class WorkerPeers:
+    """Worker `index` among workers answering on `sockets` (one per worker, by index)."""
+
+    def __init__(self, index: int, sockets: Sequence[Path]) -> None:
+        self.index = index
+        self.node_id = worker_id(index)
+        self.sockets = list(sockets)
+        self.placement = Rendezvous(worker_id(k) for k in range(len(sockets)))
+        self._index_of = {worker_id(k): k for k in range(len(sockets))}
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self.handed_over = 0
+        self.unreachable = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.sockets)
+
+    async def __aenter__(self) -> WorkerPeers:
+        for k, path in enumerate(self.sockets):
+            if k != self.index:
+                self._sessions[k] = aiohttp.ClientSession(
+                    connector=aiohttp.UnixConnector(path=str(path)),
+                    auto_decompress=False,
+                    timeout=PEER_TIMEOUT,
+                )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "worker": self.index,
+            "workers": self.count,
+            "handed_over": self.handed_over,
+            "unreachable": self.unreachable,
+        }
+
+    def owner_elsewhere(self, request: web.Request, match: UrlMappingMatchInfo) -> int | None:
+        """The worker that owns the route's conversation, if not this one (a request
+        relayed here already is served here)."""
+        conversation_id = match.get("conversation_id")
+        if conversation_id is None or HOP in request.headers:
+            return None
+        owner = self._index_of[self.placement.owner_of(conversation_id)]
+        return None if owner == self.index else owner
+
+    async def hand_over(self, request: web.Request, owner: int) -> web.StreamResponse:
+        """Relay the request to worker `owner` and its answer back; 503 if it cannot be
+        reached (being restarted) or fails before answering."""
+        self.handed_over += 1
+        try:
+            return await relay(request, self._sessions[owner], _base(owner), hop_header=HOP)
+        except aiohttp.ClientError as exc:
+            return self._unreachable(owner, exc)
+
+    async def ask_all(self, request: web.Request, paths: dict[int, str]) -> dict[int, PeerAnswer]:
+        """GET each worker's path (and query) at once, as the request's caller (its
+        headers, so each re-authenticates it); 503 for a worker that does not answer."""
+        headers = request_headers(request, HOP)
+        headers.popall(hdrs.CONTENT_LENGTH, None)
+        answers = await asyncio.gather(*(self._ask(k, p, headers) for k, p in paths.items()))
+        return dict(zip(paths, answers, strict=True))
+
+    async def _ask(self, k: int, path_qs: str, headers: CIMultiDict[str]) -> PeerAnswer:
+        try:
+            async with self._sessions[k].get(_base(k) + path_qs, headers=headers) as answer:
+                return PeerAnswer(answer.status, await answer.read(), answer.content_type)
+        except aiohttp.ClientError as exc:
+            refusal = self._unreachable(k, exc)
+            assert refusal.body is None or isinstance(refusal.body, bytes)
+            return PeerAnswer(503, refusal.body or b"", "application/json")
+
+    def _unreachable(self, owner: int, exc: BaseException) -> web.Response:
+        self.unreachable += 1
+        message = f"worker {owner} is not answering (restarting?): {exc}"
+        return web.Response(
+            status=503,
+            body=msgspec.json.encode(ErrorOut(ErrorDetail("unavailable", message))),
+            content_type="application/json",
+            headers={"Retry-After": "1"},
+        )
+
+
+def _base(index: int) -> str:
+    return f"http://{worker_id(index)}"  # the Unix connector ignores the authority
+
+
+PEERS = web.AppKey("peers", WorkerPeers)  # with --workers N: this worker's siblings
