@@ -170,7 +170,9 @@ def create_app(settings: Settings) -> web.Application:
                 NoJournal() if cache_off else open_journal(settings, pool)
             )
             # Left after the flusher's final flush: leases outlive what they cover.
-            member = app[CLUSTER] = await join(settings, journal, stack, lambda: node_report(app))
+            member = app[CLUSTER] = await join(
+                settings, journal, stack, lambda: node_report(app), pool
+            )
             flusher = await write_behind(settings, store, journal, stack, pool)
             await stack.enter_async_context(flusher)
             conversations: Conversations = (

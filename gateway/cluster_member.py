@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.directory import Directory
 from engine.fencing import AcknowledgingJournal
@@ -18,6 +18,9 @@ from engine.membership import Alone, Membership
 from engine.placement import Placement, Rendezvous, ThisNode
 from gateway.config import Settings
 from persistence.journal import Journal, JournalError
+
+if TYPE_CHECKING:
+    from persistence.redis_pool import RedisPool  # redis is an optional extra
 
 Report = Callable[[], dict[str, Any]]  # what this node's heartbeat carries
 
@@ -36,29 +39,37 @@ class ClusterMember:
 
 
 async def join(
-    settings: Settings, journal: Journal, stack: contextlib.AsyncExitStack, report: Report
+    settings: Settings,
+    journal: Journal,
+    stack: contextlib.AsyncExitStack,
+    report: Report,
+    pool: RedisPool | None = None,
 ) -> ClusterMember:
-    """Enter this node's membership and directory into `stack` (left in reverse)."""
+    """Enter this node's membership and directory into `stack` (left in reverse), over
+    the node's Redis pool (or, without a Redis journal, a pool of their own)."""
     node_id = settings.node()
     if settings.cluster == "none":
         alone = Alone(node_id, settings.advertised(), report)
         return ClusterMember(node_id, alone, ThisNode(node_id), None, journal)
-    import redis.asyncio as redis  # an optional extra, needed only in a cluster
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError  # an optional extra, needed only in a cluster
 
     from engine.directory_redis import RedisDirectory
     from engine.membership_redis import RedisMembership
+    from persistence.redis_pool import RedisPool
 
-    timeout = min(1.0, settings.lease_seconds / 3)  # a stuck call must not outlast a renewal
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
-    stack.push_async_callback(client.aclose)
+    if pool is None:
+        pool = await stack.enter_async_context(RedisPool(settings.redis()))
+    # Each call is bounded by this as well as by the pool's socket timeout: a stuck call
+    # must not outlast a renewal.
+    timeout = min(settings.redis_timeout, settings.lease_seconds / 3)
     membership = RedisMembership(
-        client, node_id, settings.advertised(), report,
+        pool.client, node_id, settings.advertised(), report,
         interval=settings.heartbeat_seconds, deadline=settings.heartbeat_deadline(),
+        timeout=min(timeout, settings.heartbeat_seconds),
     )  # fmt: skip
-    directory = RedisDirectory(client, journal, node_id, lease_seconds=settings.lease_seconds)
+    directory = RedisDirectory(
+        pool.client, journal, node_id, lease_seconds=settings.lease_seconds, timeout=timeout
+    )
     try:
         await stack.enter_async_context(membership)
         await stack.enter_async_context(directory)
