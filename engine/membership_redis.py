@@ -153,5 +153,6 @@ class RedisMembership:
         self._live = live
         now = frozenset(member.node_id for member in live)
         if now != before:
+            log.info("live nodes: %s", " ".join(sorted(now)))
             for watcher in self._watchers:
                 watcher(now)

@@ -29,6 +29,7 @@ from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.flusher_child import FlusherChild
+from gateway.forwarding import Forwarder, node_header
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.heap import freeze_startup_objects
 from gateway.keys import (
@@ -38,6 +39,7 @@ from gateway.keys import (
     DEFAULT_TTL,
     EDGE,
     FLUSHER,
+    FORWARDER,
     LOGIN_LIMITER,
     REDIS,
     RESPONSES,
@@ -147,6 +149,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(drop_server_header)
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
+    if settings.cluster != "none":
+        app.on_response_prepare.append(node_header(settings.node()))
     add_routes(app)
     build_on_startup(app, settings.auth_modes())
     app[RESPONSES] = ResponseCache(settings.response_cache_bytes)
@@ -190,6 +194,9 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)
+            if isinstance(conversations, Registry) and member.directory is not None:
+                forwarder = Forwarder(member, conversations.serves)
+                app[FORWARDER] = await stack.enter_async_context(forwarder)
             retention = Retention(store, app[CONVERSATIONS], settings.retention())
             app[RETENTION] = await stack.enter_async_context(retention)
             yield

@@ -28,10 +28,13 @@ class Dispatcher:
 
     def __init__(self, app: web.Application) -> None:
         assert app.frozen, "middlewares and routes are fixed once the app is frozen"
+        from gateway.keys import FORWARDER  # keys -> guards -> connections -> here
+
         self._app = app
         self._general = app._handle
         self._routers = [r for r in app.router.resources() if isinstance(r, SegmentRouter)]
         self._chains: dict[Handler, Chain] = {}
+        self._forwarder = app.get(FORWARDER)  # None alone: no ownership check at all
         self.direct = 0  # requests served through a trie's chain
         self.general = 0  # requests handed to Application._handle
 
@@ -50,6 +53,10 @@ class Dispatcher:
                 match.freeze()
                 request._match_info = match
                 self.direct += 1
+                if self._forwarder is not None:  # before the chain: the owner authenticates
+                    relayed = await self._forwarder.route(request, match)
+                    if relayed is not None:
+                        return relayed
                 return await self._chain(match.handler)(request)
         self.general += 1
         return await self._general(request)

@@ -19,6 +19,7 @@ from persistence.flusher import Flusher
 from persistence.store import Store
 
 if TYPE_CHECKING:
+    from gateway.forwarding import Forwarder  # imports the error mapping, which needs keys
     from persistence.redis_pool import RedisPool  # redis is an optional extra
 
 ACCOUNTS = web.AppKey("accounts", Accounts)
@@ -29,6 +30,7 @@ RETENTION = web.AppKey("retention", Retention)
 DEFAULT_TTL = web.AppKey("default_ttl_seconds", int)  # of a new conversation; 0: none
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")  # in a cluster: relays to the owner
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)
