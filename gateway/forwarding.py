@@ -84,6 +84,7 @@ class Forwarder:
         self._sessions: dict[str, aiohttp.ClientSession] = {}  # by node URL
         self._urls: dict[str, str] = {}  # live node id -> URL
         self._hints: OrderedDict[str, str] = OrderedDict()  # conversation -> owner named
+        self._closing: set[asyncio.Task[None]] = set()  # sessions of nodes that left
         member.membership.watch(self._members_changed)
         self._members_changed(frozenset())
         self.forwarded = 0
@@ -96,7 +97,7 @@ class Forwarder:
 
     async def __aexit__(self, *exc: object) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(session.close() for session in sessions))
+        await asyncio.gather(*(session.close() for session in sessions), *self._closing)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -151,6 +152,13 @@ class Forwarder:
     def _members_changed(self, _: frozenset[str]) -> None:
         self._urls = {m.node_id: m.url for m in self._member.membership.live()}
         self._hints.clear()  # placement moved: what a stale answer named may be wrong now
+        # A node declared dead may be paused, its sockets open: end what waits on it now
+        # (a 503 its client retries, to the new owner) rather than at the read timeout.
+        live = set(self._urls.values())
+        for url in [url for url in self._sessions if url not in live]:
+            closing = asyncio.get_running_loop().create_task(self._sessions.pop(url).close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     def _not_owner(self, owner: str) -> web.Response:
         self.not_owner += 1
