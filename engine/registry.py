@@ -35,6 +35,7 @@ from engine.errors import Conflict, NotFound, Unavailable
 from engine.first_reads import MAX_AGE_SECONDS
 from engine.listing import Listing
 from engine.loading import Loader
+from engine.peer_listing import HotEntries, Peers
 from engine.placement import Placement, ThisNode
 from engine.recovery import recover
 from engine.sidebar import Filters, Page
@@ -92,7 +93,10 @@ class Registry:
         self._node_id = node_id
         self._table = ActivationTable()
         self._collector = Collector(self._table, flusher, config, self._directory.release)
-        self._listing = Listing(store, flusher, config.sidebar_first_reads_seconds)
+        # A cluster's listings merge the peers' entries at each read: a first page kept
+        # here would miss what they flush meanwhile (engine/first_reads.py).
+        first_reads = 0.0 if self._shared else config.sidebar_first_reads_seconds
+        self._listing = Listing(store, flusher, first_reads)
         self._loader = Loader(
             store, journal, flusher, self._table, self._acquire, self._admit,
             self._collector.drop, self._listing.observe, shared=self._shared,
@@ -340,6 +344,13 @@ class Registry:
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None
     ) -> Page:
         return await self._listing.page(principal, filters, limit, cursor)
+
+    def ask_peers(self, peers: Peers) -> None:
+        """Listings merge `peers(user)`: the other cluster nodes' unflushed entries."""
+        self._listing.ask_peers(peers)
+
+    def hot_entries(self, user_id: str) -> HotEntries:
+        return self._listing.hot_entries(user_id)
 
     # -- recovery and passivation -----------------------------------------------------------
 

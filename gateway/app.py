@@ -195,8 +195,9 @@ def create_app(settings: Settings) -> web.Application:
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)
             if isinstance(conversations, Registry) and member.directory is not None:
-                forwarder = Forwarder(member, conversations.serves)
+                forwarder = Forwarder(member, conversations.serves, conversations.hot_entries)
                 app[FORWARDER] = await stack.enter_async_context(forwarder)
+                conversations.ask_peers(forwarder.peer_entries)
             retention = Retention(store, app[CONVERSATIONS], settings.retention())
             app[RETENTION] = await stack.enter_async_context(retention)
             yield

@@ -8,6 +8,7 @@ longer acknowledge. Forwarding to the owner comes with gateway/cluster.py.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ class ClusterMember:
     placement: Placement
     directory: Directory | None  # None: the registry's default (the journal's ownership)
     actors_journal: Journal  # what the actors append through
+    token: str = ""  # what the cluster's nodes show each other on internal calls
 
     def stats(self) -> dict[str, Any]:
         directory = self.directory.stats() if self.directory else {"kind": "journal"}
@@ -73,9 +75,19 @@ async def join(
     try:
         await stack.enter_async_context(membership)
         await stack.enter_async_context(directory)
+        token = await _cluster_token(pool)
     except RedisError as exc:
         raise JournalError(f"cannot join the cluster in Redis: {exc}") from exc
     placement = Rendezvous([m.node_id for m in membership.live()] or [node_id])
     membership.watch(placement.update)
     fenced = AcknowledgingJournal(journal, membership, directory)
-    return ClusterMember(node_id, membership, placement, directory, fenced)
+    return ClusterMember(node_id, membership, placement, directory, fenced, token)
+
+
+async def _cluster_token(pool: RedisPool) -> str:
+    from persistence import redis_keys
+
+    await pool.client.set(redis_keys.CLUSTER_TOKEN, secrets.token_urlsafe(32), nx=True)
+    token = await pool.client.get(redis_keys.CLUSTER_TOKEN)
+    assert token is not None
+    return token.decode() if isinstance(token, bytes) else str(token)

@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler
 from gateway.router import SegmentRouter
 
 Chain = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INTERNAL = "/internal/"  # cluster nodes' calls to each other (gateway/forwarding.py)
 
 
 class Dispatcher:
@@ -58,6 +59,8 @@ class Dispatcher:
                     if relayed is not None:
                         return relayed
                 return await self._chain(match.handler)(request)
+        if self._forwarder is not None and path.startswith(INTERNAL):
+            return await self._forwarder.internal(request)  # a peer's call
         self.general += 1
         return await self._general(request)
 

@@ -18,22 +18,30 @@ only for an id never acquired before), so placement and the creator's lease agre
 
 Connections: one aiohttp session (TCPConnector, keep-alive) per peer node, kept for
 the node's life. Responses stream through chunk by chunk, never buffered whole.
+
+Listings: a user's listing on any node asks every live peer for its unflushed entries
+for that user (`GET /internal/v1/hot-listing/{user}`, msgpack, the cluster's token in
+`X-Canopy-Cluster-Token`) and merges them (engine/peer_listing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from yarl import URL
 
+from engine import peer_listing
+from engine.peer_listing import HotEntries
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
 from persistence.background import Throttled
@@ -47,6 +55,8 @@ OWNER = "X-Canopy-Owner"  # on a 421 not_owner: who the answering node believes 
 ASSIGNED_ID = "X-Canopy-Conversation-Id"  # a creation's id, picked by the node it reached
 ASSIGNED = web.RequestKey("assigned_conversation_id", str)  # for the creation route
 CREATION = "/api/v1/conversations"
+HOT_LISTING = "/internal/v1/hot-listing/"  # + user id: this node's unflushed entries
+TOKEN = "X-Canopy-Cluster-Token"
 NOT_OWNER = 421
 HINTS = 10_000  # conversations whose owner a stale answer named, remembered (LRU)
 
@@ -68,6 +78,7 @@ class Forwarder:
         self,
         member: ClusterMember,
         serves: Callable[[str], bool],
+        hot_entries: Callable[[str], HotEntries],
         *,
         connect_timeout: float = 1.0,
         read_timeout: float = 60.0,
@@ -77,6 +88,8 @@ class Forwarder:
         self._member = member
         self._node_id = member.node_id
         self._serves = serves  # hot here and its lease held: no lookup at all
+        self._hot_entries = hot_entries
+        self._listing_timeout = aiohttp.ClientTimeout(total=connect_timeout)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
         )
@@ -91,6 +104,8 @@ class Forwarder:
         self.forward_failures = 0
         self.stale_retries = 0  # re-resolutions after a not_owner answer
         self.not_owner = 0  # not_owner answers this node gave
+        self.listing_calls = 0  # peers asked for their hot entries
+        self.listing_failures = 0  # peers that did not answer (their entries missing)
 
     async def __aenter__(self) -> Forwarder:
         return self
@@ -105,6 +120,8 @@ class Forwarder:
             "forward_failures": self.forward_failures,
             "stale_retries": self.stale_retries,
             "not_owner_answers": self.not_owner,
+            "listing_calls": self.listing_calls,
+            "listing_failures": self.listing_failures,
             "peer_sessions": len(self._sessions),
         }
 
@@ -128,6 +145,47 @@ class Forwarder:
         if HOP in request.headers:
             return self._not_owner(owner)
         return await self._relay(request, conversation_id, owner)
+
+    # -- listings across nodes ------------------------------------------------------------
+
+    async def internal(self, request: web.Request) -> web.StreamResponse:
+        """A peer's call (the dispatcher sends /internal/ here, before any middleware)."""
+        if not hmac.compare_digest(request.headers.get(TOKEN, ""), self._member.token):
+            return error_response(403, "forbidden", "cluster-internal route")
+        path = request.rel_url.raw_path
+        if request.method != hdrs.METH_GET or not path.startswith(HOT_LISTING):
+            return error_response(404, "not_found", "no such internal route")
+        user_id = unquote(path[len(HOT_LISTING) :])
+        body = peer_listing.encode(self._hot_entries(user_id))
+        return web.Response(body=body, content_type="application/msgpack")
+
+    async def peer_entries(self, user_id: str) -> Sequence[HotEntries]:
+        """Every live peer's unflushed entries for the user, asked in parallel; a peer
+        that does not answer within the connect timeout is left out (and counted)."""
+        peers = [url for node, url in self._urls.items() if node != self._node_id]
+        if not peers:
+            return ()
+        path = HOT_LISTING + quote(user_id, safe="")
+        answers = await asyncio.gather(
+            *(self._peer_entries(url + path) for url in peers), return_exceptions=True
+        )
+        found = []
+        for answer in answers:
+            if isinstance(answer, HotEntries):
+                found.append(answer)
+            else:
+                self.listing_failures += 1
+                throttled.warning("listing", "a peer's hot listing is missing: %s", answer)
+        return found
+
+    async def _peer_entries(self, url: str) -> HotEntries:
+        self.listing_calls += 1
+        session = self._session(url.split("/internal/", 1)[0])
+        headers = {TOKEN: self._member.token}
+        async with session.get(url, headers=headers, timeout=self._listing_timeout) as answer:
+            if answer.status != 200:
+                raise aiohttp.ClientError(f"{url} answered {answer.status}")
+            return peer_listing.decode(await answer.read())
 
     # -- ownership -----------------------------------------------------------------------
 

@@ -110,3 +110,8 @@ def lease(conversation_id: str) -> str:
     """The owner of an active conversation, "node-id epoch", expiring (PX) unless renewed;
     in the slot of the conversation's epoch (`epoch()`), which the lease's script increments."""
     return conversation_key(conversation_id, "lease")
+
+
+# What a node shows its peers' internal calls (gateway/forwarding.py): made by the first
+# node to join, read by the others; anyone who can read it can read Redis anyway.
+CLUSTER_TOKEN = f"{PREFIX}cluster-token"

@@ -21,7 +21,13 @@ LEASE, HEARTBEAT = "1", "0.2"  # seconds: deadline 0.6 s < lease
 
 
 class Cluster:
-    def __init__(self, root: Path, ports: Sequence[int], redis_urls: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        ports: Sequence[int],
+        redis_urls: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> None:
         require("redis")
         require("cassandra")
         run = uuid.uuid4().hex[:6]  # node ids of this test only (Redis keys by node id)
@@ -35,7 +41,7 @@ class Cluster:
                 "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", KEYSPACE,
                 "--redis-url", redis_url, "--node-id", node_id,
                 "--advertise-url", f"http://127.0.0.1:{port}",
-                "--lease-seconds", LEASE, "--heartbeat-seconds", HEARTBEAT,
+                "--lease-seconds", LEASE, "--heartbeat-seconds", HEARTBEAT, *extra,
             )  # fmt: skip
         self.session = aiohttp.ClientSession()
 
@@ -77,9 +83,9 @@ class Cluster:
 
     # -- the API ------------------------------------------------------------------------
 
-    async def create(self, node_id: str, **headers: str) -> tuple[str, str, str]:
+    async def create(self, node_id: str, user: str = "u", **headers: str) -> tuple[str, str, str]:
         """A new conversation through `node_id`: its id, root message id, answering node."""
-        body = {"title": "t", "created_by": "u"}
+        body = {"title": "t", "created_by": user}
         async with self.session.post(self.base(node_id), json=body, headers=headers) as r:
             assert r.status == 200, await r.text()
             conversation_id = (await r.json())["conversation_id"]
