@@ -276,20 +276,19 @@ class Forwarder:
             if answer is not None:
                 self.forwarded += 1
                 return answer
-            hint = self._hints.pop(conversation_id, None)  # the owner said "not mine"
+            self._hints.pop(conversation_id, None)  # the owner said "not mine"
             if attempt == 0:
                 self.stale_retries += 1
-                owner = self._retarget(conversation_id, hint, request)
+                owner = self._retarget(conversation_id, request)
                 if owner == self._node_id:
                     break
         self.forward_failures += 1
         return _unavailable("the conversation's owner is moving")
 
-    def _retarget(self, conversation_id: str, hint: str | None, request: web.Request) -> str:
-        named = request.get(_NAMED)
-        owner = named if named is not None else hint
-        if owner is None:
-            owner = self._member.placement.owner_of(conversation_id)
+    def _retarget(self, conversation_id: str, request: web.Request) -> str:
+        """Whom to ask next: the node the not_owner answer named (remembered for the
+        conversation's next requests)."""
+        owner = request.get(_NAMED) or self._member.placement.owner_of(conversation_id)
         self._hint(conversation_id, owner)
         return owner
 

@@ -45,3 +45,28 @@ async def test_a_hopped_request_is_never_relayed_again(cluster: Cluster) -> None
     async with cluster.session.get(url, headers={"X-Canopy-Hop": "1"}) as response:
         assert response.status == 421 and response.headers["X-Canopy-Owner"] == owner
     assert texts(await cluster.tree(other, cid)) == []  # the refused append changed nothing
+
+
+async def test_a_conversation_held_off_its_placement_is_found_through_a_stale_answer(
+    cluster: Cluster,
+) -> None:
+    """A fork is created on its source's owner, which holds its lease wherever placement
+    puts it: the placement target answers not_owner naming the holder, and the asking
+    node re-resolves to it once (and remembers it)."""
+    source, _, holder = await cluster.create(cluster.ids[0])
+    while True:
+        async with cluster.session.post(
+            f"{cluster.base(holder)}/{source}/fork", json={"title": "f", "created_by": "u"}
+        ) as response:
+            assert response.status == 200, await response.text()
+            fork = (await response.json())["conversation_id"]
+        if cluster.owner_of(fork) != holder:
+            break
+    placed = cluster.owner_of(fork)
+    asking = next(node for node in cluster.ids if node not in (holder, placed))
+    for _ in range(3):
+        async with cluster.session.get(f"{cluster.base(asking)}/{fork}/tree") as response:
+            assert response.status == 200, await response.text()
+            assert response.headers["X-Canopy-Node"] == holder
+    async with cluster.session.get(f"{cluster.base(placed)}/{fork}") as response:
+        assert response.status == 200 and response.headers["X-Canopy-Node"] == holder
