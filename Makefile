@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench bench-save bench-check compare scale loadtest services services-stop clean
+.PHONY: install browser run cluster test lint bench bench-save bench-check compare scale loadtest services services-stop clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ test: install browser services
 # Real Redis (Debian package) and Apache Cassandra 5.0 (from Maven Central) on loopback.
 services:
 	scripts/services.sh start
+
+cluster: install
+	BIN=$(BIN) scripts/cluster.sh
 
 services-stop:
 	scripts/services.sh stop

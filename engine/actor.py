@@ -80,12 +80,14 @@ class NewConversation:
     is_favorite: bool = False
     tags: tuple[str, ...] = ()
     expires_at: datetime | None = None
+    conversation_id: str | None = None  # picked by the node a cluster request reached
 
     def created(self, conversation_id: str | None = None) -> Created:
         """The creation event: a new row (a new id unless given), its root message, the
         copies re-numbered."""
         at = now()
-        conversation_id, root_id = conversation_id or new_id(), new_id()
+        conversation_id = self.conversation_id or conversation_id or new_id()
+        root_id = new_id()
         meta = Conversation(
             conversation_id=conversation_id,
             root_id=root_id,

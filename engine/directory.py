@@ -34,6 +34,10 @@ class Directory(Protocol):
 
     def is_held(self, conversation_id: str) -> bool: ...
 
+    async def holder(self, conversation_id: str) -> str | None:
+        """The node holding the conversation's lease now, if any."""
+        ...
+
     def can_acknowledge(self) -> bool:
         """Whether every lease held is surely still valid (renewed recently enough)."""
         ...
@@ -74,6 +78,9 @@ class JournalOwnership:
 
     def is_held(self, conversation_id: str) -> bool:
         return True
+
+    async def holder(self, conversation_id: str) -> str | None:
+        return None  # this node, implicitly: there is no other
 
     def can_acknowledge(self) -> bool:
         return True

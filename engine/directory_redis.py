@@ -1,6 +1,10 @@
 """The directory over Redis: one lease key per active conversation ("node-id epoch",
 PX = the lease), taken by a script that refuses while another node holds it and
-increments the conversation's lease epoch at each acquisition.
+increments the conversation's epoch at each acquisition. That epoch is the journal's
+own (persistence/redis_keys.py `epoch`, in the lease's slot): the script that takes the
+lease is the one that fences the previous owner's appends, and the journal adopts its
+value (`RedisJournal.own`), so an activation costs one round trip and there is one
+counter, not two.
 
 Every renewal interval (a third of the lease) one pipeline renews every lease this node
 holds and sends the releases queued since: one Redis round trip per node per interval,
@@ -24,20 +28,20 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as redis
 from redis.exceptions import NoScriptError, RedisError
 
-from engine import cluster_keys
 from engine.directory import LeaseHeld, LossWatcher
+from persistence import redis_keys
 from persistence.background import Throttled
 from persistence.journal import Journal
+from persistence.redis_pool import Client
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
 SAFETY = 0.9  # of the lease: acknowledgements stop this much into it without a renewal
 
-# KEYS: lease, lease epoch. ARGV: node id, lease ms. -> {1, epoch} or {0, holder}
+# KEYS: lease, epoch. ARGV: node id, lease ms. -> {1, epoch} or {0, holder}
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
 if held and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return {0, held} end
@@ -45,7 +49,7 @@ local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
 return {1, epoch}
 """
-# KEYS: lease, lease epoch. ARGV: "node epoch", lease ms, epoch. -> 1 renewed, 0 lost.
+# KEYS: lease, epoch. ARGV: "node epoch", lease ms, epoch. -> 1 renewed, 0 lost.
 # An expired lease nobody took since (the epoch did not move) is taken back.
 _RENEW = """
 local held = redis.call('GET', KEYS[1])
@@ -72,9 +76,18 @@ class RedisDirectory:
     """This node's leases: acquired one by one, renewed and released in batches."""
 
     def __init__(
-        self, client: redis.Redis, journal: Journal, node_id: str, *, lease_seconds: float
+        self,
+        client: Client,
+        journal: Journal,
+        node_id: str,
+        *,
+        lease_seconds: float,
+        timeout: float | None = None,
     ) -> None:
         self._client = client
+        # A stuck call must not outlast a renewal interval (the pool's socket timeout
+        # may be longer): each Redis call here is bounded by this.
+        self._timeout = min(timeout or lease_seconds / 3, lease_seconds / 3)
         self._journal = journal
         self._node_id = node_id
         self._lease_ms = int(lease_seconds * 1000)
@@ -117,20 +130,33 @@ class RedisDirectory:
 
     async def acquire(self, conversation_id: str) -> int:
         self._releasing.pop(conversation_id, None)  # taken again before its release went out
-        keys = (cluster_keys.lease(conversation_id), cluster_keys.lease_epoch(conversation_id))
+        keys = (redis_keys.lease(conversation_id), redis_keys.epoch(conversation_id))
         taken, value = await self._eval(_ACQUIRE, keys, (self._node_id, self._lease_ms))
         if not taken:
             self.refusals += 1
             raise LeaseHeld(conversation_id, value.decode().rsplit(" ", 1)[0])
         epoch = int(value)
         self._held[conversation_id] = epoch
+        own = getattr(self._journal, "own", None)
         try:
-            await self._journal.acquire(conversation_id)
+            if own is not None:  # the journal appends under the epoch just taken
+                own(conversation_id, epoch)
+            else:  # a journal with its own ownership (tests, the file journal)
+                await self._journal.acquire(conversation_id)
         except BaseException:
             self.release(conversation_id)
             raise
         self.acquisitions += 1
         return epoch
+
+    async def holder(self, conversation_id: str) -> str | None:
+        """The node holding the conversation's lease now, if any (one GET)."""
+        async with asyncio.timeout(self._timeout):
+            value = await self._client.get(redis_keys.lease(conversation_id))
+        if not value:
+            return None
+        held = value.decode() if isinstance(value, bytes) else value
+        return held.rsplit(" ", 1)[0]
 
     def release(self, conversation_id: str) -> None:
         epoch = self._held.pop(conversation_id, None)
@@ -190,15 +216,19 @@ class RedisDirectory:
         async with self._client.pipeline(transaction=False) as pipe:
             for cid, epoch in held:
                 value = f"{self._node_id} {epoch}"
-                pipe.evalsha(renew, 2, cluster_keys.lease(cid), cluster_keys.lease_epoch(cid),
-                             value, self._lease_ms, epoch)  # fmt: skip
+                # execute_command: a Redis Cluster pipeline refuses evalsha() itself
+                keys = (redis_keys.lease(cid), redis_keys.epoch(cid))
+                pipe.execute_command("EVALSHA", renew, 2, *keys, value, self._lease_ms, epoch)
             for cid, value in releasing.items():
-                pipe.evalsha(release, 1, cluster_keys.lease(cid), value)
+                pipe.execute_command("EVALSHA", release, 1, redis_keys.lease(cid), value)
             self.round_trips += 1
             try:
-                results = await pipe.execute(raise_on_error=False)
-            except RedisError:
+                async with asyncio.timeout(self._timeout):
+                    results = await pipe.execute(raise_on_error=False)
+            except (RedisError, TimeoutError) as exc:
                 self._releasing = {**releasing, **self._releasing}  # sent with the next round
+                if isinstance(exc, TimeoutError):
+                    raise RedisError(f"lease renewal took over {self._timeout:.2f}s") from exc
                 raise
         self._settle(held, results[: len(held)], sent_at)
         self.released += sum(1 for result in results[len(held) :] if result == 1)
@@ -230,13 +260,18 @@ class RedisDirectory:
             watcher(conversation_id)
 
     async def _load_scripts(self) -> None:
-        for script in _SCRIPTS:
-            await self._client.script_load(script)
+        async with asyncio.timeout(self._timeout * len(_SCRIPTS)):
+            for script in _SCRIPTS:
+                await self._client.script_load(script)
         self._scripts_missing = False
 
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
-            return await self._client.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[arg-type]
-        except NoScriptError:
-            await self._client.script_load(script)
-            return await self._client.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[arg-type]
+            async with asyncio.timeout(self._timeout):
+                try:
+                    return await self._client.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[arg-type]
+                except NoScriptError:
+                    await self._client.script_load(script)
+                    return await self._client.evalsha(_sha(script), len(keys), *keys, *args)  # type: ignore[arg-type]
+        except TimeoutError as exc:
+            raise RedisError(f"Redis took over {self._timeout:.2f}s") from exc

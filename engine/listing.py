@@ -8,6 +8,7 @@ from engine.access import Principal
 from engine.actor import Observer
 from engine.first_reads import FirstReads
 from engine.moves import ActivityMoves
+from engine.peer_listing import HotEntries, Peers, entries
 from engine.sidebar import Filters, HotListing, Page, ShardPage, Sidebar
 from persistence.flusher import Flusher
 from persistence.store import Store
@@ -16,7 +17,8 @@ from persistence.store import Store
 class Listing:
     def __init__(self, store: Store, flusher: Flusher, first_reads_seconds: float) -> None:
         first_reads = FirstReads(first_reads_seconds)
-        self._sidebar = Sidebar(store, HotListing(), ActivityMoves(), first_reads=first_reads)
+        self._hot = HotListing()
+        self._sidebar = Sidebar(store, self._hot, ActivityMoves(), first_reads=first_reads)
         flusher.watch_clean(self._sidebar.flushed)
         # told of every applied mutation (the actors' and a creation's): no extra call
         self.observe: Observer = self._sidebar.observe
@@ -33,3 +35,11 @@ class Listing:
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None
     ) -> Page:
         return await self._sidebar.page(principal, filters, limit, cursor)
+
+    def ask_peers(self, peers: Peers) -> None:
+        """In a cluster: merge the other nodes' unflushed entries into every listing."""
+        self._sidebar.peers = peers
+
+    def hot_entries(self, user_id: str) -> HotEntries:
+        """This node's unflushed entries for the user (what a peer's listing asks)."""
+        return entries(self._hot, user_id)

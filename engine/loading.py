@@ -32,6 +32,8 @@ class Loader:
         admit: Callable[[ConversationState], ConversationActor],
         drop: Callable[[ConversationActor], None],
         observe: Observer,
+        *,
+        shared: bool = False,
     ) -> None:
         self._store = store
         self._journal = journal
@@ -41,6 +43,10 @@ class Loader:
         self._admit = admit  # makes the actor hot (and counted)
         self._drop = drop
         self._observe = observe
+        # Whether another process may store and trim a conversation's records meanwhile
+        # (a flusher process, or in a cluster its last owner, up to its lease's end): then
+        # the store may hold less than the journal had, or more than the snapshot read.
+        self._elsewhere = shared or not flusher.writes_here
 
     async def load(
         self, conversation_id: str, replayed: list[replay.Replayed] | None = None
@@ -78,9 +84,9 @@ class Loader:
 
     async def _unstored(self, conversation_id: str) -> bool:
         """Whether an unknown conversation has journal records: with a flusher process, a
-        passivated one may not be stored yet (read without acquiring it: a lookup of an
-        unknown id leaves nothing behind)."""
-        if self._flusher.writes_here:
+        passivated one may not be stored yet, nor in a cluster one a dead node created
+        (read without acquiring it: a lookup of an unknown id leaves nothing behind)."""
+        if not self._elsewhere:
             return False
         return bool(await self._journal.tail(conversation_id, 0))
 
@@ -89,10 +95,10 @@ class Loader:
     ) -> tuple[Snapshot | None, list[replay.Replayed]]:
         """The snapshot to build on and the journal records after it."""
         version = snapshot.conversation.version if snapshot else 0
-        if self._flusher.writes_here:
+        if not self._elsewhere:
             return snapshot, await self.decode(await self._journal.tail(conversation_id, version))
-        # The flusher process stores and trims meanwhile (trims only follow its store
-        # writes): read the whole stream, then check the store did not move past the
+        # The flusher process (or the last owner) stores and trims meanwhile (trims only
+        # follow store writes): read the whole stream, then check the store did not move past the
         # snapshot, so no record after the version built on can have been trimmed unseen.
         replayed = await self.decode(await self._journal.tail(conversation_id, 0))
         if replayed and replayed[0].record.seq <= version + 1:

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from engine import cluster_keys
 from engine.membership import Member, Watcher
+from persistence import redis_keys
 from persistence.background import Throttled
+from persistence.redis_pool import Client
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -36,17 +36,21 @@ class RedisMembership:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         node_id: str,
         url: str,
         report: Callable[[], dict[str, Any]],
         *,
         interval: float,
         deadline: float,
+        timeout: float | None = None,
     ) -> None:
         if deadline <= interval:
             raise ValueError("the heartbeat deadline must be longer than its interval")
         self._client = client
+        # A stuck heartbeat must not outlast its interval (the pool's socket timeout may
+        # be longer): each beat is bounded by this.
+        self._timeout = min(timeout or interval, interval)
         self.node_id, self.url = node_id, url
         self._report = report
         self._interval, self._deadline = interval, deadline
@@ -69,11 +73,12 @@ class RedisMembership:
             await asyncio.gather(self._task, return_exceptions=True)
         self._sent_at = float("-inf")
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.delete(cluster_keys.member(self.node_id))
-                pipe.zrem(cluster_keys.MEMBERS, self.node_id)
-                await pipe.execute()
-        except RedisError as exc:
+            async with asyncio.timeout(self._timeout * 3):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.delete(redis_keys.member(self.node_id))
+                    pipe.zrem(redis_keys.MEMBERS, self.node_id)
+                    await pipe.execute()
+        except (RedisError, TimeoutError) as exc:
             log.warning("leaving the cluster: %s (the heartbeat expires by itself)", exc)
         log.info("membership closed: %d heartbeats, %d failed", self.heartbeats,
                  self.heartbeat_failures)  # fmt: skip
@@ -111,15 +116,22 @@ class RedisMembership:
                 throttled.warning("heartbeat", "heartbeat failed: %s", exc)
 
     async def _beat(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._beat_once()
+        except TimeoutError as exc:
+            raise RedisError(f"heartbeat took over {self._timeout:.2f}s") from exc
+
+    async def _beat_once(self) -> None:
         """Renew the heartbeat and read the members, in one round trip; then their records."""
         sent_at, now_ms = time.monotonic(), int(time.time() * 1000)
         deadline_ms = int(self._deadline * 1000)
         record = msgspec.json.encode({"url": self.url, "at": now_ms, "stats": self._report()})
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(cluster_keys.member(self.node_id), record, px=deadline_ms)
-            pipe.zadd(cluster_keys.MEMBERS, {self.node_id: now_ms + deadline_ms})
-            pipe.zremrangebyscore(cluster_keys.MEMBERS, "-inf", now_ms)
-            pipe.zrangebyscore(cluster_keys.MEMBERS, now_ms, "+inf")
+            pipe.set(redis_keys.member(self.node_id), record, px=deadline_ms)
+            pipe.zadd(redis_keys.MEMBERS, {self.node_id: now_ms + deadline_ms})
+            pipe.zremrangebyscore(redis_keys.MEMBERS, "-inf", now_ms)
+            pipe.zrangebyscore(redis_keys.MEMBERS, now_ms, "+inf")
             *_, listed = await pipe.execute()
         self._sent_at = sent_at
         self.heartbeats += 1
@@ -128,7 +140,7 @@ class RedisMembership:
     async def _read_members(self, listed: list[str], now_ms: int) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for node_id in listed:
-                pipe.get(cluster_keys.member(node_id))
+                pipe.get(redis_keys.member(node_id))
             records = await pipe.execute()
         live = []
         for node_id, raw in zip(listed, records, strict=True):
@@ -141,5 +153,6 @@ class RedisMembership:
         self._live = live
         now = frozenset(member.node_id for member in live)
         if now != before:
+            log.info("live nodes: %s", " ".join(sorted(now)))
             for watcher in self._watchers:
                 watcher(now)

@@ -32,10 +32,11 @@ from engine.budget import default_max_hot_bytes
 from engine.collection import Collector
 from engine.conversation import ConversationState
 from engine.directory import Directory, JournalOwnership, LeaseHeld
-from engine.errors import NotFound, Unavailable
+from engine.errors import Conflict, NotFound, Unavailable
 from engine.first_reads import MAX_AGE_SECONDS
 from engine.listing import Listing
 from engine.loading import Loader
+from engine.peer_listing import HotEntries, Peers
 from engine.placement import Placement, ThisNode
 from engine.recovery import recover
 from engine.sidebar import Filters, Page, ShardPage
@@ -86,6 +87,10 @@ class Registry:
         self._config = config
         self._directory = directory or JournalOwnership(journal)
         self._directory.on_lost(self._lost)
+        # Shared with other nodes: another may own, store and trim a conversation.
+        self._shared = directory is not None and not isinstance(directory, JournalOwnership)
+        if self._shared:
+            flusher.fence(self._may_write)
         self._placement = placement or ThisNode(node_id)
         self._node_id = node_id
         # where new conversation ids come from (engine/placement.py's placed_here: ids
@@ -93,10 +98,13 @@ class Registry:
         self._new_id = conversation_ids or new_id
         self._table = ActivationTable()
         self._collector = Collector(self._table, flusher, config, self._directory.release)
-        self._listing = Listing(store, flusher, config.sidebar_first_reads_seconds)
+        # A cluster's listings merge the peers' entries at each read: a first page kept
+        # here would miss what they flush meanwhile (engine/first_reads.py).
+        first_reads = 0.0 if self._shared else config.sidebar_first_reads_seconds
+        self._listing = Listing(store, flusher, first_reads)
         self._loader = Loader(
             store, journal, flusher, self._table, self._acquire, self._admit,
-            self._collector.drop, self._listing.observe,
+            self._collector.drop, self._listing.observe, shared=self._shared,
         )  # fmt: skip
         self.activations = 0
         self.placed_elsewhere = 0  # activations here of conversations placed on another node
@@ -243,22 +251,33 @@ class Registry:
         await self._collector.keep_within_budget()
         return actor
 
-    async def _acquire(self, conversation_id: str) -> None:
-        """Own the conversation before reading its tail or appending to it."""
+    async def _acquire(self, conversation_id: str) -> int:
+        """Own the conversation before reading its tail or appending to it; its epoch."""
         if self._placement.owner_of(conversation_id) != self._node_id:
-            self.placed_elsewhere += 1  # served here all the same: forwarding comes later
+            self.placed_elsewhere += 1  # e.g. a fork, or created before a node joined
         try:
-            await self._directory.acquire(conversation_id)
+            return await self._directory.acquire(conversation_id)
         except LeaseHeld as exc:
             raise Unavailable(f"cannot serve the conversation here now: {exc}") from None
 
+    def serves(self, conversation_id: str) -> bool:
+        """Hot here and this node holds its lease: requests for it need no lookup."""
+        return conversation_id in self._table and self._directory.is_held(conversation_id)
+
     def _lost(self, conversation_id: str) -> None:
         """Another node took the conversation's lease: stop serving it at once (what is
-        in flight is refused by the journal's fencing; its next request reactivates)."""
+        in flight is refused by the journal's fencing; its next request is forwarded)
+        and drop its unflushed changes: the new owner replayed them from the journal and
+        stores them; written here they could go over what it stored since."""
         actor = self._table.get(conversation_id)
         if actor is not None:
             self.lost += 1
             self._collector.drop(actor)
+        self._flusher.forget(conversation_id)
+
+    def _may_write(self, conversation_id: str) -> bool:
+        """The flusher's fence: store a conversation only while its lease is surely ours."""
+        return self._directory.is_held(conversation_id) and self._directory.can_acknowledge()
 
     def _admit(self, state: ConversationState) -> ConversationActor:
         actor = ConversationActor(
@@ -276,9 +295,12 @@ class Registry:
         event = new.created(self._new_id())
         conversation_id = event.conversation.conversation_id
         try:
-            await self._acquire(conversation_id)
+            epoch = await self._acquire(conversation_id)
         except JournalError as exc:
             raise Unavailable(f"journal unavailable: {exc}") from None
+        if new.conversation_id is not None and epoch > 1:  # an id picked elsewhere, used before
+            self._directory.release(conversation_id)
+            raise Conflict(f"conversation {conversation_id} exists already")
 
         # A creation waits for the journal even in `memory` mode: ids handed out must exist.
         durability = self._config.actor.durability
@@ -344,11 +366,23 @@ class Registry:
         """This node's page of a listing merged across shards (engine/sidebar_merge.py)."""
         return await self._listing.shard_page(principal, filters, limit, cursor)
 
+    def ask_peers(self, peers: Peers) -> None:
+        """Listings merge `peers(user)`: the other cluster nodes' unflushed entries."""
+        self._listing.ask_peers(peers)
+
+    def hot_entries(self, user_id: str) -> HotEntries:
+        return self._listing.hot_entries(user_id)
+
     # -- recovery and passivation -----------------------------------------------------------
 
     async def recover(self) -> None:
         """Replay the journal into actors, then flush, before the node serves (unless a
-        flusher process stores what the journal holds)."""
+        flusher process stores what the journal holds). A cluster member replays
+        nothing here: each conversation's journal is replayed by the node that comes to
+        own it, when it activates it (Store + journal tail, engine/loading.py)."""
+        if self._shared:
+            self._journal.recovered()
+            return
         await recover(self._journal, self._flusher, self._loader, self._load)
 
     async def passivate(self, conversation_id: str) -> bool:

@@ -32,6 +32,7 @@ from engine.actor import gone
 from engine.errors import CanopyError, Forbidden, InvalidInput, Unavailable
 from engine.first_reads import FirstReads
 from engine.moves import ActivityMoves, NotMoved
+from engine.peer_listing import HotView, MergedHot, Peers
 from persistence.records import Conversation, Event, ShareRevoked, ShareSet
 from persistence.store import Key, Store, StoreError, listing_key, rank
 
@@ -202,6 +203,7 @@ class Sidebar:
         if first_reads is None:
             first_reads = FirstReads(clock=clock)
         self._first_reads = first_reads if hot is not None else None
+        self.peers: Peers | None = None  # in a cluster: the other nodes' hot entries
 
     def observe(self, before: Conversation | None, after: Conversation, event: Event) -> None:
         """Called after every applied mutation (the actor's and a creation's)."""
@@ -258,8 +260,11 @@ class Sidebar:
     async def _entries(
         self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
     ) -> tuple[list[tuple[Key, Item]], bool]:
+        hot: HotView | None = self._hot
+        if self._hot is not None and self.peers is not None:
+            hot = MergedHot(self._hot, user, await self.peers(user))
         try:
-            return await self._page(user, filters, limit, pinned, after)
+            return await self._page(user, filters, limit, pinned, after, hot)
         except StoreError as exc:
             raise Unavailable(f"store unavailable: {exc}") from None
 
@@ -275,16 +280,22 @@ class Sidebar:
         return cursor.pinned, (cursor.activity, cursor.conversation_id)
 
     async def _page(
-        self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
+        self,
+        user: str,
+        filters: Filters,
+        limit: int,
+        pinned: int | None,
+        after: Key | None,
+        hot: HotView | None,
     ) -> tuple[list[tuple[Key, Item]], bool]:
         fetch = limit + 1
         shared, owned = await self._reads(user, after, fetch)
         while True:
             exhausted = len(owned) < fetch
-            extra = await self._moved_rows(user, pinned)
+            extra = await self._moved_rows(user, pinned, hot)
             # From here to the end nothing awaits: the hot listing and the moves read
             # below are those of one moment, which a first page pins.
-            ranked = self._ranked(user, filters, owned, shared, extra, pinned, after)
+            ranked = self._ranked(user, filters, owned, shared, extra, pinned, after, hot)
             if not exhausted:  # only what lies before the last row read is complete
                 frontier = rank(listing_key(owned[-1]))
                 ranked = [(key, item) for key, item in ranked if rank(key) <= frontier]
@@ -313,12 +324,13 @@ class Sidebar:
             kept.keep(user, token, began, fetch, shared, owned)
         return shared, owned
 
-    async def _moved_rows(self, user: str, pinned: int | None) -> dict[str, Conversation]:
+    async def _moved_rows(
+        self, user: str, pinned: int | None, hot: HotView | None
+    ) -> dict[str, Conversation]:
         """Rows of the user's conversations that moved after `pinned` and are no longer
         in the hot listing (placed where they stood then, shown as they are now)."""
         if pinned is None:
             return {}
-        hot = self._hot
         wanted = [
             cid for cid in self.moves.moved_owned(user, pinned) if hot is None or not hot.meta(cid)
         ]
@@ -334,9 +346,9 @@ class Sidebar:
         extra: dict[str, Conversation],
         pinned: int | None,
         after: Key | None,
+        hot: HotView | None,
     ) -> list[tuple[Key, Item]]:
         """Every known candidate after `after`, placed as of `pinned`, in listing order."""
-        hot = self._hot
         hot_owned = set(hot.owned(user)) if hot is not None else set()
         moved = set(self.moves.moved_owned(user, pinned)) if pinned is not None else set()
         found: dict[str, tuple[Key, Item]] = {}
@@ -357,7 +369,7 @@ class Sidebar:
             consider(listing_key(hot_row) if hot_row else None, hot_row, OWNER)
         for cid in moved:  # placed where they stood when the cursor was pinned
             consider(self._placed(cid, None, pinned), newest(cid) or extra.get(cid), OWNER)
-        for cid, (held, permission) in self._holdings(user, shared).items():
+        for cid, (held, permission) in self._holdings(user, shared, hot).items():
             consider(self._placed(cid, listing_key(held), pinned), held, permission)
         ranked = [
             (key, item)
@@ -377,10 +389,9 @@ class Sidebar:
         return now if isinstance(position, NotMoved) else position
 
     def _holdings(
-        self, user: str, shared: list[tuple[Conversation, str]]
+        self, user: str, shared: list[tuple[Conversation, str]], hot: HotView | None
     ) -> dict[str, tuple[Conversation, str]]:
         """What is shared with the user now: the store's rows, the hot changes on top."""
-        hot = self._hot
         held = {meta.conversation_id: (meta, permission) for meta, permission in shared}
         if hot is None:
             return held

@@ -31,6 +31,7 @@ from gateway.connections import drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.flusher_child import FlusherChild
+from gateway.forwarding import Forwarder, node_header
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.heap import freeze_startup_objects
 from gateway.keys import (
@@ -40,6 +41,7 @@ from gateway.keys import (
     DEFAULT_TTL,
     EDGE,
     FLUSHER,
+    FORWARDER,
     JOURNAL,
     LOGIN_LIMITER,
     REDIS,
@@ -152,6 +154,8 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
     app.on_response_prepare.append(drop_server_header)
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
+    if settings.cluster != "none":
+        app.on_response_prepare.append(node_header(settings.node()))
     add_routes(app)
     add_admin(app, settings)  # /admin/..., /metrics
     build_on_startup(app, settings.auth_modes())
@@ -183,7 +187,7 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
             app[JOURNAL] = journal
             # Left after the flusher's final flush: leases outlive what they cover.
             report = functools.partial(node_report, app)
-            member = app[CLUSTER] = await join(settings, journal, stack, report, peers)
+            member = app[CLUSTER] = await join(settings, journal, stack, report, pool, peers)
             flusher = await write_behind(settings, store, journal, stack, pool)
             await stack.enter_async_context(flusher)
             conversations: Conversations = (
@@ -202,6 +206,10 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
             )
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)
+            if isinstance(conversations, Registry) and member.directory is not None:
+                forwarder = Forwarder(member, conversations.serves, conversations.hot_entries)
+                app[FORWARDER] = await stack.enter_async_context(forwarder)
+                conversations.ask_peers(forwarder.peer_entries)
             retention = Retention(store, app[CONVERSATIONS], settings.retention())
             app[RETENTION] = await stack.enter_async_context(retention)
             yield

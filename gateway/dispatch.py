@@ -7,8 +7,9 @@ a request through it and 42-53 µs with the match set directly (one run, alterna
 /tmp figures in docs/decisions.md). This dispatcher does the same work for routes
 under the conversation prefix with one trie walk and a chain built once per route;
 with `--workers N` it is also where a request for another worker's conversation is
-handed to it, before any middleware (gateway/worker_peers.py);
-everything else (other routes, 404 and 405, `Expect: 100-continue`) goes to
+handed to it (gateway/worker_peers.py), and in a cluster where a request for another
+node's is forwarded (gateway/forwarding.py), both before any middleware. Everything
+else (other routes, 404 and 405, `Expect: 100-continue`) goes to
 `Application._handle` unchanged, so the answers are the same either way.
 """
 
@@ -24,6 +25,7 @@ from gateway.router import SegmentRouter
 from gateway.worker_peers import PEERS
 
 Chain = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INTERNAL = "/internal/"  # cluster nodes' calls to each other (gateway/forwarding.py)
 
 
 class Dispatcher:
@@ -31,6 +33,8 @@ class Dispatcher:
 
     def __init__(self, app: web.Application) -> None:
         assert app.frozen, "middlewares and routes are fixed once the app is frozen"
+        from gateway.keys import FORWARDER  # keys -> guards -> connections -> here
+
         self._app = app
         self._general = app._handle
         self._routers = [r for r in app.router.resources() if isinstance(r, SegmentRouter)]
@@ -38,6 +42,7 @@ class Dispatcher:
         # the other workers of `--workers N`, to hand another's conversation to; None
         # for a node alone (then no placement is asked per request)
         self._peers = app.get(PEERS)
+        self._forwarder = app.get(FORWARDER)  # None alone: no ownership check at all
         self.direct = 0  # requests served through a trie's chain
         self.general = 0  # requests handed to Application._handle
 
@@ -60,7 +65,13 @@ class Dispatcher:
                 match.freeze()
                 request._match_info = match
                 self.direct += 1
+                if self._forwarder is not None:  # before the chain: the owner authenticates
+                    relayed = await self._forwarder.route(request, match)
+                    if relayed is not None:
+                        return relayed
                 return await self._chain(match.handler)(request)
+        if self._forwarder is not None and path.startswith(INTERNAL):
+            return await self._forwarder.internal(request)  # a peer's call
         self.general += 1
         return await self._general(request)
 

@@ -20,6 +20,7 @@ from persistence.journal import Journal
 from persistence.store import Store
 
 if TYPE_CHECKING:
+    from gateway.forwarding import Forwarder  # imports the error mapping, which needs keys
     from persistence.redis_pool import RedisPool  # redis is an optional extra
 
 ACCOUNTS = web.AppKey("accounts", Accounts)
@@ -31,6 +32,7 @@ DEFAULT_TTL = web.AppKey("default_ttl_seconds", int)  # of a new conversation; 0
 EDGE = web.AppKey("edge", EdgeLimits)
 FLUSHER = web.AppKey("flusher", Flusher)
 JOURNAL = web.AppKey("journal", Journal)
+FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")  # in a cluster: relays to the owner
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)

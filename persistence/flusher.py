@@ -30,7 +30,7 @@ from persistence.background import Backoff, Throttled, backoff_delay
 from persistence.journal import Journal, JournalError
 from persistence.keyed_lock import KeyedLock
 from persistence.latency import SIZE_BUCKETS, Histogram
-from persistence.store import Changes, Store
+from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -106,6 +106,9 @@ class Flusher:
         self._appends: set[asyncio.Future[None]] = set()  # acked before the journal took them
         self._notifying: set[asyncio.Task[None]] = set()  # wake-ups of a mark's waiters
         self._clean_watchers: list[Callable[[str], None]] = []
+        self._may_write: Callable[[str], bool] = _always  # a cluster member's fence
+        self.fenced_writes = 0  # writes held back: this node may not own the conversation
+        self.forgotten = 0  # conversations dropped unflushed: another node took them
         self.batches_written = 0
         self.messages_written = 0
 
@@ -187,6 +190,29 @@ class Flusher:
             found.records += 1
             self._unflushed_records += 1
 
+    def fence(self, may_write: Callable[[str], bool]) -> None:
+        """Write a conversation only while `may_write(conversation_id)`: a cluster member
+        that may have lost it (its leases not renewed in time) holds its writes back,
+        so it never stores older state over the new owner's."""
+        self._may_write = may_write
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop what is unflushed of a conversation another node took: its records are in
+        the journal the new owner loaded, marked dirty there and stored by its flusher
+        before the journal is trimmed (a write already in flight finishes)."""
+        changes = self._dirty.pop(conversation_id, None)
+        if changes is None:
+            return
+        self.forgotten += 1
+        self._unflushed -= changes.nbytes
+        self._failures.pop(conversation_id, None)
+        self._not_before.pop(conversation_id, None)
+        if self._mark is not None:
+            self._mark.waiting.pop(conversation_id, None)
+        if conversation_id not in self._writing:
+            for watcher in self._clean_watchers:
+                watcher(conversation_id)
+
     def watch_clean(self, watcher: Callable[[str], None]) -> None:
         """Call `watcher(conversation_id)` whenever a conversation has nothing unflushed
         left (the hot listing forgets what the store now knows)."""
@@ -214,6 +240,8 @@ class Flusher:
             "messages_written": self.messages_written,
             "flush_seconds": self.flush_seconds.snapshot(),
             "batch_records": self.batch_records.snapshot(),
+            "fenced_writes": self.fenced_writes,
+            "forgotten": self.forgotten,
         }
 
     def unflushed(self, conversation_id: str) -> tuple[int, int]:
@@ -240,9 +268,12 @@ class Flusher:
     async def flush(self, conversation_id: str) -> None:
         """Write one conversation's dirty changes now (passivation, `store` durability)."""
         async with self._exclusive(conversation_id):
-            changes = self._dirty.pop(conversation_id, None)
-            if changes is None:
+            if conversation_id not in self._dirty:
                 return
+            if not self._may_write(conversation_id):
+                self.fenced_writes += 1
+                raise StoreError(f"not written: this node may not own {conversation_id} now")
+            changes = self._dirty.pop(conversation_id)
             self._writing[conversation_id] = changes
             started = time.perf_counter()
             try:
@@ -307,6 +338,10 @@ class Flusher:
             if conversation_id in self._flushing:
                 continue
             if self._not_before.get(conversation_id, 0.0) > now:
+                deferred = True
+                continue
+            if not self._may_write(conversation_id):  # until a renewal says which it is
+                self.fenced_writes += 1
                 deferred = True
                 continue
             task = asyncio.create_task(self._write(conversation_id))
@@ -416,3 +451,7 @@ class Flusher:
             if not done:
                 self._wake.set()  # keep retrying, with backoff
                 await asyncio.sleep(self._backoff.delay())
+
+
+def _always(conversation_id: str) -> bool:
+    return True

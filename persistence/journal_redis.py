@@ -138,6 +138,12 @@ class RedisJournal:
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
 
+    def own(self, conversation_id: str, epoch: int) -> None:
+        """Append under `epoch`, which the caller took by incrementing the conversation's
+        epoch key (a cluster lease's script, engine/directory_redis.py): `acquire` without
+        a round trip of its own."""
+        self._epochs[conversation_id] = epoch
+
     def release(self, conversation_id: str) -> None:
         self._epochs.pop(conversation_id, None)
 

@@ -92,3 +92,26 @@ def flushed(node: str) -> str:
 def flusher_stats(node: str) -> str:
     """Hash of the node's flusher counters (backlog, failures, rows written), per cycle."""
     return f"{PREFIX}flusher:{{{node}}}:stats"
+
+
+# -- the cluster: membership (per node) and leases (per conversation, in its slot) --------
+
+# Sorted set of member node ids, scored by when their heartbeat expires (ms since the
+# epoch): the listing reads live ones by score, no SCAN over the keyspace.
+MEMBERS = f"{PREFIX}members"
+
+
+def member(node_id: str) -> str:
+    """A node's heartbeat: its advertised URL and stats as JSON, expiring (PX) unless renewed."""
+    return f"{PREFIX}member:{{{node_id}}}"
+
+
+def lease(conversation_id: str) -> str:
+    """The owner of an active conversation, "node-id epoch", expiring (PX) unless renewed;
+    in the slot of the conversation's epoch (`epoch()`), which the lease's script increments."""
+    return conversation_key(conversation_id, "lease")
+
+
+# What a node shows its peers' internal calls (gateway/forwarding.py): made by the first
+# node to join, read by the others; anyone who can read it can read Redis anyway.
+CLUSTER_TOKEN = f"{PREFIX}cluster-token"

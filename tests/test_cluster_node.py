@@ -9,7 +9,7 @@ from collections.abc import Callable
 import aiohttp
 import redis.asyncio as redis
 
-from engine import cluster_keys
+from persistence import redis_keys
 from tests.backends import wipe_redis
 from tests.processes import NodeProcess, post_json
 from tests.services import REDIS_URL, require
@@ -24,7 +24,7 @@ async def test_a_cluster_node_holds_leases_and_leaves_cleanly(
     await node.start()
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        assert await client.get(cluster_keys.member("n1")) is not None
+        assert await client.get(redis_keys.member("n1")) is not None
         async with aiohttp.ClientSession() as session:
             base = f"{node.base}/api/v1/conversations"
             created = await post_json(session, base, {"title": "t", "created_by": "u"})
@@ -35,11 +35,11 @@ async def test_a_cluster_node_holds_leases_and_leaves_cleanly(
                     "content": {"type": "text", "text": "hello"}}  # fmt: skip
             message = await post_json(session, f"{base}/{cid}/messages", body)
             assert message["lineage"] == [root, message["message_id"]]
-        assert await client.get(cluster_keys.lease(cid)) == b"n1 1"
-        assert 0 < await client.pttl(cluster_keys.lease(cid)) <= 2_000  # the default lease
+        assert await client.get(redis_keys.lease(cid)) == b"n1 1"
+        assert 0 < await client.pttl(redis_keys.lease(cid)) <= 2_000  # the default lease
         assert await node.stop(signal.SIGTERM) == 0
-        assert await client.get(cluster_keys.member("n1")) is None
-        assert await client.zscore(cluster_keys.MEMBERS, "n1") is None
-        assert await client.get(cluster_keys.lease(cid)) is None  # released on close
+        assert await client.get(redis_keys.member("n1")) is None
+        assert await client.zscore(redis_keys.MEMBERS, "n1") is None
+        assert await client.get(redis_keys.lease(cid)) is None  # released on close
     finally:
         await client.aclose()

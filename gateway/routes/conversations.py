@@ -6,6 +6,7 @@ from aiohttp import web
 
 from engine.actor import ConversationActor, NewConversation
 from gateway.codec import json_response, path_id, read_body
+from gateway.forwarding import ASSIGNED
 from gateway.keys import CONVERSATIONS, DEFAULT_TTL, PRINCIPAL
 from gateway.listings import answer_cached, tree_listing
 from gateway.openapi import describe
@@ -36,6 +37,7 @@ async def create(request: web.Request) -> web.Response:
         body.title, author, body.description, body.is_public,
         is_favorite=body.is_favorite, tags=body.tags,
         expires_at=expiry(body.expires_at, body.ttl_seconds, request.app[DEFAULT_TTL]),
+        conversation_id=request.get(ASSIGNED),  # in a cluster (gateway/forwarding.py)
     )  # fmt: skip
     actor = await request.app[CONVERSATIONS].create(principal, new)
     return json_response(conversation_out(actor.meta))

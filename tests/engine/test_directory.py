@@ -120,6 +120,7 @@ async def test_a_member_that_may_not_acknowledge_refuses_appends(
     with pytest.raises(Unavailable, match="no longer owns"):
         await engine.say(actor.id, actor.meta.root_id, "refused")
     assert [m.content for m in actor.messages()][-1].endswith(b'"kept"}')
+    fakes[0].held.add(actor.id)  # still ours after all: the close may store it
 
 
 async def test_the_single_node_default_owns_through_the_journal(
@@ -134,3 +135,24 @@ async def test_the_single_node_default_owns_through_the_journal(
     assert directory.is_held(actor.id) and directory.can_acknowledge()
     alone = Alone("n:1", "http://n", lambda: {"actors": 1})
     assert [m.node_id for m in alone.live()] == ["n:1"] and alone.can_acknowledge()
+
+
+async def test_a_lost_lease_drops_the_unflushed_changes_and_a_late_renewal_fences_writes(
+    open_engine: EngineFactory,
+) -> None:
+    """The node that lost a conversation never stores it again: its new owner replayed
+    the journal and stores those records (and what it wrote since)."""
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0])
+    kept, lost = await engine.conversation(), await engine.conversation()
+    assert await engine.flusher.flush_all()
+    fakes[0].renewed = False  # e.g. paused: its leases may have been taken meanwhile
+    await engine.say(kept.id, kept.meta.root_id, "unflushed")
+    await engine.say(lost.id, lost.meta.root_id, "unflushed")
+    assert not await engine.flusher.flush_all()  # held back while it may not own them
+    assert engine.flusher.stats()["fenced_writes"] >= 2
+    fakes[0].lose(lost.id)  # the renewal: one was taken, the other is still ours
+    fakes[0].renewed = True
+    assert await engine.flusher.flush_all()
+    assert engine.flusher.stats()["forgotten"] == 1
+    assert engine.flusher.stats()["dirty_conversations"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,11 +13,13 @@ import pytest
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
 
-from engine import cluster_keys
 from engine.directory import LeaseHeld
 from engine.directory_redis import RedisDirectory
+from persistence import redis_keys
 from persistence.journal import NoJournal
-from tests.backends import wipe_redis
+from persistence.journal_redis import Fenced, RedisJournal
+from persistence.redis_pool import RedisPool
+from tests.backends import redis_settings, wipe_redis
 from tests.services import REDIS_URL, require
 
 
@@ -56,19 +59,19 @@ async def test_one_holder_at_a_time_and_the_epoch_grows(client: redis.Redis) -> 
     async with directory(client, "a:1") as a, directory(client, "b:2") as b:
         assert await a.acquire("c1") == 1
         assert a.is_held("c1") and "c1" in a._journal.owned  # type: ignore[attr-defined]
-        assert await client.get(cluster_keys.lease("c1")) == b"a:1 1"
+        assert await client.get(redis_keys.lease("c1")) == b"a:1 1"
         with pytest.raises(LeaseHeld) as refused:
             await b.acquire("c1")
         assert refused.value.owner == "a:1" and not b.is_held("c1")
         a.release("c1")
         assert not a.is_held("c1")
         await a._round()  # the release goes out with the next round
-        assert await client.get(cluster_keys.lease("c1")) is None
+        assert await client.get(redis_keys.lease("c1")) is None
         assert await b.acquire("c1") == 2
         b.release("c1")
         await b._round()
         assert await a.acquire("c1") == 3
-    assert await client.get(cluster_keys.lease("c1")) is None  # closing released it
+    assert await client.get(redis_keys.lease("c1")) is None  # closing released it
 
 
 async def test_renewing_many_leases_is_one_round_trip(
@@ -77,7 +80,7 @@ async def test_renewing_many_leases_is_one_round_trip(
     async with directory(client, "a:1") as a:
         for n in range(50):
             await a.acquire(f"c{n}")
-        await client.pexpire(cluster_keys.lease("c7"), 1_000)  # nearly expired
+        await client.pexpire(redis_keys.lease("c7"), 1_000)  # nearly expired
         sends = 0
         original = AbstractConnection.send_packed_command
 
@@ -91,7 +94,7 @@ async def test_renewing_many_leases_is_one_round_trip(
         monkeypatch.undo()
         assert sends == 1
         assert a.stats()["renewals"] == 50 and a.stats()["renewal_round_trips"] == 1
-        assert await client.pttl(cluster_keys.lease("c7")) > 10_000  # renewed to 30 s
+        assert await client.pttl(redis_keys.lease("c7")) > 10_000  # renewed to 30 s
 
 
 async def test_a_lease_taken_after_it_expired_is_lost(client: redis.Redis) -> None:
@@ -104,7 +107,7 @@ async def test_a_lease_taken_after_it_expired_is_lost(client: redis.Redis) -> No
         assert await a.acquire("c1") == 1
 
         async def expired() -> bool:
-            return await client.get(cluster_keys.lease("c1")) is None
+            return await client.get(redis_keys.lease("c1")) is None
 
         await eventually(expired)
         assert not a.can_acknowledge()  # 0.9 of the lease passed without a renewal
@@ -113,13 +116,41 @@ async def test_a_lease_taken_after_it_expired_is_lost(client: redis.Redis) -> No
         assert lost == ["c1"] and not a.is_held("c1")
         assert "c1" not in a._journal.owned  # type: ignore[attr-defined]
         assert a.stats()["lost_leases"] == 1
-        assert await client.get(cluster_keys.lease("c1")) == b"b:2 2"  # untouched
+        assert await client.get(redis_keys.lease("c1")) == b"b:2 2"  # untouched
 
 
 async def test_an_expired_lease_nobody_took_is_taken_back(client: redis.Redis) -> None:
     async with directory(client, "a:1") as a:
         assert await a.acquire("c1") == 1
-        await client.delete(cluster_keys.lease("c1"))  # as if it expired
+        await client.delete(redis_keys.lease("c1"))  # as if it expired
         await a._round()
-        assert a.is_held("c1") and await client.get(cluster_keys.lease("c1")) == b"a:1 1"
+        assert a.is_held("c1") and await client.get(redis_keys.lease("c1")) == b"a:1 1"
         assert a.can_acknowledge()
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
+async def test_taking_the_lease_fences_the_last_owners_journal(cluster: bool) -> None:
+    """One epoch: the script that takes the lease increments the journal's epoch, so the
+    previous holder's appends are refused with no journal acquire of its own."""
+    settings = redis_settings(cluster=cluster)
+    cid = f"fence-{uuid.uuid4()}"
+    async with RedisPool(settings) as pool, RedisJournal(pool) as old, RedisJournal(pool) as new:
+        first = RedisDirectory(pool.client, old, "a:1", lease_seconds=0.3)
+        second = RedisDirectory(pool.client, new, "b:2", lease_seconds=30)
+        async with first, second:
+            assert first._task is not None
+            first._task.cancel()  # a pauses: its lease runs out
+            await asyncio.gather(first._task, return_exceptions=True)
+            assert await first.acquire(cid) == 1
+            await old.append(cid, 1, b"first")
+
+            async def expired() -> bool:
+                return await pool.client.get(redis_keys.lease(cid)) is None
+
+            await eventually(expired)
+            assert await second.acquire(cid) == 2
+            assert await pool.client.get(redis_keys.epoch(cid)) == b"2"  # one counter
+            with pytest.raises(Fenced):
+                await old.append(cid, 2, b"stale")
+            await new.append(cid, 2, b"second")
+            assert [e.payload for e in await new.tail(cid, 0)] == [b"first", b"second"]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from engine import cluster_keys
 from engine.membership_redis import RedisMembership
+from persistence import redis_keys
 from tests.backends import wipe_redis
 from tests.services import REDIS_URL, require
 
@@ -57,8 +57,8 @@ async def test_two_members_see_each_other_and_a_leaver_disappears(client: redis.
             found = {m.node_id: m for m in a.live()}["b:2"]
             assert found.url == "http://b:2" and found.stats == {"actors": 3}
             assert a.can_acknowledge() and a.stats()["live_nodes"] == 2
-        assert await client.get(cluster_keys.member("b:2")) is None  # left cleanly
-        assert await client.zscore(cluster_keys.MEMBERS, "b:2") is None
+        assert await client.get(redis_keys.member("b:2")) is None  # left cleanly
+        assert await client.zscore(redis_keys.MEMBERS, "b:2") is None
         await eventually(lambda: ids(a) == {"a:1"})
         assert seen[-1] == frozenset({"a:1"}) and frozenset({"a:1", "b:2"}) in seen
 
@@ -72,7 +72,7 @@ async def test_a_silent_member_expires_and_stops_acknowledging_first(client: red
         deadline = time.monotonic() + 10
         while True:  # while b may acknowledge, its heartbeat is still there for all to see
             acknowledging = b.can_acknowledge()
-            present = await client.exists(cluster_keys.member("b:2"))
+            present = await client.exists(redis_keys.member("b:2"))
             assert present or not acknowledging
             if not present:
                 break

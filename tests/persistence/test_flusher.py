@@ -224,6 +224,7 @@ async def test_a_cycle_writes_each_dirty_conversation_once(env: Env, rows: Rows)
         "dirty_conversations": 0, "writing_conversations": 0, "unflushed_bytes": 0,
         "unflushed_records": 0, "lag_ms": 0,
         "failing_conversations": 0, "batches_written": 3, "messages_written": 3,
+        "fenced_writes": 0, "forgotten": 0,
     }  # fmt: skip
     assert flushes["count"] == 3  # type: ignore[index]
     assert (batches["count"], batches["sum"]) == (3, 9)  # type: ignore[index]  # 3 records each
@@ -235,6 +236,42 @@ async def test_a_cycle_writes_each_dirty_conversation_once(env: Env, rows: Rows)
 async def test_flush_of_a_clean_conversation_writes_nothing(env: Env) -> None:
     await env.flusher.flush("c1")
     assert env.store.attempts == []
+
+
+# -- a cluster member's fence ----------------------------------------------------------------
+
+
+async def test_a_fenced_conversation_is_not_written_until_the_fence_lifts(
+    env: Env, rows: Rows
+) -> None:
+    """A node that may have lost a conversation (its lease not renewed in time) stores
+    nothing of it: it could put older state over the new owner's."""
+    owned = {"c1": False, "c2": True}
+    env.flusher.fence(owned.__getitem__)
+    await env.mutate("c1", 1, messages=(root(rows, "c1"),))
+    await env.mutate("c2", 1, messages=(root(rows, "c2"),))
+    assert not await env.flusher.flush_all()
+    assert env.store.written == [("c2", 1)]
+    assert env.flusher.stats()["fenced_writes"] >= 1
+    with pytest.raises(StoreError):
+        await env.flusher.flush("c1")  # a passivation's flush is refused too
+    owned["c1"] = True  # the renewal went through: still ours
+    assert await env.flusher.flush_all()
+    assert sorted(env.store.written) == [("c1", 1), ("c2", 1)]
+
+
+async def test_a_forgotten_conversation_is_never_written(env: Env, rows: Rows) -> None:
+    """Another node took it: its records are in the journal the new owner replayed."""
+    clean: list[str] = []
+    env.flusher.watch_clean(clean.append)
+    await env.mutate("c1", 1, messages=(root(rows, "c1"),))
+    await env.mutate("c2", 1, messages=(root(rows, "c2"),))
+    env.flusher.forget("c1")
+    assert clean == ["c1"]  # the hot listing lets go of it
+    assert await env.flusher.flush_all()
+    assert env.store.written == [("c2", 1)]
+    assert env.flusher.unflushed_bytes == 0
+    assert env.flusher.stats()["forgotten"] == 1
 
 
 # -- retries ---------------------------------------------------------------------------------

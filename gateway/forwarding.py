@@ -1,0 +1,360 @@
+"""Forwarding: a cluster node relays a request for a conversation it does not own to the
+owner, so any node gives the owner's answer.
+
+Who owns a conversation: the node that holds it hot (and its lease) serves it without
+any lookup; otherwise the placement target (rendezvous over the live nodes), except
+that a live node already holding the lease stays the owner until it lets go (the target
+asks Redis for the holder before activating it: one GET per activation, none after).
+The relayed request is the client's, method, path, query, headers and body unchanged,
+plus `X-Canopy-Hop: 1`: a request that has hopped once is served where it arrived, or
+answered 421 `not_owner` (with `X-Canopy-Owner`, the node the answering one believes
+owns it) when that node cannot; the sender re-resolves once with that hint, then gives
+up with a 503 and `Retry-After`. Authentication is the owner's: relaying comes before
+the middleware chain. Every conversation response names its owner in `X-Canopy-Node`.
+
+A creation picks its conversation id on the receiving node and goes to that id's
+placement target (`X-Canopy-Conversation-Id`, honoured only with the hop header, and
+only for an id never acquired before), so placement and the creator's lease agree.
+
+Connections: one aiohttp session (TCPConnector, keep-alive) per peer node, kept for
+the node's life. Responses stream through chunk by chunk, never buffered whole.
+
+Listings: a user's listing on any node asks every live peer for its unflushed entries
+for that user (`GET /internal/v1/hot-listing/{user}`, msgpack, the cluster's token in
+`X-Canopy-Cluster-Token`) and merges them (engine/peer_listing.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote, unquote
+
+import aiohttp
+from aiohttp import hdrs, web
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
+from yarl import URL
+
+from engine import peer_listing
+from engine.peer_listing import HotEntries
+from gateway.cluster_member import ClusterMember
+from gateway.errors import error_response
+from persistence.background import Throttled
+
+log = logging.getLogger(__name__)
+throttled = Throttled(log)
+
+HOP = "X-Canopy-Hop"
+NODE = "X-Canopy-Node"  # on every conversation response: the node that answered it
+OWNER = "X-Canopy-Owner"  # on a 421 not_owner: who the answering node believes owns it
+ASSIGNED_ID = "X-Canopy-Conversation-Id"  # a creation's id, picked by the node it reached
+ASSIGNED = web.RequestKey("assigned_conversation_id", str)  # for the creation route
+CREATION = "/api/v1/conversations"
+HOT_LISTING = "/internal/v1/hot-listing/"  # + user id: this node's unflushed entries
+TOKEN = "X-Canopy-Cluster-Token"
+NOT_OWNER = 421
+HINTS = 10_000  # conversations whose owner a stale answer named, remembered (LRU)
+
+# Not relayed: they describe one connection, not the request (RFC 9110 7.6.1).
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION,
+        hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.CONTENT_LENGTH,
+    )
+)  # fmt: skip
+_WHOLE = 64 * 1024  # a response up to this size is read at once, larger ones streamed
+
+
+class Forwarder:
+    """This node's side of forwarding; an async context manager (closes its sessions)."""
+
+    def __init__(
+        self,
+        member: ClusterMember,
+        serves: Callable[[str], bool],
+        hot_entries: Callable[[str], HotEntries],
+        *,
+        connect_timeout: float = 1.0,
+        read_timeout: float = 60.0,
+        connections_per_node: int = 256,
+    ) -> None:
+        assert member.directory is not None, "forwarding is for cluster members"
+        self._member = member
+        self._node_id = member.node_id
+        self._serves = serves  # hot here and its lease held: no lookup at all
+        self._hot_entries = hot_entries
+        self._listing_timeout = aiohttp.ClientTimeout(total=connect_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=read_timeout
+        )
+        self._per_node = connections_per_node
+        self._sessions: dict[str, aiohttp.ClientSession] = {}  # by node URL
+        self._urls: dict[str, str] = {}  # live node id -> URL
+        self._hints: OrderedDict[str, str] = OrderedDict()  # conversation -> owner named
+        self._closing: set[asyncio.Task[None]] = set()  # sessions of nodes that left
+        member.membership.watch(self._members_changed)
+        self._members_changed(frozenset())
+        self.forwarded = 0
+        self.forward_failures = 0
+        self.stale_retries = 0  # re-resolutions after a not_owner answer
+        self.not_owner = 0  # not_owner answers this node gave
+        self.listing_calls = 0  # peers asked for their hot entries
+        self.listing_failures = 0  # peers that did not answer (their entries missing)
+
+    async def __aenter__(self) -> Forwarder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(session.close() for session in sessions), *self._closing)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "forwarded": self.forwarded,
+            "forward_failures": self.forward_failures,
+            "stale_retries": self.stale_retries,
+            "not_owner_answers": self.not_owner,
+            "listing_calls": self.listing_calls,
+            "listing_failures": self.listing_failures,
+            "peer_sessions": len(self._sessions),
+        }
+
+    # -- what the dispatcher asks --------------------------------------------------------
+
+    async def route(
+        self, request: web.Request, match: UrlMappingMatchInfo
+    ) -> web.StreamResponse | None:
+        """The owner's answer if another node owns the request's conversation; None to
+        serve it here."""
+        conversation_id = match.get("conversation_id")
+        if conversation_id is None:
+            if request.method == hdrs.METH_POST and request.rel_url.path == CREATION:
+                return await self._creation(request)
+            return None  # listings, the sidebar: answered here (engine/listing.py)
+        if self._serves(conversation_id):
+            return None
+        owner = await self._owner(conversation_id)
+        if owner == self._node_id:
+            return None
+        if HOP in request.headers:
+            return self._not_owner(owner)
+        return await self._relay(request, conversation_id, owner)
+
+    # -- listings across nodes ------------------------------------------------------------
+
+    async def internal(self, request: web.Request) -> web.StreamResponse:
+        """A peer's call (the dispatcher sends /internal/ here, before any middleware)."""
+        if not hmac.compare_digest(request.headers.get(TOKEN, ""), self._member.token):
+            return error_response(403, "forbidden", "cluster-internal route")
+        path = request.rel_url.raw_path
+        if request.method != hdrs.METH_GET or not path.startswith(HOT_LISTING):
+            return error_response(404, "not_found", "no such internal route")
+        user_id = unquote(path[len(HOT_LISTING) :])
+        body = peer_listing.encode(self._hot_entries(user_id))
+        return web.Response(body=body, content_type="application/msgpack")
+
+    async def peer_entries(self, user_id: str) -> Sequence[HotEntries]:
+        """Every live peer's unflushed entries for the user, asked in parallel; a peer
+        that does not answer within the connect timeout is left out (and counted)."""
+        peers = [url for node, url in self._urls.items() if node != self._node_id]
+        if not peers:
+            return ()
+        path = HOT_LISTING + quote(user_id, safe="")
+        answers = await asyncio.gather(
+            *(self._peer_entries(url + path) for url in peers), return_exceptions=True
+        )
+        found = []
+        for answer in answers:
+            if isinstance(answer, HotEntries):
+                found.append(answer)
+            else:
+                self.listing_failures += 1
+                throttled.warning("listing", "a peer's hot listing is missing: %s", answer)
+        return found
+
+    async def _peer_entries(self, url: str) -> HotEntries:
+        self.listing_calls += 1
+        session = self._session(url.split("/internal/", 1)[0])
+        headers = {TOKEN: self._member.token}
+        async with session.get(url, headers=headers, timeout=self._listing_timeout) as answer:
+            if answer.status != 200:
+                raise aiohttp.ClientError(f"{url} answered {answer.status}")
+            return peer_listing.decode(await answer.read())
+
+    # -- ownership -----------------------------------------------------------------------
+
+    async def _owner(self, conversation_id: str) -> str:
+        hint = self._hints.get(conversation_id)
+        if hint is not None and hint in self._urls:
+            return hint
+        target = self._member.placement.owner_of(conversation_id)
+        if target != self._node_id:
+            return target
+        directory = self._member.directory
+        assert directory is not None
+        try:
+            holder = await directory.holder(conversation_id)
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable: activation will say
+            throttled.warning("holder", "lease lookup failed: %s", exc)
+            return self._node_id
+        if holder is not None and holder != self._node_id and holder in self._urls:
+            return holder  # a live node holds it: it stays the owner until it lets go
+        return self._node_id
+
+    def _members_changed(self, _: frozenset[str]) -> None:
+        self._urls = {m.node_id: m.url for m in self._member.membership.live()}
+        self._hints.clear()  # placement moved: what a stale answer named may be wrong now
+        # A node declared dead may be paused, its sockets open: end what waits on it now
+        # (a 503 its client retries, to the new owner) rather than at the read timeout.
+        live = set(self._urls.values())
+        for url in [url for url in self._sessions if url not in live]:
+            closing = asyncio.get_running_loop().create_task(self._sessions.pop(url).close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    def _not_owner(self, owner: str) -> web.Response:
+        self.not_owner += 1
+        response = error_response(
+            NOT_OWNER, "not_owner", f"this node does not own the conversation; {owner} does"
+        )
+        response.headers[OWNER] = owner
+        return response
+
+    def _hint(self, conversation_id: str, owner: str) -> None:
+        self._hints[conversation_id] = owner
+        self._hints.move_to_end(conversation_id)
+        if len(self._hints) > HINTS:
+            self._hints.popitem(last=False)
+
+    # -- creation ------------------------------------------------------------------------
+
+    async def _creation(self, request: web.Request) -> web.StreamResponse | None:
+        if HOP in request.headers:
+            assigned = request.headers.get(ASSIGNED_ID)
+            if assigned is not None:
+                try:
+                    request[ASSIGNED] = str(uuid.UUID(assigned))
+                except ValueError:
+                    return error_response(400, "bad_request", f"{ASSIGNED_ID} is not a UUID")
+            return None
+        conversation_id = str(uuid.uuid4())
+        owner = self._member.placement.owner_of(conversation_id)
+        if owner == self._node_id:
+            request[ASSIGNED] = conversation_id
+            return None
+        return await self._relay(request, conversation_id, owner, {ASSIGNED_ID: conversation_id})
+
+    # -- relaying ------------------------------------------------------------------------
+
+    async def _relay(
+        self,
+        request: web.Request,
+        conversation_id: str,
+        owner: str,
+        extra: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        body = await request.read() if request.body_exists else None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers[HOP] = "1"
+        headers.update(extra or {})
+        for attempt in range(2):
+            url = self._urls.get(owner)
+            if url is None:
+                break  # not live (any more): nobody to ask
+            try:
+                answer = await self._send(request, url, headers, body)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.forward_failures += 1
+                throttled.warning("forward", "forwarding to %s failed: %s", owner, exc)
+                return _unavailable(f"the owner ({owner}) did not answer")
+            if answer is not None:
+                self.forwarded += 1
+                return answer
+            self._hints.pop(conversation_id, None)  # the owner said "not mine"
+            if attempt == 0:
+                self.stale_retries += 1
+                owner = self._retarget(conversation_id, request)
+                if owner == self._node_id:
+                    break
+        self.forward_failures += 1
+        return _unavailable("the conversation's owner is moving")
+
+    def _retarget(self, conversation_id: str, request: web.Request) -> str:
+        """Whom to ask next: the node the not_owner answer named (remembered for the
+        conversation's next requests)."""
+        owner = request.get(_NAMED) or self._member.placement.owner_of(conversation_id)
+        self._hint(conversation_id, owner)
+        return owner
+
+    async def _send(
+        self, request: web.Request, url: str, headers: dict[str, str], body: bytes | None
+    ) -> web.StreamResponse | None:
+        """The owner's answer relayed; None if it answered not_owner (its hint noted)."""
+        session = self._session(url)
+        target = URL(url + request.raw_path, encoded=True)
+        async with session.request(
+            request.method, target, headers=headers, data=body, allow_redirects=False
+        ) as upstream:
+            if upstream.status == NOT_OWNER and OWNER in upstream.headers:
+                request[_NAMED] = upstream.headers[OWNER]
+                return None
+            return await _pass_through(request, upstream)
+
+    def _session(self, url: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(url)
+        if session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._per_node, limit_per_host=self._per_node, keepalive_timeout=30
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,  # the client's bytes, as the owner encoded them
+                skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING),
+            )
+            self._sessions[url] = session
+        return session
+
+
+_NAMED = web.RequestKey("owner_named", str)  # the owner a not_owner answer named
+
+
+async def _pass_through(
+    request: web.Request, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
+    length = upstream.content_length
+    if length is not None and length <= _WHOLE:
+        body = await upstream.read()
+        return web.Response(status=upstream.status, reason=upstream.reason, body=body,
+                            headers=headers)  # fmt: skip
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
+    await response.prepare(request)
+    async for chunk in upstream.content.iter_any():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+def _unavailable(message: str) -> web.Response:
+    response = error_response(503, "unavailable", message)
+    response.headers[hdrs.RETRY_AFTER] = "1"
+    return response
+
+
+def node_header(node_id: str) -> Callable[[web.Request, web.StreamResponse], Any]:
+    """An on_response_prepare callback: name this node on responses that name no other
+    (a relayed answer keeps its owner's)."""
+
+    async def name(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers.setdefault(NODE, node_id)
+
+    return name

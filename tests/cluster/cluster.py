@@ -1,0 +1,113 @@
+"""Three `canopy serve --cluster redis` processes on loopback over the test Redis and
+Cassandra, each with its own data dir, short leases (failover in about a second), and
+the HTTP calls the cluster tests make."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from engine.placement import Rendezvous
+from tests.processes import NodeProcess
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+
+LEASE, HEARTBEAT = "1", "0.2"  # seconds: deadline 0.6 s < lease
+
+
+class Cluster:
+    def __init__(
+        self,
+        root: Path,
+        ports: Sequence[int],
+        redis_urls: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> None:
+        require("redis")
+        require("cassandra")
+        run = uuid.uuid4().hex[:6]  # node ids of this test only (Redis keys by node id)
+        self.ids = [f"n{k + 1}-{run}" for k in range(len(ports))]
+        self.nodes: dict[str, NodeProcess] = {}
+        for k, (node_id, port) in enumerate(zip(self.ids, ports, strict=True)):
+            redis_url = redis_urls[k] if k < len(redis_urls) and redis_urls[k] else REDIS_URL
+            self.nodes[node_id] = NodeProcess(
+                root / node_id, port,
+                "--cluster", "redis", "--journal", "redis", "--store", "scylla",
+                "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", KEYSPACE,
+                "--redis-url", redis_url, "--node-id", node_id,
+                "--advertise-url", f"http://127.0.0.1:{port}",
+                "--lease-seconds", LEASE, "--heartbeat-seconds", HEARTBEAT, *extra,
+            )  # fmt: skip
+        self.session = aiohttp.ClientSession()
+
+    async def start(self) -> None:
+        first, *others = self.nodes.values()
+        await first.start()  # makes the keyspace's tables once
+        await asyncio.gather(*(node.start() for node in others))
+        await self.until_members(self.ids)
+
+    async def close(self) -> None:
+        await self.session.close()
+        for node in self.nodes.values():
+            if node.process is not None and node.process.returncode is None:
+                node.process.kill()
+                await node.process.wait()
+
+    def base(self, node_id: str) -> str:
+        return self.nodes[node_id].base + "/api/v1/conversations"
+
+    def owner_of(self, conversation_id: str, live: Sequence[str] | None = None) -> str:
+        return Rendezvous(live or self.ids).owner_of(conversation_id)
+
+    async def until_members(self, live: Sequence[str], seconds: float = 20.0) -> None:
+        """Every node in `live` has logged `live` as its set of live nodes last."""
+        deadline = time.monotonic() + seconds
+        while True:
+            views = [self.members(node_id) for node_id in live]
+            if all(view == sorted(live) for view in views):
+                return
+            assert time.monotonic() < deadline, f"membership never settled: {views}"
+            await asyncio.sleep(0.05)
+
+    def members(self, node_id: str) -> list[str]:
+        """The live nodes `node_id` logged last."""
+        for line in reversed(self.nodes[node_id].output):
+            if b"live nodes: " in line:
+                return sorted(line.split(b"live nodes: ", 1)[1].decode().split())
+        return []
+
+    # -- the API ------------------------------------------------------------------------
+
+    async def create(self, node_id: str, user: str = "u", **headers: str) -> tuple[str, str, str]:
+        """A new conversation through `node_id`: its id, root message id, answering node."""
+        body = {"title": "t", "created_by": user}
+        async with self.session.post(self.base(node_id), json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            conversation_id = (await r.json())["conversation_id"]
+            answered = r.headers["X-Canopy-Node"]
+        tree = await self.tree(node_id, conversation_id)
+        return conversation_id, tree["messages"][0]["message_id"], answered
+
+    async def append(
+        self, node_id: str, conversation_id: str, parent: str, text: str, **headers: str
+    ) -> tuple[int, dict[str, Any], str]:
+        body = {"parent_message_id": parent, "role": "human", "created_by": "u",
+                "content": {"type": "text", "text": text}}  # fmt: skip
+        url = f"{self.base(node_id)}/{conversation_id}/messages"
+        async with self.session.post(url, json=body, headers=headers) as response:
+            return response.status, await response.json(), response.headers.get("X-Canopy-Node", "")
+
+    async def tree(self, node_id: str, conversation_id: str) -> dict[str, Any]:
+        async with self.session.get(f"{self.base(node_id)}/{conversation_id}/tree") as r:
+            assert r.status == 200, await r.text()
+            return await r.json()  # type: ignore[no-any-return]
+
+
+def texts(tree: dict[str, Any]) -> list[str]:
+    """The text of every non-root message of a tree, in tree order."""
+    return [m["content"]["text"] for m in tree["messages"] if m["role"] != "root"]

@@ -1,0 +1,76 @@
+"""Fencing: an owner paused past its lease (SIGSTOP) is replaced; when it wakes
+(SIGCONT) it acknowledges nothing for the conversation itself, and no write is lost or
+written twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+
+from tests.cluster.cluster import Cluster, texts
+
+WRITERS = 8
+
+
+async def test_a_paused_owner_acknowledges_nothing_when_it_wakes(cluster: Cluster) -> None:
+    cid, root, owner = await cluster.create(cluster.ids[0])
+    via = next(node for node in cluster.ids if node != owner)
+    paused = cluster.nodes[owner].process
+    assert paused is not None
+    acked: list[tuple[str, str]] = []  # (text, node that answered)
+    stopped_at = float("inf")
+    stop = asyncio.Event()
+
+    async def writer(k: int) -> None:
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            text, sent_at = f"w{k}-{attempt}", time.monotonic()
+            try:
+                status, _, node = await cluster.append(via, cid, root, text)
+            except aiohttp.ClientError:
+                status, node = 0, ""
+            if status == 200:
+                acked.append((text, node))
+                assert sent_at < stopped_at or node != owner  # the paused one answered
+            else:
+                await asyncio.sleep(0.05)
+
+    writers = [asyncio.create_task(writer(k)) for k in range(WRITERS)]
+    refused: list[int] = []
+    try:
+        while len(acked) < 40:
+            await asyncio.sleep(0.01)
+        paused.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        async with asyncio.timeout(30):  # until another node took over and acknowledges
+            while not any(node != owner for _, node in acked[-5:]):
+                await asyncio.sleep(0.01)
+        taken_over = len(acked)
+        while len(acked) < taken_over + 20:
+            await asyncio.sleep(0.01)
+        paused.send_signal(signal.SIGCONT)
+        # Straight at the woken node, which may not relay (hop header): it must refuse.
+        for n in range(30):
+            status, body, _ = await cluster.append(
+                owner, cid, root, f"stale-{n}", **{"X-Canopy-Hop": "1"}
+            )
+            assert status in (421, 503), body
+            refused.append(status)
+        while len(acked) < taken_over + 60:
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    print(f"\nfencing: woken owner refused {refused.count(503)} with 503, "
+          f"{refused.count(421)} with 421 not_owner")  # fmt: skip
+
+    written = {text for text, _ in acked}
+    for node in cluster.ids:
+        stored = texts(await cluster.tree(node, cid))
+        assert len(stored) == len(set(stored))
+        assert written <= set(stored), written - set(stored)
+        assert not any(text.startswith("stale-") for text in stored)
