@@ -107,6 +107,10 @@ async def test_any_node_shows_every_node_and_actor(cluster: Cluster) -> None:
     assert first["next_cursor"] == "1" and first["total"] == len(owners)
     paged = [a["conversation_id"] for a in first["actors"] + second["actors"]]
     assert sorted(paged) == sorted(owners)
+    wrong = {"X-Canopy-Cluster-Token": TOKEN}  # a peer's header, not the cluster's token
+    url = cluster.nodes[cluster.ids[0]].base + "/admin/actors"
+    async with cluster.session.get(url, headers=wrong) as refused:
+        assert refused.status == 401, await refused.text()
 
 
 async def test_an_actor_hot_elsewhere_is_flushed_and_passivated_through_any_node(
