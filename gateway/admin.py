@@ -2,7 +2,9 @@
 passivate. Every figure comes from a component's stats() (gateway/node_stats.py) or a
 read-only look at one actor; the bearer is the admin token (gateway/admin_token.py).
 
-Nodes come from `Membership.nodes()` (gateway/admin_nodes.py).
+Nodes come from `Membership.nodes()` (gateway/admin_nodes.py). On a cluster the actors
+listing spans every live node and an actor hot on another node is looked at, flushed
+and passivated there (gateway/admin_peers.py): each answer names the owner node.
 """
 
 from __future__ import annotations
@@ -11,18 +13,21 @@ import time
 from collections.abc import Callable
 from importlib import resources
 
+import aiohttp
 from aiohttp import web
 
 from engine.actor import ConversationActor
 from engine.errors import InvalidInput, NotFound, Unavailable
 from engine.registry import Registry
-from gateway.admin_nodes import MEMBERSHIP, ThisNode
+from gateway.admin_nodes import MEMBERSHIP, MemberNodes, ThisNode
+from gateway.admin_peers import PEER_ADMIN, PeerAdmin
 from gateway.admin_schemas import ActorOut, ActorsOut, NodesOut, PassivatedOut
 from gateway.admin_token import ADMIN, AdminAccess, require_admin
+from gateway.cluster_member import ClusterMember
 from gateway.codec import json_response, path_id
 from gateway.config import Settings
 from gateway.connections import SERVER, ServerSlot
-from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL
+from gateway.keys import CLUSTER, CONVERSATIONS, FLUSHER, JOURNAL
 from gateway.metrics import add_metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.openapi import Query, describe
@@ -89,9 +94,27 @@ def _paging(request: web.Request) -> tuple[str, int, int]:
         offset = int(query.get("cursor", "0"))
     except ValueError:
         raise InvalidInput("limit and cursor must be integers") from None
-    if not 1 <= limit <= MAX_LIMIT or offset < 0:
+    # a node asked by a peer gives it every row up to the peer's page end at once
+    cap = MAX_LIMIT if _scope(request) == "cluster" else float("inf")
+    if not 1 <= limit <= cap or offset < 0:
         raise InvalidInput(f"limit must be from 1 to {MAX_LIMIT}, cursor at least 0")
     return sort, limit, offset
+
+
+def _scope(request: web.Request) -> str:
+    scope = request.query.get("scope", "cluster")
+    if scope not in ("cluster", "node"):
+        raise InvalidInput(f"scope must be cluster or node; got {scope!r}")
+    return scope
+
+
+def _peers(request: web.Request) -> ClusterMember | None:
+    """The cluster member whose peers a cluster-wide call asks; None when there are
+    none to ask (a node alone, --workers N, or a call a peer made: scope=node)."""
+    member = request.app.get(CLUSTER)
+    if member is None or member.directory is None or not member.token:
+        return None
+    return member if _scope(request) == "cluster" else None
 
 
 @routes.get("/admin")
@@ -108,10 +131,12 @@ async def nodes(request: web.Request) -> web.Response:
 
 
 @routes.get("/admin/actors")
-@describe("This node's hot actors, sorted and paged", response=ActorsOut, query=(
+@describe("The hot actors (on a cluster, of every live node), sorted and paged",
+          response=ActorsOut, query=(
     Query("sort", str, "memory (largest first), unflushed (records), last_access (latest)"),
     Query("limit", int, f"Page size, 1 to {MAX_LIMIT} (default 50)."),
     Query("cursor", str, "Opaque: the next_cursor of the previous page."),
+    Query("scope", str, "cluster (default: every live node's actors) or node (this one's)"),
 ))  # fmt: skip
 async def actors(request: web.Request) -> web.Response:
     require_admin(request)
@@ -119,16 +144,53 @@ async def actors(request: web.Request) -> web.Response:
     registry = _registry(request)
     hot = [] if registry is None else list(registry.hot_actors())
     now = time.monotonic()
-    listed = sorted((actor_out(request, a, t, now) for a, t in hot), key=SORTS[sort])
+    listed = [actor_out(request, a, t, now) for a, t in hot]
+    total, missing = len(listed), list[str]()
+    member = _peers(request)
+    if member is not None:  # each peer's first offset + limit, merged with ours
+        peers = [m for m in member.membership.live() if m.node_id != member.node_id]
+        query = {"sort": sort, "limit": str(offset + limit), "cursor": "0"}
+        pages, missing = await request.app[PEER_ADMIN].listings(peers, member.token, query)
+        for answer in pages:
+            listed.extend(answer.actors)
+            total += answer.total
+    listed.sort(key=SORTS[sort])
     page = listed[offset : offset + limit]
-    more = offset + limit < len(listed)
-    return json_response(ActorsOut(page, len(listed), str(offset + limit) if more else None))
+    cursor = str(offset + limit) if offset + limit < total else None
+    return json_response(ActorsOut(page, total, cursor, missing_nodes=missing))
+
+
+async def _at_owner(request: web.Request) -> web.Response | None:
+    """The answer of the node holding the conversation hot, if that is another node of
+    the cluster (its lease holder); None to answer here."""
+    member = _peers(request)
+    conversation_id = path_id(request, "conversation_id")
+    registry = _registry(request)
+    if member is None or (registry is not None and registry.hot(conversation_id)):
+        return None
+    assert member.directory is not None
+    try:
+        holder = await member.directory.holder(conversation_id)
+    except Exception as exc:  # noqa: BLE001 - Redis unreachable: say so
+        raise Unavailable(f"cannot look up the conversation's owner: {exc}") from None
+    urls = {m.node_id: m.url for m in member.membership.live()}
+    if holder is None or holder == member.node_id or holder not in urls:
+        return None  # not hot anywhere: this node's 404
+    try:
+        answer = await request.app[PEER_ADMIN].call(
+            urls[holder], request.method, request.path, member.token, {}
+        )
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise Unavailable(f"the owner ({holder}) did not answer: {exc}") from None
+    return web.Response(status=answer.status, body=answer.body, content_type="application/json")
 
 
 @routes.get("/admin/actors/{conversation_id}")
-@describe("One hot actor's figures", response=ActorOut)
+@describe("One hot actor's figures (on a cluster, from the node holding it)", response=ActorOut)
 async def actor(request: web.Request) -> web.Response:
     require_admin(request)
+    if (relayed := await _at_owner(request)) is not None:
+        return relayed
     _, found, touched = _hot(request)
     return json_response(actor_out(request, found, touched, time.monotonic()))
 
@@ -137,6 +199,8 @@ async def actor(request: web.Request) -> web.Response:
 @describe("Write the actor's unflushed changes to the store now", response=ActorOut)
 async def flush(request: web.Request) -> web.Response:
     require_admin(request)
+    if (relayed := await _at_owner(request)) is not None:
+        return relayed
     _, found, touched = _hot(request)
     try:
         await request.app[FLUSHER].flush(found.id)
@@ -149,6 +213,8 @@ async def flush(request: web.Request) -> web.Response:
 @describe("Flush the actor and drop it from memory", response=PassivatedOut)
 async def passivate(request: web.Request) -> web.Response:
     require_admin(request)
+    if (relayed := await _at_owner(request)) is not None:
+        return relayed
     registry, found, _ = _hot(request)
     return json_response(PassivatedOut(found.id, await registry.passivate(found.id)))
 
@@ -159,7 +225,9 @@ def add_admin(app: web.Application, settings: Settings) -> None:
     app[SERVER] = ServerSlot()
     app[ADMIN] = AdminAccess.make(settings.admin_token, settings.metrics_public)
     app[NODE_ID] = settings.node()
-    app[MEMBERSHIP] = ThisNode(settings.node(), f"http://{settings.host}:{settings.port}", app)
+    app[MEMBERSHIP] = MemberNodes(ThisNode(settings.node(), settings.advertised(), app), app)
+    peers = app[PEER_ADMIN] = PeerAdmin()
+    app.on_cleanup.append(peers.close)
     add_metrics(app)
     app.router.add_routes(routes)
     app.router.add_routes(metrics_routes)

@@ -41,10 +41,11 @@ class ActorOut(msgspec.Struct, kw_only=True):
     title: str
 
 
-class ActorsOut(msgspec.Struct):
+class ActorsOut(msgspec.Struct, omit_defaults=True):  # missing_nodes only if any
     actors: list[ActorOut]
     total: int
     next_cursor: str | None
+    missing_nodes: list[str] = msgspec.field(default_factory=list)  # peers that did not answer
 
 
 class PassivatedOut(msgspec.Struct):

@@ -1,7 +1,10 @@
 """The admin bearer token: `--admin-token` / CANOPY_ADMIN_TOKEN, or one made at start.
 
 /admin/... and /metrics check it themselves (gateway/auth.py lets them through the
-user authentication: their bearer is not a user's), compared in constant time.
+user authentication: their bearer is not a user's), compared in constant time. In a
+cluster another node's admin calls (gateway/admin_peers.py) carry the cluster's token
+instead, in `X-Canopy-Cluster-Token` (the header of gateway/forwarding.py's internal
+calls): the nodes need not share an admin token.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from aiohttp import web
 
 from engine.errors import Unauthorized
 
+PEER_TOKEN = "X-Canopy-Cluster-Token"
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +35,15 @@ class AdminAccess:
                      token)  # fmt: skip
         return cls(token, metrics_public)
 
-    def check(self, authorization: str | None) -> None:
+    def check(self, authorization: str | None, peer: str | None = None,
+              cluster_token: str = "") -> None:  # fmt: skip
+        """Pass the admin bearer, or (a peer's call) the cluster's token if it has one."""
+        if (
+            peer is not None
+            and cluster_token
+            and hmac.compare_digest(peer.encode(), cluster_token.encode())
+        ):
+            return
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             presented.strip().encode(), self.token.encode()
@@ -45,5 +57,10 @@ ADMIN = web.AppKey("admin_access", AdminAccess)
 
 
 def require_admin(request: web.Request) -> None:
-    """401 unless the request carries the admin token."""
-    request.app[ADMIN].check(request.headers.get("Authorization"))
+    """401 unless the request carries the admin token (or a peer's, the cluster's)."""
+    from gateway.keys import CLUSTER  # keys -> ... -> forwarding -> errors -> here
+
+    member = request.app.get(CLUSTER)
+    headers = request.headers
+    cluster_token = member.token if member is not None else ""
+    request.app[ADMIN].check(headers.get("Authorization"), headers.get(PEER_TOKEN), cluster_token)

@@ -51,6 +51,7 @@ from gateway.keys import (
     STORE,
 )
 from gateway.login_limiter import LoginLimiter
+from gateway.node_stats import heartbeat_stats
 from gateway.openapi import build_on_startup
 from gateway.ratelimit import LIMITER, open_limiter, rate_limit_middleware
 from gateway.response_cache import ResponseCache
@@ -119,13 +120,8 @@ async def write_behind(
 
 
 def node_report(app: web.Application) -> dict[str, Any]:
-    """What this node's heartbeat carries: its registry's and flusher's figures."""
-    conversations = app.get(CONVERSATIONS)
-    report = dict(conversations.stats()) if isinstance(conversations, Registry) else {}
-    flusher = app.get(FLUSHER)
-    if flusher is not None:
-        report.update(flusher.stats())
-    return report
+    """What this node's heartbeat carries: the figures /admin/nodes shows of it."""
+    return heartbeat_stats(app)
 
 
 def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Application:

@@ -40,6 +40,8 @@ GAUGES = (
     ("flusher", "unflushed_bytes", "unflushed_bytes", "Bytes written, not yet in the store"),
     ("flusher", "unflushed_records", "unflushed_records", "Journal records not yet stored"),
     ("flusher", "dirty_conversations", "dirty_conversations", "Conversations with unflushed data"),
+    ("directory", "leases_held", "leases_held", "Conversation leases this node holds"),
+    ("membership", "live_nodes", "live_nodes", "Live nodes this node sees"),
     ("connections", "connections", "connections", "Open client connections"),
     ("responses", "in_flight_bytes", "response_bytes_in_flight", "Large responses being sent"),
 )
@@ -51,9 +53,12 @@ COUNTERS = (
     ("connections", "refused", "connections_refused", "Connections refused at the cap"),
     ("rate_limiter", "limited", "rate_limited_requests", "Requests refused by the rate limit"),
     ("retention", "swept", "expired_conversations", "Expired conversations removed"),
-    # Cluster figures: lease ones absent until the directory reports them.
+    # Cluster figures (a node alone has no leases: absent there).
     ("directory", "renewals", "lease_renewals", "Lease renewals"),
-    ("directory", "losses", "lease_losses", "Leases lost"),
+    ("directory", "lost_leases", "lease_losses", "Leases lost to another node"),
+    ("directory", "renew_failures", "lease_renewal_failures", "Lease renewal rounds that failed"),
+    ("directory", "acquisitions", "lease_acquisitions", "Leases acquired"),
+    ("forwarder", "forward_failures", "forward_failures", "Forwarded requests not answered"),
 )
 HISTOGRAMS = (
     ("flusher", "flush_seconds", "flush_duration_seconds", "One conversation's store write"),

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from engine.registry import Registry
 from gateway.connections import SERVER
-from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL, RETENTION, SENDER
+from gateway.keys import CLUSTER, CONVERSATIONS, FLUSHER, FORWARDER, JOURNAL, RETENTION, SENDER
 from gateway.ratelimit import LIMITER
 from gateway.request_metrics import REQUEST_METRICS
 
@@ -31,12 +31,14 @@ def rss_bytes() -> int:
 COMPONENTS = (
     ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
     ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
+    ("forwarder", FORWARDER),
 )  # fmt: skip
 
 
 def node_stats(app: web.Application) -> Stats:
     """Each component's stats by name; those the node does not run are left out
-    (`registry` with --cache off, `rate_limiter` without --rate-limit)."""
+    (`registry` with --cache off, `rate_limiter` without --rate-limit, `forwarder`
+    alone). The cluster member's figures are two sections, `membership` and `directory`."""
     sections: Stats = {"process": {"rss_bytes": rss_bytes(), "pid": os.getpid()}}
     conversations = app.get(CONVERSATIONS)
     if isinstance(conversations, Registry):
@@ -47,4 +49,20 @@ def node_stats(app: web.Application) -> Stats:
     for name, component in components:
         if component is not None:
             sections[name] = component.stats()
+    member = app.get(CLUSTER)
+    if member is not None:
+        sections.update(member.stats())
     return sections
+
+
+def heartbeat_stats(app: web.Application) -> Stats:
+    """What a heartbeat carries (the figures /admin/nodes shows of every node): the
+    node's stats without the histograms, which only its own /metrics reads."""
+    return {
+        name: {key: value for key, value in section.items() if not _histogram(value)}
+        for name, section in node_stats(app).items()
+    }
+
+
+def _histogram(value: object) -> bool:
+    return isinstance(value, dict) and "cumulative" in value

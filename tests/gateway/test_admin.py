@@ -36,7 +36,11 @@ async def start(start_node: NodeFactory, **overrides: Any) -> Node:
     return await start_node(**{"admin_token": TOKEN, "flush_interval": NO_FLUSH, **overrides})
 
 
-REFUSED = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"X-API-Key": "k"})
+REFUSED = (
+    {}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"X-API-Key": "k"},
+    # a peer's credential: a node with no cluster has no cluster token to match
+    {"X-Canopy-Cluster-Token": ""}, {"X-Canopy-Cluster-Token": TOKEN},
+)  # fmt: skip
 ANY_ID = "6d1f3c1e-8a4b-4c55-9d2e-0f6a7b8c9d0e"
 
 
@@ -148,9 +152,13 @@ async def test_actors_are_sorted_and_paged(start_node: NodeFactory) -> None:
 @HOT
 async def test_bad_paging_is_refused(start_node: NodeFactory) -> None:
     node = await start(start_node)
-    for query in ("sort=size", "limit=0", "limit=1001", "limit=x", "cursor=-1", "cursor=x"):
+    for query in ("sort=size", "limit=0", "limit=1001", "limit=x", "cursor=-1", "cursor=x",
+                  "scope=all", "scope=node&limit=0"):  # fmt: skip
         body = await admin(node, "GET", f"/admin/actors?{query}", status=422)
         assert set(body["error"]) == ERROR_KEYS, query
+    # a peer's call (scope=node) may take more than a page: every row up to its page end
+    listed = await admin(node, "GET", "/admin/actors?scope=node&limit=5000")
+    assert listed == {"actors": [], "total": 0, "next_cursor": None}
 
 
 @HOT
