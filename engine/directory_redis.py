@@ -18,7 +18,8 @@ heartbeat sent + deadline`, RedisMembership.can_acknowledge) and the heartbeat k
 `deadline` from when it reached Redis, so the node has stopped acknowledging before
 anyone can find its key gone and take its conversations. Whatever it still sends is
 fenced by the epoch. A node whose heartbeat finds its key gone was declared dead: it
-marks every conversation it held lost (its actors dropped, the flusher forgets them).
+marks every conversation it held lost (its actors dropped, the flusher forgets them);
+an append refused as FENCED marks its conversation lost the same way.
 
 Releases (passivation, close) are compare-and-delete, queued and sent in one pipeline
 per interval; an interval with none sends nothing. The keys have no TTL: a vanished
@@ -105,6 +106,9 @@ class RedisDirectory:
         self.lost = 0
         self.released = 0
         membership.on_expelled(self._lose_all)
+        on_fenced = getattr(journal, "on_fenced", None)
+        if on_fenced is not None:  # the Redis journal: told when an append is FENCED
+            on_fenced(self._fenced)
 
     async def __aenter__(self) -> RedisDirectory:
         await self._load_scripts()
@@ -216,6 +220,12 @@ class RedisDirectory:
             log.warning("this node was declared dead: its %d conversations are lost",
                         len(self._held))  # fmt: skip
         for conversation_id in list(self._held):
+            self._lose(conversation_id)
+
+    def _fenced(self, conversation_id: str) -> None:
+        """An append was refused as FENCED: another node took the conversation."""
+        if conversation_id in self._held:
+            log.warning("conversation %s was taken by another node", conversation_id)
             self._lose(conversation_id)
 
     def _lose(self, conversation_id: str) -> None:

@@ -195,7 +195,8 @@ async def test_a_takeover_sets_only_the_value_it_read(client: redis.Redis) -> No
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
 async def test_taking_the_lease_fences_the_last_owners_journal(cluster: bool) -> None:
     """One epoch: the script that takes the lease increments the journal's epoch, so the
-    previous holder's appends are refused with no journal acquire of its own."""
+    previous holder's appends are refused with no journal acquire of its own, and the
+    refusal tells it that it lost the conversation."""
     settings = redis_settings(cluster=cluster)
     cid = f"fence-{uuid.uuid4()}"
     a_id, b_id = f"a-{uuid.uuid4()}", f"b-{uuid.uuid4()}"  # the cluster is shared
@@ -205,9 +206,11 @@ async def test_taking_the_lease_fences_the_last_owners_journal(cluster: bool) ->
         new = await stack.enter_async_context(RedisJournal(pool))
         alive, first = await stack.enter_async_context(node(pool.client, a_id, old))
         _, second = await stack.enter_async_context(node(pool.client, b_id, new))
+        lost: list[str] = []
+        first.on_lost(lost.append)
         assert await first.acquire(cid) == 1
         await old.append(cid, 1, b"first")
-        await pause(alive)
+        await pause(alive)  # a heartbeat would tell it too: only the FENCED append does
 
         async def dead() -> bool:
             return await pool.client.get(redis_keys.member(a_id)) is None
@@ -217,5 +220,6 @@ async def test_taking_the_lease_fences_the_last_owners_journal(cluster: bool) ->
         assert await pool.client.get(redis_keys.epoch(cid)) == b"2"  # one counter
         with pytest.raises(Fenced):
             await old.append(cid, 2, b"stale")
+        assert lost == [cid] and not first.is_held(cid)  # the refusal marked it lost
         await new.append(cid, 2, b"second")
         assert [e.payload for e in await new.tail(cid, 0)] == [b"first", b"second"]
