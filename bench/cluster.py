@@ -12,8 +12,9 @@ Nodes are `canopy serve --cluster redis` processes over the Redis and Cassandra 
   node, then time until a surviving node serves its whole tree; the killed node is
   started again before the next kill. Median and max over `--kills`.
 - lease renewal: one node alone holding `--hot` conversations, idle; Redis commands per
-  second over `--idle-seconds` (INFO commandstats, which counts every client of that Redis
-  server and, inside a script, each command it runs: run it on a Redis nobody else uses).
+  second over `--idle-seconds` that clients sent to the bench's database, and those run
+  inside scripts (MONITOR, which names each command's database: other databases' clients
+  are not counted).
 Bounded: every phase has a request count and a time limit.
 """
 
@@ -27,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,28 +217,39 @@ async def renewal(cluster: Cluster, hot: int, idle_seconds: float) -> dict[str, 
     made = await run(member.port, requests, connections=16, count=hot, seconds=120.0)
     if made.errors:
         raise RuntimeError(f"creating {hot} conversations: {made.first_error}")
-    client = redis.Redis.from_url(REDIS_URL)
+    await asyncio.sleep(3.0)  # the creations' write-behind settles
+    sent, scripted = await asyncio.to_thread(_commands_of_db, REDIS_URL, idle_seconds)
+    per_second = {name: round(calls / idle_seconds, 1) for name, calls in sorted(sent.items())}
+    inside = {name: round(calls / idle_seconds, 1) for name, calls in sorted(scripted.items())}
+    total = round(sum(per_second.values()), 1)
+    log(f"lease renewal with {len(made.latencies_ns)} hot conversations on one idle node: "
+        f"{total} Redis commands/s ({per_second}; inside scripts: {inside})")  # fmt: skip
+    return {"hot": len(made.latencies_ns), "commands_per_second": total,
+            "by_command": per_second, "inside_scripts": inside}  # fmt: skip
+
+
+def _commands_of_db(url: str, seconds: float) -> tuple[Counter[str], Counter[str]]:
+    """The commands clients sent to `url`'s database over `seconds`, and those scripts
+    ran, by name (MONITOR names each command's database: other databases' clients of
+    the same server are not counted)."""
+    client = redis.Redis.from_url(url, socket_timeout=seconds)
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    sent: Counter[str] = Counter()
+    scripted: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
     try:
-        await asyncio.sleep(3.0)  # the creations' write-behind settles
-        before = _command_calls(client)
-        await asyncio.sleep(idle_seconds)
-        after = _command_calls(client)
+        with client.monitor() as monitor:
+            while time.monotonic() < deadline:
+                try:
+                    seen = monitor.next_command()
+                except redis.TimeoutError:
+                    break  # nothing at all was sent (the node heartbeats, so: gone)
+                if seen["db"] == db and seen["command"]:
+                    name = seen["command"].split(" ", 1)[0].lower()
+                    (scripted if seen["client_type"] == "lua" else sent)[name] += 1
     finally:
         client.close()
-    per_second = {
-        name: round((after.get(name, 0) - calls) / idle_seconds, 1)
-        for name, calls in before.items()
-        if after.get(name, 0) > calls
-    }
-    total = round(sum(per_second.values()), 1)
-    log(f"lease renewal with {len(made.latencies_ns)} hot conversations on one node: "
-        f"{total} Redis commands/s ({per_second})")  # fmt: skip
-    return {"hot": len(made.latencies_ns), "commands_per_second": total, "by_command": per_second}
-
-
-def _command_calls(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    return sent, scripted
 
 
 # -- the run -------------------------------------------------------------------------------

@@ -1,22 +1,29 @@
-"""The directory over Redis: one lease key per active conversation ("node-id epoch",
-PX = the lease), taken by a script that refuses while another node holds it and
-increments the conversation's epoch at each acquisition. That epoch is the journal's
-own (persistence/redis_keys.py `epoch`, in the lease's slot): the script that takes the
-lease is the one that fences the previous owner's appends, and the journal adopts its
-value (`RedisJournal.own`), so an activation costs one round trip and there is one
-counter, not two.
+"""The directory over Redis: one lease key per active conversation holding "node-id
+epoch", valid while that node is a live member (Orleans' directory over its membership
+table): no per-conversation TTL and no renewal at all, so an idle node sends no lease
+command however many conversations it holds hot. Liveness is the node's heartbeat key
+(engine/membership_redis.py), renewed every heartbeat interval.
 
-Every renewal interval (a third of the lease) one pipeline renews every lease this node
-holds and sends the releases queued since: one Redis round trip per node per interval,
-however many conversations are hot. Each renewal is its own one-key script call (the
-keys are hash-tagged per conversation, so one script over many would span Redis Cluster
-slots). A renewal that finds the lease taken by another node marks the conversation
-lost: its actor is dropped and the journal forgets its ownership (appends refused).
+Acquiring runs one script on the conversation's slot: it takes a free key, one naming
+this node, or one whose value is the dead holder's value read before (compare-and-set),
+and increments the conversation's epoch as it takes it. That epoch is the journal's own
+(persistence/redis_keys.py `epoch`, in the lease's slot): taking the lease fences the
+previous owner's appends, and the journal adopts its value (`RedisJournal.own`). A key
+naming another node is held while that node's heartbeat key exists, checked by a
+separate GET (the heartbeat is in another slot: a script cannot span Redis Cluster
+slots); only then is it taken, compare-and-set on the value read.
 
-Timing: this node acknowledges only while `now < last round sent + 0.9 * lease`; the
-lease, set when the round reached Redis, lasts past that. The heartbeat deadline is
-shorter than the lease (engine/membership_redis.py), so a node that cannot reach Redis
-stops acknowledging before any of its leases can expire and be taken.
+Timing: this node acknowledges only while its heartbeat is current (`now < last
+heartbeat sent + deadline`, RedisMembership.can_acknowledge) and the heartbeat key lives
+`deadline` from when it reached Redis, so the node has stopped acknowledging before
+anyone can find its key gone and take its conversations. Whatever it still sends is
+fenced by the epoch. A node whose heartbeat finds its key gone was declared dead: it
+marks every conversation it held lost (its actors dropped, the flusher forgets them);
+an append refused as FENCED marks its conversation lost the same way.
+
+Releases (passivation, close) are compare-and-delete, queued and sent in one pipeline
+per interval; an interval with none sends nothing. The keys have no TTL: a vanished
+node's keys are taken over at the next activation, like the epoch keys beside them.
 """
 
 from __future__ import annotations
@@ -24,13 +31,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
 
 from engine.directory import LeaseHeld, LossWatcher
+from engine.membership_redis import RedisMembership
 from persistence import redis_keys
 from persistence.background import Throttled
 from persistence.journal import Journal
@@ -39,103 +46,95 @@ from persistence.redis_pool import Client
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
-SAFETY = 0.9  # of the lease: acknowledgements stop this much into it without a renewal
-
-# KEYS: lease, epoch. ARGV: node id, lease ms. -> {1, epoch} or {0, holder}
+# KEYS: lease, epoch. ARGV: node id, the dead holder's value ("" for none).
+# -> {1, epoch} taken, or {0, holder's value}
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return {0, held} end
-local epoch = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch, 'PX', ARGV[2])
-return {1, epoch}
-"""
-# KEYS: lease, epoch. ARGV: "node epoch", lease ms, epoch. -> 1 renewed, 0 lost.
-# An expired lease nobody took since (the epoch did not move) is taken back.
-_RENEW = """
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not held and redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+if held and held ~= ARGV[2] and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
+  return {0, held}
 end
-return 0
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. epoch)
+return {1, epoch}
 """
 # KEYS: lease. ARGV: "node epoch". Deletes it only if still ours.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_SCRIPTS = (_ACQUIRE, _RENEW, _RELEASE)
+_SCRIPTS = (_ACQUIRE, _RELEASE)
+TAKEOVER_ATTEMPTS = 3  # a key that changes between the read and the compare-and-set
 
 
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
+def _node_of(value: str) -> str:
+    return value.rsplit(" ", 1)[0]
+
+
 class RedisDirectory:
-    """This node's leases: acquired one by one, renewed and released in batches."""
+    """This node's leases: acquired one by one, valid with its heartbeat, released in
+    batches."""
 
     def __init__(
         self,
         client: Client,
         journal: Journal,
-        node_id: str,
+        membership: RedisMembership,
         *,
-        lease_seconds: float,
+        release_seconds: float,
         timeout: float | None = None,
     ) -> None:
         self._client = client
-        # A stuck call must not outlast a renewal interval (the pool's socket timeout
-        # may be longer): each Redis call here is bounded by this.
-        self._timeout = min(timeout or lease_seconds / 3, lease_seconds / 3)
+        self._timeout = min(timeout or release_seconds, release_seconds)
         self._journal = journal
-        self._node_id = node_id
-        self._lease_ms = int(lease_seconds * 1000)
-        self._lease = lease_seconds
+        self._membership = membership
+        self._node_id = membership.node_id
+        self._interval = release_seconds
         self._held: dict[str, int] = {}  # conversation id -> the epoch its lease was taken at
         self._releasing: dict[str, str] = {}  # conversation id -> the lease value to delete
         self._watchers: list[LossWatcher] = []
-        self._renewed_at = time.monotonic()  # send time of the last round that landed
         self._task: asyncio.Task[None] | None = None
         self._scripts_missing = False
         self.acquisitions = 0
+        self.takeovers = 0  # leases taken from a node found dead
         self.refusals = 0
-        self.renewals = 0  # leases renewed
-        self.round_trips = 0  # renewal rounds sent (one pipeline each)
-        self.renew_failures = 0
+        self.release_round_trips = 0
+        self.release_failures = 0
         self.lost = 0
         self.released = 0
+        membership.on_expelled(self._lose_all)
+        on_fenced = getattr(journal, "on_fenced", None)
+        if on_fenced is not None:  # the Redis journal: told when an append is FENCED
+            on_fenced(self._fenced)
 
     async def __aenter__(self) -> RedisDirectory:
         await self._load_scripts()
-        self._task = asyncio.create_task(self._run(), name="lease-renewal")
+        self._task = asyncio.create_task(self._run(), name="lease-release")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        """Stop renewing and release every lease still held, in one round trip."""
+        """Stop and release every lease still held, in one round trip."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for conversation_id in list(self._held):
             self.release(conversation_id)
         try:
-            await self._round()
+            await self._send_releases()
         except RedisError as exc:
-            log.warning("releasing %d leases: %s (they expire by themselves)",
+            log.warning("releasing %d leases: %s (taken over once this node is gone)",
                         len(self._releasing), exc)  # fmt: skip
-        log.info("directory closed: %d acquisitions, %d renewals in %d round trips, %d lost",
-                 self.acquisitions, self.renewals, self.round_trips, self.lost)  # fmt: skip
+        log.info("directory closed: %d acquisitions (%d taken over), %d released, %d lost",
+                 self.acquisitions, self.takeovers, self.released, self.lost)  # fmt: skip
 
     # -- what the registry calls -------------------------------------------------------------
 
     async def acquire(self, conversation_id: str) -> int:
         self._releasing.pop(conversation_id, None)  # taken again before its release went out
-        keys = (redis_keys.lease(conversation_id), redis_keys.epoch(conversation_id))
-        taken, value = await self._eval(_ACQUIRE, keys, (self._node_id, self._lease_ms))
-        if not taken:
-            self.refusals += 1
-            raise LeaseHeld(conversation_id, value.decode().rsplit(" ", 1)[0])
-        epoch = int(value)
+        epoch = await self._take(conversation_id)
         self._held[conversation_id] = epoch
         own = getattr(self._journal, "own", None)
         try:
@@ -150,13 +149,14 @@ class RedisDirectory:
         return epoch
 
     async def holder(self, conversation_id: str) -> str | None:
-        """The node holding the conversation's lease now, if any (one GET)."""
-        async with asyncio.timeout(self._timeout):
-            value = await self._client.get(redis_keys.lease(conversation_id))
+        """The live node holding the conversation's lease now, if any (one GET; liveness
+        as this node's membership last saw it)."""
+        value = await self._call(self._client.get(redis_keys.lease(conversation_id)))
         if not value:
             return None
-        held = value.decode() if isinstance(value, bytes) else value
-        return held.rsplit(" ", 1)[0]
+        node = _node_of(value.decode() if isinstance(value, bytes) else value)
+        live = node == self._node_id or any(m.node_id == node for m in self._membership.live())
+        return node if live else None
 
     def release(self, conversation_id: str) -> None:
         epoch = self._held.pop(conversation_id, None)
@@ -172,7 +172,8 @@ class RedisDirectory:
         return self._held.get(conversation_id)
 
     def can_acknowledge(self) -> bool:
-        return time.monotonic() < self._renewed_at + self._lease * SAFETY
+        """The leases are valid while this node's heartbeat is: no renewal of their own."""
+        return self._membership.can_acknowledge()
 
     def on_lost(self, watcher: LossWatcher) -> None:
         self._watchers.append(watcher)
@@ -182,82 +183,108 @@ class RedisDirectory:
             "kind": "redis",
             "leases_held": len(self._held),
             "acquisitions": self.acquisitions,
+            "takeovers": self.takeovers,
             "refusals": self.refusals,
-            "renewals": self.renewals,
-            "renewal_round_trips": self.round_trips,
-            "renew_failures": self.renew_failures,
+            "release_round_trips": self.release_round_trips,
+            "release_failures": self.release_failures,
             "lost_leases": self.lost,
             "released": self.released,
-            "lease_seconds": self._lease,
         }
 
-    # -- renewal -----------------------------------------------------------------------------
+    # -- acquisition -------------------------------------------------------------------------
+
+    async def _take(self, conversation_id: str) -> int:
+        """Take the lease if it is free, ours, or its holder is dead; else LeaseHeld."""
+        keys = (redis_keys.lease(conversation_id), redis_keys.epoch(conversation_id))
+        dead = ""
+        for _ in range(TAKEOVER_ATTEMPTS):
+            taken, value = await self._eval(_ACQUIRE, keys, (self._node_id, dead))
+            if taken:
+                self.takeovers += bool(dead)
+                return int(value)
+            held = value.decode()
+            holder = _node_of(held)
+            if await self._call(self._client.exists(redis_keys.member(holder))):
+                break  # its heartbeat is current: it stays the owner
+            dead = held  # taken below only if the key still says exactly this
+        else:
+            holder = _node_of(held)
+        self.refusals += 1
+        raise LeaseHeld(conversation_id, holder)
+
+    # -- loss --------------------------------------------------------------------------------
+
+    def _lose_all(self) -> None:
+        """This node was declared dead: any of its conversations may be another's now."""
+        if self._held:
+            log.warning("this node was declared dead: its %d conversations are lost",
+                        len(self._held))  # fmt: skip
+        for conversation_id in list(self._held):
+            self._lose(conversation_id)
+
+    def _fenced(self, conversation_id: str) -> None:
+        """An append was refused as FENCED: another node took the conversation."""
+        if conversation_id in self._held:
+            log.warning("conversation %s was taken by another node", conversation_id)
+            self._lose(conversation_id)
+
+    def _lose(self, conversation_id: str) -> None:
+        self.lost += 1
+        del self._held[conversation_id]
+        self._journal.release(conversation_id)
+        for watcher in self._watchers:
+            watcher(conversation_id)
+
+    # -- releases ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._lease / 3)
+            await asyncio.sleep(self._interval)
             try:
-                await self._round()
+                await self._send_releases()
             except RedisError as exc:
-                self.renew_failures += 1
-                throttled.warning("renew", "lease renewal failed: %s", exc)
+                self.release_failures += 1
+                throttled.warning("release", "releasing leases failed: %s", exc)
 
-    async def _round(self) -> None:
-        """Renew every held lease and send the queued releases: one pipeline."""
+    async def _send_releases(self) -> None:
+        """The releases queued since the last interval, in one pipeline (none: nothing)."""
+        if not self._releasing:
+            return
         if self._scripts_missing:
             await self._load_scripts()
-        sent_at = time.monotonic()
-        held = list(self._held.items())
         releasing, self._releasing = self._releasing, {}
-        if not held and not releasing:
-            self._renewed_at = sent_at  # nothing to keep valid
-            return
-        renew, release = _sha(_RENEW), _sha(_RELEASE)
+        release = _sha(_RELEASE)
         async with self._client.pipeline(transaction=False) as pipe:
-            for cid, epoch in held:
-                value = f"{self._node_id} {epoch}"
-                # execute_command: a Redis Cluster pipeline refuses evalsha() itself
-                keys = (redis_keys.lease(cid), redis_keys.epoch(cid))
-                pipe.execute_command("EVALSHA", renew, 2, *keys, value, self._lease_ms, epoch)
             for cid, value in releasing.items():
+                # execute_command: a Redis Cluster pipeline refuses evalsha() itself
                 pipe.execute_command("EVALSHA", release, 1, redis_keys.lease(cid), value)
-            self.round_trips += 1
+            self.release_round_trips += 1
             try:
                 async with asyncio.timeout(self._timeout):
                     results = await pipe.execute(raise_on_error=False)
             except (RedisError, TimeoutError) as exc:
                 self._releasing = {**releasing, **self._releasing}  # sent with the next round
                 if isinstance(exc, TimeoutError):
-                    raise RedisError(f"lease renewal took over {self._timeout:.2f}s") from exc
+                    raise RedisError(f"releasing took over {self._timeout:.2f}s") from exc
                 raise
-        self._settle(held, results[: len(held)], sent_at)
-        self.released += sum(1 for result in results[len(held) :] if result == 1)
+        self.released += sum(1 for result in results if result == 1)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            # Redis restarted or flushed its scripts: load them and send these again
+            self._scripts_missing = True
+            failed = zip(releasing.items(), results, strict=True)
+            again = {cid: value for (cid, value), r in failed if isinstance(r, Exception)}
+            self._releasing = {**again, **self._releasing}
+            raise RedisError(f"{len(errors)} lease releases failed: {errors[0]}")
 
-    def _settle(
-        self, held: list[tuple[str, int]], results: Sequence[object], sent_at: float
-    ) -> None:
-        failed = False
-        for (conversation_id, epoch), result in zip(held, results, strict=True):
-            if result == 1:
-                self.renewals += 1
-            elif result == 0 and self._held.get(conversation_id) == epoch:
-                self._lose(conversation_id)
-            elif isinstance(result, Exception):
-                failed = True
-                # Redis restarted or flushed its scripts: load them before the next round
-                self._scripts_missing |= isinstance(result, NoScriptError)
-        if failed:
-            self.renew_failures += 1
-        else:
-            self._renewed_at = sent_at
+    # -- Redis calls -------------------------------------------------------------------------
 
-    def _lose(self, conversation_id: str) -> None:
-        log.warning("lease of conversation %s was taken by another node", conversation_id)
-        self.lost += 1
-        del self._held[conversation_id]
-        self._journal.release(conversation_id)
-        for watcher in self._watchers:
-            watcher(conversation_id)
+    async def _call(self, call: Any) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except TimeoutError as exc:
+            raise RedisError(f"Redis took over {self._timeout:.2f}s") from exc
 
     async def _load_scripts(self) -> None:
         async with asyncio.timeout(self._timeout * len(_SCRIPTS)):

@@ -4,11 +4,15 @@ scored by that key's expiry, so live nodes are listed by score without a SCAN (w
 would walk every key, on every master of a Redis Cluster). The key decides: a member
 listed whose key has expired is dead. Closing deletes both: a clean leave.
 
+A heartbeat that finds its own key gone (it expired: this node was late, may have been
+declared dead and its conversations taken) tells the `on_expelled` callbacks before this
+node acknowledges anything again (engine/directory_redis.py drops its leases).
+
 Timing: the key expires no earlier than `deadline` after the heartbeat was sent, and
 this node stops acknowledging writes `deadline` after sending its last successful
-heartbeat, so it has stopped before anyone can see it dead; its leases last longer
-(lease_seconds > deadline, engine/directory_redis.py), so no lease of a node that still
-acknowledges can expire first.
+heartbeat, so it has stopped before anyone can see it dead; its leases are valid exactly
+while that key exists (engine/directory_redis.py), so no lease of a node that still
+acknowledges can be taken.
 """
 
 from __future__ import annotations
@@ -57,9 +61,11 @@ class RedisMembership:
         self._sent_at = float("-inf")  # monotonic send time of the last heartbeat that landed
         self._live: list[Member] = []
         self._watchers: list[Watcher] = []
+        self._expelled: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
         self.heartbeats = 0
         self.heartbeat_failures = 0
+        self.expulsions = 0  # heartbeats that found this node's key expired
 
     async def __aenter__(self) -> RedisMembership:
         await self._beat()  # a node that cannot reach Redis does not start
@@ -89,6 +95,10 @@ class RedisMembership:
     def watch(self, watcher: Watcher) -> None:
         self._watchers.append(watcher)
 
+    def on_expelled(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` when a heartbeat finds this node's key had expired."""
+        self._expelled.append(callback)
+
     def can_acknowledge(self) -> bool:
         return time.monotonic() < self._sent_at + self._deadline
 
@@ -103,6 +113,7 @@ class RedisMembership:
             "heartbeat_age": round(self.heartbeat_age(), 3),
             "heartbeats": self.heartbeats,
             "heartbeat_failures": self.heartbeat_failures,
+            "expulsions": self.expulsions,
             "can_acknowledge": self.can_acknowledge(),
         }
 
@@ -128,11 +139,16 @@ class RedisMembership:
         deadline_ms = int(self._deadline * 1000)
         record = msgspec.json.encode({"url": self.url, "at": now_ms, "stats": self._report()})
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(redis_keys.member(self.node_id), record, px=deadline_ms)
+            pipe.set(redis_keys.member(self.node_id), record, px=deadline_ms, get=True)
             pipe.zadd(redis_keys.MEMBERS, {self.node_id: now_ms + deadline_ms})
             pipe.zremrangebyscore(redis_keys.MEMBERS, "-inf", now_ms)
             pipe.zrangebyscore(redis_keys.MEMBERS, now_ms, "+inf")
-            *_, listed = await pipe.execute()
+            previous, *_, listed = await pipe.execute()
+        if previous is None and self.heartbeats:
+            self.expulsions += 1
+            log.warning("this node's heartbeat had expired: it may have been declared dead")
+            for callback in self._expelled:
+                callback()  # before this node may acknowledge again
         self._sent_at = sent_at
         self.heartbeats += 1
         await self._read_members([node.decode() for node in listed], now_ms)

@@ -77,7 +77,7 @@ async def join(
     if pool is None:
         pool = await stack.enter_async_context(RedisPool(settings.redis()))
     # Each call is bounded by this as well as by the pool's socket timeout: a stuck call
-    # must not outlast a renewal.
+    # must not outlast a heartbeat or a batch of releases.
     timeout = min(settings.redis_timeout, settings.lease_seconds / 3)
     membership = RedisMembership(
         pool.client, node_id, settings.advertised(), report,
@@ -85,8 +85,9 @@ async def join(
         timeout=min(timeout, settings.heartbeat_seconds),
     )  # fmt: skip
     directory = RedisDirectory(
-        pool.client, journal, node_id, lease_seconds=settings.lease_seconds, timeout=timeout
-    )
+        pool.client, journal, membership, release_seconds=settings.lease_seconds / 3,
+        timeout=timeout,
+    )  # fmt: skip
     try:
         await stack.enter_async_context(membership)
         await stack.enter_async_context(directory)

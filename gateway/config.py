@@ -55,7 +55,7 @@ class Settings:
     node_id: str = ""  # names the node in the cluster and its flusher in Redis; "": host:port
     cluster: str = "none"  # or "redis": membership and leases in Redis
     advertise_url: str = ""  # where other nodes reach this one; "": http://HOST:PORT
-    lease_seconds: float = 2.0  # a conversation's lease: failover waits at most this long
+    lease_seconds: float = 2.0  # failover waits at most this long (leases follow heartbeats)
     heartbeat_seconds: float = 0.5  # between heartbeats; missing 3 in a row stops acks
     shutdown_timeout: float = 10.0
     workers: str = "1"  # worker processes on the one port; "auto": one per core
@@ -242,8 +242,9 @@ _OPTIONS: dict[str, Option] = {
     "advertise_url": Option(("CANOPY_ADVERTISE_URL",), str, "cluster",
         "the URL other nodes reach this one at", "http://HOST:PORT"),
     "lease_seconds": Option(("CANOPY_LEASE_SECONDS",), float, "cluster",
-        "lifetime of a conversation's lease, renewed every third of it: a dead node's "
-        "conversations can be taken over this long after its last renewal"),
+        "the longest a dead node's conversations wait: its leases last while its "
+        "heartbeat does (3 x --heartbeat-seconds, which must be under this); releases "
+        "are sent every third of it"),
     "heartbeat_seconds": Option(("CANOPY_HEARTBEAT_SECONDS",), float, "cluster",
         "seconds between heartbeats; a node whose heartbeat is 3 intervals late stops "
         "acknowledging writes (3 x this must be under --lease-seconds)"),
@@ -459,8 +460,8 @@ def check_flusher_process(settings: Settings) -> None:
 
 
 def check_cluster(settings: Settings) -> None:
-    """A lease outlives the heartbeat deadline, so a node stops acknowledging before any
-    of its leases can expire and be taken (engine/directory_redis.py)."""
+    """A node's leases last while its heartbeat does (engine/directory_redis.py): the
+    heartbeat deadline bounds failover, kept under --lease-seconds."""
     if settings.heartbeat_seconds <= 0 or settings.lease_seconds <= 0:
         raise ValueError("heartbeat_seconds and lease_seconds must be positive")
     if settings.heartbeat_deadline() >= settings.lease_seconds:

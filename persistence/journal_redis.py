@@ -27,7 +27,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -93,6 +93,7 @@ class RedisJournal:
         self._close_timeout = close_timeout
         self._closed = False
         self._epochs: dict[str, int] = {}
+        self._fenced_watchers: list[Callable[[str], None]] = []
         self._batch: list[_Queued] = []
         self._scheduled: asyncio.Handle | None = None  # the tick's send of `_batch`
         self._sends: set[asyncio.Task[None]] = set()  # owned: awaited on close
@@ -146,6 +147,11 @@ class RedisJournal:
 
     def release(self, conversation_id: str) -> None:
         self._epochs.pop(conversation_id, None)
+
+    def on_fenced(self, watcher: Callable[[str], None]) -> None:
+        """Call `watcher(conversation id)` when Redis refuses an append as FENCED: another
+        owner incremented the epoch (engine/directory_redis.py marks it lost)."""
+        self._fenced_watchers.append(watcher)
 
     def epoch(self, conversation_id: str) -> int:
         return self._epochs.get(conversation_id, 0)
@@ -212,7 +218,10 @@ class RedisJournal:
                     future.set_exception(JournalError(f"redis unavailable: {exc}"))
             return
         self.append_seconds.observe(time.perf_counter() - started)
-        for records, result in zip(grouped.values(), results, strict=True):
+        for (conversation_id, records), result in zip(grouped.items(), results, strict=True):
+            if isinstance(result, ResponseError) and str(result).startswith("FENCED"):
+                for watcher in self._fenced_watchers:
+                    watcher(conversation_id)
             for *_, future in records:
                 if future.done():  # its appender stopped waiting meanwhile
                     continue

@@ -1,6 +1,10 @@
-"""Three `canopy serve --cluster redis` processes on loopback over the test Redis and
-Cassandra, each with its own data dir, short leases (failover in about a second), and
-the HTTP calls the cluster tests make."""
+"""Three `canopy serve --cluster redis` processes on loopback over the test Redis (or the
+three-master Redis Cluster) and Cassandra, each with its own data dir, short leases
+(failover in about a second), and the HTTP calls the cluster tests make.
+
+The Redis Cluster has only database 0 and other tests use it: nothing here flushes it.
+Node ids are this test's own, conversation ids are random, and closing deletes the keys
+of the nodes and of the conversations the test made (`conversations`)."""
 
 from __future__ import annotations
 
@@ -12,10 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from engine.placement import Rendezvous
+from persistence import redis_keys
 from tests.processes import NodeProcess
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_URL, require
+
+# Marks a test (or, as pytestmark, a module) to run over the single Redis and over the
+# Redis Cluster: each run starts three nodes (~7 s here), so only the core ones do.
+OVER_BOTH_REDIS = pytest.mark.parametrize("cluster", ["redis", "redis-cluster"], indirect=True)
 
 LEASE, HEARTBEAT = "1", "0.2"  # seconds: deadline 0.6 s < lease
 
@@ -27,14 +37,21 @@ class Cluster:
         ports: Sequence[int],
         redis_urls: Sequence[str] = (),
         extra: Sequence[str] = (),
+        *,
+        redis_cluster: bool = False,
     ) -> None:
-        require("redis")
+        require("redis-cluster" if redis_cluster else "redis")
         require("cassandra")
+        self.redis_cluster = redis_cluster
+        default_url = REDIS_CLUSTER_URL if redis_cluster else REDIS_URL
+        if redis_cluster:
+            extra = ("--redis-cluster", *extra)
+        self.conversations: set[str] = set()  # whose keys closing deletes on the cluster
         run = uuid.uuid4().hex[:6]  # node ids of this test only (Redis keys by node id)
         self.ids = [f"n{k + 1}-{run}" for k in range(len(ports))]
         self.nodes: dict[str, NodeProcess] = {}
         for k, (node_id, port) in enumerate(zip(self.ids, ports, strict=True)):
-            redis_url = redis_urls[k] if k < len(redis_urls) and redis_urls[k] else REDIS_URL
+            redis_url = redis_urls[k] if k < len(redis_urls) and redis_urls[k] else default_url
             self.nodes[node_id] = NodeProcess(
                 root / node_id, port,
                 "--cluster", "redis", "--journal", "redis", "--store", "scylla",
@@ -57,6 +74,27 @@ class Cluster:
             if node.process is not None and node.process.returncode is None:
                 node.process.kill()
                 await node.process.wait()
+        if self.redis_cluster:
+            await self._delete_own_keys()
+
+    async def _delete_own_keys(self) -> None:
+        """What this test's nodes and conversations left in the shared Redis Cluster."""
+        import redis.asyncio as redis
+
+        client = redis.RedisCluster.from_url(REDIS_CLUSTER_URL)
+        try:
+            for cid in self.conversations:
+                for key in (redis_keys.lease(cid), redis_keys.epoch(cid), redis_keys.journal(cid)):
+                    await client.delete(key)
+                await client.srem(redis_keys.journaled_of(cid), cid)
+            for node_id in self.ids:
+                await client.zrem(redis_keys.MEMBERS, node_id)
+                for key in (redis_keys.member(node_id), redis_keys.dirty(node_id),
+                            redis_keys.flusher_lease(node_id), redis_keys.flushed(node_id),
+                            redis_keys.flusher_stats(node_id)):  # fmt: skip
+                    await client.delete(key)
+        finally:
+            await client.aclose()
 
     def base(self, node_id: str) -> str:
         return self.nodes[node_id].base + "/api/v1/conversations"
@@ -89,6 +127,7 @@ class Cluster:
         async with self.session.post(self.base(node_id), json=body, headers=headers) as r:
             assert r.status == 200, await r.text()
             conversation_id = (await r.json())["conversation_id"]
+            self.conversations.add(conversation_id)
             answered = r.headers["X-Canopy-Node"]
         tree = await self.tree(node_id, conversation_id)
         return conversation_id, tree["messages"][0]["message_id"], answered

@@ -10,7 +10,9 @@ import time
 
 import aiohttp
 
-from tests.cluster.cluster import Cluster, texts
+from tests.cluster.cluster import OVER_BOTH_REDIS, Cluster, texts
+
+pytestmark = OVER_BOTH_REDIS
 
 WRITERS = 16
 
