@@ -54,10 +54,12 @@ COUNTERS = (
     ("rate_limiter", "limited", "rate_limited_requests", "Requests refused by the rate limit"),
     ("retention", "swept", "expired_conversations", "Expired conversations removed"),
     # Cluster figures (a node alone has no leases: absent there).
-    ("directory", "renewals", "lease_renewals", "Lease renewals"),
+    # Leases are valid while their node's heartbeat is: a heartbeat renews them all.
+    ("membership", "heartbeats", "lease_renewals", "Heartbeats (each renews every lease held)"),
+    ("membership", "heartbeat_failures", "lease_renewal_failures", "Heartbeats that failed"),
     ("directory", "lost_leases", "lease_losses", "Leases lost to another node"),
-    ("directory", "renew_failures", "lease_renewal_failures", "Lease renewal rounds that failed"),
     ("directory", "acquisitions", "lease_acquisitions", "Leases acquired"),
+    ("directory", "takeovers", "lease_takeovers", "Leases taken from a dead node"),
     ("forwarder", "forward_failures", "forward_failures", "Forwarded requests not answered"),
 )
 HISTOGRAMS = (

@@ -150,7 +150,7 @@ async def test_each_node_counts_what_it_forwarded_and_its_leases(cluster: Cluste
         assert figures["canopy_leases_held"] == Counter(owners.values())[node]
         assert figures["canopy_lease_acquisitions_total"] >= figures["canopy_leases_held"]
         assert figures["canopy_lease_losses_total"] == 0
-        assert "canopy_lease_renewals_total" in figures
+        assert figures["canopy_lease_renewals_total"] >= 1  # heartbeats renew every lease
         assert figures["canopy_live_nodes"] == 3
     # A passivation and the activation of the next read (creations activate nothing).
     await admin(cluster, other, "POST", f"/admin/actors/{conversation_id}/passivate")
