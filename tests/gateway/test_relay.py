@@ -6,11 +6,11 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.peer_http import PeerPool
 from gateway.relay import relay
 
 HOP = "X-Test-Hop"
@@ -46,12 +46,10 @@ async def test_a_relayed_request_arrives_unchanged_but_for_hop_headers_and_strea
     upstream: tuple[Path, list[web.Request], list[bytes]],
 ) -> None:
     path, seen, bodies = upstream
-    session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(path=str(path)), auto_decompress=False
-    )
+    pool = PeerPool.unix(str(path))
 
     async def front(request: web.Request) -> web.StreamResponse:
-        return await relay(request, session, "http://upstream", hop_header=HOP)
+        return await relay(request, pool, hop_header=HOP)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", front)
@@ -65,7 +63,7 @@ async def test_a_relayed_request_arrives_unchanged_but_for_hop_headers_and_strea
         assert response.status == 201
         assert response.headers["X-Upstream"] == "yes"
         assert await response.read() == b"chunk0;chunk1;chunk2;"
-    await session.close()
+    pool.close()
     (request,) = seen
     assert request.method == "POST"
     assert request.rel_url.raw_path_qs == "/api/v1/x%2Fy/messages?a=1&b=two"
