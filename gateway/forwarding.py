@@ -44,7 +44,7 @@ from engine.peer_listing import HotEntries
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
 from gateway.peer_http import PeerPool, PeerUnavailable
-from gateway.relay import pass_through, send
+from gateway.relay import continue_if_expected, pass_through, send
 from persistence.background import Throttled
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,7 @@ class Forwarder:
         owner: str,
         extra: dict[str, str] | None = None,
     ) -> web.StreamResponse:
+        await continue_if_expected(request)  # before the body is read: the client waits
         body = await request.read() if request.body_exists else None  # sent twice at most
         for attempt in range(2):
             url = self._urls.get(owner)

@@ -78,9 +78,7 @@ async def send(
     """Send `request` to the pool's peer (with `body` when the caller read it already)
     and return the answer's head; PeerUnavailable if none came."""
     head, chunked = request_head(request, hop_header, extra)
-    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-        # answered here, as aiohttp would before a handler reads the body
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    await continue_if_expected(request)
     if body is None and request.body_exists:
         length = request.content_length
         if not chunked and length is not None and length <= WHOLE:
@@ -88,6 +86,19 @@ async def send(
         else:
             return await pool.request(head, _framed(request, chunked), method=request.method)
     return await pool.request(head, body, method=request.method)
+
+
+async def continue_if_expected(request: web.Request) -> None:
+    """Answer `Expect: 100-continue` once, before the body is read (the client waits for
+    it to send the body), as aiohttp would before a handler; the peer gets no Expect."""
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and not request.get(
+        _CONTINUED
+    ):
+        request[_CONTINUED] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+_CONTINUED = web.RequestKey("continue_sent", bool)
 
 
 async def _framed(request: web.BaseRequest, chunked: bool) -> AsyncIterator[bytes]:
