@@ -68,7 +68,7 @@ def request_head(
 
 
 async def send(
-    request: web.Request,
+    request: web.BaseRequest,
     pool: PeerPool,
     *,
     hop_header: str,
@@ -88,7 +88,7 @@ async def send(
     return await pool.request(head, body, method=request.method)
 
 
-async def continue_if_expected(request: web.Request) -> None:
+async def continue_if_expected(request: web.BaseRequest) -> None:
     """Answer `Expect: 100-continue` once, before the body is read (the client waits for
     it to send the body), as aiohttp would before a handler; the peer gets no Expect."""
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and not request.get(
@@ -108,7 +108,7 @@ async def _framed(request: web.BaseRequest, chunked: bool) -> AsyncIterator[byte
         yield b"0\r\n\r\n"
 
 
-async def pass_through(request: web.Request, answer: Answer) -> web.StreamResponse:
+async def pass_through(request: web.BaseRequest, answer: Answer) -> web.StreamResponse:
     """The peer's answer to the client: a small body in one write, a large one (or one
     of unknown length) chunk by chunk as it arrives."""
     headers: CIMultiDict[str] = CIMultiDict()
@@ -140,7 +140,7 @@ async def pass_through(request: web.Request, answer: Answer) -> web.StreamRespon
 
 
 async def relay(
-    request: web.Request,
+    request: web.BaseRequest,
     pool: PeerPool,
     *,
     hop_header: str,
