@@ -344,7 +344,8 @@ class PeerPool:
         now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
-            if connection.usable and now - connection.idle_since < IDLE_SECONDS:
+            fresh = now - connection.idle_since < IDLE_SECONDS
+            if connection.usable and fresh and not connection.buffer:  # nothing unasked
                 connection.received = False
                 self._busy.add(connection)
                 return connection, True
