@@ -59,8 +59,14 @@ class Dispatcher:
                     owner = self._peers.owner_elsewhere(request, match)
                     if owner is not None:
                         return await self._peers.hand_over(request, owner)
-                if match is None or hdrs.EXPECT in request.headers:
-                    break  # 404, 405 and 100-continue as aiohttp answers them
+                if match is None:
+                    break  # 404 and 405 as aiohttp answers them
+                if hdrs.EXPECT in request.headers:
+                    if self._forwarder is not None:  # the owner's answer all the same
+                        relayed = await self._forwarder.route(request, match)
+                        if relayed is not None:
+                            return relayed
+                    break  # 100-continue as aiohttp answers it
                 match.add_app(self._app)
                 match.freeze()
                 request._match_info = match

@@ -16,8 +16,9 @@ A creation picks its conversation id on the receiving node and goes to that id's
 placement target (`X-Canopy-Conversation-Id`, honoured only with the hop header, and
 only for an id never acquired before), so placement and the creator's lease agree.
 
-Connections: one aiohttp session (TCPConnector, keep-alive) per peer node, kept for
-the node's life. Responses stream through chunk by chunk, never buffered whole.
+Connections: one pool of keep-alive connections per peer node (gateway/peer_http.py),
+kept while the node is live; the relaying itself is gateway/relay.py's, the one relay
+`--workers N` uses too. Large responses stream through chunk by chunk, never whole.
 
 Listings: a user's listing on any node asks every live peer for its unflushed entries
 for that user (`GET /internal/v1/hot-listing/{user}`, msgpack, the cluster's token in
@@ -35,15 +36,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
-import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
-from yarl import URL
 
 from engine import peer_listing
 from engine.peer_listing import HotEntries
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
+from gateway.peer_http import PeerPool, PeerUnavailable
+from gateway.relay import continue_if_expected, pass_through, send
 from persistence.background import Throttled
 
 log = logging.getLogger(__name__)
@@ -59,16 +60,6 @@ HOT_LISTING = "/internal/v1/hot-listing/"  # + user id: this node's unflushed en
 TOKEN = "X-Canopy-Cluster-Token"
 NOT_OWNER = 421
 HINTS = 10_000  # conversations whose owner a stale answer named, remembered (LRU)
-
-# Not relayed: they describe one connection, not the request (RFC 9110 7.6.1).
-_HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        hdrs.CONNECTION, hdrs.KEEP_ALIVE, hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION,
-        hdrs.TE, hdrs.TRAILER, hdrs.TRANSFER_ENCODING, hdrs.UPGRADE, hdrs.CONTENT_LENGTH,
-    )
-)  # fmt: skip
-_WHOLE = 64 * 1024  # a response up to this size is read at once, larger ones streamed
 
 
 class Forwarder:
@@ -89,15 +80,12 @@ class Forwarder:
         self._node_id = member.node_id
         self._serves = serves  # hot here and its lease held: no lookup at all
         self._hot_entries = hot_entries
-        self._listing_timeout = aiohttp.ClientTimeout(total=connect_timeout)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_read=read_timeout
-        )
-        self._per_node = connections_per_node
-        self._sessions: dict[str, aiohttp.ClientSession] = {}  # by node URL
+        self._connect_timeout = connect_timeout  # and a peer's whole listing answer
+        self._read_timeout = read_timeout
+        self._per_node = connections_per_node  # idle connections kept per peer
+        self._sessions: dict[str, PeerPool] = {}  # by node URL
         self._urls: dict[str, str] = {}  # live node id -> URL
         self._hints: OrderedDict[str, str] = OrderedDict()  # conversation -> owner named
-        self._closing: set[asyncio.Task[None]] = set()  # sessions of nodes that left
         member.membership.watch(self._members_changed)
         self._members_changed(frozenset())
         self.forwarded = 0
@@ -112,7 +100,8 @@ class Forwarder:
 
     async def __aexit__(self, *exc: object) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}
-        await asyncio.gather(*(session.close() for session in sessions), *self._closing)
+        for session in sessions:
+            session.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -180,12 +169,16 @@ class Forwarder:
 
     async def _peer_entries(self, url: str) -> HotEntries:
         self.listing_calls += 1
-        session = self._session(url.split("/internal/", 1)[0])
-        headers = {TOKEN: self._member.token}
-        async with session.get(url, headers=headers, timeout=self._listing_timeout) as answer:
-            if answer.status != 200:
-                raise aiohttp.ClientError(f"{url} answered {answer.status}")
-            return peer_listing.decode(await answer.read())
+        base, path = url.split("/internal/", 1)
+        session = self._session(base)
+        head = f"GET /internal/{path} HTTP/1.1\r\nHost: {base.split('://', 1)[-1]}\r\n"
+        head += f"{TOKEN}: {self._member.token}\r\n\r\n"
+        async with asyncio.timeout(self._connect_timeout):
+            answer = await session.request(head.encode("latin-1"), None, method=hdrs.METH_GET)
+            body = await answer.read()
+        if answer.status != 200:
+            raise PeerUnavailable(f"{url} answered {answer.status}")
+        return peer_listing.decode(body)
 
     # -- ownership -----------------------------------------------------------------------
 
@@ -214,9 +207,7 @@ class Forwarder:
         # (a 503 its client retries, to the new owner) rather than at the read timeout.
         live = set(self._urls.values())
         for url in [url for url in self._sessions if url not in live]:
-            closing = asyncio.get_running_loop().create_task(self._sessions.pop(url).close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            self._sessions.pop(url).close()
 
     def _not_owner(self, owner: str) -> web.Response:
         self.not_owner += 1
@@ -259,17 +250,15 @@ class Forwarder:
         owner: str,
         extra: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        body = await request.read() if request.body_exists else None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        headers[HOP] = "1"
-        headers.update(extra or {})
+        await continue_if_expected(request)  # before the body is read: the client waits
+        body = await request.read() if request.body_exists else None  # sent twice at most
         for attempt in range(2):
             url = self._urls.get(owner)
             if url is None:
                 break  # not live (any more): nobody to ask
             try:
-                answer = await self._send(request, url, headers, body)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = await self._send(request, url, extra, body)
+            except PeerUnavailable as exc:
                 self.forward_failures += 1
                 throttled.warning("forward", "forwarding to %s failed: %s", owner, exc)
                 return _unavailable(f"the owner ({owner}) did not answer")
@@ -293,55 +282,35 @@ class Forwarder:
         return owner
 
     async def _send(
-        self, request: web.Request, url: str, headers: dict[str, str], body: bytes | None
+        self, request: web.Request, url: str, extra: dict[str, str] | None, body: bytes | None
     ) -> web.StreamResponse | None:
         """The owner's answer relayed; None if it answered not_owner (its hint noted)."""
-        session = self._session(url)
-        target = URL(url + request.raw_path, encoded=True)
-        async with session.request(
-            request.method, target, headers=headers, data=body, allow_redirects=False
-        ) as upstream:
-            if upstream.status == NOT_OWNER and OWNER in upstream.headers:
-                request[_NAMED] = upstream.headers[OWNER]
+        answer = await send(request, self._session(url), hop_header=HOP, extra=extra, body=body)
+        if answer.status == NOT_OWNER:
+            named = answer.header(OWNER)
+            if named is not None:
+                try:
+                    await answer.read()  # the connection goes back to the pool
+                except OSError as exc:
+                    raise PeerUnavailable(str(exc)) from exc
+                request[_NAMED] = named
                 return None
-            return await _pass_through(request, upstream)
+        return await pass_through(request, answer)
 
-    def _session(self, url: str) -> aiohttp.ClientSession:
+    def _session(self, url: str) -> PeerPool:
         session = self._sessions.get(url)
         if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._per_node, limit_per_host=self._per_node, keepalive_timeout=30
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,  # the client's bytes, as the owner encoded them
-                skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING),
+            session = PeerPool.tcp(
+                url,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                keep_idle=self._per_node,
             )
             self._sessions[url] = session
         return session
 
 
 _NAMED = web.RequestKey("owner_named", str)  # the owner a not_owner answer named
-
-
-async def _pass_through(
-    request: web.Request, upstream: aiohttp.ClientResponse
-) -> web.StreamResponse:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
-    length = upstream.content_length
-    if length is not None and length <= _WHOLE:
-        body = await upstream.read()
-        return web.Response(status=upstream.status, reason=upstream.reason, body=body,
-                            headers=headers)  # fmt: skip
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    if length is not None:
-        response.content_length = length
-    await response.prepare(request)
-    async for chunk in upstream.content.iter_any():
-        await response.write(chunk)
-    await response.write_eof()
-    return response
 
 
 def _unavailable(message: str) -> web.Response:

@@ -1,21 +1,22 @@
 """Relaying one request to another server as it came, and its answer back as it goes.
 
-The primitive under a worker's handover (gateway/worker_peers.py) and HTTP forwarding
-between nodes: method, path, query, headers and body unchanged but for the hop-by-hop
-headers (RFC 9110 7.6.1), plus a hop header so the receiver never relays it again.
-`Host` is passed as the client sent it: the receiver's allowed-hosts check
-(gateway/guards.py) must judge the client's host, not the relay's. The body is streamed
-both ways, never buffered whole.
-
-The session should be made with `auto_decompress=False` (the answer's bytes go back as
-they were encoded); an `aiohttp.UnixConnector` session relays to a Unix socket.
+The one relay under a worker's handover (gateway/worker_peers.py) and HTTP forwarding
+between nodes (gateway/forwarding.py), over a peer's pooled connections
+(gateway/peer_http.py): method, target, headers and body unchanged but for the
+hop-by-hop headers (RFC 9110 7.6.1), plus a hop header so the receiver never relays it
+again. `Host` is passed as the client sent it: the receiver's allowed-hosts check
+(gateway/guards.py) must judge the client's host, not the relay's. A small body is sent
+and answered in one write each; a large one is streamed both ways, never buffered whole.
 """
 
 from __future__ import annotations
 
-import aiohttp
+from collections.abc import AsyncIterator, Mapping
+
 from aiohttp import hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
+
+from gateway.peer_http import Answer, PeerPool, PeerUnavailable
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -24,56 +25,127 @@ HOP_BY_HOP = frozenset(
         hdrs.PROXY_AUTHENTICATE, hdrs.PROXY_AUTHORIZATION, hdrs.TRAILER,
     )
 )  # fmt: skip
+_NOT_SENT = frozenset({*HOP_BY_HOP, "expect", "content-length", "content-encoding"})
+_NOT_SENT_BYTES = frozenset(h.encode() for h in _NOT_SENT)
+_NOT_ANSWERED = frozenset({*HOP_BY_HOP, "content-length"})  # aiohttp frames the answer
 CHUNK = 64 * 1024
+WHOLE = 64 * 1024  # a body up to this size is read at once, larger ones streamed
 
 
-def _forwarded(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
+def request_head(
+    request: web.BaseRequest,
+    hop_header: str,
+    extra: Mapping[str, str] | None = None,
+    *,
+    get: str | None = None,
+) -> tuple[bytes, bool]:
+    """The request's head as the peer is to get it, and whether its body goes chunked
+    (a length unknown, or a body aiohttp decoded: it goes on as it now is). With `get`,
+    a GET of that path and query instead, with the request's headers and no body."""
+    if get is None:
+        line = b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.raw_path.encode())
+    else:
+        line = b"GET %s HTTP/1.1\r\n" % get.encode()
+    parts = [line]
+    ours = {hop_header.lower().encode(), *(n.lower().encode() for n in extra or ())}
+    for name, value in request.raw_headers:
+        lowered = name.lower()
+        if lowered not in _NOT_SENT_BYTES and lowered not in ours:  # ours are set below
+            parts += (name, b": ", value, b"\r\n")
+    parts.append(b"%s: 1\r\n" % hop_header.encode())
+    for key, text in (extra or {}).items():
+        parts.append(f"{key}: {text}\r\n".encode("latin-1"))
+    chunked = False
+    if request.body_exists and get is None:
+        length = request.content_length
+        if length is None or hdrs.CONTENT_ENCODING in request.headers:
+            chunked = True
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            parts.append(b"Content-Length: %d\r\n" % length)
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked
 
 
-def request_headers(request: web.BaseRequest, hop_header: str) -> CIMultiDict[str]:
-    headers = _forwarded(request.headers, HOP_BY_HOP)
-    if hdrs.CONTENT_ENCODING in headers:
-        # aiohttp's parser decoded the body already: send it as it now is
-        del headers[hdrs.CONTENT_ENCODING]
-        headers.popall(hdrs.CONTENT_LENGTH, None)
-    headers[hop_header] = "1"
-    return headers
+async def send(
+    request: web.BaseRequest,
+    pool: PeerPool,
+    *,
+    hop_header: str,
+    extra: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+) -> Answer:
+    """Send `request` to the pool's peer (with `body` when the caller read it already)
+    and return the answer's head; PeerUnavailable if none came."""
+    head, chunked = request_head(request, hop_header, extra)
+    await continue_if_expected(request)
+    if body is None and request.body_exists:
+        length = request.content_length
+        if not chunked and length is not None and length <= WHOLE:
+            body = await request.read()
+        else:
+            return await pool.request(head, _framed(request, chunked), method=request.method)
+    return await pool.request(head, body, method=request.method)
+
+
+async def continue_if_expected(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` once, before the body is read (the client waits for
+    it to send the body), as aiohttp would before a handler; the peer gets no Expect."""
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and not request.get(
+        _CONTINUED
+    ):
+        request[_CONTINUED] = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+_CONTINUED = web.RequestKey("continue_sent", bool)
+
+
+async def _framed(request: web.BaseRequest, chunked: bool) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+    if chunked:
+        yield b"0\r\n\r\n"
+
+
+async def pass_through(request: web.BaseRequest, answer: Answer) -> web.StreamResponse:
+    """The peer's answer to the client: a small body in one write, a large one (or one
+    of unknown length) chunk by chunk as it arrives."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in answer.headers:
+        if name.lower() not in _NOT_ANSWERED:
+            headers.add(name, value)
+    length = answer.length
+    if length is not None and length <= WHOLE:
+        try:
+            body = await answer.read()
+        except OSError as exc:  # nothing sent to the client yet: the caller's 503
+            raise PeerUnavailable(f"the answer was cut short: {exc}") from exc
+        return web.Response(status=answer.status, reason=answer.reason, body=body,
+                            headers=headers)  # fmt: skip
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
+    try:
+        await response.prepare(request)
+        try:
+            async for chunk in answer.chunks():
+                await response.write(chunk)
+        except OSError as exc:  # the answer is under way: cut the client's connection
+            raise ConnectionResetError(f"relayed answer cut short: {exc}") from exc
+        await response.write_eof()
+    finally:
+        answer.release()  # closed unless read whole (then already back in the pool)
+    return response
 
 
 async def relay(
-    request: web.Request, session: aiohttp.ClientSession, base_url: str, *, hop_header: str
+    request: web.BaseRequest,
+    pool: PeerPool,
+    *,
+    hop_header: str,
+    extra: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Send `request` to `base_url` (scheme and authority; the path and query are the
-    request's) and stream the answer back to its client."""
-    headers = request_headers(request, hop_header)
-    if headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-        # answered here, as aiohttp would before a handler reads the body
-        del headers[hdrs.EXPECT]
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    body = request.content.iter_chunked(CHUNK) if request.body_exists else None
-    async with session.request(
-        request.method,
-        base_url + request.rel_url.raw_path_qs,
-        headers=headers,
-        data=body,
-        allow_redirects=False,
-        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE),
-    ) as upstream:
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=_forwarded(upstream.headers, HOP_BY_HOP),
-        )
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-        except aiohttp.ClientError as exc:  # the answer is under way: cut the connection
-            raise ConnectionResetError(f"relayed answer cut short: {exc}") from exc
-        await response.write_eof()
-        return response
+    """Send `request` to the pool's peer and stream the answer back to its client."""
+    answer = await send(request, pool, hop_header=hop_header, extra=extra)
+    return await pass_through(request, answer)

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
-from multidict import CIMultiDict
 
 from engine.membership_workers import worker_id
 from engine.placement import Rendezvous
-from gateway.relay import relay, request_headers
+from gateway.peer_http import PeerPool, PeerUnavailable
+from gateway.relay import relay, request_head
 from gateway.schemas import ErrorDetail, ErrorOut
 
 
@@ -36,7 +35,7 @@ class PeerAnswer:
 
 
 HOP = "X-Canopy-Hop"  # set on a request one worker relays to another
-PEER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
+CONNECT_TIMEOUT = 2.0  # a worker being restarted answers after this: 503 meanwhile
 
 
 class WorkerPeers:
@@ -48,7 +47,7 @@ class WorkerPeers:
         self.sockets = list(sockets)
         self.placement = Rendezvous(worker_id(k) for k in range(len(sockets)))
         self._index_of = {worker_id(k): k for k in range(len(sockets))}
-        self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self._sessions: dict[int, PeerPool] = {}
         self.handed_over = 0
         self.unreachable = 0
 
@@ -59,17 +58,13 @@ class WorkerPeers:
     async def __aenter__(self) -> WorkerPeers:
         for k, path in enumerate(self.sockets):
             if k != self.index:
-                self._sessions[k] = aiohttp.ClientSession(
-                    connector=aiohttp.UnixConnector(path=str(path)),
-                    auto_decompress=False,
-                    timeout=PEER_TIMEOUT,
-                )
+                self._sessions[k] = PeerPool.unix(str(path), connect_timeout=CONNECT_TIMEOUT)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
-            await session.close()
+            session.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -93,26 +88,28 @@ class WorkerPeers:
         reached (being restarted) or fails before answering."""
         self.handed_over += 1
         try:
-            return await relay(request, self._sessions[owner], _base(owner), hop_header=HOP)
-        except aiohttp.ClientError as exc:
+            return await relay(request, self._sessions[owner], hop_header=HOP)
+        except PeerUnavailable as exc:
             return self._unreachable(owner, exc)
 
     async def ask_all(self, request: web.Request, paths: dict[int, str]) -> dict[int, PeerAnswer]:
         """GET each worker's path (and query) at once, as the request's caller (its
         headers, so each re-authenticates it); 503 for a worker that does not answer."""
-        headers = request_headers(request, HOP)
-        headers.popall(hdrs.CONTENT_LENGTH, None)
-        answers = await asyncio.gather(*(self._ask(k, p, headers) for k, p in paths.items()))
+        answers = await asyncio.gather(
+            *(self._ask(k, request_head(request, HOP, get=p)[0]) for k, p in paths.items())
+        )
         return dict(zip(paths, answers, strict=True))
 
-    async def _ask(self, k: int, path_qs: str, headers: CIMultiDict[str]) -> PeerAnswer:
+    async def _ask(self, k: int, head: bytes) -> PeerAnswer:
         try:
-            async with self._sessions[k].get(_base(k) + path_qs, headers=headers) as answer:
-                return PeerAnswer(answer.status, await answer.read(), answer.content_type)
-        except aiohttp.ClientError as exc:
+            answer = await self._sessions[k].request(head, None, method=hdrs.METH_GET)
+            body = await answer.read()
+        except OSError as exc:  # PeerUnavailable, or the answer cut short
             refusal = self._unreachable(k, exc)
             assert refusal.body is None or isinstance(refusal.body, bytes)
             return PeerAnswer(503, refusal.body or b"", "application/json")
+        content_type = (answer.header(hdrs.CONTENT_TYPE) or "").split(";", 1)[0].strip()
+        return PeerAnswer(answer.status, body, content_type or "application/octet-stream")
 
     def _unreachable(self, owner: int, exc: BaseException) -> web.Response:
         self.unreachable += 1
@@ -123,10 +120,6 @@ class WorkerPeers:
             content_type="application/json",
             headers={"Retry-After": "1"},
         )
-
-
-def _base(index: int) -> str:
-    return f"http://{worker_id(index)}"  # the Unix connector ignores the authority
 
 
 PEERS = web.AppKey("peers", WorkerPeers)  # with --workers N: this worker's siblings

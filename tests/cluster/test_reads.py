@@ -72,3 +72,13 @@ async def test_a_conversation_held_off_its_placement_is_found_through_a_stale_an
             assert response.headers["X-Canopy-Node"] == holder
     async with cluster.session.get(f"{cluster.base(placed)}/{fork}") as response:
         assert response.status == 200 and response.headers["X-Canopy-Node"] == holder
+
+
+async def test_a_request_expecting_100_continue_gets_the_owners_answer(cluster: Cluster) -> None:
+    cid, root, owner = await cluster.create(cluster.ids[0])
+    other = next(node for node in cluster.ids if node != owner)
+    # the client sends the body only once the relaying node answered 100 Continue
+    status, message, node = await cluster.append(other, cid, root, "x", Expect="100-continue")
+    assert status == 200, message
+    assert node == owner
+    assert texts(await cluster.tree(other, cid)) == ["x"]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.peer_http import PeerPool
 from gateway.relay import relay
 
 HOP = "X-Test-Hop"
@@ -46,12 +48,10 @@ async def test_a_relayed_request_arrives_unchanged_but_for_hop_headers_and_strea
     upstream: tuple[Path, list[web.Request], list[bytes]],
 ) -> None:
     path, seen, bodies = upstream
-    session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(path=str(path)), auto_decompress=False
-    )
+    pool = PeerPool.unix(str(path))
 
     async def front(request: web.Request) -> web.StreamResponse:
-        return await relay(request, session, "http://upstream", hop_header=HOP)
+        return await relay(request, pool, hop_header=HOP)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", front)
@@ -65,7 +65,7 @@ async def test_a_relayed_request_arrives_unchanged_but_for_hop_headers_and_strea
         assert response.status == 201
         assert response.headers["X-Upstream"] == "yes"
         assert await response.read() == b"chunk0;chunk1;chunk2;"
-    await session.close()
+    pool.close()
     (request,) = seen
     assert request.method == "POST"
     assert request.rel_url.raw_path_qs == "/api/v1/x%2Fy/messages?a=1&b=two"
@@ -75,3 +75,90 @@ async def test_a_relayed_request_arrives_unchanged_but_for_hop_headers_and_strea
     assert request.headers["Host"] == "canopy.example:8080"  # the client's, for its checks
     assert request.headers[HOP] == "1"
     assert "Keep-Alive" not in request.headers
+
+
+@pytest.fixture
+async def front() -> AsyncIterator[Callable[[web.Application], Awaitable[TestClient[Any, Any]]]]:
+    """A relaying server in front of an upstream app served on a Unix socket."""
+    clients: list[TestClient[Any, Any]] = []
+    runners: list[web.AppRunner] = []
+    with tempfile.TemporaryDirectory() as directory:
+
+        async def start(upstream_app: web.Application) -> TestClient[Any, Any]:
+            runner = web.AppRunner(upstream_app)
+            await runner.setup()
+            runners.append(runner)
+            path = str(Path(directory) / f"up{len(runners)}.sock")
+            await web.UnixSite(runner, path).start()
+            pool = PeerPool.unix(path)
+
+            async def relaying(request: web.Request) -> web.StreamResponse:
+                return await relay(request, pool, hop_header=HOP)
+
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", relaying)
+            app.on_cleanup.append(lambda _: _close(pool))
+            client = TestClient(TestServer(app))
+            await client.start_server()
+            clients.append(client)
+            return client
+
+        yield start
+        for client in clients:
+            await client.close()
+        for runner in runners:
+            await runner.cleanup()
+
+
+async def _close(pool: PeerPool) -> None:
+    pool.close()
+
+
+async def test_a_body_of_unknown_length_and_a_large_answer_stream_through(
+    front: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> None:
+    big = bytes(range(256)) * 2048  # 512 KiB: streamed, not gathered
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        response = web.StreamResponse(headers={"X-Length": str(len(body))})
+        await response.prepare(request)
+        for start in range(0, len(big), 65_536):
+            await response.write(big[start : start + 65_536])
+        await response.write_eof()
+        return response
+
+    upstream_app = web.Application()
+    upstream_app.router.add_route("*", "/{tail:.*}", echo)
+    client = await front(upstream_app)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for k in range(10):
+            yield b"piece%d;" % k
+
+    response = await client.post("/x", data=pieces())  # chunked: no Content-Length
+    assert response.status == 200
+    assert response.headers["X-Length"] == str(len(b"".join(b"piece%d;" % k for k in range(10))))
+    assert await response.read() == big
+    assert "Content-Length" not in response.headers  # passed through chunked, unbuffered
+
+
+async def test_an_answer_cut_short_by_the_upstream_cuts_the_client_connection(
+    front: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1_000_000
+        await response.prepare(request)
+        await response.write(b"x" * 100_000)
+        assert request.transport is not None
+        request.transport.abort()  # the owner dies mid-answer
+        return response
+
+    upstream_app = web.Application()
+    upstream_app.router.add_route("*", "/{tail:.*}", cut)
+    client = await front(upstream_app)
+    response = await client.get("/x")
+    assert response.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()  # not a short body passed off as whole
