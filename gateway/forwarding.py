@@ -8,9 +8,14 @@ asks Redis for the holder before activating it: one GET per activation, none aft
 The relayed request is the client's, method, path, query, headers and body unchanged,
 plus `X-Canopy-Hop: 1`: a request that has hopped once is served where it arrived, or
 answered 421 `not_owner` (with `X-Canopy-Owner`, the node the answering one believes
-owns it) when that node cannot; the sender re-resolves once with that hint, then gives
-up with a 503 and `Retry-After`. Authentication is the owner's: relaying comes before
+owns it) when that node cannot; the sender re-resolves with that hint (twice at most:
+during a move the second answer may come from the old owner that let go meanwhile),
+then gives up with a 503 and `Retry-After`. Authentication is the owner's: relaying comes before
 the middleware chain. Every conversation response names its owner in `X-Canopy-Node`.
+
+Moves (engine/rebalance.py): a request for a conversation this node is handing over
+waits for the move to end, then goes to the new owner; a not_owner answer that names
+this node (the old owner has let go meanwhile) is served here, not refused.
 
 A creation picks its conversation id on the receiving node and goes to that id's
 placement target (`X-Canopy-Conversation-Id`, honoured only with the hop header, and
@@ -31,17 +36,19 @@ import hmac
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.streams import StreamReader
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from yarl import URL
 
 from engine import peer_listing
 from engine.peer_listing import HotEntries
+from engine.rebalance import Rebalancer
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
 from persistence.background import Throttled
@@ -52,12 +59,16 @@ throttled = Throttled(log)
 HOP = "X-Canopy-Hop"
 NODE = "X-Canopy-Node"  # on every conversation response: the node that answered it
 OWNER = "X-Canopy-Owner"  # on a 421 not_owner: who the answering node believes owns it
+OWNER_URL = "X-Canopy-Owner-Url"  # and where it answers: the asker may not know it yet
 ASSIGNED_ID = "X-Canopy-Conversation-Id"  # a creation's id, picked by the node it reached
 ASSIGNED = web.RequestKey("assigned_conversation_id", str)  # for the creation route
 CREATION = "/api/v1/conversations"
 HOT_LISTING = "/internal/v1/hot-listing/"  # + user id: this node's unflushed entries
 TOKEN = "X-Canopy-Cluster-Token"
 NOT_OWNER = 421
+# Owners asked per request: a stale answer re-resolves, and during a move the answer
+# after it may be the old owner's, which let go meanwhile (engine/rebalance.py).
+ASKS = 3
 HINTS = 10_000  # conversations whose owner a stale answer named, remembered (LRU)
 
 # Not relayed: they describe one connection, not the request (RFC 9110 7.6.1).
@@ -83,12 +94,14 @@ class Forwarder:
         connect_timeout: float = 1.0,
         read_timeout: float = 60.0,
         connections_per_node: int = 256,
+        moves: Rebalancer | None = None,
     ) -> None:
         assert member.directory is not None, "forwarding is for cluster members"
         self._member = member
         self._node_id = member.node_id
         self._serves = serves  # hot here and its lease held: no lookup at all
         self._hot_entries = hot_entries
+        self._moves = moves
         self._listing_timeout = aiohttp.ClientTimeout(total=connect_timeout)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout, sock_read=read_timeout
@@ -137,7 +150,9 @@ class Forwarder:
             if request.method == hdrs.METH_POST and request.rel_url.path == CREATION:
                 return await self._creation(request)
             return None  # listings, the sidebar: answered here (engine/listing.py)
-        if self._serves(conversation_id):
+        if self._moves is not None and self._moves.moving(conversation_id):
+            await self._moves.wait(conversation_id)  # then the new owner answers
+        elif self._serves(conversation_id):
             return None
         owner = await self._owner(conversation_id)
         if owner == self._node_id:
@@ -145,6 +160,19 @@ class Forwarder:
         if HOP in request.headers:
             return self._not_owner(owner)
         return await self._relay(request, conversation_id, owner)
+
+    async def serve_here(
+        self,
+        request: web.Request,
+        match: UrlMappingMatchInfo,
+        chain: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Serve the request here (`route` said so), counted while a move may wait on it."""
+        conversation_id = match.get("conversation_id")
+        if conversation_id is None or self._moves is None:
+            return await chain(request)
+        with self._moves.serving(conversation_id):
+            return await chain(request)
 
     # -- listings across nodes ------------------------------------------------------------
 
@@ -224,6 +252,9 @@ class Forwarder:
             NOT_OWNER, "not_owner", f"this node does not own the conversation; {owner} does"
         )
         response.headers[OWNER] = owner
+        url = self._urls.get(owner)
+        if url is not None:  # a node that joined a moment ago may be unknown to the asker
+            response.headers[OWNER_URL] = url
         return response
 
     def _hint(self, conversation_id: str, owner: str) -> None:
@@ -248,7 +279,10 @@ class Forwarder:
         if owner == self._node_id:
             request[ASSIGNED] = conversation_id
             return None
-        return await self._relay(request, conversation_id, owner, {ASSIGNED_ID: conversation_id})
+        relayed = await self._relay(request, conversation_id, owner, {ASSIGNED_ID: conversation_id})
+        if relayed is None:
+            request[ASSIGNED] = conversation_id
+        return relayed
 
     # -- relaying ------------------------------------------------------------------------
 
@@ -258,13 +292,15 @@ class Forwarder:
         conversation_id: str,
         owner: str,
         extra: dict[str, str] | None = None,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | None:
+        """The owner's answer; None to serve the request here (an owner that let go
+        named this node)."""
         body = await request.read() if request.body_exists else None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers[HOP] = "1"
         headers.update(extra or {})
-        for attempt in range(2):
-            url = self._urls.get(owner)
+        for attempt in range(ASKS):
+            url = self._urls.get(owner) or request.get(_NAMED_URL)
             if url is None:
                 break  # not live (any more): nobody to ask
             try:
@@ -277,11 +313,13 @@ class Forwarder:
                 self.forwarded += 1
                 return answer
             self._hints.pop(conversation_id, None)  # the owner said "not mine"
-            if attempt == 0:
+            if attempt < ASKS - 1:
                 self.stale_retries += 1
                 owner = self._retarget(conversation_id, request)
-                if owner == self._node_id:
-                    break
+                if owner == self._node_id:  # the old owner handed it over to this node
+                    if body is not None:
+                        _refill(request, body)
+                    return None
         self.forward_failures += 1
         return _unavailable("the conversation's owner is moving")
 
@@ -303,6 +341,8 @@ class Forwarder:
         ) as upstream:
             if upstream.status == NOT_OWNER and OWNER in upstream.headers:
                 request[_NAMED] = upstream.headers[OWNER]
+                if OWNER_URL in upstream.headers:
+                    request[_NAMED_URL] = upstream.headers[OWNER_URL]
                 return None
             return await _pass_through(request, upstream)
 
@@ -323,6 +363,7 @@ class Forwarder:
 
 
 _NAMED = web.RequestKey("owner_named", str)  # the owner a not_owner answer named
+_NAMED_URL = web.RequestKey("owner_named_url", str)  # and its URL, if the answer gave it
 
 
 async def _pass_through(
@@ -342,6 +383,15 @@ async def _pass_through(
         await response.write(chunk)
     await response.write_eof()
     return response
+
+
+def _refill(request: web.Request, body: bytes) -> None:
+    """Give back the body relaying read, for the handler that serves it here after all
+    (the body reader reads `request.content`, not read()'s cache)."""
+    payload = StreamReader(request.protocol, _WHOLE, loop=asyncio.get_running_loop())
+    payload.feed_data(body)
+    payload.feed_eof()
+    request._payload = payload  # noqa: SLF001 - aiohttp has no public way to set it
 
 
 def _unavailable(message: str) -> web.Response:

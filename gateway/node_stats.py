@@ -10,7 +10,7 @@ from aiohttp import web
 
 from engine.registry import Registry
 from gateway.connections import SERVER
-from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL, RETENTION, SENDER
+from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL, REBALANCER, RETENTION, SENDER
 from gateway.ratelimit import LIMITER
 from gateway.request_metrics import REQUEST_METRICS
 
@@ -31,6 +31,7 @@ def rss_bytes() -> int:
 COMPONENTS = (
     ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
     ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
+    ("rebalancing", REBALANCER),
 )  # fmt: skip
 
 
