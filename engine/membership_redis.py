@@ -95,7 +95,8 @@ class RedisMembership:
                  self.heartbeat_failures)  # fmt: skip
 
     async def announce(self) -> None:
-        """Become a member now (it listens): the first heartbeat."""
+        """Become a member now (it listens): the first heartbeat (if it fails, the
+        next one of the heartbeat loop)."""
         self._announced = True
         await self._beat()
 

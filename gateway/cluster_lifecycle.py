@@ -30,7 +30,10 @@ class ClusterLifecycle:
     async def listening(self) -> None:
         membership = self._membership()
         if membership is not None:
-            await membership.announce()
+            try:
+                await membership.announce()
+            except Exception as exc:  # noqa: BLE001 - its next heartbeat announces it
+                log.warning("joining the cluster: %s (announced with the next heartbeat)", exc)
 
     async def leaving(self, deadline: float) -> None:
         membership, moves = self._membership(), self._app.get(REBALANCER)
