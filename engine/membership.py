@@ -16,9 +16,11 @@ class Member:
     url: str  # where the node answers (its advertised URL)
     stats: dict[str, Any] = field(default_factory=dict)  # carried by its last heartbeat
     heartbeat_age: float = 0.0  # seconds since that heartbeat, when it was read
+    leaving: bool = False  # handing its conversations over: nothing is placed on it
 
 
-Watcher = Callable[[frozenset[str]], None]  # told the live node ids when they change
+# told the live node ids conversations are placed on (not leaving) when they change
+Watcher = Callable[[frozenset[str]], None]
 
 
 class Membership(Protocol):

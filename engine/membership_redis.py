@@ -13,6 +13,12 @@ this node stops acknowledging writes `deadline` after sending its last successfu
 heartbeat, so it has stopped before anyone can see it dead; its leases are valid exactly
 while that key exists (engine/directory_redis.py), so no lease of a node that still
 acknowledges can be taken.
+
+Joining and leaving (engine/rebalance.py): with `announce_at_start=False` the node reads
+the members but is not one until `announce()` (called once it listens: others place
+conversations on it only then). `leave()` marks its heartbeat `leaving`: every node,
+this one too, places nothing on it any more, but it stays live, its leases valid and
+its URL known, while it hands its conversations over; closing then deletes it.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class RedisMembership:
         interval: float,
         deadline: float,
         timeout: float | None = None,
+        announce_at_start: bool = True,
     ) -> None:
         if deadline <= interval:
             raise ValueError("the heartbeat deadline must be longer than its interval")
@@ -63,6 +70,10 @@ class RedisMembership:
         self._watchers: list[Watcher] = []
         self._expelled: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._announced = announce_at_start  # a member: its heartbeat is written
+        self._leaving = False
+        self._left_at_ms = 0  # when the leaving mark was sent
+        self._beaten_ms: dict[str, int] = {}  # each member's last heartbeat, as read
         self.heartbeats = 0
         self.heartbeat_failures = 0
         self.expulsions = 0  # heartbeats that found this node's key expired
@@ -89,8 +100,35 @@ class RedisMembership:
         log.info("membership closed: %d heartbeats, %d failed", self.heartbeats,
                  self.heartbeat_failures)  # fmt: skip
 
+    async def announce(self) -> None:
+        """Become a member now (it listens): the first heartbeat (if it fails, the
+        next one of the heartbeat loop)."""
+        self._announced = True
+        await self._beat()
+
+    async def leave(self) -> None:
+        """Mark this node leaving at once: nothing is placed on it any more."""
+        self._leaving = True
+        self._left_at_ms = int(time.time() * 1000)
+        await self._beat()
+
+    async def until_seen(self) -> None:
+        """Until every other live node has beaten since the leaving mark: each read the
+        members with its beat, so none places on this node any more."""
+        while any(
+            self._beaten_ms.get(member.node_id, 0) <= self._left_at_ms
+            for member in self._live
+            if member.node_id != self.node_id
+        ):
+            await asyncio.sleep(self._interval / 2)
+            await self._beat()
+
     def live(self) -> list[Member]:
         return list(self._live)
+
+    def placed(self) -> frozenset[str]:
+        """The live nodes conversations are placed on: those not leaving."""
+        return frozenset(member.node_id for member in self._live if not member.leaving)
 
     def watch(self, watcher: Watcher) -> None:
         self._watchers.append(watcher)
@@ -137,20 +175,26 @@ class RedisMembership:
         """Renew the heartbeat and read the members, in one round trip; then their records."""
         sent_at, now_ms = time.monotonic(), int(time.time() * 1000)
         deadline_ms = int(self._deadline * 1000)
-        record = msgspec.json.encode({"url": self.url, "at": now_ms, "stats": self._report()})
+        fields: dict[str, Any] = {"url": self.url, "at": now_ms, "stats": self._report()}
+        if self._leaving:
+            fields["leaving"] = True
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(redis_keys.member(self.node_id), record, px=deadline_ms, get=True)
-            pipe.zadd(redis_keys.MEMBERS, {self.node_id: now_ms + deadline_ms})
-            pipe.zremrangebyscore(redis_keys.MEMBERS, "-inf", now_ms)
+            if self._announced:
+                record = msgspec.json.encode(fields)
+                pipe.set(redis_keys.member(self.node_id), record, px=deadline_ms, get=True)
+                pipe.zadd(redis_keys.MEMBERS, {self.node_id: now_ms + deadline_ms})
+                pipe.zremrangebyscore(redis_keys.MEMBERS, "-inf", now_ms)
             pipe.zrangebyscore(redis_keys.MEMBERS, now_ms, "+inf")
-            previous, *_, listed = await pipe.execute()
-        if previous is None and self.heartbeats:
-            self.expulsions += 1
-            log.warning("this node's heartbeat had expired: it may have been declared dead")
-            for callback in self._expelled:
-                callback()  # before this node may acknowledge again
-        self._sent_at = sent_at
-        self.heartbeats += 1
+            results = await pipe.execute()
+        listed = results[-1]
+        if self._announced:
+            if results[0] is None and self.heartbeats:
+                self.expulsions += 1
+                log.warning("this node's heartbeat had expired: it may have been declared dead")
+                for callback in self._expelled:
+                    callback()  # before this node may acknowledge again
+            self._sent_at = sent_at
+            self.heartbeats += 1
         await self._read_members([node.decode() for node in listed], now_ms)
 
     async def _read_members(self, listed: list[str], now_ms: int) -> None:
@@ -164,10 +208,12 @@ class RedisMembership:
                 continue  # listed, but its heartbeat expired: dead
             record = msgspec.json.decode(raw)
             age = max(0.0, (now_ms - int(record["at"])) / 1000)
-            live.append(Member(node_id, str(record["url"]), record["stats"], age))
-        before = {member.node_id for member in self._live}
+            leaving = bool(record.get("leaving", False))
+            self._beaten_ms[node_id] = int(record["at"])
+            live.append(Member(node_id, str(record["url"]), record["stats"], age, leaving))
+        before = self.placed()
         self._live = live
-        now = frozenset(member.node_id for member in live)
+        now = self.placed()
         if now != before:
             log.info("live nodes: %s", " ".join(sorted(now)))
             for watcher in self._watchers:

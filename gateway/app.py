@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.rebalance import Rebalancer
 from engine.registry import Registry
 from engine.retention import Retention
 from engine.service import Conversations
@@ -25,9 +26,10 @@ from gateway.accounts import Accounts
 from gateway.admin import add_admin
 from gateway.auth import auth_middleware, authenticators
 from gateway.auth_failures import AuthFailures
+from gateway.cluster_lifecycle import ClusterLifecycle
 from gateway.cluster_member import join
 from gateway.config import Settings
-from gateway.connections import drop_server_header
+from gateway.connections import LIFECYCLE, drop_server_header
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.flusher_child import FlusherChild
@@ -44,6 +46,7 @@ from gateway.keys import (
     FORWARDER,
     JOURNAL,
     LOGIN_LIMITER,
+    REBALANCER,
     REDIS,
     RESPONSES,
     RETENTION,
@@ -152,6 +155,7 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
         app.on_response_prepare.append(cors.on_prepare)
     if settings.cluster != "none":
         app.on_response_prepare.append(node_header(settings.node()))
+        app[LIFECYCLE] = ClusterLifecycle(app)  # a member once it listens; leaves first
     add_routes(app)
     add_admin(app, settings)  # /admin/..., /metrics
     build_on_startup(app, settings.auth_modes())
@@ -203,7 +207,15 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
             app[FLUSHER] = flusher
             app[CONVERSATIONS] = await stack.enter_async_context(conversations)
             if isinstance(conversations, Registry) and member.directory is not None:
-                forwarder = Forwarder(member, conversations.serves, conversations.hot_entries)
+                moves = Rebalancer(
+                    conversations, member.placement, member.directory, member.node_id,
+                    release_timeout=settings.lease_seconds,
+                )  # fmt: skip
+                app[REBALANCER] = await stack.enter_async_context(moves)
+                member.membership.watch(moves.members_changed)  # after the placement's
+                forwarder = Forwarder(
+                    member, conversations.serves, conversations.hot_entries, moves=moves
+                )
                 app[FORWARDER] = await stack.enter_async_context(forwarder)
                 conversations.ask_peers(forwarder.peer_entries)
             retention = Retention(store, app[CONVERSATIONS], settings.retention())

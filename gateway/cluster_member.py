@@ -83,6 +83,7 @@ async def join(
         pool.client, node_id, settings.advertised(), report,
         interval=settings.heartbeat_seconds, deadline=settings.heartbeat_deadline(),
         timeout=min(timeout, settings.heartbeat_seconds),
+        announce_at_start=False,  # once it listens (gateway/cluster_lifecycle.py)
     )  # fmt: skip
     directory = RedisDirectory(
         pool.client, journal, membership, release_seconds=settings.lease_seconds / 3,
@@ -95,7 +96,8 @@ async def join(
     except RedisError as exc:
         raise JournalError(f"cannot join the cluster in Redis: {exc}") from exc
     placement = Rendezvous([m.node_id for m in membership.live()] or [node_id])
-    membership.watch(placement.update)
+    # A node leaving the last of all still places on itself (placement needs a node).
+    membership.watch(lambda placed: placement.update(placed or [node_id]))
     fenced = AcknowledgingJournal(journal, membership, directory)
     return ClusterMember(node_id, membership, placement, directory, fenced, token)
 

@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import msgspec
 from aiohttp import hdrs, web
@@ -48,6 +48,9 @@ REFUSING_AT_ONCE = 16
 # At shutdown in-flight requests get this share of shutdown_timeout; the flush and the
 # storage close get the rest.
 DRAIN_SHARE = 0.5
+# With a lifecycle (a cluster node), leaving (handing conversations over, still serving)
+# takes at most this share of shutdown_timeout first; the shutdown gets the rest.
+LEAVE_SHARE = 0.4
 KEEPALIVE_TIMEOUT = 75.0  # as web.run_app: idle keep-alive connections close after it
 REFUSAL_LINGER = 1.0  # seconds a refused client gets to read its 503 and hang up
 
@@ -57,6 +60,17 @@ class Worker(NamedTuple):
 
     number: int  # its index among the workers
     socket: Path  # its Unix socket: its siblings hand it its conversations' requests
+
+
+class Lifecycle(Protocol):
+    """What the app does once it listens and before it stops (gateway/cluster_lifecycle.py)."""
+
+    async def listening(self) -> None: ...
+
+    async def leaving(self, deadline: float) -> None: ...
+
+
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle")
 
 
 def default_max_connections() -> int:
@@ -313,10 +327,12 @@ async def serve(
     """Serve until SIGINT or SIGTERM, then shut down within `shutdown_timeout`; as one
     of `--workers N` (`worker`), on the shared port, on its Unix socket too, and until
     its supervisor goes (SIGTERM from it, or its lifeline)."""
+    lifecycle = app.get(LIFECYCLE)
+    leave_deadline = shutdown_timeout * LEAVE_SHARE if lifecycle is not None else 0.0
     runner = EdgeRunner(
         app,
         max_connections=max_connections,
-        shutdown_timeout=shutdown_timeout,
+        shutdown_timeout=shutdown_timeout - leave_deadline,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         access_log=None,
     )
@@ -334,7 +350,11 @@ async def serve(
             watch_stdin(loop, stop)
             worker.socket.unlink(missing_ok=True)  # one a killed worker left
             await web.UnixSite(runner, str(worker.socket)).start()
+        if lifecycle is not None:
+            await lifecycle.listening()
         announce(f"======== Running on {site.name} ========")
         await stop.wait()
+        if lifecycle is not None:
+            await lifecycle.leaving(leave_deadline)
     finally:
         await runner.cleanup()

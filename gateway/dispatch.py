@@ -75,6 +75,9 @@ class Dispatcher:
                     relayed = await self._forwarder.route(request, match)
                     if relayed is not None:
                         return relayed
+                    return await self._forwarder.serve_here(
+                        request, match, self._chain(match.handler)
+                    )
                 return await self._chain(match.handler)(request)
         if self._forwarder is not None and path.startswith(INTERNAL):
             return await self._forwarder.internal(request)  # a peer's call

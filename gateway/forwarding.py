@@ -8,9 +8,14 @@ asks Redis for the holder before activating it: one GET per activation, none aft
 The relayed request is the client's, method, path, query, headers and body unchanged,
 plus `X-Canopy-Hop: 1`: a request that has hopped once is served where it arrived, or
 answered 421 `not_owner` (with `X-Canopy-Owner`, the node the answering one believes
-owns it) when that node cannot; the sender re-resolves once with that hint, then gives
-up with a 503 and `Retry-After`. Authentication is the owner's: relaying comes before
+owns it) when that node cannot; the sender re-resolves with that hint (twice at most:
+during a move the second answer may come from the old owner that let go meanwhile),
+then gives up with a 503 and `Retry-After`. Authentication is the owner's: relaying comes before
 the middleware chain. Every conversation response names its owner in `X-Canopy-Node`.
+
+Moves (engine/rebalance.py): a request for a conversation this node is handing over
+waits for the move to end, then goes to the new owner; a not_owner answer that names
+this node (the old owner has let go meanwhile) is served here, not refused.
 
 A creation picks its conversation id on the receiving node and goes to that id's
 placement target (`X-Canopy-Conversation-Id`, honoured only with the hop header, and
@@ -32,15 +37,17 @@ import hmac
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
 from aiohttp import hdrs, web
+from aiohttp.streams import StreamReader
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from engine import peer_listing
 from engine.peer_listing import HotEntries
+from engine.rebalance import Rebalancer
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
 from gateway.peer_http import PeerPool, PeerUnavailable
@@ -53,12 +60,16 @@ throttled = Throttled(log)
 HOP = "X-Canopy-Hop"
 NODE = "X-Canopy-Node"  # on every conversation response: the node that answered it
 OWNER = "X-Canopy-Owner"  # on a 421 not_owner: who the answering node believes owns it
+OWNER_URL = "X-Canopy-Owner-Url"  # and where it answers: the asker may not know it yet
 ASSIGNED_ID = "X-Canopy-Conversation-Id"  # a creation's id, picked by the node it reached
 ASSIGNED = web.RequestKey("assigned_conversation_id", str)  # for the creation route
 CREATION = "/api/v1/conversations"
 HOT_LISTING = "/internal/v1/hot-listing/"  # + user id: this node's unflushed entries
 TOKEN = "X-Canopy-Cluster-Token"
 NOT_OWNER = 421
+# Owners asked per request: a stale answer re-resolves, and during a move the answer
+# after it may be the old owner's, which let go meanwhile (engine/rebalance.py).
+ASKS = 3
 HINTS = 10_000  # conversations whose owner a stale answer named, remembered (LRU)
 
 
@@ -74,12 +85,14 @@ class Forwarder:
         connect_timeout: float = 1.0,
         read_timeout: float = 60.0,
         connections_per_node: int = 256,
+        moves: Rebalancer | None = None,
     ) -> None:
         assert member.directory is not None, "forwarding is for cluster members"
         self._member = member
         self._node_id = member.node_id
         self._serves = serves  # hot here and its lease held: no lookup at all
         self._hot_entries = hot_entries
+        self._moves = moves
         self._connect_timeout = connect_timeout  # and a peer's whole listing answer
         self._read_timeout = read_timeout
         self._per_node = connections_per_node  # idle connections kept per peer
@@ -126,7 +139,9 @@ class Forwarder:
             if request.method == hdrs.METH_POST and request.rel_url.path == CREATION:
                 return await self._creation(request)
             return None  # listings, the sidebar: answered here (engine/listing.py)
-        if self._serves(conversation_id):
+        if self._moves is not None and self._moves.moving(conversation_id):
+            await self._moves.wait(conversation_id)  # then the new owner answers
+        elif self._serves(conversation_id):
             return None
         owner = await self._owner(conversation_id)
         if owner == self._node_id:
@@ -134,6 +149,19 @@ class Forwarder:
         if HOP in request.headers:
             return self._not_owner(owner)
         return await self._relay(request, conversation_id, owner)
+
+    async def serve_here(
+        self,
+        request: web.Request,
+        match: UrlMappingMatchInfo,
+        chain: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Serve the request here (`route` said so), counted while a move may wait on it."""
+        conversation_id = match.get("conversation_id")
+        if conversation_id is None or self._moves is None:
+            return await chain(request)
+        with self._moves.serving(conversation_id):
+            return await chain(request)
 
     # -- listings across nodes ------------------------------------------------------------
 
@@ -215,6 +243,9 @@ class Forwarder:
             NOT_OWNER, "not_owner", f"this node does not own the conversation; {owner} does"
         )
         response.headers[OWNER] = owner
+        url = self._urls.get(owner)
+        if url is not None:  # a node that joined a moment ago may be unknown to the asker
+            response.headers[OWNER_URL] = url
         return response
 
     def _hint(self, conversation_id: str, owner: str) -> None:
@@ -239,7 +270,10 @@ class Forwarder:
         if owner == self._node_id:
             request[ASSIGNED] = conversation_id
             return None
-        return await self._relay(request, conversation_id, owner, {ASSIGNED_ID: conversation_id})
+        relayed = await self._relay(request, conversation_id, owner, {ASSIGNED_ID: conversation_id})
+        if relayed is None:
+            request[ASSIGNED] = conversation_id
+        return relayed
 
     # -- relaying ------------------------------------------------------------------------
 
@@ -249,11 +283,13 @@ class Forwarder:
         conversation_id: str,
         owner: str,
         extra: dict[str, str] | None = None,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | None:
+        """The owner's answer; None to serve the request here (an owner that let go
+        named this node)."""
         await continue_if_expected(request)  # before the body is read: the client waits
-        body = await request.read() if request.body_exists else None  # sent twice at most
-        for attempt in range(2):
-            url = self._urls.get(owner)
+        body = await request.read() if request.body_exists else None  # sent ASKS times at most
+        for attempt in range(ASKS):
+            url = self._urls.get(owner) or request.get(_NAMED_URL)
             if url is None:
                 break  # not live (any more): nobody to ask
             try:
@@ -266,11 +302,13 @@ class Forwarder:
                 self.forwarded += 1
                 return answer
             self._hints.pop(conversation_id, None)  # the owner said "not mine"
-            if attempt == 0:
+            if attempt < ASKS - 1:
                 self.stale_retries += 1
                 owner = self._retarget(conversation_id, request)
-                if owner == self._node_id:
-                    break
+                if owner == self._node_id:  # the old owner handed it over to this node
+                    if body is not None:
+                        _refill(request, body)
+                    return None
         self.forward_failures += 1
         return _unavailable("the conversation's owner is moving")
 
@@ -289,11 +327,14 @@ class Forwarder:
         if answer.status == NOT_OWNER:
             named = answer.header(OWNER)
             if named is not None:
+                named_url = answer.header(OWNER_URL)
                 try:
                     await answer.read()  # the connection goes back to the pool
                 except OSError as exc:
                     raise PeerUnavailable(str(exc)) from exc
                 request[_NAMED] = named
+                if named_url is not None:
+                    request[_NAMED_URL] = named_url
                 return None
         return await pass_through(request, answer)
 
@@ -311,6 +352,16 @@ class Forwarder:
 
 
 _NAMED = web.RequestKey("owner_named", str)  # the owner a not_owner answer named
+_NAMED_URL = web.RequestKey("owner_named_url", str)  # and its URL, if the answer gave it
+
+
+def _refill(request: web.Request, body: bytes) -> None:
+    """Give back the body relaying read, for the handler that serves it here after all
+    (the body reader reads `request.content`, not read()'s cache)."""
+    payload = StreamReader(request.protocol, 2**16, loop=asyncio.get_running_loop())
+    payload.feed_data(body)
+    payload.feed_eof()
+    request._payload = payload  # noqa: SLF001 - aiohttp has no public way to set it
 
 
 def _unavailable(message: str) -> web.Response:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from engine.access import Principal
+from engine.rebalance import Rebalancer
 from engine.retention import Retention
 from engine.service import Conversations
 from gateway.accounts import Accounts
@@ -34,6 +35,7 @@ FLUSHER = web.AppKey("flusher", Flusher)
 JOURNAL = web.AppKey("journal", Journal)
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")  # in a cluster: relays to the owner
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
+REBALANCER = web.AppKey("rebalancer", Rebalancer)  # in a cluster: moves on join and leave
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)
 # The node's one Redis client pool (with --journal redis): membership, leases and any

@@ -10,7 +10,16 @@ from aiohttp import web
 
 from engine.registry import Registry
 from gateway.connections import SERVER
-from gateway.keys import CLUSTER, CONVERSATIONS, FLUSHER, FORWARDER, JOURNAL, RETENTION, SENDER
+from gateway.keys import (
+    CLUSTER,
+    CONVERSATIONS,
+    FLUSHER,
+    FORWARDER,
+    JOURNAL,
+    REBALANCER,
+    RETENTION,
+    SENDER,
+)
 from gateway.ratelimit import LIMITER
 from gateway.request_metrics import REQUEST_METRICS
 
@@ -32,6 +41,7 @@ COMPONENTS = (
     ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
     ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
     ("forwarder", FORWARDER),
+    ("rebalancing", REBALANCER),
 )  # fmt: skip
 
 

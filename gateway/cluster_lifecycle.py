@@ -1,0 +1,56 @@
+"""A cluster node's part in serving's start and end (gateway/connections.py `serve`):
+it becomes a member once it listens, so nobody forwards to it before it can answer, and
+on SIGTERM it leaves before it stops answering: marked leaving (nothing is placed on it
+any more), it hands every hot conversation over (engine/rebalance.py) while requests
+for them are forwarded to their new owners, then the usual shutdown runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from engine.membership_redis import RedisMembership
+from gateway.keys import CLUSTER, REBALANCER
+
+log = logging.getLogger(__name__)
+
+
+class ClusterLifecycle:
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def _membership(self) -> RedisMembership | None:
+        member = self._app.get(CLUSTER)
+        membership = member.membership if member is not None else None
+        return membership if isinstance(membership, RedisMembership) else None
+
+    async def listening(self) -> None:
+        membership = self._membership()
+        if membership is not None:
+            try:
+                await membership.announce()
+            except Exception as exc:  # noqa: BLE001 - its next heartbeat announces it
+                log.warning("joining the cluster: %s (announced with the next heartbeat)", exc)
+
+    async def leaving(self, deadline: float) -> None:
+        membership, moves = self._membership(), self._app.get(REBALANCER)
+        if membership is None or moves is None:
+            return
+        ends = asyncio.get_running_loop().time() + deadline
+        try:
+            await membership.leave()
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable: the shutdown goes on
+            log.warning("leaving the cluster: %s (conversations move at lease expiry)", exc)
+            return
+        # The others must have seen the mark before this node stops answering.
+        seen = asyncio.create_task(membership.until_seen())
+        moved = await moves.leave(deadline)
+        try:
+            async with asyncio.timeout_at(ends):
+                await seen
+        except Exception as exc:  # noqa: BLE001 - late or unreachable: shut down anyway
+            log.warning("leaving the cluster: not seen by every node: %r", exc)
+        log.info("left the cluster: %d conversations handed over", moved)
