@@ -98,6 +98,7 @@ class Forwarder:
         self._per_node = connections_per_node  # idle connections kept per peer
         self._sessions: dict[str, PeerPool] = {}  # by node URL
         self._urls: dict[str, str] = {}  # live node id -> URL
+        self._departed: set[str] = set()  # nodes seen live that are not any more
         self._hints: OrderedDict[str, str] = OrderedDict()  # conversation -> owner named
         member.membership.watch(self._members_changed)
         self._members_changed(frozenset())
@@ -229,7 +230,12 @@ class Forwarder:
         return self._node_id
 
     def _members_changed(self, _: frozenset[str]) -> None:
-        self._urls = {m.node_id: m.url for m in self._member.membership.live()}
+        urls = {m.node_id: m.url for m in self._member.membership.live()}
+        # Seen leave: a not_owner answer naming one (a peer that has not noticed yet)
+        # must not send a request to its open sockets, where it would wait for the
+        # read timeout. A node never seen may have joined a moment ago: asked by URL.
+        self._departed = (self._departed | (self._urls.keys() - urls.keys())) - urls.keys()
+        self._urls = urls
         self._hints.clear()  # placement moved: what a stale answer named may be wrong now
         # A node declared dead may be paused, its sockets open: end what waits on it now
         # (a 503 its client retries, to the new owner) rather than at the read timeout.
@@ -289,7 +295,9 @@ class Forwarder:
         await continue_if_expected(request)  # before the body is read: the client waits
         body = await request.read() if request.body_exists else None  # sent ASKS times at most
         for attempt in range(ASKS):
-            url = self._urls.get(owner) or request.get(_NAMED_URL)
+            url = self._urls.get(owner)
+            if url is None and owner not in self._departed:
+                url = request.get(_NAMED_URL)
             if url is None:
                 break  # not live (any more): nobody to ask
             try:
