@@ -229,13 +229,7 @@ class Sidebar:
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None
     ) -> Page:
         """One page of the caller's sidebar; `cursor` from the previous page, if any."""
-        user = principal.user_id
-        if user is None:
-            raise InvalidInput(
-                "listing conversations needs a user: send X-Canopy-User or a user's credential"
-            )
-        pinned, after = self._resume(cursor, filters) if cursor else (None, None)
-        entries, more = await self._entries(user, filters, limit, pinned, after)
+        pinned, entries, more = await self._listed(principal, filters, limit, cursor)
         next_cursor = None
         if more:
             next_cursor = self._cursor(pinned, entries[-1][0], filters)
@@ -246,6 +240,16 @@ class Sidebar:
     ) -> ShardPage:
         """A page as `page` makes it, with each item's listing key and the moment it
         is pinned to, for a merge of several shards' pages (engine/sidebar_merge.py)."""
+        pinned, entries, more = await self._listed(principal, filters, limit, cursor)
+        if pinned is None:
+            pinned = self.moves.pin()  # no await since the ranking: its moment
+        return ShardPage(entries, more, self.moves.incarnation, pinned)
+
+    async def _listed(
+        self, principal: Principal, filters: Filters, limit: int, cursor: str | None
+    ) -> tuple[int | None, list[tuple[Key, Item]], bool]:
+        """The caller's entries from `cursor` on: the moment they are pinned to (None on
+        a first page), up to `limit` of them, and whether more follow."""
         user = principal.user_id
         if user is None:
             raise InvalidInput(
@@ -253,9 +257,7 @@ class Sidebar:
             )
         pinned, after = self._resume(cursor, filters) if cursor else (None, None)
         entries, more = await self._entries(user, filters, limit, pinned, after)
-        if pinned is None:
-            pinned = self.moves.pin()  # no await since the ranking: its moment
-        return ShardPage(entries, more, self.moves.incarnation, pinned)
+        return pinned, entries, more
 
     async def _entries(
         self, user: str, filters: Filters, limit: int, pinned: int | None, after: Key | None
