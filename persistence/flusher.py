@@ -55,7 +55,7 @@ class _Mark:
 
 
 _NO_MARK = object()  # no checkpoint is complete yet: nothing may be trimmed
-LAST_FLUSHES_KEPT = 65_536  # conversations whose last store write time is remembered
+LAST_FLUSHES_KEPT = 4_096  # recent last store writes known (well inside the memory margin)
 
 
 class Backpressure(Exception):

@@ -106,7 +106,7 @@ async def cassandra_store(directory: Path) -> AsyncIterator[ScyllaStore]:
 @asynccontextmanager
 async def redis_journal(directory: Path, *, cluster: bool = False) -> AsyncIterator[RedisJournal]:
     """A journal over a pool of its own; the first one of a test starts from empty data."""
-    settings = redis_settings(cluster=cluster)
+    settings = redis_settings(cluster=cluster, timeout=10.0)  # no contract test is about timeouts
     if first_use(directory / ("redis-cluster" if cluster else "redis")):
         wipe_redis_cluster() if cluster else wipe_redis()
     async with RedisPool(settings) as pool, RedisJournal(pool) as journal:
