@@ -108,7 +108,7 @@ async def _stored(store: ScyllaStore, writers: Writers) -> dict[str, Snapshot]:
 
 
 async def _all_stored_and_trimmed(store: ScyllaStore, writers: Writers) -> bool:
-    async with own_pool_journal(RedisSettings(REDIS_URL)) as journal:
+    async with own_pool_journal(RedisSettings(REDIS_URL, timeout=10.0)) as journal:  # a probe
         if await journal.journaled():
             return False
     for cid, snapshot in (await _stored(store, writers)).items():
