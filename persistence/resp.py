@@ -39,11 +39,16 @@ def _error(reply: ResponseError) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else reply
 
 
+LAST_LOOK = 0.01  # seconds: past the deadline, one more poll of the socket before giving up
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
         self._reader = hiredis.Reader(replyError=ResponseError)
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # future, deadline
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # future, sent at
+        self._heard = 0.0  # loop time of the last bytes received
+        self._looked_again = False  # past the deadline, the socket was given one more poll
         self._timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.lost = False
@@ -54,15 +59,17 @@ class _Protocol(asyncio.Protocol):
     def send(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]]:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
+        now = loop.time()
         futures = [loop.create_future() for _ in commands]
-        self._waiting.extend((future, deadline) for future in futures)
+        self._waiting.extend((future, now) for future in futures)
         self.transport.write(b"".join(encode(command) for command in commands))
         if self._timer is None:
-            self._timer = loop.call_at(deadline, self._check_deadline)
+            self._timer = loop.call_at(now + self._timeout, self._check_deadline)
         return futures
 
     def data_received(self, data: bytes) -> None:
+        self._heard = asyncio.get_running_loop().time()
+        self._looked_again = False
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             future, _ = self._waiting.popleft()
@@ -77,9 +84,15 @@ class _Protocol(asyncio.Protocol):
         if not self._waiting:
             return
         loop = asyncio.get_running_loop()
-        _, deadline = self._waiting[0]
-        if deadline > loop.time():
+        now = loop.time()
+        _, sent_at = self._waiting[0]
+        deadline = max(sent_at, self._heard) + self._timeout
+        if deadline > now:
             self._timer = loop.call_at(deadline, self._check_deadline)
+            return
+        if not self._looked_again:  # a future time: the loop polls the socket first
+            self._looked_again = True
+            self._timer = loop.call_at(now + LAST_LOOK, self._check_deadline)
             return
         self._give_up(RedisTimeout(f"no redis reply within {self._timeout:.1f}s"))
         if self.transport is not None:

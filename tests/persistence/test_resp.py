@@ -5,6 +5,8 @@ connection failing every pending command within its bound and connecting again."
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -96,6 +98,61 @@ async def test_a_silent_server_times_out_every_pending_command() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_long_batch_answered_steadily_never_times_out() -> None:
+    """The clock restarts with each reply: 4 replies 0.4 s apart outlast a 1 s bound."""
+
+    async def answer_slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(4):
+            await reader.readuntil(b"PING\r\n")
+        for _ in range(4):
+            await asyncio.sleep(0.4)
+            writer.write(b"+PONG\r\n")
+        await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(answer_slowly, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lean = LeanRedis(f"redis://127.0.0.1:{port}", timeout=1.0)
+    try:
+        assert await lean.execute([("PING",)] * 4) == [b"PONG"] * 4
+    finally:
+        lean.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_reply_that_came_while_the_loop_was_busy_is_read_not_timed_out() -> None:
+    """A callback of the poll phase sends a command and keeps the loop busy for a second;
+    uvloop's next iteration runs due timers before it polls, so the 0.2 s bound is judged
+    only after the reply waiting in the socket was read."""
+    require("redis")
+
+    async def scenario() -> object:
+        loop = asyncio.get_running_loop()
+        lean = LeanRedis(REDIS_URL, timeout=0.2)
+        wake, waker = socket.socketpair()
+        sent: asyncio.Future[asyncio.Future[object]] = loop.create_future()
+
+        def busy() -> None:  # run by the poll phase: an I/O callback
+            loop.remove_reader(wake)
+            assert lean._protocol is not None
+            [reply] = lean._protocol.send([("ECHO", "late")])
+            time.sleep(1.0)  # Redis answers meanwhile
+            sent.set_result(reply)
+
+        try:
+            await lean.execute([("PING",)])  # connected
+            loop.add_reader(wake, busy)
+            waker.send(b"!")
+            return await (await sent)
+        finally:
+            lean.close()
+            wake.close()
+            waker.close()
+
+    assert uvloop.run(scenario()) == b"late"
 
 
 async def test_an_unreachable_redis_is_a_connection_error() -> None:
