@@ -32,7 +32,28 @@ def _admin_session():  # type: ignore[no-untyped-def]
     from persistence.scylla import _cluster, migrate
 
     migrate(SCYLLA)
-    return _cluster(SCYLLA).connect(KEYSPACE)
+    session = _cluster(SCYLLA).connect(KEYSPACE)
+    drop_abandoned_keyspaces(session)
+    return session
+
+
+def drop_abandoned_keyspaces(session) -> None:  # type: ignore[no-untyped-def]
+    """Drop the keyspaces of earlier runs whose process is gone (a killed run never drops
+    its own): Cassandra keeps every table's memtables, and 164 of them took its 1 GiB heap."""
+    from cassandra import OperationTimedOut
+
+    prefix = KEYSPACE.rsplit("_", 1)[0] + "_"
+    rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
+    for (name,) in rows:
+        pid = name.removeprefix(prefix)
+        if name == KEYSPACE or not name.startswith(prefix) or not pid.isdigit():
+            continue
+        if Path(f"/proc/{pid}").exists():
+            continue  # another run, still going
+        try:
+            session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=120)
+        except OperationTimedOut as exc:
+            print(f"abandoned keyspace {name} not dropped: {exc}", file=sys.stderr)
 
 
 def reset_admin_session() -> None:
