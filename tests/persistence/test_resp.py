@@ -103,14 +103,19 @@ async def test_a_silent_server_times_out_every_pending_command() -> None:
 async def test_a_long_batch_answered_steadily_never_times_out() -> None:
     """The clock restarts with each reply: 4 replies 0.4 s apart outlast a 1 s bound."""
 
+    served = asyncio.Event()
+
     async def answer_slowly(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(4):
-            await reader.readuntil(b"PING\r\n")
-        for _ in range(4):
-            await asyncio.sleep(0.4)
-            writer.write(b"+PONG\r\n")
-        await reader.read()  # until the client closes
-        writer.close()
+        try:
+            for _ in range(4):
+                await reader.readuntil(b"PING\r\n")
+            for _ in range(4):
+                await asyncio.sleep(0.4)
+                writer.write(b"+PONG\r\n")
+            await reader.read()  # until the client closes
+        finally:
+            writer.close()
+            served.set()
 
     server = await asyncio.start_server(answer_slowly, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -119,6 +124,7 @@ async def test_a_long_batch_answered_steadily_never_times_out() -> None:
         assert await lean.execute([("PING",)] * 4) == [b"PONG"] * 4
     finally:
         lean.close()
+        await served.wait()
         server.close()
         await server.wait_closed()
 
