@@ -239,6 +239,17 @@ class Registry:
                 await self.passivate(conversation_id)
             return expired
 
+    async def adopt(self, conversation_id: str) -> bool:
+        """Activate the conversation here if it is not hot (engine/adoption.py's call: its
+        journal tail is replayed and stored); False if it was hot, unknown or deleted."""
+        if self._table.get(conversation_id) is not None:
+            return False
+        try:
+            await self._hot_actor(conversation_id)
+        except NotFound:
+            return False
+        return True
+
     async def _load(
         self, conversation_id: str, replayed: list[replay.Replayed] | None = None
     ) -> ConversationActor:

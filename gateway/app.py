@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.adoption import Adopter
 from engine.rebalance import Rebalancer
 from engine.registry import Registry
 from engine.retention import Retention
@@ -38,6 +39,7 @@ from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.heap import freeze_startup_objects
 from gateway.keys import (
     ACCOUNTS,
+    ADOPTER,
     CLUSTER,
     CONVERSATIONS,
     DEFAULT_TTL,
@@ -213,6 +215,12 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
                 )  # fmt: skip
                 app[REBALANCER] = await stack.enter_async_context(moves)
                 member.membership.watch(moves.members_changed)  # after the placement's
+                journaled = getattr(journal, "journaled", None)  # a Redis journal's sets
+                if journaled is not None:
+                    adopter = Adopter(conversations, journaled, member.placement,
+                                      member.directory, member.node_id)  # fmt: skip
+                    app[ADOPTER] = await stack.enter_async_context(adopter)
+                    member.membership.watch(adopter.members_changed)
                 forwarder = Forwarder(
                     member, conversations.serves, conversations.hot_entries, moves=moves
                 )

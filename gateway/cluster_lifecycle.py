@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from engine.membership_redis import RedisMembership
-from gateway.keys import CLUSTER, REBALANCER
+from gateway.keys import ADOPTER, CLUSTER, REBALANCER
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class ClusterLifecycle:
                 await membership.announce()
             except Exception as exc:  # noqa: BLE001 - its next heartbeat announces it
                 log.warning("joining the cluster: %s (announced with the next heartbeat)", exc)
+            adopter = self._app.get(ADOPTER)
+            if adopter is not None:  # what a dead node left journaled and nobody serves
+                adopter.start()
 
     async def leaving(self, deadline: float) -> None:
         membership, moves = self._membership(), self._app.get(REBALANCER)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from engine.access import Principal
+from engine.adoption import Adopter
 from engine.rebalance import Rebalancer
 from engine.retention import Retention
 from engine.service import Conversations
@@ -35,6 +36,7 @@ FLUSHER = web.AppKey("flusher", Flusher)
 JOURNAL = web.AppKey("journal", Journal)
 FORWARDER: web.AppKey[Forwarder] = web.AppKey("forwarder")  # in a cluster: relays to the owner
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
+ADOPTER = web.AppKey("adopter", Adopter)  # in a cluster: activates the dead's journaled ones
 REBALANCER = web.AppKey("rebalancer", Rebalancer)  # in a cluster: moves on join and leave
 RESPONSES = web.AppKey("responses", ResponseCache)
 SENDER = web.AppKey("sender", Sender)

@@ -11,6 +11,7 @@ from aiohttp import web
 from engine.registry import Registry
 from gateway.connections import SERVER
 from gateway.keys import (
+    ADOPTER,
     CLUSTER,
     CONVERSATIONS,
     FLUSHER,
@@ -41,7 +42,7 @@ COMPONENTS = (
     ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
     ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
     ("forwarder", FORWARDER),
-    ("rebalancing", REBALANCER),
+    ("rebalancing", REBALANCER), ("adoption", ADOPTER),
 )  # fmt: skip
 
 

@@ -4,6 +4,8 @@ longer than the test)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.cluster import Cluster
+from tests.cluster.cluster import Cluster, texts
 
 
 @pytest.fixture
@@ -56,3 +58,41 @@ async def test_every_node_lists_what_any_node_acknowledged(unflushed: Cluster) -
     pages = [await sidebar(node) for node in cluster.ids]
     assert pages[0] == pages[1] == pages[2]
     assert [item["conversation_id"] for item in pages[0]] == lists[0]
+
+
+async def test_a_dead_nodes_unflushed_conversations_are_listed_by_the_others(
+    unflushed: Cluster,
+) -> None:
+    """Its writes are only in the journal; nobody asks for those conversations, yet the
+    survivors adopt them (engine/adoption.py) and list them, newest first."""
+    cluster = unflushed
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    made = [await cluster.create(node, user) for node in cluster.ids * 2]
+    dead = made[0][2]
+    orphans = [(cid, root) for cid, root, owner in made if owner == dead]
+    for cid, root in orphans:
+        status, _, _ = await cluster.append(dead, cid, root, "before the kill")
+        assert status == 200
+    newest, _ = orphans[-1]
+    victim = cluster.nodes[dead].process
+    assert victim is not None
+    victim.kill()
+    await victim.wait()
+    survivors = [node for node in cluster.ids if node != dead]
+
+    async def listing(node: str) -> list[str]:
+        url = f"{cluster.nodes[node].base}/api/v1/users/{user}/conversations"
+        async with cluster.session.get(url) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()  # type: ignore[no-any-return]
+
+    deadline = time.monotonic() + 30  # external processes: poll, bounded
+    while True:
+        lists = [await listing(node) for node in survivors]
+        if all(sorted(found) == sorted(cid for cid, _, _ in made) for found in lists):
+            break
+        assert time.monotonic() < deadline, (lists, [cid for cid, _ in orphans])
+        await asyncio.sleep(0.1)
+    assert lists[0] == lists[1] and lists[0][0] == newest  # its last append is the newest
+    tree = await cluster.tree(survivors[0], newest)
+    assert texts(tree) == ["before the kill"]
