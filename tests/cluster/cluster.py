@@ -2,7 +2,8 @@
 three-master Redis Cluster) and Cassandra, each with its own data dir, short leases
 (failover in about a second), and the HTTP calls the cluster tests make.
 
-The Redis Cluster has only database 0 and other tests use it: nothing here flushes it.
+The single Redis's test database is emptied at start. The Redis Cluster has only
+database 0 and other tests use it: nothing here flushes it.
 Node ids are this test's own, conversation ids are random, and closing deletes the keys
 of the nodes and of the conversations the test made (`conversations`)."""
 
@@ -20,6 +21,7 @@ import pytest
 
 from engine.placement import Rendezvous
 from persistence import redis_keys
+from tests.backends import wipe_redis
 from tests.processes import NodeProcess
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_URL, require
 
@@ -63,6 +65,8 @@ class Cluster:
         self.session = aiohttp.ClientSession()
 
     async def start(self) -> None:
+        if not self.redis_cluster:  # the test's own database: an earlier test's journaled
+            wipe_redis()  # conversations would be adopted by these nodes (engine/adoption.py)
         first, *others = self.nodes.values()
         await first.start()  # makes the keyspace's tables once
         await asyncio.gather(*(node.start() for node in others))
