@@ -34,7 +34,7 @@ import uvloop
 from bench.client import Connection, build_request, call, run
 from bench.compare import placement
 from bench.cpu import cpu_seconds
-from bench.node import Node, free_port, node
+from bench.node import Node, canopy, free_port, node
 
 API = "/api/v1/conversations"
 SECRET = "bench-auth-secret-0123456789abcdef-0123456789"
@@ -59,8 +59,7 @@ def bearer(token: str) -> dict[str, str]:
 def serve(mode: str, cpus: set[int] | None) -> Iterator[Node]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix=f"canopy-auth-{mode}-") as data:
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
-                   "--data-dir", str(Path(data) / "data"), "--auth", mode]  # fmt: skip
+        command = canopy(port, Path(data) / "data", "--auth", mode)
         if mode == "jwt":
             command += ["--jwt-secret", SECRET]
         with node(command, port, Path(data) / "node.log", cpus) as started:

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ import uvloop
 
 from bench.client import Connection, Result, build_request, call, run
 from bench.compare import API, CASSANDRA, REDIS_URL, Store, log, message, migrate
-from bench.node import Node, free_port, node
+from bench.node import Node, canopy, free_port, node
 
 KEYSPACE = "canopy_bench_cluster"
 ADMIN_TOKEN = "bench-cluster"
@@ -55,12 +54,11 @@ class Member:
 
 
 def command(member: Member, lease_seconds: float | None) -> list[str]:
-    flags = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(member.port),
-             "--data-dir", str(member.data_dir), "--node-id", member.node_id,
+    flags = canopy(member.port, member.data_dir, "--node-id", member.node_id,
              "--cluster", "redis", "--admin-token", ADMIN_TOKEN,
              "--store", "scylla", "--scylla-nodes", f"{CASSANDRA[0]}:{CASSANDRA[1]}",
              "--scylla-keyspace", KEYSPACE,
-             "--journal", "redis", "--redis-url", REDIS_URL]  # fmt: skip
+             "--journal", "redis", "--redis-url", REDIS_URL)  # fmt: skip
     if lease_seconds is not None:
         flags += ["--lease-seconds", str(lease_seconds)]
     return flags

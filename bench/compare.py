@@ -76,7 +76,7 @@ import uvloop
 
 from bench.client import Connection, ProtocolError, Result, build_request, call, run
 from bench.cpu import machine_cpu_seconds, tree_cpu_seconds
-from bench.node import Node, free_port, node
+from bench.node import Node, canopy, free_port, node
 from bench.target import External, Server, parse_target
 
 CASSANDRA = ("127.0.0.1", 9042)
@@ -148,8 +148,7 @@ class System:
 
 def _serve(*extra: str) -> Callable[[int, Path], list[str]]:
     def command(port: int, data_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
-                "--data-dir", str(data_dir), *extra]  # fmt: skip
+        return canopy(port, data_dir, *extra)
 
     return command
 

@@ -26,7 +26,7 @@ import uvloop
 
 from bench.client import Connection, Result, build_request, call, run
 from bench.compare import placement
-from bench.node import free_port, node
+from bench.node import canopy, free_port, node
 
 API = "/api/v1/conversations"
 DEPTH = 1000
@@ -102,11 +102,11 @@ async def main_async(args: argparse.Namespace) -> int:
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
     port = free_port()
-    with tempfile.TemporaryDirectory() as data:
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port),
-                   "--data-dir", data]  # fmt: skip
-        with node(command, port, Path(data) / "node.log", server_cpus):
-            phases = await measure(port, args.loopers, args.seconds)
+    with (
+        tempfile.TemporaryDirectory() as data,
+        node(canopy(port, Path(data)), port, Path(data) / "node.log", server_cpus),
+    ):
+        phases = await measure(port, args.loopers, args.seconds)
     print(f"{'phase':<24}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'rps':>10}")
     for p in phases:
         print(f"{p.name:<24}{p.requests:>10}{p.errors:>8}{p.p50_ms:>9}{p.p99_ms:>9}{p.rps:>10}")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.node import free_port, node
+from bench.node import canopy, free_port, node
 
 RESULTS = Path(__file__).parent / "results"
 LOCUSTFILE = Path(__file__).parent / "locustfile.py"
@@ -30,10 +30,9 @@ def main() -> int:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     port = free_port()
-    serve = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--data-dir"]
     with (
         tempfile.TemporaryDirectory() as data,
-        node([*serve, data], port, RESULTS / "node.log", cpus=None),
+        node(canopy(port, Path(data)), port, RESULTS / "node.log"),
     ):
         locust = subprocess.run(
             [

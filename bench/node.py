@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +54,20 @@ class Node:
 
 
 @contextlib.contextmanager
-def node(command: list[str], port: int, log_path: Path, cpus: set[int] | None) -> Iterator[Node]:
-    """A server subprocess, ready (it printed "Running on"); terminated however we leave."""
+def node(
+    command: list[str],
+    port: int,
+    log_path: Path,
+    cpus: set[int] | None = None,
+    *,
+    env: Mapping[str, str] = {},
+) -> Iterator[Node]:
+    """A server subprocess, ready (it printed "Running on"); terminated however we leave.
+    `env` overrides this process's environment for it; its log stays readable after."""
     with open(log_path, "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
     started = Node(process, port, log_path)
     try:
         pin(process.pid, cpus)

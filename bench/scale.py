@@ -22,27 +22,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import os
+import math
 import random
 import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+import uvloop
 from msgspec.structs import replace
 
-from bench.node import free_port
+from bench.client import Connection, ProtocolError, build_request, run
+from bench.node import canopy, free_port, node
 from engine.content import normalize
 from engine.conversation import ConversationState, root_content
 from persistence.records import Conversation, Message
@@ -54,8 +51,11 @@ PER_CONVERSATION = 1000
 CHAIN = 100  # the main chain's depth, root included: lineage is timed at its tip
 BRANCH = 10  # messages per side branch
 TEXT_CHARS = 200
-REQUESTS = 2000  # timed requests per measure (after a short warm-up)
-IN_FLIGHT = 8  # concurrent activations
+REQUESTS = 2000  # timed requests per measure
+WARM_UP = 20  # untimed requests before them
+IN_FLIGHT = 8  # connections activating at once
+BASE = "/api/v1/conversations"
+NO_RESPONSE_CACHE = {"CANOPY_RESPONSE_CACHE_BYTES": "0"}  # see the module docstring
 
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "owls")
 _START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -152,83 +152,31 @@ async def seed(directory: Path, hot_messages: int) -> list[Seeded]:
     return seeded
 
 
-class Node:
-    """A `canopy serve` subprocess on loopback, with default settings."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        command = [sys.executable, "-m", "gateway.cli", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(data_dir)]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "CANOPY_RESPONSE_CACHE_BYTES": "0"},  # see the module docstring
-        )
-        self.log: deque[str] = deque(maxlen=200)
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            self.log.append(raw.decode(errors="replace"))
-            if b"Running on" in raw:
-                break
-        else:
-            raise RuntimeError("node did not start:\n" + "".join(self.log))
-        # Keep reading its output so the node never blocks on a full pipe.
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            self.log.append(raw.decode(errors="replace"))
-
-    def rss(self) -> int:
-        """Resident set size in bytes (VmRSS)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        kib = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        assert kib is not None
-        return int(kib.group(1)) * 1024
-
-    def stop(self) -> tuple[int, int]:
-        """Graceful shutdown; (hot actors, passivations) from the registry's last log line."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        self.process.wait(timeout=60)
-        self._reader.join(timeout=5)
-        for line in reversed(self.log):
-            found = re.search(r"(\d+) hot actors, \d+ activations, (\d+) passivations", line)
-            if found:
-                return int(found.group(1)), int(found.group(2))
-        raise RuntimeError("no registry shutdown line:\n" + "".join(self.log))
+def rss(pid: int) -> int:
+    """Resident set size in bytes (VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    assert kib is not None
+    return int(kib.group(1)) * 1024
 
 
-class Client:
-    """One keep-alive HTTP/1.1 connection; one request at a time."""
-
-    def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port)
-
-    def call(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        self.connection.request(method, path, body=body, headers=headers)
-        response = self.connection.getresponse()
-        payload = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"{method} {path}: {response.status} {payload[:200]!r}")
-        return payload
+def shutdown_counts(log: str) -> tuple[int, int]:
+    """(hot actors, passivations) from the registry's shutdown line in a node's log."""
+    found = re.findall(r"(\d+) hot actors, \d+ activations, (\d+) passivations", log)
+    if not found:
+        raise RuntimeError("no registry shutdown line:\n" + log)
+    hot, passivations = found[-1]
+    return int(hot), int(passivations)
 
 
-def activate(port: int, conversations: list[Seeded]) -> None:
-    """One GET per conversation, IN_FLIGHT at a time."""
-    local = threading.local()
-
-    def get(item: Seeded) -> None:
-        if not hasattr(local, "client"):
-            local.client = Client(port)
-        local.client.call("GET", f"/api/v1/conversations/{item.conversation_id}")
-
-    with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        list(pool.map(get, conversations))
+async def activate(port: int, conversations: list[Seeded]) -> None:
+    """One GET per conversation, over IN_FLIGHT connections at once."""
+    requests = [
+        build_request("GET", f"{BASE}/{c.conversation_id}", port=port) for c in conversations
+    ]
+    result = await run(port, requests, connections=IN_FLIGHT, count=len(requests), seconds=math.inf)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} activations failed, first {result.first_error}")
 
 
 def percentiles(samples: Sequence[float]) -> tuple[float, float]:
@@ -247,34 +195,59 @@ def spread(conversations: list[Seeded], count: int, seed: int) -> list[Seeded]:
     return picked
 
 
-def time_http(port: int, conversations: list[Seeded]) -> tuple[float, float, float, float]:
-    """(lineage p50, p99, append p50, p99) in ms over one keep-alive connection."""
-    client = Client(port)
-    base = "/api/v1/conversations"
+async def timed(connection: Connection, requests: Sequence[bytes]) -> tuple[float, float]:
+    """(p50, p99) in ms of `requests` sent in turn, after WARM_UP untimed ones."""
     timings: list[float] = []
-    for i, item in enumerate(spread(conversations, REQUESTS + 20, seed=1)):
+    for i, request in enumerate(requests):
         started = time.perf_counter()
-        client.call("GET", f"{base}/{item.conversation_id}/messages/{item.tip_id}/lineage")
-        if i >= 20:
+        status, body = await connection.fetch(request)
+        if status != 200:
+            raise ProtocolError(f"{request[:80]!r}: {status} {body[:200]!r}")
+        if i >= WARM_UP:
             timings.append((time.perf_counter() - started) * 1000)
-    lineage = percentiles(timings)
-    text = "y" * TEXT_CHARS
-    timings = []
-    for i, item in enumerate(spread(conversations, REQUESTS + 20, seed=2)):
-        # Every append hangs on the chain's tip, so each one costs the same at every size.
-        body = msgspec.json.encode(
+    return percentiles(timings)
+
+
+async def time_http(port: int, conversations: list[Seeded]) -> tuple[float, float, float, float]:
+    """(lineage p50, p99, append p50, p99) in ms over one keep-alive connection."""
+    picked = spread(conversations, REQUESTS + WARM_UP, seed=1)
+    lineages = [
+        build_request("GET", f"{BASE}/{c.conversation_id}/messages/{c.tip_id}/lineage", port=port)
+        for c in picked
+    ]
+    # Every append hangs on the chain's tip, so each one costs the same at every size.
+    text = {"type": "text", "text": "y" * TEXT_CHARS}
+    appends = [
+        build_request(
+            "POST",
+            f"{BASE}/{c.conversation_id}/messages",
             {
-                "parent_message_id": item.tip_id,
+                "parent_message_id": c.tip_id,
                 "role": "human",
-                "content": {"type": "text", "text": text},
+                "content": text,
                 "created_by": "bench",
-            }
+            },
+            port=port,
         )
-        started = time.perf_counter()
-        client.call("POST", f"{base}/{item.conversation_id}/messages", body)
-        if i >= 20:
-            timings.append((time.perf_counter() - started) * 1000)
-    return (*lineage, *percentiles(timings))
+        for c in spread(conversations, REQUESTS + WARM_UP, seed=2)
+    ]
+    connection = await Connection.open(port)
+    try:
+        return (*await timed(connection, lineages), *await timed(connection, appends))
+    finally:
+        connection.close()
+
+
+async def on_node(
+    port: int, pid: int, conversations: list[Seeded]
+) -> tuple[int, int, float, tuple[float, float, float, float]]:
+    """(RSS at start, RSS after activation, activation seconds, the HTTP timings)."""
+    before = rss(pid)
+    started = time.perf_counter()
+    await activate(port, conversations)
+    activate_s = time.perf_counter() - started
+    after = rss(pid)
+    return before, after, activate_s, await time_http(port, conversations)
 
 
 def time_engine(conversations: list[Seeded]) -> float:
@@ -296,19 +269,17 @@ def measure(hot_messages: int) -> Row:
         conversations = asyncio.run(seed(directory, hot_messages))
         seed_s = time.perf_counter() - started
         total = len(conversations) * PER_CONVERSATION
-        node = Node(directory)
-        try:
-            before = node.rss()
-            started = time.perf_counter()
-            activate(node.port, conversations)
-            activate_s = time.perf_counter() - started
-            after = node.rss()
-            http_figures = time_http(node.port, conversations)
-        except Exception:
-            node.stop()
-            sys.stderr.write("".join(node.log))
-            raise
-        hot, passivations = node.stop()
+        port = free_port()
+        command = canopy(port, directory)
+        with node(command, port, directory / "node.log", env=NO_RESPONSE_CACHE) as served:
+            try:
+                before, after, activate_s, http_figures = uvloop.run(
+                    on_node(port, served.process.pid, conversations)
+                )
+            except Exception:
+                sys.stderr.write(served.tail(200) + "\n")
+                raise
+        hot, passivations = shutdown_counts(served.tail(200))
         if passivations or hot != len(conversations):
             raise RuntimeError(f"{passivations} passivations, {hot} hot of {len(conversations)}")
         engine_p50 = time_engine(conversations)

@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import json
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -37,7 +33,10 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.node import free_port
+import uvloop
+
+from bench.client import Connection, build_request, call
+from bench.node import canopy, free_port, node
 from persistence.records import Conversation
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, Store
@@ -66,99 +65,72 @@ async def seed(store: Store, count: int) -> None:
         )
 
 
-class Node:
-    def __init__(self, data_dir: Path, extra: list[str]) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(data_dir),
-             "--port", str(self.port), *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:  # an external process: poll its health, bounded
-            try:
-                self.connection().request("GET", "/health")
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("the node did not start") from None
-                time.sleep(0.05)
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
+API = "/api/v1/conversations"
+HEADERS = {"X-Canopy-User": USER}
 
 
-def first_page(connection: http.client.HTTPConnection) -> float:
+async def first_page(connection: Connection) -> float:
+    """One first page on an open keep-alive connection, in ms."""
+    request = build_request("GET", API, port=connection.port, headers=HEADERS)
     began = time.perf_counter()
-    connection.request("GET", "/api/v1/conversations", headers={"X-Canopy-User": USER})
-    response = connection.getresponse()
-    body = response.read()
+    status, body = await connection.fetch(request)
     elapsed = (time.perf_counter() - began) * 1000
-    assert response.status == 200 and body.count(b'"conversation_id"') == 30, body[:200]
+    assert status == 200 and body.count(b'"conversation_id"') == 30, body[:200]
     return elapsed
 
 
-def call(connection: http.client.HTTPConnection, path: str, body: object) -> dict[str, object]:
-    connection.request(
-        "POST", path, body=json.dumps(body),
-        headers={"X-Canopy-User": USER, "Content-Type": "application/json"},
-    )  # fmt: skip
-    response = connection.getresponse()
-    answer = response.read()
-    assert response.status in (200, 201), answer[:200]
-    decoded: dict[str, object] = json.loads(answer)
-    return decoded
-
-
-def root(connection: http.client.HTTPConnection, cid: str) -> str:
-    connection.request("GET", f"/api/v1/conversations/{cid}/tree", headers={"X-Canopy-User": USER})
-    tree = json.loads(connection.getresponse().read())
+async def root(connection: Connection, cid: str) -> str:
+    tree = await call(connection, "GET", f"{API}/{cid}/tree", None, HEADERS)
     return str(tree["messages"][0]["message_id"])
 
 
-def append(connection: http.client.HTTPConnection, cid: str, parent: str, n: int) -> None:
+async def append(connection: Connection, cid: str, parent: str, n: int) -> None:
     text = {"type": "text", "text": f"dirty message {n} " + "words " * 30}
     body = {"role": "human", "content": text, "parent_message_id": parent}
-    call(connection, f"/api/v1/conversations/{cid}/messages", body)
+    await call(connection, "POST", f"{API}/{cid}/messages", body, HEADERS)
 
 
-def hot_pages(
-    connection: http.client.HTTPConnection, dirty: int, requests: int, every: int
-) -> list[float]:
+async def create(connection: Connection, n: int) -> str:
+    made = await call(connection, "POST", API, {"title": f"dirty {n}"}, HEADERS)
+    return str(made["conversation_id"])
+
+
+async def hot_pages(connection: Connection, dirty: int, requests: int, every: int) -> list[float]:
     """First pages while `dirty` conversations made through the API are hot and moving."""
-    made = [
-        str(call(connection, "/api/v1/conversations", {"title": f"dirty {n}"})["conversation_id"])
-        for n in range(dirty)
-    ]
-    roots = {cid: root(connection, cid) for cid in made}
+    made = [await create(connection, n) for n in range(dirty)]
+    roots = {cid: await root(connection, cid) for cid in made}
     for n, cid in enumerate(made):
-        append(connection, cid, roots[cid], n)
+        await append(connection, cid, roots[cid], n)
     times: list[float] = []
     for n in range(requests):
         if every and n % every == every - 1:
             cid = made[n % dirty]
-            append(connection, cid, roots[cid], n)
-        times.append(first_page(connection))
+            await append(connection, cid, roots[cid], n)
+        times.append(await first_page(connection))
     return times
+
+
+async def pages(port: int, args: argparse.Namespace) -> tuple[float, list[float]]:
+    """The cold first page of a node just started, then the hot ones."""
+    connection = await Connection.open(port)
+    try:
+        await call(connection, "GET", "/health")  # the connection is open: time the page only
+        cold = await first_page(connection)
+        return cold, await hot_pages(connection, args.dirty, args.requests, args.append_every)
+    finally:
+        connection.close()
 
 
 def measure(data_dir: Path, extra: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {"cold": [], "kept": [], "store path": []}
     for mode, flags in (("kept", []), ("store path", ["--sidebar-cache-seconds", "0"])):
         for _ in range(args.restarts):
-            node = Node(data_dir, [*extra, *flags])
-            try:
-                connection = node.connection()
-                connection.request("GET", "/health")
-                connection.getresponse().read()  # the connection is open: time the page only
-                found["cold"].append(first_page(connection))
-                found[mode] += hot_pages(connection, args.dirty, args.requests, args.append_every)
-            finally:
-                node.stop()
+            port = free_port()
+            command = canopy(port, data_dir, *extra, *flags)
+            with node(command, port, data_dir.parent / "node.log"):
+                cold, hot = uvloop.run(pages(port, args))
+            found["cold"].append(cold)
+            found[mode] += hot
     return found
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
-import subprocess
-import sys
-import threading
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,8 +10,10 @@ from typing import Any
 
 import msgspec
 import pytest
+import uvloop
 
-from bench.node import free_port
+from bench.client import Connection, build_request
+from bench.node import canopy, free_port, node
 from engine.conversation import ConversationState
 from persistence.records import Conversation, Message
 
@@ -39,24 +38,27 @@ def chain_state(length: int, fanout_at_root: int = 0) -> ConversationState:
 
 
 class Client:
-    """A keep-alive HTTP/1.1 client on loopback: one request at a time."""
+    """A keep-alive connection (bench/client.py) driven synchronously on its own event
+    loop, for pytest-benchmark: one request at a time."""
 
     def __init__(self, port: int) -> None:
-        self.connection = http.client.HTTPConnection("127.0.0.1", port)
+        self.loop = uvloop.new_event_loop()
+        self.connection = self.loop.run_until_complete(Connection.open(port))
 
     def fetch(self, method: str, path: str, body: Any = None) -> bytes:
         """The response body, undecoded: what a timed request should cost the client."""
-        data = None if body is None else msgspec.json.encode(body)
-        self.connection.request(
-            method, path, body=data, headers={"Content-Type": "application/json"}
-        )
-        response = self.connection.getresponse()
-        payload = response.read()
-        assert response.status == 200, payload
+        request = build_request(method, path, body, port=self.connection.port)
+        status, payload = self.loop.run_until_complete(self.connection.fetch(request))
+        assert status == 200, payload
         return payload
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         return msgspec.json.decode(self.fetch(method, path, body))
+
+    def close(self) -> None:
+        self.connection.close()
+        self.loop.run_until_complete(asyncio.sleep(0))  # the transport's close runs
+        self.loop.close()
 
 
 @pytest.fixture(scope="session")
@@ -64,28 +66,5 @@ def node_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A `canopy serve` process (journal durability) for the session."""
     port = free_port()
     data_dir: Path = tmp_path_factory.mktemp("bench-node")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if b"Running on" in line:
-            break
-    else:
-        raise RuntimeError("node did not start")
-    # Keep reading its output so the node never blocks on a full pipe.
-    threading.Thread(target=process.stdout.read, daemon=True).start()
-    yield port
-    process.terminate()
-    process.wait(timeout=30)
+    with node(canopy(port, data_dir), port, data_dir / "node.log"):
+        yield port

@@ -31,7 +31,7 @@ def conversation(node_port: int) -> Iterator[tuple[Client, str, str]]:
         }
         parent = client.call("POST", f"/api/v1/conversations/{cid}/messages", body)["message_id"]
     yield client, cid, parent
-    client.connection.close()
+    client.close()
 
 
 def test_http_get_message(benchmark: Any, conversation: tuple[Client, str, str]) -> None:
