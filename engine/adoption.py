@@ -24,6 +24,7 @@ from typing import Any
 from engine.directory import Directory
 from engine.placement import Placement
 from engine.registry import Registry
+from persistence.background import stop
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ class Adopter:
 
     async def __aexit__(self, *exc: object) -> None:
         self._again = False
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop(self._task)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError, RedisError
 from engine.directory import LeaseHeld, LossWatcher
 from engine.membership_redis import RedisMembership
 from persistence import redis_keys
-from persistence.background import Throttled
+from persistence.background import Throttled, stop
 from persistence.journal import Journal
 from persistence.redis_pool import Client
 
@@ -117,9 +117,7 @@ class RedisDirectory:
 
     async def __aexit__(self, *exc: object) -> None:
         """Stop and release every lease still held, in one round trip."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop(self._task)
         for conversation_id in list(self._held):
             self.release(conversation_id)
         try:

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from engine import replay
 from engine.conversation import ConversationState
 from persistence import redis_keys
-from persistence.background import Throttled, backoff_delay
+from persistence.background import Throttled, backoff_delay, stop
 from persistence.flusher_lease import FlusherLease
 from persistence.journal_redis import RedisJournal
 from persistence.records import Created
@@ -142,7 +142,7 @@ class FlushWorker:
         journaled: the next flusher takes every journaled conversation at its start)."""
         self._closing = True  # the cycles stop even if a cancellation is swallowed
         run, renew = self._tasks
-        await _stop(run, self._config.close_timeout)
+        await stop(run, self._config.close_timeout)
         drained = False
         try:
             async with asyncio.timeout(self._config.close_timeout):
@@ -151,7 +151,7 @@ class FlushWorker:
         except Exception as exc:  # noqa: BLE001 - what is left stays journaled
             log.warning("flusher's last drain cut short: %r", exc)
         for task in [*self._flushing.values(), renew]:
-            await _stop(task, self._config.close_timeout)
+            await stop(task, self._config.close_timeout)
         try:
             await self._lease.release()
         except RedisError as exc:  # it expires on its own
@@ -320,15 +320,6 @@ class FlushWorker:
                           "stopping", self._config.node)  # fmt: skip
                 self.lost_lease.set()
                 return
-
-
-async def _stop(task: asyncio.Task[None], seconds: float) -> None:
-    """Cancel a task and wait for it, at most `seconds` (a cancellation swallowed below,
-    e.g. turned into a Redis timeout, must not hang the close)."""
-    task.cancel()
-    _, late = await asyncio.wait([task], timeout=seconds)
-    if late:
-        log.warning("%s did not stop within %.0f s; left behind", task.get_name(), seconds)
 
 
 def _text(raw: bytes | str) -> str:

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from engine.membership import Member, Watcher
 from persistence import redis_keys
-from persistence.background import Throttled
+from persistence.background import Throttled, stop
 from persistence.redis_pool import Client
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,7 @@ class RedisMembership:
 
     async def __aexit__(self, *exc: object) -> None:
         """Leave: stop beating, delete the heartbeat and the member entry."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop(self._task)
         self._sent_at = float("-inf")
         try:
             async with asyncio.timeout(self._timeout * 3):

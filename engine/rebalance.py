@@ -26,6 +26,7 @@ from typing import Any
 from engine.directory import Directory
 from engine.placement import Placement
 from engine.registry import Registry
+from persistence.background import stop
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ class Rebalancer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._passes:
-            task.cancel()
-        await asyncio.gather(*self._passes, return_exceptions=True)
+        await asyncio.gather(*(stop(task) for task in list(self._passes)))
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +104,26 @@ async def within(seconds: float, blocking: Callable[[], object], what: str) -> b
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():  # not given up on
         future.set_result(None)
+
+
+RECANCEL = 0.05  # seconds between cancels of a task that has not ended yet
+
+
+async def stop(task: asyncio.Task[Any] | None, seconds: float = 5.0) -> bool:
+    """Cancel `task` and wait until it ends, at most `seconds`; False if it did not (it
+    is left behind, logged). A cancel that a library swallowed is sent again: redis-py
+    swallows one that lands mid-command when a socket timeout is set (all its versions
+    we tried; 8.x even without one), and the loop calling it would beat on for ever."""
+    if task is None:
+        return True
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not task.done():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.warning("%s did not stop within %.0f s; left behind", task.get_name(), seconds)
+            return False
+        task.cancel()
+        await asyncio.wait([task], timeout=min(RECANCEL, left))
+    if not task.cancelled():
+        task.exception()  # retrieved: a task that failed was logged where it ran
+    return True

@@ -26,7 +26,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from persistence import redis_keys
-from persistence.background import Throttled
+from persistence.background import Throttled, stop
 from persistence.flusher import Backpressure, Flusher, FlusherConfig
 from persistence.journal import Journal
 from persistence.redis_pool import Client
@@ -82,9 +82,7 @@ class RemoteFlusher(Flusher):
     async def __aexit__(self, *exc: object) -> None:
         """Send the last dirty marks (the flusher process drains them as it stops)."""
         self._closing = True
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.wait([self._poller], timeout=self._remote.close_timeout)
+        await stop(self._poller, self._remote.close_timeout)
         try:
             async with asyncio.timeout(self._remote.close_timeout):
                 if self._appends:
