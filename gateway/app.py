@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -130,7 +130,11 @@ def node_report(app: web.Application) -> dict[str, Any]:
     return heartbeat_stats(app)
 
 
-def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Application:
+def create_app(
+    settings: Settings, peers: WorkerPeers | None = None, siblings: Sequence[str] = ()
+) -> web.Application:
+    """The node's app; one of `--workers N`: `peers` (its siblings to hand requests to),
+    or in a cluster `siblings` (their member ids, which leave with it)."""
     limits = EdgeLimits(
         settings.max_body_bytes,
         settings.body_timeout,
@@ -158,7 +162,8 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
         app.on_response_prepare.append(cors.on_prepare)
     if settings.cluster != "none" or peers is not None:
         app.on_response_prepare.append(node_header(settings.node()))
-        app[LIFECYCLE] = ClusterLifecycle(app)  # a member once it listens; leaves first
+        # a member once it listens; leaves first
+        app[LIFECYCLE] = ClusterLifecycle(app, siblings, settings.heartbeat_seconds)
     add_routes(app)
     add_admin(app, settings)  # /admin/..., /metrics
     build_on_startup(app, settings.auth_modes())

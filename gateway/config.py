@@ -445,8 +445,6 @@ def check_workers(settings: Settings) -> None:
         raise ValueError("--advertise-url names one address, and each of --workers is a "
                          "cluster member of its own: each advertises its own peer port on "
                          "--host (http://HOST:<port>); leave --advertise-url out")  # fmt: skip
-    if settings.cluster != "none":
-        raise ValueError("--workers above 1 with --cluster redis is not supported yet")
 
 
 def check_flusher_process(settings: Settings) -> None:

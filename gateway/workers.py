@@ -128,9 +128,23 @@ def _accounts_secret(settings: config.Settings) -> str:
 def run_worker(settings: config.Settings, index: int) -> int:
     """Serve as worker `index` until SIGTERM or the supervisor's end."""
     count = settings.worker_count()
-    sockets = socket_paths(settings.data_dir, count)
-    shard = worker_settings(settings, index)
-    app = create_app(shard, WorkerPeers(index, sockets, shared_store=settings.store != "sqlite"))
+    if settings.cluster != "none":  # a cluster member: forwarding, not handover
+        peer = _peer_socket(settings.host)
+        shard = dataclasses.replace(
+            worker_settings(settings, index),
+            advertise_url=f"http://{_url_host(settings.host)}:{peer.getsockname()[1]}",
+        )
+        node = settings.node()
+        siblings = [f"{node}/{worker_id(k)}" for k in range(count) if k != index]
+        app = create_app(shard, siblings=siblings)
+        worker = connections.Worker(index, None, peer)
+    else:
+        sockets = socket_paths(settings.data_dir, count)
+        shared = settings.store != "sqlite"
+        app = create_app(
+            worker_settings(settings, index), WorkerPeers(index, sockets, shared_store=shared)
+        )
+        worker = connections.Worker(index, sockets[index])
     serving = connections.serve(
         app,
         settings.host,
@@ -138,11 +152,27 @@ def run_worker(settings: config.Settings, index: int) -> int:
         max_connections=settings.max_connections or connections.default_max_connections(),
         shutdown_timeout=settings.shutdown_timeout,
         announce=lambda message: print(message, flush=True),
-        worker=connections.Worker(index, sockets[index]),
+        worker=worker,
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serving)
     return 0
+
+
+def _peer_socket(host: str) -> socket.socket:
+    """A cluster member's own port for peer traffic, bound now (its URL is advertised
+    as the member joins, before it listens): an ephemeral one on --host. The shared
+    port would land a forwarded request on any worker, and forwarding is one hop."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    peer = socket.socket(family, socket.SOCK_STREAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    peer.bind((host, 0))
+    peer.setblocking(False)
+    return peer
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 # -- the supervisor ---------------------------------------------------------------------------
