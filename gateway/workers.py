@@ -5,7 +5,11 @@ Each worker is `python -m gateway.cli serve --worker-index K`, a fresh interpret
 its environment. It listens on the shared port with SO_REUSEPORT, so the kernel
 spreads connections over the workers, and on its own Unix socket, over which its
 siblings hand it the requests for its conversations (gateway/worker_peers.py). It
-keeps its shard of the data dir, `data-dir/worker-K/` (SQLite file, journal, lock).
+keeps its shard of the data dir, `data-dir/worker-K/` (SQLite file, journal, lock);
+a shared store or journal (Cassandra, Redis) stays shared. With `--cluster redis` each
+worker is a cluster member instead (`<node-id>/worker-K`): it listens on a peer port of
+its own, which it advertises, and requests for other members' conversations are
+forwarded to them like any node's (gateway/forwarding.py), not handed over.
 
 The supervisor holds the data dir's own lock (two supervisors cannot share it), starts
 the workers and announces the node once all of them serve, forwards SIGTERM and SIGINT

@@ -175,7 +175,7 @@ async def test_a_node_stopped_with_sigterm_leaves_and_nothing_fails_or_is_lost(
             Written.texts[cid].append(text)
 
     await asyncio.gather(*(write(cid) for cid in Written.texts))
-    assert await stopping == 0
+    assert await stopping == 0, b"".join(cluster.second.output[-40:]).decode(errors="replace")
     assert not failures
     await cluster.until_members(workers_of(cluster.ids[:1]))
     for cid, written in Written.texts.items():
