@@ -1,4 +1,4 @@
-"""The workers of one `canopy serve --workers N` as a static membership.
+"""The workers of one `canopy serve --workers N` (without a cluster) as a static membership.
 
 Worker K of N is the member `worker-K`; the set is fixed for the life of the data
 directory (its shards are placed by it), so nothing heartbeats: a worker the supervisor

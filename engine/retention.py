@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +36,19 @@ class RetentionConfig:
 class Retention:
     """Owns the sweep task; an async context manager."""
 
-    def __init__(self, store: Store, conversations: Conversations, config: RetentionConfig) -> None:
+    def __init__(
+        self,
+        store: Store,
+        conversations: Conversations,
+        config: RetentionConfig,
+        *,
+        owns: Callable[[str], bool] | None = None,
+    ) -> None:
         self._store = store
         self._conversations = conversations
+        # one of --workers N over a shared store: the others' expired conversations are
+        # theirs to delete (activating one here would take it from its owner)
+        self._owns = owns
         self._config = config
         self._task: asyncio.Task[None] | None = None
         self._backoff = Backoff(config.interval, max(config.interval, 600.0))
@@ -62,11 +73,13 @@ class Retention:
         removed = 0
         for _ in range(self._config.max_batches):
             due = await self._store.expired(now(), self._config.batch)
-            deleted = [await self._conversations.expire(cid) for cid in due]
+            mine = due if self._owns is None else [cid for cid in due if self._owns(cid)]
+            deleted = [await self._conversations.expire(cid) for cid in mine]
             removed += sum(deleted)
             # A full batch all deleted: more may be due. Anything kept (its expiry moved,
-            # not flushed yet) would come back in the next batch: wait for the next sweep.
-            if len(due) < self._config.batch or not all(deleted):
+            # not flushed yet, a sibling's) would come back in the next batch: wait for
+            # the next sweep.
+            if len(due) < self._config.batch or len(mine) < len(due) or not all(deleted):
                 break
         self.swept += removed
         self.sweeps += 1

@@ -4,7 +4,9 @@ read-only look at one actor; the bearer is the admin token (gateway/admin_token.
 
 Nodes come from `Membership.nodes()` (gateway/admin_nodes.py). On a cluster the actors
 listing spans every live node and an actor hot on another node is looked at, flushed
-and passivated there (gateway/admin_peers.py): each answer names the owner node.
+and passivated there (gateway/admin_peers.py): each answer names the owner node. With
+`--workers N` and no cluster the nodes and actors listings span every worker
+(gateway/admin_workers.py).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from engine.errors import InvalidInput, NotFound, Unavailable
 from engine.registry import Registry
 from gateway.admin_nodes import MEMBERSHIP, MemberNodes, ThisNode
 from gateway.admin_peers import PEER_ADMIN, PeerAdmin
-from gateway.admin_schemas import ActorOut, ActorsOut, NodesOut, PassivatedOut
+from gateway.admin_schemas import ActorOut, ActorsOut, NodeOut, NodesOut, PassivatedOut
 from gateway.admin_token import ADMIN, AdminAccess, require_admin
+from gateway.admin_workers import sibling_actors, sibling_nodes, siblings
 from gateway.cluster_member import ClusterMember
 from gateway.codec import json_response, path_id
 from gateway.config import Settings
@@ -32,6 +35,7 @@ from gateway.metrics import add_metrics
 from gateway.metrics import routes as metrics_routes
 from gateway.openapi import Query, describe
 from gateway.request_metrics import REQUEST_METRICS, RequestMetrics
+from gateway.worker_peers import PEERS
 from persistence.store import StoreError
 
 routes = web.RouteTableDef()
@@ -108,6 +112,10 @@ def _scope(request: web.Request) -> str:
     return scope
 
 
+def _by_id(node: NodeOut) -> str:
+    return node.node_id
+
+
 def _peers(request: web.Request) -> ClusterMember | None:
     """The cluster member whose peers a cluster-wide call asks; None when there are
     none to ask (a node alone, --workers N, or a call a peer made: scope=node)."""
@@ -127,7 +135,10 @@ async def page(request: web.Request) -> web.Response:
 @describe("Every live node with its figures", response=NodesOut)
 async def nodes(request: web.Request) -> web.Response:
     require_admin(request)
-    return json_response(NodesOut(request.app[MEMBERSHIP].nodes()))
+    listed = request.app[MEMBERSHIP].nodes()
+    if (workers := siblings(request)) is not None:  # --workers N: each its own figures
+        listed = sorted([*listed, *await sibling_nodes(request, workers)], key=_by_id)
+    return json_response(NodesOut(listed))
 
 
 @routes.get("/admin/actors")
@@ -146,26 +157,33 @@ async def actors(request: web.Request) -> web.Response:
     now = time.monotonic()
     listed = [actor_out(request, a, t, now) for a, t in hot]
     total, missing = len(listed), list[str]()
-    member = _peers(request)
+    member, pages = _peers(request), list[ActorsOut]()
     if member is not None:  # each peer's first offset + limit, merged with ours
         peers = [m for m in member.membership.live() if m.node_id != member.node_id]
         query = {"sort": sort, "limit": str(offset + limit), "cursor": "0"}
         pages, missing = await request.app[PEER_ADMIN].listings(peers, member.token, query)
-        for answer in pages:
-            listed.extend(answer.actors)
-            total += answer.total
+    elif (workers := siblings(request)) is not None:  # --workers N without a cluster
+        query = {"sort": sort, "limit": str(offset + limit), "cursor": "0"}
+        pages, missing = await sibling_actors(request, workers, query)
+    for answer in pages:
+        listed.extend(answer.actors)
+        total += answer.total
     listed.sort(key=SORTS[sort])
     page = listed[offset : offset + limit]
     cursor = str(offset + limit) if offset + limit < total else None
     return json_response(ActorsOut(page, total, cursor, missing_nodes=missing))
 
 
-async def _at_owner(request: web.Request) -> web.Response | None:
+async def _at_owner(request: web.Request) -> web.StreamResponse | None:
     """The answer of the node holding the conversation hot, if that is another node of
-    the cluster (its lease holder); None to answer here."""
+    the cluster (its lease holder) or another worker (its placement); None to answer here."""
     member = _peers(request)
     conversation_id = path_id(request, "conversation_id")
     registry = _registry(request)
+    workers = request.app.get(PEERS)
+    if workers is not None and (registry is None or not registry.hot(conversation_id)):
+        owner = workers.owner_elsewhere(request, request.match_info)
+        return None if owner is None else await workers.hand_over(request, owner)
     if member is None or (registry is not None and registry.hot(conversation_id)):
         return None
     assert member.directory is not None
@@ -187,7 +205,7 @@ async def _at_owner(request: web.Request) -> web.Response | None:
 
 @routes.get("/admin/actors/{conversation_id}")
 @describe("One hot actor's figures (on a cluster, from the node holding it)", response=ActorOut)
-async def actor(request: web.Request) -> web.Response:
+async def actor(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     if (relayed := await _at_owner(request)) is not None:
         return relayed
@@ -197,7 +215,7 @@ async def actor(request: web.Request) -> web.Response:
 
 @routes.post("/admin/actors/{conversation_id}/flush")
 @describe("Write the actor's unflushed changes to the store now", response=ActorOut)
-async def flush(request: web.Request) -> web.Response:
+async def flush(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     if (relayed := await _at_owner(request)) is not None:
         return relayed
@@ -211,7 +229,7 @@ async def flush(request: web.Request) -> web.Response:
 
 @routes.post("/admin/actors/{conversation_id}/passivate")
 @describe("Flush the actor and drop it from memory", response=PassivatedOut)
-async def passivate(request: web.Request) -> web.Response:
+async def passivate(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     if (relayed := await _at_owner(request)) is not None:
         return relayed

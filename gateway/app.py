@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -85,13 +85,16 @@ def open_store(settings: Settings) -> Store:
 
 
 def open_journal(
-    settings: Settings, pool: RedisPool | None = None
+    settings: Settings, pool: RedisPool | None = None, peers: WorkerPeers | None = None
 ) -> contextlib.AbstractAsyncContextManager[Journal]:
-    """The journal the settings name; a Redis one over `pool`, or a pool of its own."""
+    """The journal the settings name; a Redis one over `pool`, or a pool of its own. One
+    of `--workers N` (`peers`) replays only its own conversations of a shared journal."""
     if settings.journal == "redis":
         from persistence.journal_redis import RedisJournal, own_pool_journal
 
-        return RedisJournal(pool) if pool is not None else own_pool_journal(settings.redis())
+        if pool is None:
+            return own_pool_journal(settings.redis())
+        return RedisJournal(pool, replays=peers.owns if peers is not None else None)
     fsync: str | float = settings.fsync if settings.fsync == "always" else float(settings.fsync)
     return FileJournal(
         settings.data_dir / "journal", fsync=fsync, recover_damaged=settings.recover_damaged
@@ -129,7 +132,11 @@ def node_report(app: web.Application) -> dict[str, Any]:
     return heartbeat_stats(app)
 
 
-def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Application:
+def create_app(
+    settings: Settings, peers: WorkerPeers | None = None, siblings: Sequence[str] = ()
+) -> web.Application:
+    """The node's app; one of `--workers N`: `peers` (its siblings to hand requests to),
+    or in a cluster `siblings` (their member ids, which leave with it)."""
     limits = EdgeLimits(
         settings.max_body_bytes,
         settings.body_timeout,
@@ -155,9 +162,10 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
     app.on_response_prepare.append(drop_server_header)
     if cors is not None:
         app.on_response_prepare.append(cors.on_prepare)
-    if settings.cluster != "none":
+    if settings.cluster != "none" or peers is not None:
         app.on_response_prepare.append(node_header(settings.node()))
-        app[LIFECYCLE] = ClusterLifecycle(app)  # a member once it listens; leaves first
+        # a member once it listens; leaves first
+        app[LIFECYCLE] = ClusterLifecycle(app, siblings, settings.heartbeat_seconds)
     add_routes(app)
     add_admin(app, settings)  # /admin/..., /metrics
     build_on_startup(app, settings.auth_modes())
@@ -184,7 +192,7 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
                 app[ACCOUNTS] = await stack.enter_async_context(accounts)
             cache_off = settings.cache == "off"  # the conventional design, for comparison
             journal = await stack.enter_async_context(
-                NoJournal() if cache_off else open_journal(settings, pool)
+                NoJournal() if cache_off else open_journal(settings, pool, peers)
             )
             app[JOURNAL] = journal
             # Left after the flusher's final flush: leases outlive what they cover.
@@ -226,7 +234,11 @@ def create_app(settings: Settings, peers: WorkerPeers | None = None) -> web.Appl
                 )
                 app[FORWARDER] = await stack.enter_async_context(forwarder)
                 conversations.ask_peers(forwarder.peer_entries)
-            retention = Retention(store, app[CONVERSATIONS], settings.retention())
+            elif isinstance(conversations, Registry) and peers is not None and peers.shared_store:
+                peers.list_hot(conversations.hot_entries)  # the store lists the rest
+                conversations.ask_peers(peers.peer_entries)
+            owns = peers.owns if peers is not None else None  # a shared store lists them all
+            retention = Retention(store, app[CONVERSATIONS], settings.retention(), owns=owns)
             app[RETENTION] = await stack.enter_async_context(retention)
             yield
 

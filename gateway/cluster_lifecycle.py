@@ -3,12 +3,18 @@ it becomes a member once it listens, so nobody forwards to it before it can answ
 on SIGTERM it leaves before it stops answering: marked leaving (nothing is placed on it
 any more), it hands every hot conversation over (engine/rebalance.py) while requests
 for them are forwarded to their new owners, then the usual shutdown runs.
+
+The workers of one `--workers N --cluster redis` node are members each, and SIGTERM
+reaches them all at once: each waits (a few heartbeats at most) until it has seen its
+siblings marked leaving before it hands anything over, or it would name a sibling that
+is leaving too as a conversation's new owner, and requests would bounce between them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from aiohttp import web
 
@@ -18,9 +24,16 @@ from gateway.keys import ADOPTER, CLUSTER, REBALANCER
 log = logging.getLogger(__name__)
 
 
+SIBLINGS_WAIT = 3  # heartbeats a leaving worker waits for its siblings' leaving marks
+
+
 class ClusterLifecycle:
-    def __init__(self, app: web.Application) -> None:
+    def __init__(
+        self, app: web.Application, siblings: Collection[str] = (), heartbeat: float = 0.0
+    ) -> None:
         self._app = app
+        self._siblings = frozenset(siblings)  # the other workers of this node, if any
+        self._siblings_wait = heartbeat * SIBLINGS_WAIT
 
     def _membership(self) -> RedisMembership | None:
         member = self._app.get(CLUSTER)
@@ -48,6 +61,7 @@ class ClusterLifecycle:
         except Exception as exc:  # noqa: BLE001 - Redis unreachable: the shutdown goes on
             log.warning("leaving the cluster: %s (conversations move at lease expiry)", exc)
             return
+        await self._siblings_leaving(membership)
         # The others must have seen the mark before this node stops answering.
         seen = asyncio.create_task(membership.until_seen())
         moved = await moves.leave(deadline)
@@ -57,3 +71,22 @@ class ClusterLifecycle:
         except Exception as exc:  # noqa: BLE001 - late or unreachable: shut down anyway
             log.warning("leaving the cluster: not seen by every node: %r", exc)
         log.info("left the cluster: %d conversations handed over", moved)
+
+    async def _siblings_leaving(self, membership: RedisMembership) -> None:
+        """Until no sibling worker is placed on any more (each marked leaving, or gone),
+        within a few heartbeats (a worker stopped alone waits that long)."""
+        if not self._siblings:
+            return
+        settled = asyncio.Event()
+
+        def changed(placed: frozenset[str]) -> None:
+            if not placed & self._siblings:
+                settled.set()
+
+        membership.watch(changed)
+        changed(membership.placed())
+        try:
+            await asyncio.wait_for(settled.wait(), self._siblings_wait)
+        except TimeoutError:
+            log.info("leaving the cluster: sibling workers still placed on: %s",
+                     " ".join(sorted(membership.placed() & self._siblings)))  # fmt: skip

@@ -188,7 +188,8 @@ _OPTIONS: dict[str, Option] = {
     "workers": Option(("CANOPY_WORKERS",), str, "server",
         "worker processes serving the one port (SO_REUSEPORT), each owning the conversations "
         "placed on it and its own shard of the data dir (data-dir/worker-K); auto: one per "
-        "core. Embedded storage only, and fixed for a data dir once chosen"),
+        "core. A shared store or journal (Cassandra, Redis) stays shared; the number is fixed "
+        "for a data dir once chosen. With --cluster redis each worker is a member"),
     "max_connections": Option(("CANOPY_MAX_CONNECTIONS",), int, "server",
         "open client connections; past it a new one gets 503 and is closed",
         "soft RLIMIT_NOFILE - 80"),
@@ -429,20 +430,21 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
 
 
 def check_workers(settings: Settings) -> None:
-    """Workers shard embedded storage by placement; a shared store or journal (and the
-    cluster's membership per worker) is not built yet (docs/decisions.md)."""
-    if settings.store != "sqlite" or settings.journal != "file":
-        raise ValueError(
-            "--workers above 1 shards embedded storage: it needs --store sqlite and "
-            "--journal file (a shared Cassandra or Redis is not supported yet)"
-        )
+    """Workers shard what is embedded (SQLite, the file journal) by placement and share
+    what is shared (Cassandra, Redis); what they cannot do yet is refused here."""
     if settings.cache == "off":
         raise ValueError("--workers above 1 needs the cache: listings merge the workers' hot ones")
-    if settings.cluster != "none":
-        raise ValueError("--workers above 1 with --cluster redis is not supported yet")
-    if settings.accounts:
-        raise ValueError("--workers above 1 with --accounts is not supported yet (accounts "
-                         "live in the store, which the workers shard)")  # fmt: skip
+    if settings.accounts and settings.store == "sqlite":
+        raise ValueError("--workers above 1 with --accounts needs a shared store (--store "
+                         "scylla): accounts live in one store, and the workers shard "
+                         "SQLite")  # fmt: skip
+    if settings.flusher_process:
+        raise ValueError("--workers above 1 with --flusher-process is not supported yet "
+                         "(each worker's flusher takes every journaled conversation)")  # fmt: skip
+    if settings.cluster != "none" and settings.advertise_url:
+        raise ValueError("--advertise-url names one address, and each of --workers is a "
+                         "cluster member of its own: each advertises its own peer port on "
+                         "--host (http://HOST:<port>); leave --advertise-url out")  # fmt: skip
 
 
 def check_flusher_process(settings: Settings) -> None:

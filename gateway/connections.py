@@ -19,6 +19,7 @@ import asyncio
 import logging
 import resource
 import signal
+import socket
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,7 +60,10 @@ class Worker(NamedTuple):
     """Where one of `--workers N` listens besides the shared port."""
 
     number: int  # its index among the workers
-    socket: Path  # its Unix socket: its siblings hand it its conversations' requests
+    socket: Path | None  # its Unix socket: its siblings hand it its conversations' requests
+    # a cluster member's own TCP port (bound, not listening yet): the address it
+    # advertises, where other members forward its conversations' requests
+    peer: socket.socket | None = None
 
 
 class Lifecycle(Protocol):
@@ -325,8 +329,8 @@ async def serve(
     worker: Worker | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM, then shut down within `shutdown_timeout`; as one
-    of `--workers N` (`worker`), on the shared port, on its Unix socket too, and until
-    its supervisor goes (SIGTERM from it, or its lifeline)."""
+    of `--workers N` (`worker`), on the shared port, on its Unix socket or its cluster
+    peer port too, and until its supervisor goes (SIGTERM from it, or its lifeline)."""
     lifecycle = app.get(LIFECYCLE)
     leave_deadline = shutdown_timeout * LEAVE_SHARE if lifecycle is not None else 0.0
     runner = EdgeRunner(
@@ -348,8 +352,11 @@ async def serve(
         else:  # Ctrl-C reaches the whole group: the supervisor stops its workers
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             watch_stdin(loop, stop)
-            worker.socket.unlink(missing_ok=True)  # one a killed worker left
-            await web.UnixSite(runner, str(worker.socket)).start()
+            if worker.socket is not None:
+                worker.socket.unlink(missing_ok=True)  # one a killed worker left
+                await web.UnixSite(runner, str(worker.socket)).start()
+            if worker.peer is not None:
+                await web.SockSite(runner, worker.peer).start()
         if lifecycle is not None:
             await lifecycle.listening()
         announce(f"======== Running on {site.name} ========")

@@ -81,6 +81,10 @@ class Dispatcher:
                 return await self._chain(match.handler)(request)
         if self._forwarder is not None and path.startswith(INTERNAL):
             return await self._forwarder.internal(request)  # a peer's call
+        if self._peers is not None and path.startswith(INTERNAL):
+            answered = self._peers.internal(request)  # a sibling worker's call
+            if answered is not None:
+                return answered
         self.general += 1
         return await self._general(request)
 

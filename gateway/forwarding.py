@@ -10,7 +10,10 @@ plus `X-Canopy-Hop: 1`: a request that has hopped once is served where it arrive
 answered 421 `not_owner` (with `X-Canopy-Owner`, the node the answering one believes
 owns it) when that node cannot; the sender re-resolves with that hint (twice at most:
 during a move the second answer may come from the old owner that let go meanwhile),
-then gives up with a 503 and `Retry-After`. Authentication is the owner's: relaying comes before
+then gives up with a 503 and `Retry-After`. A retry names the node that answered
+not_owner (`X-Canopy-Named-By`): a node whose view still deems that one the owner (its
+membership lags a leave by up to a heartbeat) serves the request rather than sending
+it back. Authentication is the owner's: relaying comes before
 the middleware chain. Every conversation response names its owner in `X-Canopy-Node`.
 
 Moves (engine/rebalance.py): a request for a conversation this node is handing over
@@ -50,7 +53,7 @@ from engine.peer_listing import HotEntries
 from engine.rebalance import Rebalancer
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
-from gateway.peer_http import PeerPool, PeerUnavailable
+from gateway.peer_http import PeerPool, PeerUnavailable, PeerUnreachable
 from gateway.relay import continue_if_expected, pass_through, send
 from persistence.background import Throttled
 
@@ -62,6 +65,7 @@ NODE = "X-Canopy-Node"  # on every conversation response: the node that answered
 OWNER = "X-Canopy-Owner"  # on a 421 not_owner: who the answering node believes owns it
 OWNER_URL = "X-Canopy-Owner-Url"  # and where it answers: the asker may not know it yet
 ASSIGNED_ID = "X-Canopy-Conversation-Id"  # a creation's id, picked by the node it reached
+NAMED_BY = "X-Canopy-Named-By"  # on a retry after not_owner: the node that answered it
 ASSIGNED = web.RequestKey("assigned_conversation_id", str)  # for the creation route
 CREATION = "/api/v1/conversations"
 HOT_LISTING = "/internal/v1/hot-listing/"  # + user id: this node's unflushed entries
@@ -148,6 +152,8 @@ class Forwarder:
         if owner == self._node_id:
             return None
         if HOP in request.headers:
+            if request.headers.get(NAMED_BY) == owner:
+                return None  # who this node deems the owner let go and named it: it is newer
             return self._not_owner(owner)
         return await self._relay(request, conversation_id, owner)
 
@@ -302,6 +308,20 @@ class Forwarder:
                 break  # not live (any more): nobody to ask
             try:
                 answer = await self._send(request, url, extra, body)
+            except PeerUnreachable as exc:  # nothing reached it: the placement's turn
+                throttled.warning("forward", "forwarding to %s failed: %s", owner, exc)
+                self._hints.pop(conversation_id, None)
+                target = self._member.placement.owner_of(conversation_id)
+                if target == owner or attempt == ASKS - 1:
+                    self.forward_failures += 1
+                    return _unavailable(f"the owner ({owner}) did not answer")
+                self.stale_retries += 1
+                owner = target  # a holder or hint that has gone (a node that left)
+                if owner == self._node_id:
+                    if body is not None:
+                        _refill(request, body)
+                    return None
+                continue
             except PeerUnavailable as exc:
                 self.forward_failures += 1
                 throttled.warning("forward", "forwarding to %s failed: %s", owner, exc)
@@ -310,6 +330,7 @@ class Forwarder:
                 self.forwarded += 1
                 return answer
             self._hints.pop(conversation_id, None)  # the owner said "not mine"
+            extra = {**(extra or {}), NAMED_BY: owner}  # and named the next one to ask
             if attempt < ASKS - 1:
                 self.stale_retries += 1
                 owner = self._retarget(conversation_id, request)

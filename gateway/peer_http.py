@@ -35,6 +35,10 @@ class PeerUnavailable(ConnectionError):
     """The peer gave no answer (no byte of one): nothing was sent to the client yet."""
 
 
+class PeerUnreachable(PeerUnavailable):
+    """No connection to the peer could be made: not a byte of the request reached it."""
+
+
 class BadAnswer(ConnectionError):
     """The peer's answer is not HTTP/1.1 this parser reads."""
 
@@ -355,7 +359,7 @@ class PeerPool:
             async with asyncio.timeout(self.connect_timeout):
                 _, protocol = await self._connect(lambda: _Connection(loop))
         except OSError as exc:  # refused, unreachable, timed out (TimeoutError)
-            raise PeerUnavailable(f"cannot connect: {exc or type(exc).__name__}") from exc
+            raise PeerUnreachable(f"cannot connect: {exc or type(exc).__name__}") from exc
         assert isinstance(protocol, _Connection)
         self.opened += 1
         self._busy.add(protocol)

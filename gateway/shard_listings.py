@@ -5,7 +5,9 @@ the others for their page over their Unix sockets (an internal route, as the cal
 each re-authenticates the request's own headers), takes its own from memory, and
 merges them (engine/sidebar_merge.py). Asking the live workers, rather than reading
 their SQLite files, keeps a write acknowledged a moment ago on another worker in the
-listing: it is in that worker's hot listing, not yet in its store.
+listing: it is in that worker's hot listing, not yet in its store. Over a shared store
+there are no shards to merge: the worker's own listing reads the store and merges its
+siblings' hot entries (gateway/worker_peers.py).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ async def sidebar_page(
 ) -> Page:
     """The caller's sidebar page: this node's, or merged over every worker's shard."""
     peers = request.app.get(PEERS)
-    if peers is None:
+    if peers is None or peers.shared_store:
         return await request.app[CONVERSATIONS].sidebar(request[PRINCIPAL], filters, limit, cursor)
     return await _merged(request, peers, filters, limit, cursor, None)
 
@@ -67,7 +69,7 @@ async def sidebar_page(
 async def user_ids(request: web.Request, user_id: str, limit: int) -> list[str]:
     """Seed 000's listing of `user_id`: this node's, or merged over every shard."""
     peers = request.app.get(PEERS)
-    if peers is None:
+    if peers is None or peers.shared_store:
         return await request.app[CONVERSATIONS].user_conversations(
             request[PRINCIPAL], user_id, limit
         )

@@ -6,25 +6,38 @@ shared port to any worker, so a request for another worker's conversation is rel
 to it over its Unix socket (gateway/relay.py) with the hop header, which the owner
 never relays again. The dispatcher asks `owner_elsewhere` only when there are peers:
 a single worker pays nothing per request.
+
+Over a shared store (`--store scylla`) the store lists every worker's conversations:
+a listing reads it once and merges what the siblings changed and have not flushed yet,
+asked of each over its socket (`hot_entries`, engine/peer_listing.py, as a cluster
+node asks its peers) rather than merging N pages of the same store rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import msgspec
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
+from engine import peer_listing
 from engine.membership_workers import worker_id
+from engine.peer_listing import HotEntries
 from engine.placement import Rendezvous
 from gateway.peer_http import PeerPool, PeerUnavailable
 from gateway.relay import relay, request_head
 from gateway.schemas import ErrorDetail, ErrorOut
+from persistence.background import Throttled
+
+log = logging.getLogger(__name__)
+throttled = Throttled(log)
 
 
 @dataclass(frozen=True)
@@ -36,13 +49,17 @@ class PeerAnswer:
 
 HOP = "X-Canopy-Hop"  # set on a request one worker relays to another
 CONNECT_TIMEOUT = 2.0  # a worker being restarted answers after this: 503 meanwhile
+HOT_LISTING = "/internal/v1/worker-hot-listing/"  # + user id: a worker's unflushed entries
+MSGPACK = "application/msgpack"  # as a cluster node answers its peers (gateway/forwarding.py)
 
 
 class WorkerPeers:
     """Worker `index` among workers answering on `sockets` (one per worker, by index)."""
 
-    def __init__(self, index: int, sockets: Sequence[Path]) -> None:
+    def __init__(self, index: int, sockets: Sequence[Path], *, shared_store: bool = False) -> None:
         self.index = index
+        self.shared_store = shared_store  # listings: the store's rows + siblings' hot ones
+        self._hot_entries: Callable[[str], HotEntries] | None = None
         self.node_id = worker_id(index)
         self.sockets = list(sockets)
         self.placement = Rendezvous(worker_id(k) for k in range(len(sockets)))
@@ -50,6 +67,7 @@ class WorkerPeers:
         self._sessions: dict[int, PeerPool] = {}
         self.handed_over = 0
         self.unreachable = 0
+        self.listing_failures = 0  # siblings whose hot entries a listing went without
 
     @property
     def count(self) -> int:
@@ -72,7 +90,12 @@ class WorkerPeers:
             "workers": self.count,
             "handed_over": self.handed_over,
             "unreachable": self.unreachable,
+            "listing_failures": self.listing_failures,
         }
+
+    def owns(self, conversation_id: str) -> bool:
+        """Whether the conversation is placed on this worker."""
+        return self.placement.owner_of(conversation_id) == self.node_id
 
     def owner_elsewhere(self, request: web.Request, match: UrlMappingMatchInfo) -> int | None:
         """The worker that owns the route's conversation, if not this one (a request
@@ -110,6 +133,40 @@ class WorkerPeers:
             return PeerAnswer(503, refusal.body or b"", "application/json")
         content_type = (answer.header(hdrs.CONTENT_TYPE) or "").split(";", 1)[0].strip()
         return PeerAnswer(answer.status, body, content_type or "application/octet-stream")
+
+    # -- listings over a shared store ----------------------------------------------------
+
+    def list_hot(self, entries: Callable[[str], HotEntries]) -> None:
+        """Answer the siblings' `peer_entries` with `entries(user)` (the registry's)."""
+        self._hot_entries = entries
+
+    async def peer_entries(self, user_id: str) -> list[HotEntries]:
+        """Every sibling's unflushed entries for the user, asked at once; one that does
+        not answer (being restarted: it flushes what it replays before it serves) is
+        left out and counted."""
+        path = HOT_LISTING + quote(user_id, safe="")
+        head = f"GET {path} HTTP/1.1\r\nHost: {self.node_id}\r\n\r\n".encode()
+        answers = await asyncio.gather(*(self._ask(k, head) for k in self._sessions))
+        found = []
+        for answer in answers:
+            if answer.status == 200 and answer.content_type == MSGPACK:
+                found.append(peer_listing.decode(answer.body))
+            else:
+                self.listing_failures += 1
+                throttled.warning("listing", "a worker's hot listing is missing: %d %r",
+                                  answer.status, answer.body[:200])  # fmt: skip
+        return found
+
+    def internal(self, request: web.Request) -> web.Response | None:
+        """A sibling's call for this worker's hot entries, over the Unix socket only
+        (on the shared port it does not exist); None for any other path."""
+        path = request.rel_url.raw_path
+        if self._hot_entries is None or not path.startswith(HOT_LISTING):
+            return None
+        if request.transport is None or request.transport.get_extra_info("peername"):
+            return None  # a TCP peer has an address; a Unix socket's has none
+        body = peer_listing.encode(self._hot_entries(unquote(path[len(HOT_LISTING) :])))
+        return web.Response(body=body, content_type=MSGPACK)
 
     def _unreachable(self, owner: int, exc: BaseException) -> web.Response:
         self.unreachable += 1

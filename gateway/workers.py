@@ -5,7 +5,11 @@ Each worker is `python -m gateway.cli serve --worker-index K`, a fresh interpret
 its environment. It listens on the shared port with SO_REUSEPORT, so the kernel
 spreads connections over the workers, and on its own Unix socket, over which its
 siblings hand it the requests for its conversations (gateway/worker_peers.py). It
-keeps its shard of the data dir, `data-dir/worker-K/` (SQLite file, journal, lock).
+keeps its shard of the data dir, `data-dir/worker-K/` (SQLite file, journal, lock);
+a shared store or journal (Cassandra, Redis) stays shared. With `--cluster redis` each
+worker is a cluster member instead (`<node-id>/worker-K`): it listens on a peer port of
+its own, which it advertises, and requests for other members' conversations are
+forwarded to them like any node's (gateway/forwarding.py), not handed over.
 
 The supervisor holds the data dir's own lock (two supervisors cannot share it), starts
 the workers and announces the node once all of them serve, forwards SIGTERM and SIGINT
@@ -33,9 +37,11 @@ import uvloop
 
 from engine.membership_workers import worker_id
 from gateway import config, connections
+from gateway.admin_token import AdminAccess
 from gateway.app import create_app
 from gateway.worker_peers import WorkerPeers
 from persistence.data_dir import DataDirLock
+from persistence.node_secret import load_or_create_secret
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +105,50 @@ def check_layout(data_dir: Path, count: int) -> None:
 # -- a worker -------------------------------------------------------------------------------
 
 
+def worker_settings(settings: config.Settings, index: int) -> config.Settings:
+    """What worker `index` serves with: its shard of the data dir (what is embedded is
+    sharded; a shared Cassandra or Redis stays shared), its own node id (its keys in
+    Redis, its name in X-Canopy-Node and /admin), and the node's one accounts secret."""
+    shared_store = settings.store != "sqlite"
+    return dataclasses.replace(
+        settings,
+        data_dir=shard_dir(settings.data_dir, index),
+        node_id=f"{settings.node()}/{worker_id(index)}",
+        # A first page of store rows kept here would miss what the siblings flush to the
+        # shared store meanwhile (their unflushed rows are asked of them at each read).
+        sidebar_cache_seconds=0.0 if shared_store else settings.sidebar_cache_seconds,
+        jwt_secret=settings.jwt_secret or _accounts_secret(settings),
+    )
+
+
+def _accounts_secret(settings: config.Settings) -> str:
+    """--accounts signs with the data dir's secret: the node's, not a shard's (a token
+    one worker issued verifies on every other)."""
+    if not settings.accounts:
+        return ""
+    return load_or_create_secret(settings.data_dir / "jwt-secret").decode()
+
+
 def run_worker(settings: config.Settings, index: int) -> int:
     """Serve as worker `index` until SIGTERM or the supervisor's end."""
     count = settings.worker_count()
-    sockets = socket_paths(settings.data_dir, count)
-    shard = dataclasses.replace(settings, data_dir=shard_dir(settings.data_dir, index))
-    app = create_app(shard, WorkerPeers(index, sockets))
+    if settings.cluster != "none":  # a cluster member: forwarding, not handover
+        peer = _peer_socket(settings.host)
+        shard = dataclasses.replace(
+            worker_settings(settings, index),
+            advertise_url=f"http://{_url_host(settings.host)}:{peer.getsockname()[1]}",
+        )
+        node = settings.node()
+        siblings = [f"{node}/{worker_id(k)}" for k in range(count) if k != index]
+        app = create_app(shard, siblings=siblings)
+        worker = connections.Worker(index, None, peer)
+    else:
+        sockets = socket_paths(settings.data_dir, count)
+        shared = settings.store != "sqlite"
+        app = create_app(
+            worker_settings(settings, index), WorkerPeers(index, sockets, shared_store=shared)
+        )
+        worker = connections.Worker(index, sockets[index])
     serving = connections.serve(
         app,
         settings.host,
@@ -112,11 +156,27 @@ def run_worker(settings: config.Settings, index: int) -> int:
         max_connections=settings.max_connections or connections.default_max_connections(),
         shutdown_timeout=settings.shutdown_timeout,
         announce=lambda message: print(message, flush=True),
-        worker=connections.Worker(index, sockets[index]),
+        worker=worker,
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(serving)
     return 0
+
+
+def _peer_socket(host: str) -> socket.socket:
+    """A cluster member's own port for peer traffic, bound now (its URL is advertised
+    as the member joins, before it listens): an ephemeral one on --host. The shared
+    port would land a forwarded request on any worker, and forwarding is one hop."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    peer = socket.socket(family, socket.SOCK_STREAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    peer.bind((host, 0))
+    peer.setblocking(False)
+    return peer
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 # -- the supervisor ---------------------------------------------------------------------------
@@ -131,13 +191,20 @@ def supervise(settings: config.Settings) -> int:
         if sockets[0].parent.name != worker_id(0):
             _private_directory(sockets[0].parent)
         port = _free_port(settings.host, settings.port)
+        # one admin token and accounts secret for all workers (each would make its own)
+        access = AdminAccess.make(settings.admin_token, settings.metrics_public)
+        settings = dataclasses.replace(settings, admin_token=access.token)
+        _accounts_secret(settings)
         environ = {
             **os.environ,
             **config.environment(settings),
             "CANOPY_WORKERS": str(count),
             "CANOPY_PORT": str(port),
         }
-        supervisor = Supervisor(count, environ, settings.shutdown_timeout)
+        # Cassandra's tables are made by the first worker to open the store: alone, as
+        # concurrent schema changes can disagree.
+        first_alone = settings.store != "sqlite"
+        supervisor = Supervisor(count, environ, settings.shutdown_timeout, first_alone)
         with asyncio.Runner() as runner:
             return runner.run(supervisor.run())
 
@@ -165,8 +232,15 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, environ: dict[str, str], shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        count: int,
+        environ: dict[str, str],
+        shutdown_timeout: float,
+        first_alone: bool = False,
+    ) -> None:
         self._workers = [_Worker(k) for k in range(count)]
+        self._first_alone = first_alone  # start worker 0 before the others
         self._environ = environ
         self._shutdown_timeout = shutdown_timeout
         self._stopping = asyncio.Event()
@@ -190,7 +264,12 @@ class Supervisor:
         return code if clean else 1
 
     async def _serve(self) -> int:
-        if not all(await asyncio.gather(*(self._start(w) for w in self._workers))):
+        later = self._workers
+        if self._first_alone:
+            first, *later = self._workers
+            if not await self._start(first):
+                return 1
+        if not all(await asyncio.gather(*(self._start(w) for w in later))):
             return 1
         host, port = self._environ.get("CANOPY_HOST", "127.0.0.1"), self._environ["CANOPY_PORT"]
         print(f"======== Running on http://{host}:{port} "

@@ -86,8 +86,17 @@ def _sha(script: str) -> str:
 class RedisJournal:
     """Journal backend over Redis Streams (see module docstring)."""
 
-    def __init__(self, pool: RedisPool, *, close_timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        pool: RedisPool,
+        *,
+        close_timeout: float = 3.0,
+        replays: Callable[[str], bool] | None = None,
+    ) -> None:
         self._pool = pool
+        # which journaled conversations `replay` takes (one of --workers N: those placed
+        # on it; the others are its siblings', never acquired here); None: every one
+        self._replays = replays
         self._client = pool.client
         self._lean = pool.lean  # the script calls: the hot path
         self._close_timeout = close_timeout
@@ -237,6 +246,8 @@ class RedisJournal:
         try:
             payloads: list[Entry] = []
             for conversation_id in await self.journaled():
+                if self._replays is not None and not self._replays(conversation_id):
+                    continue
                 await self.acquire(conversation_id)
                 payloads += await self.tail(conversation_id, 0)
         except RedisError as exc:

@@ -169,16 +169,34 @@ def test_workers_default_to_one_and_auto_is_one_per_core() -> None:
     assert parse(CANOPY_WORKERS="3").worker_count() == 3
 
 
+ACCOUNTS = ("--auth", "jwt", "--accounts")
+
+
 @pytest.mark.parametrize(
     ("argv", "complaint"),
     [
         (["--workers", "0"], "positive number or auto"),
         (["--workers", "many"], "positive number or auto"),
-        (["--workers", "2", "--journal", "redis"], "needs --store sqlite"),
         (["--workers", "2", "--cache", "off"], "needs the cache"),
-        (["--workers", "2", "--cluster", "redis"], "not supported yet"),
+        (["--workers", "2", *ACCOUNTS], "--accounts needs a shared store"),
+        (["--workers", "2", "--journal", "redis", "--flusher-process"], "--flusher-process"),
+        (["--workers", "2", "--cluster", "redis", "--advertise-url", "http://a:1"],
+         "each advertises its own peer port"),
     ],
-)
-def test_workers_are_refused_where_they_cannot_shard(argv: list[str], complaint: str) -> None:
+)  # fmt: skip
+def test_workers_are_refused_where_they_cannot_serve(argv: list[str], complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse(*argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--store", "scylla", "--journal", "redis"],
+        ["--store", "scylla"],  # the journal sharded, the store shared
+        ["--journal", "redis"],  # the store sharded, the journal shared
+        ["--store", "scylla", *ACCOUNTS],  # accounts in the one store
+    ],
+)
+def test_workers_share_a_shared_store_or_journal(argv: list[str]) -> None:
+    assert parse("--workers", "2", *argv).worker_count() == 2
