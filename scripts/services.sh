@@ -379,11 +379,13 @@ cassandra_check_prereqs() {
 }
 
 # JVM flags: conf/jvm17-server.options of Cassandra 5.0 (JPMS opens/exports,
-# netty settings) plus a small heap and fast-start choices for a 2-core box.
+# netty settings) plus a modest heap and fast-start choices for a 2-core box.
+# 2 GiB: at 1 GiB it died of OutOfMemoryError twice in a day of test runs side by
+# side (each run's keyspace holds its tables' memtables until dropped).
 cassandra_jvm_opts() {
     local jamm=("$CASSANDRA_LIB"/jamm-*.jar)
     local opts=(
-        -Xms512m -Xmx1g -XX:MaxDirectMemorySize=512m
+        -Xms512m -Xmx2g -XX:MaxDirectMemorySize=512m
         -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
         # Don't mmap /tmp/hsperfdata (GC pauses on slow disks); no jstat needed.
         -XX:+PerfDisableSharedMem
