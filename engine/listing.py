@@ -15,10 +15,13 @@ from persistence.store import Store
 
 
 class Listing:
-    def __init__(self, store: Store, flusher: Flusher, first_reads_seconds: float) -> None:
+    def __init__(
+        self, store: Store, flusher: Flusher, first_reads_seconds: float, node_id: str = ""
+    ) -> None:
         first_reads = FirstReads(first_reads_seconds)
         self._hot = HotListing()
-        self._sidebar = Sidebar(store, self._hot, ActivityMoves(), first_reads=first_reads)
+        moves = ActivityMoves(maker=node_id)
+        self._sidebar = Sidebar(store, self._hot, moves, first_reads=first_reads)
         flusher.watch_clean(self._sidebar.flushed)
         # told of every applied mutation (the actors' and a creation's): no extra call
         self.observe: Observer = self._sidebar.observe

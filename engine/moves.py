@@ -46,8 +46,11 @@ class ActivityMoves:
         horizon: float = HORIZON_SECONDS,
         max_moves: int = MAX_MOVES,
         clock: Callable[[], float] = time.monotonic,
+        maker: str = "",
     ) -> None:
-        self.incarnation = secrets.token_hex(4)  # cursors of another process are expired
+        # Cursors of another process are expired; a cluster node names itself in them, so
+        # another node relays a page request to the node that pinned it (forwarding.py).
+        self.incarnation = secrets.token_hex(4) + (f"@{maker}" if maker else "")
         self._horizon = horizon
         self._max = max_moves
         self._clock = clock

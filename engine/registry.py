@@ -101,7 +101,7 @@ class Registry:
         # A cluster's listings merge the peers' entries at each read: a first page kept
         # here would miss what they flush meanwhile (engine/first_reads.py).
         first_reads = 0.0 if self._shared else config.sidebar_first_reads_seconds
-        self._listing = Listing(store, flusher, first_reads)
+        self._listing = Listing(store, flusher, first_reads, node_id)
         self._loader = Loader(
             store, journal, flusher, self._table, self._acquire, self._admit,
             self._collector.drop, self._listing.observe, shared=self._shared,

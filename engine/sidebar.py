@@ -421,5 +421,15 @@ def cursor_at(incarnation: str, pinned: int, last: Key, filters: Filters) -> str
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+def cursor_maker(cursor: str) -> str:
+    """The node that pinned a sidebar cursor (engine/moves.py), "" if it names none or is
+    not one of ours: its next page is answered there."""
+    try:
+        decoded = _cursor_decode(base64.urlsafe_b64decode(cursor.encode() + b"=="))
+    except (ValueError, msgspec.DecodeError):
+        return ""
+    return decoded.incarnation.partition("@")[2]
+
+
 def filter_fields(filters: Filters) -> tuple[bool, bool | None, str | None, str | None]:
     return filters.favorite, filters.archived, filters.tag, filters.q

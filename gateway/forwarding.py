@@ -51,6 +51,7 @@ from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from engine import peer_listing
 from engine.peer_listing import HotEntries
 from engine.rebalance import Rebalancer
+from engine.sidebar import cursor_maker
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_response
 from gateway.peer_http import PeerPool, PeerUnavailable, PeerUnreachable
@@ -141,9 +142,11 @@ class Forwarder:
         serve it here."""
         conversation_id = match.get("conversation_id")
         if conversation_id is None:
-            if request.method == hdrs.METH_POST and request.rel_url.path == CREATION:
-                return await self._creation(request)
-            return None  # listings, the sidebar: answered here (engine/listing.py)
+            if request.rel_url.path == CREATION:
+                if request.method == hdrs.METH_POST:
+                    return await self._creation(request)
+                return await self._page_of(request)
+            return None  # listings: answered here (engine/listing.py)
         if self._moves is not None and self._moves.moving(conversation_id):
             await self._moves.wait(conversation_id)  # then the new owner answers
         elif self._serves(conversation_id):
@@ -171,6 +174,26 @@ class Forwarder:
             return await chain(request)
 
     # -- listings across nodes ------------------------------------------------------------
+
+    async def _page_of(self, request: web.Request) -> web.StreamResponse | None:
+        """A sidebar page after the first goes to the node that pinned its cursor (its
+        order is that node's moment: elsewhere the cursor would be expired); a first
+        page, or one whose node is gone, is answered here."""
+        cursor = request.query.get("cursor")
+        if not cursor or HOP in request.headers or request.method != hdrs.METH_GET:
+            return None
+        maker = cursor_maker(cursor)
+        url = self._urls.get(maker) if maker != self._node_id else None
+        if url is None:
+            return None  # gone: its cursor is expired here, the client lists again
+        try:
+            answer = await self._send(request, url, None, None)
+        except PeerUnavailable as exc:
+            throttled.warning("forward", "relaying a sidebar page to %s failed: %s", maker, exc)
+            return None
+        if answer is not None:
+            self.forwarded += 1
+        return answer
 
     async def internal(self, request: web.Request) -> web.StreamResponse:
         """A peer's call (the dispatcher sends /internal/ here, before any middleware)."""

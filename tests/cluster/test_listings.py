@@ -96,3 +96,28 @@ async def test_a_dead_nodes_unflushed_conversations_are_listed_by_the_others(
     assert lists[0] == lists[1] and lists[0][0] == newest  # its last append is the newest
     tree = await cluster.tree(survivors[0], newest)
     assert texts(tree) == ["before the kill"]
+
+
+async def test_sidebar_pages_continue_through_any_node(unflushed: Cluster) -> None:
+    """A cursor pins the order of the node that made it; a next page sent to another
+    node (as a load balancer would) is answered by that node: every conversation once."""
+    cluster = unflushed
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    made = {cid for cid, _, _ in [await cluster.create(node, user) for node in cluster.ids * 3]}
+    headers = {"X-Canopy-User": user}
+    seen: list[str] = []
+    cursor: str | None = None
+    answered: list[str] = []
+    for page in range(len(made)):
+        node = cluster.ids[page % len(cluster.ids)]  # each page through the next node
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        async with cluster.session.get(cluster.base(node) + query, headers=headers) as response:
+            body = await response.json()
+            assert response.status == 200, body
+            answered.append(response.headers.get("X-Canopy-Node", ""))
+        seen += [item["conversation_id"] for item in body["conversations"]]
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(made) and len(seen) == len(made)
+    assert set(answered[1:]) == {answered[0]}  # every next page by the node that pinned it
