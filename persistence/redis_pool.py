@@ -7,8 +7,8 @@ pipelined connection the journal's script calls take (persistence/resp.py). The 
 is opened before its users and closed after them (gateway/app.py), so none of them
 closes a client another still sends on.
 
-Over a Redis Cluster `lean` is `RedisCluster`'s pipeline, which routes each command
-by its keys' slot and follows MOVED/ASK (docs/decisions.md).
+Over a Redis Cluster `lean` is a lean connection per master, routed by the cluster
+client's slot map (persistence/resp_cluster.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from persistence.resp import Arg, LeanRedis
+from persistence.resp_cluster import SlotLean, credentials
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +71,6 @@ class Lean(Protocol):
     def close(self) -> None: ...
 
 
-class ClusterLean:
-    """`Lean` over a Redis Cluster: one `RedisCluster` pipeline per batch, each command
-    sent to the master of its keys' slot (each command's keys must share one slot)."""
-
-    def __init__(self, client: RedisCluster) -> None:
-        self._client = client
-
-    async def execute(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        pipeline = self._client.pipeline()
-        for command in commands:
-            pipeline.execute_command(*command)
-        return list(await pipeline.execute(raise_on_error=False))
-
-    def close(self) -> None:
-        """The client is the pool's: it closes it."""
-
-
 def _client(settings: RedisSettings) -> Client:
     options: dict[str, Any] = {
         "socket_timeout": settings.timeout,
@@ -116,11 +100,13 @@ class RedisPool:
         settings.check()
         self.settings = settings
         self.client: Client = _client(settings)
-        self.lean: Lean = (
-            ClusterLean(self.client)
-            if isinstance(self.client, RedisCluster)
-            else LeanRedis(settings.urls()[0], timeout=settings.timeout)
-        )
+        self.lean: Lean
+        if isinstance(self.client, RedisCluster):
+            seed = urlparse(settings.urls()[0])
+            login = credentials(seed.username, seed.password)
+            self.lean = SlotLean(self.client, timeout=settings.timeout, credentials=login)
+        else:
+            self.lean = LeanRedis(settings.urls()[0], timeout=settings.timeout)
 
     @property
     def cluster(self) -> bool:
