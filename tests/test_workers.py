@@ -36,6 +36,11 @@ async def node(data_dir: Path, unused_tcp_port_factory: Any) -> AsyncIterator[No
     process = NodeProcess(data_dir, unused_tcp_port_factory(), "--workers", "2")
     await process.start()
     yield process
+    await kill_all(process)
+
+
+async def kill_all(process: NodeProcess) -> None:
+    """SIGKILL the supervisor and every worker it started (a test's teardown)."""
     if process.process is not None and process.process.returncode is None:
         process.process.kill()
         await process.process.wait()

@@ -21,7 +21,7 @@ from engine.placement import Rendezvous
 from tests.backends import wipe_redis
 from tests.processes import NodeProcess
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
-from tests.test_workers import alive, eventually, until_async, worker_pids
+from tests.test_workers import alive, eventually, kill_all, until_async, worker_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -46,12 +46,7 @@ async def node(
     )  # fmt: skip
     await process.start()
     yield process
-    if process.process is not None and process.process.returncode is None:
-        process.process.kill()
-        await process.process.wait()
-    for pid in worker_pids(process).values():
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    await kill_all(process)
 
 
 async def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[Any, str]:
