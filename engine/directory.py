@@ -32,6 +32,10 @@ class Directory(Protocol):
         """Give the conversation up (passivated); queued, sent with the next renewal."""
         ...
 
+    async def send_releases(self) -> None:
+        """Send the queued releases now (a move waits for its own to reach Redis)."""
+        ...
+
     def is_held(self, conversation_id: str) -> bool: ...
 
     async def holder(self, conversation_id: str) -> str | None:
@@ -84,6 +88,9 @@ class JournalOwnership:
 
     def can_acknowledge(self) -> bool:
         return True
+
+    async def send_releases(self) -> None:
+        pass  # released at once
 
     def on_lost(self, watcher: LossWatcher) -> None:
         pass  # no other node can take a conversation

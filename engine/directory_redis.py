@@ -121,7 +121,7 @@ class RedisDirectory:
         for conversation_id in list(self._held):
             self.release(conversation_id)
         try:
-            await self._send_releases()
+            await self.send_releases()
         except RedisError as exc:
             log.warning("releasing %d leases: %s (taken over once this node is gone)",
                         len(self._releasing), exc)  # fmt: skip
@@ -239,12 +239,12 @@ class RedisDirectory:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await self._send_releases()
+                await self.send_releases()
             except RedisError as exc:
                 self.release_failures += 1
                 throttled.warning("release", "releasing leases failed: %s", exc)
 
-    async def _send_releases(self) -> None:
+    async def send_releases(self) -> None:
         """The releases queued since the last interval, in one pipeline (none: nothing)."""
         if not self._releasing:
             return

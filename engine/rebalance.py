@@ -170,6 +170,7 @@ class Rebalancer:
                 await self._served(conversation_id)
                 moved = await self._registry.passivate(conversation_id)
                 if moved:
+                    await self._send_releases()  # not at the next round: the move waits
                     await self._released(conversation_id)
             finally:
                 del self._moving[conversation_id]
@@ -179,6 +180,12 @@ class Rebalancer:
             else:
                 self.kept += 1
             return moved
+
+    async def _send_releases(self) -> None:
+        try:
+            await self._directory.send_releases()
+        except Exception as exc:  # noqa: BLE001 - sent again with the directory's next round
+            log.warning("rebalance: sending the lease release failed: %s", exc)
 
     async def _released(self, conversation_id: str) -> None:
         """Until Redis no longer shows this node holding the lease (bounded: a lease not

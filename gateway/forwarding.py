@@ -149,6 +149,8 @@ class Forwarder:
             return None  # listings: answered here (engine/listing.py)
         if self._moves is not None and self._moves.moving(conversation_id):
             await self._moves.wait(conversation_id)  # then the new owner answers
+            if self._serves(conversation_id):
+                return None  # the move kept it here (its flush failed)
         elif self._serves(conversation_id):
             return None
         owner = await self._owner(conversation_id)

@@ -71,13 +71,15 @@ async def one_on_each(cluster: Cluster) -> dict[str, str]:
 
 
 async def until_heartbeats_show(cluster: Cluster, node: str, owners: dict[str, str]) -> Any:
-    """/admin/nodes on `node` once every node's heartbeat carries its actors (bounded:
-    the heartbeats are other processes')."""
+    """/admin/nodes on `node` once every node's heartbeat carries its actors and their
+    messages (bounded: the heartbeats are other processes'; one sent between a creation
+    and its appends counts the actor, not yet its messages)."""
     actors = Counter(owners.values())
+    expected = {node_id: (count, 3 * count) for node_id, count in actors.items()}
     deadline = time.monotonic() + 10
     while True:
         listed = (await admin(cluster, node, "GET", "/admin/nodes"))["nodes"]
-        if {row["node_id"]: row["actors"] for row in listed} == actors:
+        if {row["node_id"]: (row["actors"], row["hot_messages"]) for row in listed} == expected:
             return listed
         assert time.monotonic() < deadline, listed
         await asyncio.sleep(0.05)

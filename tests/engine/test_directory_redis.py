@@ -89,11 +89,11 @@ async def test_one_holder_at_a_time_and_the_epoch_grows(client: redis.Redis) -> 
         assert refused.value.owner == "a:1" and not b.is_held("c1")
         a.release("c1")
         assert not a.is_held("c1")
-        await a._send_releases()  # the release goes out with the next batch
+        await a.send_releases()  # the release goes out with the next batch
         assert await client.get(redis_keys.lease("c1")) is None
         assert await b.acquire("c1") == 2
         b.release("c1")
-        await b._send_releases()
+        await b.send_releases()
         assert await a.acquire("c1") == 3
     assert await client.get(redis_keys.lease("c1")) is None  # closing released it
 
@@ -124,14 +124,14 @@ async def test_holding_leases_costs_no_command_however_many(
         await pause(membership)  # beats counted by hand below
 
         async def interval() -> None:
-            await a._send_releases()
+            await a.send_releases()
             await membership._beat()
 
         await a.acquire("c0")
         with_one = await sends_of(monkeypatch, interval)
         for n in range(1, 200):
             await a.acquire(f"c{n}")
-        assert await sends_of(monkeypatch, a._send_releases) == 0
+        assert await sends_of(monkeypatch, a.send_releases) == 0
         assert await sends_of(monkeypatch, interval) == with_one
         assert a.can_acknowledge() and len(a._held) == 200
 
