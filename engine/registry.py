@@ -47,6 +47,8 @@ from persistence.store import Store
 
 log = logging.getLogger(__name__)
 
+LEASE_POLL = 0.02  # seconds between asks while a lease's holder lets go
+
 T = TypeVar("T")
 
 
@@ -57,6 +59,9 @@ class RegistryConfig:
     max_hot_messages: int = 2_000_000
     idle_seconds: float = 600.0
     sidebar_first_reads_seconds: float = MAX_AGE_SECONDS  # engine/first_reads.py; 0: none
+    # In a cluster: how long an activation waits for a live holder to let go (a move
+    # or a leave under way) before it answers 503; 0 refuses at once.
+    lease_wait_seconds: float = 0.0
 
     def oversized(self, actor: ConversationActor) -> bool:
         """Too big to count against the budget: admitting it would evict most others."""
@@ -108,6 +113,7 @@ class Registry:
         )  # fmt: skip
         self.activations = 0
         self.placed_elsewhere = 0  # activations here of conversations placed on another node
+        self.lease_waits = 0  # asks again while another node's lease was being let go
         self.lost = 0  # hot actors dropped because another node took their lease
 
     async def __aenter__(self) -> Registry:
@@ -159,6 +165,7 @@ class Registry:
             "oversized": self.oversized,
             "oversized_hot": self._collector.oversized_hot,
             "placed_elsewhere": self.placed_elsewhere,
+            "lease_waits": self.lease_waits,
             "lost": self.lost,
         }
 
@@ -266,10 +273,18 @@ class Registry:
         """Own the conversation before reading its tail or appending to it; its epoch."""
         if self._placement.owner_of(conversation_id) != self._node_id:
             self.placed_elsewhere += 1  # e.g. a fork, or created before a node joined
-        try:
-            return await self._directory.acquire(conversation_id)
-        except LeaseHeld as exc:
-            raise Unavailable(f"cannot serve the conversation here now: {exc}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.lease_wait_seconds
+        while True:
+            try:
+                return await self._directory.acquire(conversation_id)
+            except LeaseHeld as exc:
+                # Forwarding sends a request here only once the holder let go or left;
+                # its release may still be on its way to Redis.
+                if loop.time() >= deadline:
+                    raise Unavailable(f"cannot serve the conversation here now: {exc}") from None
+            self.lease_waits += 1
+            await asyncio.sleep(LEASE_POLL)
 
     def serves(self, conversation_id: str) -> bool:
         """Hot here and this node holds its lease: requests for it need no lookup."""

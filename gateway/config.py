@@ -96,6 +96,7 @@ class Settings:
             max_hot_messages=self.max_hot_messages,
             idle_seconds=self.idle_seconds,
             sidebar_first_reads_seconds=self.sidebar_cache_seconds,
+            lease_wait_seconds=self.lease_seconds if self.cluster != "none" else 0.0,
         )
 
     def responses(self) -> ResponseLimits:

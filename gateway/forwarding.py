@@ -104,6 +104,7 @@ class Forwarder:
         self._sessions: dict[str, PeerPool] = {}  # by node URL
         self._urls: dict[str, str] = {}  # live node id -> URL
         self._departed: set[str] = set()  # nodes seen live that are not any more
+        self._leaving: set[str] = set()  # live nodes handing their conversations over
         self._hints: OrderedDict[str, str] = OrderedDict()  # conversation -> owner named
         member.membership.watch(self._members_changed)
         self._members_changed(frozenset())
@@ -260,8 +261,24 @@ class Forwarder:
             return holder  # a live node holds it: it stays the owner until it lets go
         return self._node_id
 
+    async def _other_holder(self, conversation_id: str) -> str | None:
+        """Another live node holding the lease that is not leaving (one letting go
+        releases it in a moment), if any; None also when Redis does not say."""
+        directory = self._member.directory
+        assert directory is not None
+        try:
+            holder = await directory.holder(conversation_id)
+        except Exception as exc:  # noqa: BLE001 - the activation here will say
+            throttled.warning("holder", "lease lookup failed: %s", exc)
+            return None
+        if holder is None or holder == self._node_id or holder in self._leaving:
+            return None
+        return holder if holder in self._urls else None
+
     def _members_changed(self, _: frozenset[str]) -> None:
-        urls = {m.node_id: m.url for m in self._member.membership.live()}
+        live = self._member.membership.live()
+        self._leaving = {m.node_id for m in live if m.leaving}
+        urls = {m.node_id: m.url for m in live}
         # Seen leave: a not_owner answer naming one (a peer that has not noticed yet)
         # must not send a request to its open sockets, where it would wait for the
         # read timeout. A node never seen may have joined a moment ago: asked by URL.
@@ -270,8 +287,8 @@ class Forwarder:
         self._hints.clear()  # placement moved: what a stale answer named may be wrong now
         # A node declared dead may be paused, its sockets open: end what waits on it now
         # (a 503 its client retries, to the new owner) rather than at the read timeout.
-        live = set(self._urls.values())
-        for url in [url for url in self._sessions if url not in live]:
+        answering = set(self._urls.values())
+        for url in [url for url in self._sessions if url not in answering]:
             self._sessions.pop(url).close()
 
     def _not_owner(self, owner: str) -> web.Response:
@@ -360,9 +377,12 @@ class Forwarder:
                 self.stale_retries += 1
                 owner = self._retarget(conversation_id, request)
                 if owner == self._node_id:  # the old owner handed it over to this node
-                    if body is not None:
-                        _refill(request, body)
-                    return None
+                    holder = await self._other_holder(conversation_id)
+                    if holder is None:  # served here (its activation waits for a release)
+                        if body is not None:
+                            _refill(request, body)
+                        return None
+                    owner = holder  # a node whose view placed it there took it meanwhile
         self.forward_failures += 1
         return _unavailable("the conversation's owner is moving")
 

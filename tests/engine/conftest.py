@@ -119,6 +119,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
         wrap_journal: Callable[[FileJournal], Journal] | None = None,
         recover_damaged: bool = False,
         directory_of: Callable[[Journal], Directory] | None = None,
+        lease_wait_seconds: float = 0.0,
     ) -> Engine:
         directory = directory or tmp_path / "node"
         flusher_config = FlusherConfig(
@@ -132,6 +133,7 @@ async def open_engine(tmp_path: Path) -> AsyncIterator[EngineFactory]:
             max_hot_messages=max_hot_messages,
             max_hot_bytes=max_hot_bytes,
             idle_seconds=HOUR,
+            lease_wait_seconds=lease_wait_seconds,
         )
         async with contextlib.AsyncExitStack() as stack:
             sqlite = await stack.enter_async_context(SQLiteStore(directory / "canopy.db"))

@@ -4,6 +4,7 @@ acknowledge; the single-node defaults own everything through the journal."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -98,6 +99,36 @@ async def test_a_lost_lease_drops_the_actor_and_its_writes_are_refused(
     assert engine.registry.stats()["lost"] == 1
     with pytest.raises(Unavailable, match="owned by node other:1"):
         await engine.say(actor.id, actor.meta.root_id)
+
+
+async def test_an_activation_waits_for_a_holder_letting_go(open_engine: EngineFactory) -> None:
+    """A move or a leave releases its lease a moment after forwarding sends the request
+    on: the activation asks again for up to `lease_wait_seconds`, then serves."""
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(
+        directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0], lease_wait_seconds=30
+    )
+    actor = await engine.conversation()
+    await engine.flusher.flush(actor.id)
+    await engine.registry.passivate(actor.id)
+    directory = fakes[0]
+    directory.taken.add(actor.id)  # another node holds it, letting go
+    asked_thrice = asyncio.Event()
+    acquire = directory.acquire
+
+    async def counted(conversation_id: str) -> int:
+        if directory.calls.count(("acquire", conversation_id)) >= 3:
+            asked_thrice.set()
+        return await acquire(conversation_id)
+
+    directory.acquire = counted  # type: ignore[method-assign]
+    served = asyncio.create_task(engine.registry.get(ANONYMOUS, actor.id))
+    asked = asyncio.ensure_future(asked_thrice.wait())
+    await asyncio.wait({served, asked}, return_when=asyncio.FIRST_COMPLETED)
+    assert not served.done(), served  # still asking, not refused
+    directory.taken.discard(actor.id)  # its release reached Redis
+    assert (await served).id == actor.id
+    assert engine.registry.stats()["lease_waits"] >= 2
 
 
 async def test_a_member_that_may_not_acknowledge_refuses_appends(
