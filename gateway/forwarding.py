@@ -375,10 +375,12 @@ class Forwarder:
             extra = {**(extra or {}), NAMED_BY: owner}  # and named the next one to ask
             if attempt < ASKS - 1:
                 self.stale_retries += 1
-                owner = self._retarget(conversation_id, request)
+                answered, owner = owner, self._retarget(conversation_id, request)
                 if owner == self._node_id:  # the old owner handed it over to this node
                     holder = await self._other_holder(conversation_id)
-                    if holder is None:  # served here (its activation waits for a release)
+                    # Free, or held by the node that just named this one (it is letting
+                    # go): served here, its activation waiting for the release.
+                    if holder is None or holder == answered:
                         if body is not None:
                             _refill(request, body)
                         return None
