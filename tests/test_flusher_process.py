@@ -29,7 +29,10 @@ READY = re.compile(rb"flusher for node \S+ ready \(pid (\d+)\)")
 
 
 async def _eventually(
-    condition: Callable[[], object], seconds: float = 60.0, node: NodeProcess | None = None
+    condition: Callable[[], object],
+    seconds: float = 60.0,
+    node: NodeProcess | None = None,
+    why: Callable[[], str] | None = None,
 ) -> None:
     """Poll what another process does, within a deadline."""
     loop = asyncio.get_running_loop()
@@ -41,7 +44,8 @@ async def _eventually(
         if result:
             return
         last = b"".join(node.output[-30:]).decode(errors="replace") if node else ""
-        assert loop.time() < deadline, f"the other process never got there; its output:\n{last}"
+        state = why() if why else ""
+        assert loop.time() < deadline, f"never got there ({state}); its output:\n{last}"
         await asyncio.sleep(0.05)
 
 
@@ -61,6 +65,7 @@ class Writers:
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session, self.base = session, base
         self.acked: dict[str, dict[str, str]] = {}  # conversation -> message id -> text
+        self.waiting_for = ""  # what the last look at the store and journal found missing
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -109,10 +114,14 @@ async def _stored(store: ScyllaStore, writers: Writers) -> dict[str, Snapshot]:
 
 async def _all_stored_and_trimmed(store: ScyllaStore, writers: Writers) -> bool:
     async with own_pool_journal(RedisSettings(REDIS_URL, timeout=10.0)) as journal:  # a probe
-        if await journal.journaled():
+        journaled = await journal.journaled()
+        if journaled:
+            writers.waiting_for = f"still journaled: {journaled}"
             return False
     for cid, snapshot in (await _stored(store, writers)).items():
-        if not writers.acked[cid].keys() <= {m.message_id for m in snapshot.messages}:
+        missing = writers.acked[cid].keys() - {m.message_id for m in snapshot.messages}
+        if missing:
+            writers.waiting_for = f"{cid}: {len(missing)} acknowledged messages not stored"
             return False
     return True
 
@@ -132,7 +141,8 @@ async def test_flusher_killed_under_load_is_restarted_and_stores_every_acked_app
         assert await _flusher_ready(node, 2) != first
         await writers.finish()
         async with ScyllaStore(SCYLLA) as store:
-            await _eventually(lambda: _all_stored_and_trimmed(store, writers))
+            await _eventually(lambda: _all_stored_and_trimmed(store, writers), node=node,
+                              why=lambda: writers.waiting_for)  # fmt: skip
             for cid, snapshot in (await _stored(store, writers)).items():
                 assert snapshot.conversation.message_count == len(snapshot.messages), cid
     assert await node.stop(signal.SIGTERM) == 0
@@ -170,7 +180,8 @@ async def test_serving_node_killed_under_load_loses_nothing_and_stores_it_once(
                 assert tree.get(mid) == {"type": "text", "text": text}, (cid, mid)
             served[cid] = set(tree)
         async with ScyllaStore(SCYLLA) as store:
-            await _eventually(lambda: _all_stored_and_trimmed(store, writers))
+            await _eventually(lambda: _all_stored_and_trimmed(store, writers), node=second,
+                              why=lambda: writers.waiting_for)  # fmt: skip
             for cid, snapshot in (await _stored(store, writers)).items():
                 ids = [m.message_id for m in snapshot.messages]
                 assert len(ids) == len(set(ids)) == snapshot.conversation.message_count, cid
