@@ -37,6 +37,7 @@ import uvloop
 
 from bench.client import Connection, Result, build_request, call, run
 from bench.compare import API, CASSANDRA, REDIS_URL, Store, log, message, migrate
+from bench.cpu import tree_cpu_seconds
 from bench.node import Node, canopy, free_port, node
 
 KEYSPACE = "canopy_bench_cluster"
@@ -51,6 +52,10 @@ class Member:
     port: int
     data_dir: Path
     process: Node | None = None
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return tree_cpu_seconds([self.process.process.pid])
 
 
 def command(member: Member, lease_seconds: float | None) -> list[str]:
@@ -77,6 +82,19 @@ class Cluster:
             self.start(member)
         return self
 
+    async def settled(self) -> None:
+        """Every running member lists every running member. Until then a conversation
+        made now may be placed by a partial view and move a moment later (the bench
+        would take a forwarding node for its owner)."""
+        running = [m for m in self.members if m.process is not None]
+        expected = sorted(m.node_id for m in running)
+        deadline = time.perf_counter() + SERVED_AGAIN_WITHIN
+        for member in running:
+            while (seen := await _members_seen(member.port)) != expected:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"{member.node_id} sees {seen}, not {expected}")
+                await asyncio.sleep(0.05)
+
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
@@ -97,6 +115,16 @@ class Cluster:
 
     def by_id(self, node_id: str) -> Member:
         return next(m for m in self.members if m.node_id == node_id)
+
+
+async def _members_seen(port: int) -> list[str]:
+    connection = await Connection.open(port)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        listed = await call(connection, "GET", "/admin/nodes", headers=headers)
+        return sorted(n["node_id"] for n in listed["nodes"])
+    finally:
+        connection.close()
 
 
 async def owner_of(port: int, path: str) -> str:
@@ -133,25 +161,52 @@ async def seeded(port: int, title: str, messages: int = 0) -> tuple[str, str, li
 
 
 async def forwarding(cluster: Cluster, rounds: int, count: int) -> dict[str, object]:
+    await cluster.settled()
     first = cluster.members[0]
     cid, root, _ = await seeded(first.port, "forwarding")
-    owner = cluster.by_id(await owner_of(first.port, f"{API}/{cid}/tree"))
-    other = next(m for m in cluster.members if m is not owner)
     results: dict[str, dict[str, list[float]]] = {}
     for op in ("get_message", "append"):
-        results[op] = {"direct": [], "forwarded": []}
+        results[op] = {"direct": [], "forwarded": [], "owner_cpu_us": [], "forwarder_cpu_us": []}
         for _ in range(rounds):
-            for way, member in (("direct", owner), ("forwarded", other)):
-                result = await _one_way(op, member.port, cid, root, count)
-                results[op][way].append(result.percentile_ms(50))
+            for way in ("direct", "forwarded"):
+                p50, owner_cpu, forwarder_cpu = await _one_round(cluster, op, way, cid, root, count)
+                results[op][way].append(p50)
+                if way == "direct":
+                    results[op]["owner_cpu_us"].append(owner_cpu)
+                else:
+                    results[op]["forwarder_cpu_us"].append(forwarder_cpu)
     table: dict[str, object] = {}
     for op, ways in results.items():
         direct, forwarded = statistics.median(ways["direct"]), statistics.median(ways["forwarded"])
+        owner_cpu = statistics.median(ways["owner_cpu_us"])
+        forwarder_cpu = statistics.median(ways["forwarder_cpu_us"])
         table[op] = {"direct_p50_ms": round(direct, 3), "forwarded_p50_ms": round(forwarded, 3),
-                     "added_ms": round(forwarded - direct, 3)}  # fmt: skip
+                     "added_ms": round(forwarded - direct, 3),
+                     "owner_cpu_us": round(owner_cpu, 1),
+                     "forwarder_cpu_us": round(forwarder_cpu, 1)}  # fmt: skip
         log(f"forwarding {op}: direct p50 {direct:.3f} ms, forwarded {forwarded:.3f} ms "
-            f"(+{forwarded - direct:.3f})")  # fmt: skip
+            f"(+{forwarded - direct:.3f}); CPU per request: owner {owner_cpu:.0f} us "
+            f"direct, forwarding node {forwarder_cpu:.0f} us")  # fmt: skip
     return table
+
+
+async def _one_round(
+    cluster: Cluster, op: str, way: str, cid: str, root: str, count: int
+) -> tuple[float, float, float]:
+    """p50 of one round sent to the owner (direct) or to another node (forwarded), and
+    the CPU per request of the owner and of the node the requests were sent to. The
+    owner is asked before and after: a round during which it changed is run again."""
+    for _ in range(3):
+        owner = cluster.by_id(await owner_of(cluster.members[0].port, f"{API}/{cid}/tree"))
+        target = owner if way == "direct" else next(m for m in cluster.members if m is not owner)
+        before = {m.node_id: m.cpu_seconds() for m in (owner, target)}
+        result = await _one_way(op, target.port, cid, root, count)
+        spent = {m.node_id: (m.cpu_seconds() - before[m.node_id]) / result.count * 1e6
+                 for m in (owner, target)}  # fmt: skip
+        if await owner_of(cluster.members[0].port, f"{API}/{cid}/tree") == owner.node_id:
+            return result.percentile_ms(50), spent[owner.node_id], spent[target.node_id]
+        log(f"forwarding {op} {way}: the owner moved during the round; running it again")
+    raise RuntimeError(f"the owner of {cid} kept moving")
 
 
 async def _one_way(op: str, port: int, cid: str, root: str, count: int) -> Result:
@@ -173,6 +228,7 @@ async def failover(cluster: Cluster, kills: int) -> dict[str, object]:
     times: list[float] = []
     for k in range(kills):
         writer = cluster.members[k % len(cluster.members)]
+        await cluster.settled()  # a restarted node is seen: the conversation stays put
         cid, _, appended = await seeded(writer.port, f"failover {k}", messages=5)
         owner = cluster.by_id(await owner_of(writer.port, f"{API}/{cid}/tree"))
         survivor = next(m for m in cluster.members if m is not owner)

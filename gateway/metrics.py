@@ -61,6 +61,9 @@ COUNTERS = (
     ("directory", "acquisitions", "lease_acquisitions", "Leases acquired"),
     ("directory", "takeovers", "lease_takeovers", "Leases taken from a dead node"),
     ("forwarder", "forward_failures", "forward_failures", "Forwarded requests not answered"),
+    ("workers", "handed_over", "handed_over_requests", "Requests handed to another worker"),
+    ("workers", "unreachable", "worker_unreachable", "Requests another worker did not answer"),
+    ("workers", "connections_opened", "worker_connections", "Connections opened to other workers"),
 )
 HISTOGRAMS = (
     ("flusher", "flush_seconds", "flush_duration_seconds", "One conversation's store write"),

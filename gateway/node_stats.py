@@ -23,6 +23,7 @@ from gateway.keys import (
 )
 from gateway.ratelimit import LIMITER
 from gateway.request_metrics import REQUEST_METRICS
+from gateway.worker_peers import PEERS
 
 Stats = dict[str, dict[str, Any]]
 
@@ -42,7 +43,7 @@ COMPONENTS = (
     ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
     ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
     ("forwarder", FORWARDER),
-    ("rebalancing", REBALANCER), ("adoption", ADOPTER),
+    ("rebalancing", REBALANCER), ("adoption", ADOPTER), ("workers", PEERS),
 )  # fmt: skip
 
 

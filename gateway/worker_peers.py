@@ -89,6 +89,7 @@ class WorkerPeers:
             "worker": self.index,
             "workers": self.count,
             "handed_over": self.handed_over,
+            "connections_opened": sum(pool.opened for pool in self._sessions.values()),
             "unreachable": self.unreachable,
             "listing_failures": self.listing_failures,
         }
@@ -98,10 +99,13 @@ class WorkerPeers:
         return self.placement.owner_of(conversation_id) == self.node_id
 
     def owner_elsewhere(self, request: web.Request, match: UrlMappingMatchInfo) -> int | None:
-        """The worker that owns the route's conversation, if not this one (a request
-        relayed here already is served here)."""
+        """The worker that owns the route's conversation, if not this one. A request a
+        sibling relayed here is served here; the hop header counts only on the Unix
+        socket (a client sending it to the shared port must not pick the worker)."""
         conversation_id = match.get("conversation_id")
-        if conversation_id is None or HOP in request.headers:
+        if conversation_id is None:
+            return None
+        if HOP in request.headers and _from_sibling(request):
             return None
         owner = self._index_of[self.placement.owner_of(conversation_id)]
         return None if owner == self.index else owner
@@ -163,8 +167,8 @@ class WorkerPeers:
         path = request.rel_url.raw_path
         if self._hot_entries is None or not path.startswith(HOT_LISTING):
             return None
-        if request.transport is None or request.transport.get_extra_info("peername"):
-            return None  # a TCP peer has an address; a Unix socket's has none
+        if not _from_sibling(request):
+            return None
         body = peer_listing.encode(self._hot_entries(unquote(path[len(HOT_LISTING) :])))
         return web.Response(body=body, content_type=MSGPACK)
 
@@ -177,6 +181,12 @@ class WorkerPeers:
             content_type="application/json",
             headers={"Retry-After": "1"},
         )
+
+
+def _from_sibling(request: web.Request) -> bool:
+    """Whether the request came over a Unix socket (a TCP peer has an address)."""
+    transport = request.transport
+    return transport is not None and not transport.get_extra_info("peername")
 
 
 PEERS = web.AppKey("peers", WorkerPeers)  # with --workers N: this worker's siblings

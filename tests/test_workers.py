@@ -131,6 +131,25 @@ async def test_conversations_written_through_the_shared_port_answer_from_any_con
     assert first and second, "placement put every conversation on one worker"
 
 
+async def test_a_client_sending_the_hop_header_cannot_pick_the_worker(node: NodeProcess) -> None:
+    """The hop header marks a request a sibling relayed over its Unix socket; sent by a
+    client to the shared port it must not make the worker that got the connection
+    serve another's conversation (its shard does not have it: a 404, or with a shared
+    store a second actor). Over fresh connections about half land on the non-owner."""
+    assert Written.chains, "the module's first test writes the conversations"
+    hop = {**USER, "X-Canopy-Hop": "1"}
+    for cid, chain in list(Written.chains.items())[:12]:
+        for _ in range(3):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector, headers=hop) as session,
+                session.get(f"{node.base}/api/v1/conversations/{cid}/tree") as response,
+            ):
+                assert response.status == 200, await response.text()
+                tree = await response.json()
+            assert [m["message_id"] for m in tree["messages"]] == chain
+
+
 async def test_the_sidebar_lists_every_shard_in_order_right_after_writing(
     node: NodeProcess,
 ) -> None:
