@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from msgspec.structs import replace
 from engine.access import BRANCH, FORK, OWNER, READ, Level, Principal
 from engine.conversation import ConversationState, root_content
 from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
+from engine.ids import new_id, time_ordered_id
 from persistence.flusher import Backpressure, Flusher
 from persistence.journal import Journal, JournalError
 from persistence.records import (
@@ -87,7 +87,7 @@ class NewConversation:
         copies re-numbered."""
         at = now()
         conversation_id = self.conversation_id or conversation_id or new_id()
-        root_id = new_id()
+        root_id = time_ordered_id()
         meta = Conversation(
             conversation_id=conversation_id,
             root_id=root_id,
@@ -165,10 +165,6 @@ def _fail(batch: list[_QueuedAppend], error: BaseException) -> None:
 
 class Passivated(Exception):
     """The actor was dropped while the caller waited; the registry retries on a fresh one."""
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def now() -> datetime:
@@ -415,7 +411,7 @@ class ConversationActor:
         if parent.depth >= limit:
             raise InvalidInput(f"lineage depth would exceed MAX_LINEAGE_DEPTH ({limit})")
         node = Message(
-            message_id=new_id(),
+            message_id=time_ordered_id(),
             parent_id=parent_id,
             role=new.role,
             content=new.content,

@@ -26,7 +26,6 @@ from engine.actor import (
     Passivated,
     commit,
     gone,
-    new_id,
 )
 from engine.budget import default_max_hot_bytes
 from engine.collection import Collector
@@ -34,6 +33,7 @@ from engine.conversation import ConversationState
 from engine.directory import Directory, JournalOwnership, LeaseHeld
 from engine.errors import Conflict, NotFound, Unavailable
 from engine.first_reads import MAX_AGE_SECONDS
+from engine.ids import new_id
 from engine.listing import Listing
 from engine.loading import Loader
 from engine.peer_listing import HotEntries, Peers

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.actor import new_id
 from engine.directory import Directory
 from engine.fencing import AcknowledgingJournal
+from engine.ids import new_id
 from engine.membership import Alone, Membership
 from engine.membership_workers import Workers
 from engine.placement import Placement, Rendezvous, ThisNode, placed_here

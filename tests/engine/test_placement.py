@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from engine.actor import new_id
+from engine.ids import new_id
 from engine.placement import Rendezvous, ThisNode, placed_here
 
 IDS = [str(uuid.UUID(int=n * 7919 + 1)) for n in range(10_000)]
