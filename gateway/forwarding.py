@@ -157,7 +157,7 @@ class Forwarder:
         owner = await self._owner(conversation_id)
         if owner == self._node_id:
             return None
-        if HOP in request.headers:
+        if self._hopped(request):
             if request.headers.get(NAMED_BY) == owner:
                 return None  # who this node deems the owner let go and named it: it is newer
             return self._not_owner(owner)
@@ -183,7 +183,7 @@ class Forwarder:
         order is that node's moment: elsewhere the cursor would be expired); a first
         page, or one whose node is gone, is answered here."""
         cursor = request.query.get("cursor")
-        if not cursor or HOP in request.headers or request.method != hdrs.METH_GET:
+        if not cursor or self._hopped(request) or request.method != hdrs.METH_GET:
             return None
         maker = cursor_maker(cursor)
         url = self._urls.get(maker) if maker != self._node_id else None
@@ -275,6 +275,14 @@ class Forwarder:
             return None
         return holder if holder in self._urls else None
 
+    def _hopped(self, request: web.Request) -> bool:
+        """Whether another node relayed the request here. The hop header alone is not
+        trusted: a client sending it (and X-Canopy-Named-By, or a creation's id) would
+        pick where its request is served; a peer's relay carries the cluster token."""
+        return HOP in request.headers and hmac.compare_digest(
+            request.headers.get(TOKEN, ""), self._member.token
+        )
+
     def _members_changed(self, _: frozenset[str]) -> None:
         live = self._member.membership.live()
         self._leaving = {m.node_id for m in live if m.leaving}
@@ -311,7 +319,7 @@ class Forwarder:
     # -- creation ------------------------------------------------------------------------
 
     async def _creation(self, request: web.Request) -> web.StreamResponse | None:
-        if HOP in request.headers:
+        if self._hopped(request):
             assigned = request.headers.get(ASSIGNED_ID)
             if assigned is not None:
                 try:
@@ -399,6 +407,7 @@ class Forwarder:
         self, request: web.Request, url: str, extra: dict[str, str] | None, body: bytes | None
     ) -> web.StreamResponse | None:
         """The owner's answer relayed; None if it answered not_owner (its hint noted)."""
+        extra = {TOKEN: self._member.token, **(extra or {})}  # the owner trusts the hop
         answer = await send(request, self._session(url), hop_header=HOP, extra=extra, body=body)
         if answer.status == NOT_OWNER:
             named = answer.header(OWNER)

@@ -100,6 +100,22 @@ class Cluster:
         finally:
             await client.aclose()
 
+    async def token(self) -> str:
+        """The cluster token the nodes show each other (a peer's relay carries it)."""
+        import redis.asyncio as redis
+
+        client: Any = (
+            redis.RedisCluster.from_url(REDIS_CLUSTER_URL)
+            if self.redis_cluster
+            else redis.Redis.from_url(REDIS_URL)
+        )
+        try:
+            token = await client.get(redis_keys.CLUSTER_TOKEN)
+        finally:
+            await client.aclose()
+        assert token is not None, "no node has started"
+        return str(token.decode())
+
     def base(self, node_id: str) -> str:
         return self.nodes[node_id].base + "/api/v1/conversations"
 

@@ -60,10 +60,9 @@ async def test_a_paused_owner_acknowledges_nothing_when_it_wakes(cluster: Cluste
         # Straight at the woken node, which may not relay (hop header): it must refuse,
         # until the node that took over hands the conversation back (the woken one
         # rejoined: engine/rebalance.py); then it owns it anew and may accept.
+        hop = {"X-Canopy-Hop": "1", "X-Canopy-Cluster-Token": await cluster.token()}
         for n in range(30):
-            status, body, _ = await cluster.append(
-                owner, cid, root, f"stale-{n}", **{"X-Canopy-Hop": "1"}
-            )
+            status, body, _ = await cluster.append(owner, cid, root, f"stale-{n}", **hop)
             if status == 200:
                 accepted = f"stale-{n}"
                 await until_handed_back(cluster, owner)

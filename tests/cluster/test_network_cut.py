@@ -59,8 +59,10 @@ async def _run(cluster: Cluster, proxy: CuttableProxy) -> None:
             else:
                 await asyncio.sleep(0.05)
 
+    hop = {"X-Canopy-Hop": "1", "X-Canopy-Cluster-Token": await cluster.token()}
+
     async def straight_at_the_cut_node(text: str) -> int:
-        status, _, _ = await cluster.append(cut_node, cid, root, text, **{"X-Canopy-Hop": "1"})
+        status, _, _ = await cluster.append(cut_node, cid, root, text, **hop)
         return status
 
     writers = [asyncio.create_task(writer(k)) for k in range(WRITERS)]

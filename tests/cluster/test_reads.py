@@ -40,12 +40,30 @@ async def test_writes_through_one_node_read_the_same_through_every_node(cluster:
 async def test_a_hopped_request_is_never_relayed_again(cluster: Cluster) -> None:
     cid, root, owner = await cluster.create(cluster.ids[0])
     other = next(node for node in cluster.ids if node != owner)
-    status, body, _ = await cluster.append(other, cid, root, "x", **{"X-Canopy-Hop": "1"})
+    hop = {"X-Canopy-Hop": "1", "X-Canopy-Cluster-Token": await cluster.token()}
+    status, body, _ = await cluster.append(other, cid, root, "x", **hop)
     assert status == 421 and body["error"]["code"] == "not_owner"
     url = f"{cluster.base(other)}/{cid}/tree"
-    async with cluster.session.get(url, headers={"X-Canopy-Hop": "1"}) as response:
+    async with cluster.session.get(url, headers=hop) as response:
         assert response.status == 421 and response.headers["X-Canopy-Owner"] == owner
     assert texts(await cluster.tree(other, cid)) == []  # the refused append changed nothing
+
+
+async def test_a_clients_hop_header_does_not_pick_where_its_request_is_served(
+    cluster: Cluster,
+) -> None:
+    """Without the cluster token the hop headers are a client's: its request goes to
+    the owner like any other (before, a non-owner served it: 421, or with Named-By
+    naming the owner an activation that waited on the owner's lease)."""
+    cid, root, owner = await cluster.create(cluster.ids[0])
+    other = next(node for node in cluster.ids if node != owner)
+    spoof = {"X-Canopy-Hop": "1", "X-Canopy-Named-By": owner,
+             "X-Canopy-Cluster-Token": "guessed"}  # fmt: skip
+    status, message, node = await cluster.append(other, cid, root, "x", **spoof)
+    assert (status, node) == (200, owner), message
+    async with cluster.session.get(f"{cluster.base(other)}/{cid}/tree", headers=spoof) as r:
+        assert r.status == 200 and r.headers["X-Canopy-Node"] == owner
+        assert texts(await r.json()) == ["x"]
 
 
 async def test_a_conversation_held_off_its_placement_is_found_through_a_stale_answer(
