@@ -16,10 +16,15 @@ from persistence.store import Store
 
 class Listing:
     def __init__(
-        self, store: Store, flusher: Flusher, first_reads_seconds: float, node_id: str = ""
+        self,
+        store: Store,
+        flusher: Flusher,
+        first_reads_seconds: float,
+        node_id: str = "",
+        max_stored_rows_bytes: int = 64 << 20,
     ) -> None:
         first_reads = FirstReads(first_reads_seconds)
-        self._hot = HotListing()
+        self._hot = HotListing(max_clean_bytes=max_stored_rows_bytes)
         moves = ActivityMoves(maker=node_id)
         self._sidebar = Sidebar(store, self._hot, moves, first_reads=first_reads)
         flusher.watch_clean(self._sidebar.flushed)
@@ -38,6 +43,9 @@ class Listing:
         self, principal: Principal, filters: Filters, limit: int, cursor: str | None
     ) -> Page:
         return await self._sidebar.page(principal, filters, limit, cursor)
+
+    def stats(self) -> dict[str, int]:
+        return self._hot.stats()
 
     def ask_peers(self, peers: Peers) -> None:
         """In a cluster: merge the other nodes' unflushed entries into every listing."""

@@ -106,7 +106,10 @@ class Registry:
         # A cluster's listings merge the peers' entries at each read: a first page kept
         # here would miss what they flush meanwhile (engine/first_reads.py).
         first_reads = 0.0 if self._shared else config.sidebar_first_reads_seconds
-        self._listing = Listing(store, flusher, first_reads, node_id)
+        # Rows of stored conversations kept for the listing's grace: an eighth of the hot
+        # budget at most (engine/sidebar.py HotListing), and never below 1 MiB.
+        kept_rows = max(config.max_hot_bytes // 8, 1 << 20)
+        self._listing = Listing(store, flusher, first_reads, node_id, kept_rows)
         self._loader = Loader(
             store, journal, flusher, self._table, self._acquire, self._admit,
             self._collector.drop, self._listing.observe, shared=self._shared,
@@ -167,6 +170,7 @@ class Registry:
             "placed_elsewhere": self.placed_elsewhere,
             "lease_waits": self.lease_waits,
             "lost": self.lost,
+            **{f"listing_{key}": value for key, value in self._listing.stats().items()},
         }
 
     def __len__(self) -> int:

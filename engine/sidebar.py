@@ -102,11 +102,25 @@ _cursor_decode = msgspec.msgpack.Decoder(_Cursor).decode
 
 
 class HotListing:
-    """What the store's listing index does not know yet (see module docstring)."""
+    """What the store's listing index does not know yet (see module docstring).
 
-    def __init__(self, grace: float = GRACE_SECONDS, clock: Callable[[], float] = time.monotonic):
+    A conversation stored already is kept for the grace, but its row no longer than
+    `max_clean_bytes` of such rows allow: under a flood of creations the grace alone
+    would keep every row of the last 10 s (about 1 KB each), beside the hot budget. One
+    forgotten early can only be missed by a listing whose store read began before its
+    flush and is still running after that many bytes of others were flushed."""
+
+    def __init__(
+        self,
+        grace: float = GRACE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        max_clean_bytes: int = 64 << 20,
+    ):
         self._grace = grace
         self._clock = clock
+        self._max_clean_bytes = max_clean_bytes
+        self._clean_bytes = 0  # the estimated size of the rows in `_clean`
+        self.forgotten_early = 0  # stored rows dropped before their grace, for the cap
         self._metas: dict[str, Conversation] = {}
         self._owned: dict[str, set[str]] = {}  # user -> their conversations held here
         self._holders: dict[str, dict[str, str | None]] = {}  # user -> cid -> permission
@@ -125,10 +139,19 @@ class HotListing:
     def holdings(self, user_id: str) -> dict[str, str | None]:
         return self._holders.get(user_id, {})
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "rows": len(self._metas),
+            "stored_rows": len(self._clean),
+            "stored_bytes": self._clean_bytes,
+            "forgotten_early": self.forgotten_early,
+        }
+
     def noted(self, meta: Conversation, event: Event) -> None:
         """A mutation was applied: `meta` is the conversation's row now."""
         cid = meta.conversation_id
-        self._clean.pop(cid, None)
+        if self._clean.pop(cid, None) is not None:
+            self._clean_bytes -= _row_bytes(self._metas[cid])
         self._metas[cid] = meta
         self._owned.setdefault(meta.created_by, set()).add(cid)
         match event:
@@ -141,15 +164,21 @@ class HotListing:
         """The store has every change of the conversation: forget it after the grace.
         Returns those forgotten now, each with its owner and the holders it knew."""
         forgotten: list[tuple[str, set[str]]] = []
-        if conversation_id in self._metas:
+        meta = self._metas.get(conversation_id)
+        if meta is not None:
+            if conversation_id not in self._clean:
+                self._clean_bytes += _row_bytes(meta)
             self._clean[conversation_id] = self._clock()
             self._clean.move_to_end(conversation_id)
         cutoff = self._clock() - self._grace
         while self._clean:
             cid, since = next(iter(self._clean.items()))
-            if since > cutoff:
+            if since > cutoff and self._clean_bytes <= self._max_clean_bytes:
                 break
+            if since > cutoff:
+                self.forgotten_early += 1
             del self._clean[cid]
+            self._clean_bytes -= _row_bytes(self._metas[cid])
             forgotten.append((cid, self._forget(cid)))
         return forgotten
 
@@ -170,6 +199,11 @@ class HotListing:
             if not held:
                 del self._holders[user]
         return {meta.created_by, *holders}
+
+
+def _row_bytes(meta: Conversation) -> int:
+    """About what a kept row costs: the struct, its dict entries, its texts."""
+    return 640 + len(meta.title) + len(meta.description or "")
 
 
 USER_LISTING = Filters(archived=None)  # seed 000's: archived ones too

@@ -47,3 +47,26 @@ async def test_what_the_hot_listing_forgets_is_in_the_next_store_read(tmp_path: 
         sidebar.flushed("c")  # lets b go from the hot listing
         assert hot.meta("b") is None
         assert await listed(sidebar) == ["c", "b", "a"]  # read again: b from the store
+
+
+def test_stored_rows_kept_for_the_grace_stay_under_their_byte_cap() -> None:
+    """A flood of creations within one grace: the stored rows kept for it are capped
+    (oldest stored first), while rows not stored yet are never dropped."""
+    now = [0.0]
+    one_row = 640 + len(row("x000", 0).title)  # the estimate HotListing uses
+    hot = HotListing(clock=lambda: now[0], max_clean_bytes=10 * one_row)
+    unstored = row("unstored", 0)
+    hot.noted(unstored, Created(unstored, []))
+    for k in range(100):
+        made = row(f"x{k:03}", k)
+        hot.noted(made, Created(made, []))
+        hot.flushed(made.conversation_id)
+        now[0] += 0.01  # all within the grace
+    stats = hot.stats()
+    assert stats["stored_rows"] == 10 and stats["stored_bytes"] <= 10 * one_row
+    assert stats["forgotten_early"] == 90
+    assert hot.meta("x000") is None and hot.meta("x099") is not None  # the oldest went
+    assert hot.meta("unstored") is not None and stats["rows"] == 11
+    again = row("x099", 200)  # changed again: not stored, out of the capped ones
+    hot.noted(again, Created(again, []))
+    assert hot.stats()["stored_rows"] == 9
