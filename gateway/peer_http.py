@@ -148,6 +148,7 @@ class Answer:
     reason: str
     headers: list[tuple[str, str]]
     length: int | None  # None: chunked or up to the close
+    head: bytes  # the status line and headers as they came, blank line included
     _connection: _Connection
     _pool: PeerPool
     _chunked: bool = False
@@ -160,6 +161,11 @@ class Answer:
             if key.lower() == name:
                 return value
         return None
+
+    @property
+    def keeps_connection(self) -> bool:
+        """Whether the peer keeps the connection open after this answer."""
+        return self._keep and (self._chunked or self.length is not None)
 
     async def read(self) -> bytes:
         connection = self._connection
@@ -378,10 +384,10 @@ class PeerPool:
 
     async def _answer(self, connection: _Connection, method: str) -> Answer:
         while True:
-            status, reason, headers = await _head(connection, self.read_timeout)
+            status, reason, headers, head = await _head(connection, self.read_timeout)
             if status >= 200 or status == 101:
                 break  # an interim 1xx answer (100 Continue) is skipped
-        answer = Answer(status, reason, headers, None, connection, self)
+        answer = Answer(status, reason, headers, None, head, connection, self)
         chunked = False
         length: int | None = None
         for name, value in headers:
@@ -399,7 +405,9 @@ class PeerPool:
         return answer
 
 
-async def _head(connection: _Connection, timeout: float) -> tuple[int, str, list[tuple[str, str]]]:
+async def _head(
+    connection: _Connection, timeout: float
+) -> tuple[int, str, list[tuple[str, str]], bytes]:
     buffer = connection.buffer
     end = buffer.find(b"\r\n\r\n")
     while end < 0:
@@ -407,7 +415,8 @@ async def _head(connection: _Connection, timeout: float) -> tuple[int, str, list
             raise BadAnswer("an answer's head is too long")
         await connection.more(timeout)
         end = buffer.find(b"\r\n\r\n")
-    lines = connection.take(end + 4)[:-4].decode("latin-1").split("\r\n")
+    raw = connection.take(end + 4)
+    lines = raw[:-4].decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
         raise BadAnswer(f"not an HTTP/1.1 status line: {lines[0]!r}")
@@ -417,4 +426,4 @@ async def _head(connection: _Connection, timeout: float) -> tuple[int, str, list
         if not colon:
             raise BadAnswer(f"a malformed header line: {line!r}")
         headers.append((name.strip(), value.strip()))
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers, raw

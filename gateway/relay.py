@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
 from gateway.peer_http import Answer, PeerPool, PeerUnavailable
@@ -108,6 +110,39 @@ async def _framed(request: web.BaseRequest, chunked: bool) -> AsyncIterator[byte
         yield b"0\r\n\r\n"
 
 
+class AnswerAsIs(web.StreamResponse):
+    """A peer's whole answer, head and body, written to the client as the peer sent it.
+
+    Rebuilding it as a `web.Response` (a header multidict, `prepare`, the response
+    signals, the headers serialized again) is work the owner did already
+    (docs/decisions.md has what it saves). The owner built the head for this
+    very request already: its CORS headers, `X-Canopy-Node`, no `Server`, the body's
+    length. `_passes_as_is` keeps the cases where the head would differ on the
+    regular path."""
+
+    def __init__(self, status: int, data: bytes) -> None:
+        super().__init__(status=status)
+        self._data = data
+
+    async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        self._req = request
+        self._keep_alive = True  # _passes_as_is: the client's connection stays open
+        writer = self._payload_writer = request._payload_writer
+        await writer.write_eof(self._data)  # one write; write_eof after it is a no-op
+        return writer
+
+
+def _passes_as_is(request: web.BaseRequest, answer: Answer) -> bool:
+    """Whether the peer's head is what this node would send the client: an HTTP/1.1
+    keep-alive exchange on both sides and no hop-by-hop header in the answer (the
+    client's Connection header never reached the peer)."""
+    if request.version != HttpVersion11 or not request.keep_alive:
+        return False
+    if not answer.keeps_connection:
+        return False
+    return not any(name.lower() in HOP_BY_HOP for name, _ in answer.headers)
+
+
 async def pass_through(request: web.BaseRequest, answer: Answer) -> web.StreamResponse:
     """The peer's answer to the client: a small body in one write, a large one (or one
     of unknown length) chunk by chunk as it arrives."""
@@ -121,6 +156,8 @@ async def pass_through(request: web.BaseRequest, answer: Answer) -> web.StreamRe
             body = await answer.read()
         except OSError as exc:  # nothing sent to the client yet: the caller's 503
             raise PeerUnavailable(f"the answer was cut short: {exc}") from exc
+        if _passes_as_is(request, answer):
+            return AnswerAsIs(answer.status, answer.head + body)
         return web.Response(status=answer.status, reason=answer.reason, body=body,
                             headers=headers)  # fmt: skip
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from gateway.peer_http import PeerPool
 from gateway.relay import relay
 
 HOP = "X-Test-Hop"
+Front = Callable[..., Awaitable[TestClient[Any, Any]]]  # (upstream app, built=None)
 
 
 @pytest.fixture
@@ -78,13 +80,15 @@ async def test_a_relayed_request_arrives_unchanged_but_for_hop_headers_and_strea
 
 
 @pytest.fixture
-async def front() -> AsyncIterator[Callable[[web.Application], Awaitable[TestClient[Any, Any]]]]:
+async def front() -> AsyncIterator[Front]:
     """A relaying server in front of an upstream app served on a Unix socket."""
     clients: list[TestClient[Any, Any]] = []
     runners: list[web.AppRunner] = []
     with tempfile.TemporaryDirectory() as directory:
 
-        async def start(upstream_app: web.Application) -> TestClient[Any, Any]:
+        async def start(
+            upstream_app: web.Application, built: list[str] | None = None
+        ) -> TestClient[Any, Any]:
             runner = web.AppRunner(upstream_app)
             await runner.setup()
             runners.append(runner)
@@ -98,6 +102,12 @@ async def front() -> AsyncIterator[Callable[[web.Application], Awaitable[TestCli
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", relaying)
             app.on_cleanup.append(lambda _: _close(pool))
+            if built is not None:  # the path of each answer this front builds itself
+
+                async def note(request: web.Request, response: web.StreamResponse) -> None:
+                    built.append(request.path)
+
+                app.on_response_prepare.append(note)
             client = TestClient(TestServer(app))
             await client.start_server()
             clients.append(client)
@@ -115,7 +125,7 @@ async def _close(pool: PeerPool) -> None:
 
 
 async def test_a_body_of_unknown_length_and_a_large_answer_stream_through(
-    front: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    front: Front,
 ) -> None:
     big = bytes(range(256)) * 2048  # 512 KiB: streamed, not gathered
 
@@ -144,7 +154,7 @@ async def test_a_body_of_unknown_length_and_a_large_answer_stream_through(
 
 
 async def test_an_answer_cut_short_by_the_upstream_cuts_the_client_connection(
-    front: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    front: Front,
 ) -> None:
     async def cut(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
@@ -162,3 +172,67 @@ async def test_an_answer_cut_short_by_the_upstream_cuts_the_client_connection(
     assert response.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()  # not a short body passed off as whole
+
+
+async def _exchange(port: int, requests: list[bytes], *, then_closed: bool) -> list[bytes]:
+    """Each raw request sent on one connection, each answer read whole (by its
+    Content-Length); with `then_closed`, the server must close the connection after."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers = []
+    try:
+        async with asyncio.timeout(10):
+            for raw in requests:
+                writer.write(raw)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0])
+                body = b"" if raw.startswith(b"HEAD ") else await reader.readexactly(length)
+                answers.append(head + body)
+            if then_closed:
+                assert await reader.read(1) == b"", "the connection stayed open"
+    finally:
+        writer.close()
+    return answers
+
+
+@pytest.fixture
+async def small_answers(front: Front) -> tuple[int, list[str]]:
+    """A relaying front (noting each answer it builds itself) to a small-answer upstream."""
+
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(text=f"{request.method} {request.path}", headers={"X-Up": "1"})
+
+    upstream_app = web.Application()
+    upstream_app.router.add_route("*", "/{tail:.*}", small)
+    built: list[str] = []
+    client = await front(upstream_app, built)
+    assert client.port is not None
+    return client.port, built
+
+
+async def test_a_small_answer_on_keep_alive_passes_as_the_peer_sent_it(
+    small_answers: tuple[int, list[str]],
+) -> None:
+    port, built = small_answers
+    get, post, head = await _exchange(port, [
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        b"HEAD /c HTTP/1.1\r\nHost: x\r\n\r\n",
+    ], then_closed=False)  # fmt: skip
+    assert get.startswith(b"HTTP/1.1 200 OK\r\n") and get.endswith(b"\r\n\r\nGET /a")
+    assert b"X-Up: 1\r\n" in get and b"Content-Length: 6\r\n" in get
+    assert post.endswith(b"\r\n\r\nPOST /b")  # the same connection, kept alive
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 7\r\n" in head
+    assert built == []  # nothing rebuilt: the peer's head went as it came
+
+
+async def test_a_client_closing_or_speaking_http_1_0_gets_an_answer_built_here(
+    small_answers: tuple[int, list[str]],
+) -> None:
+    port, built = small_answers
+    (closing,) = await _exchange(
+        port, [b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"], then_closed=True
+    )
+    assert closing.endswith(b"GET /close") and b"Connection: close" in closing
+    (old,) = await _exchange(port, [b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n"], then_closed=True)
+    assert old.startswith(b"HTTP/1.0 200 OK\r\n") and old.endswith(b"GET /old")
+    assert built == ["/close", "/old"]
