@@ -272,14 +272,7 @@ class SQLiteStore:
 
     def _upsert(self, cid: str, changes: Changes) -> None:
         db = self._conn
-        db.executemany(
-            "INSERT OR REPLACE INTO messages (conversation_id, seq, message_id, parent_id, body)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [
-                (cid, m.seq, m.message_id, m.parent_id, _encode(m))
-                for m in changes.messages.values()
-            ],
-        )
+        _insert_messages(db, cid, list(changes.messages.values()))
         for branch_id, branch in changes.branches.items():
             if branch is None:
                 db.execute(
@@ -381,6 +374,34 @@ class SQLiteStore:
             (before, limit),
         )
         return [cid for (cid,) in rows]
+
+
+# Messages go in statements of many rows each. The sqlite3 module lets go of the GIL
+# around every sqlite3_step, and while the event loop keeps it busy each step waits for
+# it again (up to the 5 ms switch interval): `executemany`, a step per row, wrote 3,000
+# rows in 10.7-16.4 s against a busy thread, and 128 rows a statement in 210-234 ms
+# (docs/decisions.md). Sizes are powers of two, so each has one cached statement.
+_INSERT_MESSAGES = (
+    "INSERT OR REPLACE INTO messages (conversation_id, seq, message_id, parent_id, body) VALUES "
+)
+ROWS_PER_STATEMENT = 128  # 640 parameters: under SQLite's limit of 999 before 3.32 too
+_ROWS_SQL = {
+    size: _INSERT_MESSAGES + ", ".join(["(?, ?, ?, ?, ?)"] * size)
+    for size in (1 << k for k in range(ROWS_PER_STATEMENT.bit_length()))
+}
+
+
+def _insert_messages(db: sqlite3.Connection, cid: str, messages: list[Message]) -> None:
+    done = 0
+    while done < len(messages):
+        size = ROWS_PER_STATEMENT
+        while size > len(messages) - done:
+            size //= 2
+        parameters: list[object] = []
+        for m in messages[done : done + size]:
+            parameters += (cid, m.seq, m.message_id, m.parent_id, _encode(m))
+        db.execute(_ROWS_SQL[size], parameters)
+        done += size
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

@@ -61,6 +61,24 @@ async def test_a_flush_of_appends_writes_a_few_pages_not_some_per_message(
     assert frames < 150, frames
 
 
+async def test_a_flush_of_many_messages_takes_a_few_statements_not_one_per_row(
+    tmp_path: Path, rows: Rows
+) -> None:
+    """Each statement lets go of the GIL once and, with the event loop busy, waits up to
+    a switch interval to get it back: 1,000 messages in 1,000 steps took seconds."""
+    async with SQLiteStore(tmp_path / "canopy.db") as store:
+        inserts: list[str] = []
+        store._conn.set_trace_callback(  # noqa: SLF001 - what the store's connection runs
+            lambda sql: inserts.append(sql) if "INTO messages" in sql else None
+        )
+        await _write_messages(store, rows, 1, 1000)
+        loaded = await store.load("c1")
+    assert loaded is not None and len(loaded.messages) == 1000
+    assert sorted(m.seq for m in loaded.messages) == list(range(1, 1001))
+    # 7 of 128 rows, then 64 + 32 + 8 for the last 104
+    assert len(inserts) == 10, len(inserts)
+
+
 async def test_messages_of_the_older_layout_are_moved_and_read_back(
     tmp_path: Path, rows: Rows
 ) -> None:
