@@ -105,6 +105,10 @@ class SQLiteStore:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
+        # writes waiting for the one under way: they go together in the next transaction
+        self._queued: list[tuple[str, Changes, asyncio.Future[None]]] = []
+        self._writing: asyncio.Future[list[BaseException | None]] | None = None
+        self.writes_together = 0  # transactions that held more than one conversation
 
     async def __aenter__(self) -> SQLiteStore:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +116,8 @@ class SQLiteStore:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        while self._writing is not None:  # and what queued behind it
+            await asyncio.wait([self._writing])
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -119,7 +125,42 @@ class SQLiteStore:
         return await self._run(self._load, conversation_id)
 
     async def write(self, conversation_id: str, changes: Changes) -> None:
-        await self._run(self._write, conversation_id, changes)
+        """One conversation's changes, atomically. Writes made while another is under way
+        wait for it and then go together, in one transaction whose rows are one
+        statement per table (see `_write_together`); one that fails alone fails alone."""
+        done = asyncio.get_running_loop().create_future()
+        self._queued.append((conversation_id, changes, done))
+        if self._writing is None:
+            self._start_writes()
+        await done
+
+    def _start_writes(self) -> None:
+        batch, self._queued = self._queued, []
+        items = [(cid, changes) for cid, changes, _ in batch]
+        job = asyncio.get_running_loop().run_in_executor(self._executor, self._write_batch, items)
+        self._writing = job
+        job.add_done_callback(lambda _: self._written(batch, job))
+
+    def _written(
+        self,
+        batch: list[tuple[str, Changes, asyncio.Future[None]]],
+        job: asyncio.Future[list[BaseException | None]],
+    ) -> None:
+        self._writing = None
+        if job.cancelled() or job.exception() is not None:
+            failure: BaseException = StoreError(f"sqlite: {job.exception() or 'cancelled'}")
+            results: list[BaseException | None] = [failure] * len(batch)
+        else:
+            results = job.result()
+        for (_, _, done), result in zip(batch, results, strict=True):
+            if done.done():
+                continue  # its writer stopped waiting: written (or not) all the same
+            if result is None:
+                done.set_result(None)
+            else:
+                done.set_exception(result)
+        if self._queued:
+            self._start_writes()
 
     async def owned(self, user_id: str, after: Key | None, limit: int) -> list[Conversation]:
         return await self._run(self._owned, user_id, after, limit)
@@ -244,35 +285,65 @@ class SQLiteStore:
         )
         return [_message(body) for (body,) in rows]
 
-    def _write(self, conversation_id: str, changes: Changes) -> None:
+    def _write_batch(self, items: list[tuple[str, Changes]]) -> list[BaseException | None]:
+        """Write `items` together; if that fails, each on its own, so only what cannot be
+        written fails (and a conversation named twice is written in order)."""
+        if len(items) > 1 and len({cid for cid, _ in items}) == len(items):
+            try:
+                self._write_together(items)
+            except Exception:  # noqa: BLE001 - retried one by one, each with its error
+                pass
+            else:
+                self.writes_together += 1
+                return [None] * len(items)
+        return [self._write_one(cid, changes) for cid, changes in items]
+
+    def _write_one(self, cid: str, changes: Changes) -> BaseException | None:
+        try:
+            self._write_together([(cid, changes)])
+        except sqlite3.Error as exc:
+            return StoreError(f"sqlite: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the writer gets it, the batch goes on
+            return exc
+        return None
+
+    def _write_together(self, items: list[tuple[str, Changes]]) -> None:
+        """One transaction for every conversation of `items` (distinct ids)."""
         db = self._conn
-        cid = conversation_id
         db.execute("BEGIN")
         try:
-            if changes.deleted:
-                self._delete(cid)
-            else:
-                self._upsert(cid, changes)
-            if changes.conversation is not None:
-                db.execute(
-                    "INSERT INTO conversations VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
-                    " version = excluded.version, deleted = excluded.deleted, body = excluded.body"
-                    " WHERE excluded.version >= conversations.version",
-                    (
-                        cid,
-                        changes.conversation.version,
-                        int(changes.conversation.deleted),
-                        _encode(changes.conversation),
-                    ),
-                )
+            live = [(cid, changes) for cid, changes in items if not changes.deleted]
+            for cid, changes in items:
+                if changes.deleted:
+                    self._delete(cid)
+            _insert_rows(db, _MESSAGE_ROWS, [
+                (cid, m.seq, m.message_id, m.parent_id, _encode(m))
+                for cid, changes in live for m in changes.messages.values()
+            ])  # fmt: skip
+            for cid, changes in live:
+                self._branches_and_shares(cid, changes)
+            listed = [(cid, c.conversation) for cid, c in live if c.conversation is not None]
+            # the owner's row carries the activity
+            _insert_rows(db, _SIDEBAR_ROWS, [
+                (meta.created_by, cid, activity_us(meta.updated_at)) for cid, meta in listed
+            ])  # fmt: skip
+            lasting = [(cid,) for cid, meta in listed if meta.expires_at is None]
+            _insert_rows(db, _NOT_EXPIRING, lasting)
+            _insert_rows(db, _EXPIRING_ROWS, [
+                (cid, meta.expires_at.timestamp()) for cid, meta in listed
+                if meta.expires_at is not None
+            ])  # fmt: skip
+            _insert_rows(db, _CONVERSATION_ROWS, [
+                (cid, c.conversation.version, int(c.conversation.deleted), _encode(c.conversation))
+                for cid, c in items if c.conversation is not None
+            ])  # fmt: skip
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _upsert(self, cid: str, changes: Changes) -> None:
+    def _branches_and_shares(self, cid: str, changes: Changes) -> None:
         db = self._conn
-        _insert_messages(db, cid, list(changes.messages.values()))
         for branch_id, branch in changes.branches.items():
             if branch is None:
                 db.execute(
@@ -298,19 +369,6 @@ class SQLiteStore:
                     "INSERT OR REPLACE INTO shares VALUES (?, ?, ?)", (cid, user, _encode(share))
                 )
                 db.execute("INSERT OR IGNORE INTO shared_conversations VALUES (?, ?)", (user, cid))
-        if changes.conversation is not None:  # the owner's row carries the activity
-            meta = changes.conversation
-            db.execute(
-                "INSERT OR REPLACE INTO sidebar VALUES (?, ?, ?)",
-                (meta.created_by, cid, activity_us(meta.updated_at)),
-            )
-            if meta.expires_at is None:
-                db.execute("DELETE FROM expiring WHERE conversation_id = ?", (cid,))
-            else:
-                db.execute(
-                    "INSERT OR REPLACE INTO expiring VALUES (?, ?)",
-                    (cid, meta.expires_at.timestamp()),
-                )
 
     def _delete(self, cid: str) -> None:
         tables = ("messages", "branches", "shares", "sidebar", "shared_conversations", "expiring")
@@ -376,31 +434,46 @@ class SQLiteStore:
         return [cid for (cid,) in rows]
 
 
-# Messages go in statements of many rows each. The sqlite3 module lets go of the GIL
-# around every sqlite3_step, and while the event loop keeps it busy each step waits for
-# it again (up to the 5 ms switch interval): `executemany`, a step per row, wrote 3,000
+# Rows go in statements of many rows each. The sqlite3 module lets go of the GIL around
+# every sqlite3_step, and while the event loop keeps it busy each step waits for it
+# again (up to the 5 ms switch interval): `executemany`, a step per row, wrote 3,000
 # rows in 10.7-16.4 s against a busy thread, and 128 rows a statement in 210-234 ms
 # (docs/decisions.md). Sizes are powers of two, so each has one cached statement.
-_INSERT_MESSAGES = (
-    "INSERT OR REPLACE INTO messages (conversation_id, seq, message_id, parent_id, body) VALUES "
-)
-ROWS_PER_STATEMENT = 128  # 640 parameters: under SQLite's limit of 999 before 3.32 too
-_ROWS_SQL = {
-    size: _INSERT_MESSAGES + ", ".join(["(?, ?, ?, ?, ?)"] * size)
-    for size in (1 << k for k in range(ROWS_PER_STATEMENT.bit_length()))
-}
+ROWS_PER_STATEMENT = 128  # at most 640 parameters: under SQLite's 999 before 3.32 too
 
 
-def _insert_messages(db: sqlite3.Connection, cid: str, messages: list[Message]) -> None:
+class _Rows:
+    """One multi-row statement: `head`, then one `(?, ...)` group per row, then `tail`."""
+
+    def __init__(self, head: str, width: int, tail: str = "", *, within: bool = False) -> None:
+        group = "?" if within else "(" + ", ".join(["?"] * width) + ")"
+        self.sql = {
+            size: head + ", ".join([group] * size) + (")" if within else "") + tail
+            for size in (1 << k for k in range(ROWS_PER_STATEMENT.bit_length()))
+        }
+
+
+_MESSAGE_ROWS = _Rows(
+    "INSERT OR REPLACE INTO messages (conversation_id, seq, message_id, parent_id, body)"
+    " VALUES ", 5
+)  # fmt: skip
+_SIDEBAR_ROWS = _Rows("INSERT OR REPLACE INTO sidebar VALUES ", 3)
+_NOT_EXPIRING = _Rows("DELETE FROM expiring WHERE conversation_id IN (", 1, within=True)
+_EXPIRING_ROWS = _Rows("INSERT OR REPLACE INTO expiring VALUES ", 2)
+_CONVERSATION_ROWS = _Rows(
+    "INSERT INTO conversations VALUES ", 4,
+    " ON CONFLICT DO UPDATE SET version = excluded.version, deleted = excluded.deleted,"
+    " body = excluded.body WHERE excluded.version >= conversations.version",
+)  # fmt: skip
+
+
+def _insert_rows(db: sqlite3.Connection, rows: _Rows, values: Sequence[tuple[object, ...]]) -> None:
     done = 0
-    while done < len(messages):
+    while done < len(values):
         size = ROWS_PER_STATEMENT
-        while size > len(messages) - done:
+        while size > len(values) - done:
             size //= 2
-        parameters: list[object] = []
-        for m in messages[done : done + size]:
-            parameters += (cid, m.seq, m.message_id, m.parent_id, _encode(m))
-        db.execute(_ROWS_SQL[size], parameters)
+        db.execute(rows.sql[size], [v for row in values[done : done + size] for v in row])
         done += size
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pytest
 
 from persistence.sqlite import SQLiteStore
 
@@ -108,3 +111,55 @@ async def test_messages_of_the_older_layout_are_moved_and_read_back(
     with sqlite3.connect(path) as db:
         key = [row[2] for row in db.execute("PRAGMA index_xinfo(sqlite_autoindex_messages_1)")]
     assert key[:3] == ["conversation_id", "seq", "message_id"]
+
+
+async def test_writes_made_while_one_is_under_way_go_in_one_transaction(
+    tmp_path: Path, rows: Rows
+) -> None:
+    async with SQLiteStore(tmp_path / "canopy.db") as store:
+        began: list[str] = []
+        store._conn.set_trace_callback(  # noqa: SLF001 - what the store's connection runs
+            lambda sql: began.append(sql) if sql == "BEGIN" else None
+        )
+        writes = []
+        for k in range(16):
+            cid = f"c{k}"
+            message = rows.message(f"m{k}", "root", 1)
+            writes.append(store.write(cid, rows.changes(rows.conversation(cid), (message,))))
+        await asyncio.gather(*writes)
+        for k in range(16):
+            loaded = await store.load(f"c{k}")
+            assert loaded is not None and [m.message_id for m in loaded.messages] == [f"m{k}"]
+    assert len(began) <= 2, began  # the first alone, the 15 queued behind it together
+    assert store.writes_together == (1 if len(began) == 2 else 0)
+
+
+async def test_a_write_that_fails_in_a_batch_fails_alone(
+    tmp_path: Path, rows: Rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from persistence import sqlite
+
+    real = sqlite._encode  # noqa: SLF001
+
+    def encode(value: object) -> bytes:
+        if getattr(value, "message_id", None) == "poison":
+            raise ValueError("cannot encode")
+        return real(value)
+
+    monkeypatch.setattr(sqlite, "_encode", encode)
+    async with SQLiteStore(tmp_path / "canopy.db") as store:
+        writes = [
+            store.write(cid, rows.changes(rows.conversation(cid), (rows.message(mid, "root", 1),)))
+            for cid, mid in [("a", "fine-a"), ("b", "poison"), ("c", "fine-c"), ("d", "fine-d")]
+        ]
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == [
+            "NoneType",
+            "ValueError",
+            "NoneType",
+            "NoneType",
+        ]
+        assert await store.load("b") is None  # nothing of it, not a half
+        for cid in "acd":
+            loaded = await store.load(cid)
+            assert loaded is not None and len(loaded.messages) == 1
