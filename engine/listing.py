@@ -20,8 +20,8 @@ class Listing:
         store: Store,
         flusher: Flusher,
         first_reads_seconds: float,
-        node_id: str = "",
-        max_stored_rows_bytes: int = 64 << 20,
+        node_id: str,
+        max_stored_rows_bytes: int,
     ) -> None:
         first_reads = FirstReads(first_reads_seconds)
         self._hot = HotListing(max_clean_bytes=max_stored_rows_bytes)

@@ -316,7 +316,7 @@ class SQLiteStore:
             for cid, changes in items:
                 if changes.deleted:
                     self._delete(cid)
-            _insert_rows(db, _MESSAGE_ROWS, [
+            _execute_rows(db, _MESSAGE_ROWS, [
                 (cid, m.seq, m.message_id, m.parent_id, _encode(m))
                 for cid, changes in live for m in changes.messages.values()
             ])  # fmt: skip
@@ -324,16 +324,16 @@ class SQLiteStore:
                 self._branches_and_shares(cid, changes)
             listed = [(cid, c.conversation) for cid, c in live if c.conversation is not None]
             # the owner's row carries the activity
-            _insert_rows(db, _SIDEBAR_ROWS, [
+            _execute_rows(db, _SIDEBAR_ROWS, [
                 (meta.created_by, cid, activity_us(meta.updated_at)) for cid, meta in listed
             ])  # fmt: skip
             lasting = [(cid,) for cid, meta in listed if meta.expires_at is None]
-            _insert_rows(db, _NOT_EXPIRING, lasting)
-            _insert_rows(db, _EXPIRING_ROWS, [
+            _execute_rows(db, _NOT_EXPIRING, lasting)
+            _execute_rows(db, _EXPIRING_ROWS, [
                 (cid, meta.expires_at.timestamp()) for cid, meta in listed
                 if meta.expires_at is not None
             ])  # fmt: skip
-            _insert_rows(db, _CONVERSATION_ROWS, [
+            _execute_rows(db, _CONVERSATION_ROWS, [
                 (cid, c.conversation.version, int(c.conversation.deleted), _encode(c.conversation))
                 for cid, c in items if c.conversation is not None
             ])  # fmt: skip
@@ -443,31 +443,33 @@ ROWS_PER_STATEMENT = 128  # at most 640 parameters: under SQLite's 999 before 3.
 
 
 class _Rows:
-    """One multi-row statement: `head`, then one `(?, ...)` group per row, then `tail`."""
+    """One statement over many rows: `head`, `group` once per row (comma-separated),
+    then `tail`; one text per power-of-two size."""
 
-    def __init__(self, head: str, width: int, tail: str = "", *, within: bool = False) -> None:
-        group = "?" if within else "(" + ", ".join(["?"] * width) + ")"
+    def __init__(self, head: str, group: str, tail: str = "") -> None:
         self.sql = {
-            size: head + ", ".join([group] * size) + (")" if within else "") + tail
+            size: head + ", ".join([group] * size) + tail
             for size in (1 << k for k in range(ROWS_PER_STATEMENT.bit_length()))
         }
 
 
 _MESSAGE_ROWS = _Rows(
     "INSERT OR REPLACE INTO messages (conversation_id, seq, message_id, parent_id, body)"
-    " VALUES ", 5
+    " VALUES ", "(?, ?, ?, ?, ?)",
 )  # fmt: skip
-_SIDEBAR_ROWS = _Rows("INSERT OR REPLACE INTO sidebar VALUES ", 3)
-_NOT_EXPIRING = _Rows("DELETE FROM expiring WHERE conversation_id IN (", 1, within=True)
-_EXPIRING_ROWS = _Rows("INSERT OR REPLACE INTO expiring VALUES ", 2)
+_SIDEBAR_ROWS = _Rows("INSERT OR REPLACE INTO sidebar VALUES ", "(?, ?, ?)")
+_NOT_EXPIRING = _Rows("DELETE FROM expiring WHERE conversation_id IN (", "?", ")")
+_EXPIRING_ROWS = _Rows("INSERT OR REPLACE INTO expiring VALUES ", "(?, ?)")
 _CONVERSATION_ROWS = _Rows(
-    "INSERT INTO conversations VALUES ", 4,
+    "INSERT INTO conversations VALUES ", "(?, ?, ?, ?)",
     " ON CONFLICT DO UPDATE SET version = excluded.version, deleted = excluded.deleted,"
     " body = excluded.body WHERE excluded.version >= conversations.version",
 )  # fmt: skip
 
 
-def _insert_rows(db: sqlite3.Connection, rows: _Rows, values: Sequence[tuple[object, ...]]) -> None:
+def _execute_rows(
+    db: sqlite3.Connection, rows: _Rows, values: Sequence[tuple[object, ...]]
+) -> None:
     done = 0
     while done < len(values):
         size = ROWS_PER_STATEMENT
