@@ -66,6 +66,15 @@ class Unavailable(CanopyError):
         self.retry_after = retry_after
 
 
+class HeldElsewhere(Unavailable):
+    """Another live node holds the conversation's lease and did not let go in time: on a
+    cluster the request goes to that node instead (gateway/forwarding.py)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 class RateLimited(CanopyError):
     """The caller spent their request budget; `retry_after` seconds until a request fits."""
 

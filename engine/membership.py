@@ -35,6 +35,11 @@ class Membership(Protocol):
         """The live nodes as last seen, this one included."""
         ...
 
+    async def url_of(self, node_id: str) -> str | None:
+        """Where a live node answers, asked afresh (it may have joined since the live
+        set was last read); None if it is not live."""
+        ...
+
     def watch(self, watcher: Watcher) -> None:
         """Call `watcher(live node ids)` each time the set of live nodes changes."""
         ...
@@ -61,6 +66,9 @@ class Alone:
 
     def live(self) -> list[Member]:
         return [Member(self.node_id, self.url, self._report())]
+
+    async def url_of(self, node_id: str) -> str | None:
+        return self.url if node_id == self.node_id else None
 
     def watch(self, watcher: Watcher) -> None:
         pass  # the set never changes

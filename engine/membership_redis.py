@@ -124,6 +124,14 @@ class RedisMembership:
     def live(self) -> list[Member]:
         return list(self._live)
 
+    async def url_of(self, node_id: str) -> str | None:
+        for member in self._live:
+            if member.node_id == node_id:
+                return member.url
+        async with asyncio.timeout(self._timeout):
+            raw = await self._client.get(redis_keys.member(node_id))
+        return None if raw is None else str(msgspec.json.decode(raw)["url"])
+
     def placed(self) -> frozenset[str]:
         """The live nodes conversations are placed on: those not leaving."""
         return frozenset(member.node_id for member in self._live if not member.leaving)

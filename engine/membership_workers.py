@@ -46,6 +46,10 @@ class Workers:
             for node, url in zip(self.ids, self.urls, strict=True)
         ]
 
+    async def url_of(self, node_id: str) -> str | None:
+        ids = self.ids
+        return self.urls[ids.index(node_id)] if node_id in ids else None
+
     def watch(self, watcher: Watcher) -> None:
         pass  # the set never changes
 

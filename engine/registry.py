@@ -31,7 +31,7 @@ from engine.budget import default_max_hot_bytes
 from engine.collection import Collector
 from engine.conversation import ConversationState
 from engine.directory import Directory, JournalOwnership, LeaseHeld
-from engine.errors import Conflict, NotFound, Unavailable
+from engine.errors import Conflict, HeldElsewhere, NotFound, Unavailable
 from engine.first_reads import MAX_AGE_SECONDS
 from engine.ids import new_id
 from engine.listing import Listing
@@ -286,7 +286,9 @@ class Registry:
                 # Forwarding sends a request here only once the holder let go or left;
                 # its release may still be on its way to Redis.
                 if loop.time() >= deadline:
-                    raise Unavailable(f"cannot serve the conversation here now: {exc}") from None
+                    raise HeldElsewhere(
+                        f"cannot serve the conversation here now: {exc}", exc.owner
+                    ) from None
             self.lease_waits += 1
             await asyncio.sleep(LEASE_POLL)
 

@@ -15,12 +15,16 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine.errors import CanopyError, RateLimited, Unauthorized, Unavailable
+from engine.errors import CanopyError, HeldElsewhere, RateLimited, Unauthorized, Unavailable
 from gateway.codec import json_response
 from gateway.request_metrics import observe
 from gateway.schemas import ErrorDetail, ErrorOut
 
 log = logging.getLogger(__name__)
+
+# The live node whose lease kept this one from serving the request (a cluster relays the
+# request there rather than answering this 503: gateway/forwarding.py).
+HELD_BY = web.RequestKey("held_by", str)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -48,6 +52,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["WWW-Authenticate"] = getattr(exc, "challenge", "Bearer")
         if isinstance(exc, Unavailable | RateLimited):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        if isinstance(exc, HeldElsewhere):
+            request[HELD_BY] = exc.holder
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -53,7 +53,7 @@ from engine.peer_listing import HotEntries
 from engine.rebalance import Rebalancer
 from engine.sidebar import cursor_maker
 from gateway.cluster_member import ClusterMember
-from gateway.errors import error_response
+from gateway.errors import HELD_BY, error_response
 from gateway.peer_http import PeerPool, PeerUnavailable, PeerUnreachable
 from gateway.relay import continue_if_expected, pass_through, send
 from persistence.background import Throttled
@@ -112,6 +112,7 @@ class Forwarder:
         self.forward_failures = 0
         self.stale_retries = 0  # re-resolutions after a not_owner answer
         self.not_owner = 0  # not_owner answers this node gave
+        self.held_elsewhere = 0  # served by the node whose lease kept this one from it
         self.listing_calls = 0  # peers asked for their hot entries
         self.listing_failures = 0  # peers that did not answer (their entries missing)
 
@@ -129,6 +130,7 @@ class Forwarder:
             "forward_failures": self.forward_failures,
             "stale_retries": self.stale_retries,
             "not_owner_answers": self.not_owner,
+            "held_elsewhere": self.held_elsewhere,
             "listing_calls": self.listing_calls,
             "listing_failures": self.listing_failures,
             "peer_sessions": len(self._sessions),
@@ -171,10 +173,35 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Serve the request here (`route` said so), counted while a move may wait on it."""
         conversation_id = match.get("conversation_id")
-        if conversation_id is None or self._moves is None:
+        if conversation_id is None:
             return await chain(request)
-        with self._moves.serving(conversation_id):
-            return await chain(request)
+        if self._moves is None:
+            response = await chain(request)
+        else:
+            with self._moves.serving(conversation_id):
+                response = await chain(request)
+        holder = request.get(HELD_BY)
+        if holder is None or holder == self._node_id:
+            return response
+        # Another live node took the lease while this one deemed itself the owner (their
+        # views of the members differ for up to a heartbeat, e.g. as a node joins): that
+        # node serves it. Nothing was done here: the lease comes before any change.
+        # (This node's metrics count the 503 all the same: its own attempt failed.)
+        url = self._urls.get(holder)
+        if url is None:
+            try:
+                url = await self._member.membership.url_of(holder)
+            except Exception as exc:  # noqa: BLE001 - Redis unreachable: the 503 stands
+                throttled.warning("holder", "looking up %s failed: %s", holder, exc)
+            if url is None:
+                return response
+        self.held_elsewhere += 1
+        self._hint(conversation_id, holder)
+        if self._hopped(request):
+            return self._not_owner(holder, url)  # the sender asks it (within its asks)
+        request[_NAMED_URL] = url
+        relayed = await self._relay(request, conversation_id, holder)
+        return response if relayed is None else relayed
 
     # -- listings across nodes ------------------------------------------------------------
 
@@ -299,13 +326,13 @@ class Forwarder:
         for url in [url for url in self._sessions if url not in answering]:
             self._sessions.pop(url).close()
 
-    def _not_owner(self, owner: str) -> web.Response:
+    def _not_owner(self, owner: str, url: str | None = None) -> web.Response:
         self.not_owner += 1
         response = error_response(
             NOT_OWNER, "not_owner", f"this node does not own the conversation; {owner} does"
         )
         response.headers[OWNER] = owner
-        url = self._urls.get(owner)
+        url = url or self._urls.get(owner)
         if url is not None:  # a node that joined a moment ago may be unknown to the asker
             response.headers[OWNER_URL] = url
         return response

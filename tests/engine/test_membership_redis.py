@@ -113,3 +113,16 @@ async def test_a_member_joins_once_announced_and_a_leaving_one_is_placed_on_no_m
         await eventually(lambda: a.placed() == {"a:1"})
         assert ids(a) == {"a:1", "c:3"}  # still live: its URL known, its leases valid
         assert quiet.can_acknowledge()
+
+
+async def test_a_node_that_joined_since_the_last_read_is_found_by_asking_redis(
+    client: redis.Redis,
+) -> None:
+    slow = RedisMembership(client, "a:1", "http://a:1", dict, interval=30, deadline=90)
+    async with slow:
+        async with member(client, "b:2"):
+            assert ids(slow) == {"a:1"}  # its next read is 30 s away
+            assert await slow.url_of("b:2") == "http://b:2"
+            assert await slow.url_of("a:1") == "http://a:1"
+        assert await slow.url_of("b:2") is None  # left
+        assert await slow.url_of("never:3") is None

@@ -1,0 +1,160 @@
+"""gateway/forwarding.py: a request this node deemed its own, whose lease another live
+node took meanwhile (their views of the members differ as a node joins), gets that
+node's answer instead of the 503 the activation here ended in.
+
+The owner is a real HTTP server on loopback; this node's membership, placement and
+directory are fakes that give the race: the lease lookup saw no holder, and the holder
+is not in this node's live set yet (only asking Redis afresh finds its URL).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from engine.errors import HeldElsewhere
+from engine.membership import Member, Watcher
+from gateway.cluster_member import ClusterMember
+from gateway.errors import error_middleware
+from gateway.forwarding import HOP, NOT_OWNER, OWNER, OWNER_URL, TOKEN, Forwarder
+from gateway.request_metrics import REQUEST_METRICS, RequestMetrics
+
+HOLDER = "n-joined"
+TOKEN_VALUE = "cluster-token"
+
+
+class Lagging:
+    """This node's membership: it has not read the joined node's heartbeat yet."""
+
+    node_id, url = "n-here", "http://127.0.0.1:1"
+
+    def __init__(self, holder_url: str) -> None:
+        self.holder_url = holder_url
+
+    async def __aenter__(self) -> Lagging:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    def live(self) -> list[Member]:
+        return [Member(self.node_id, self.url)]
+
+    async def url_of(self, node_id: str) -> str | None:
+        return self.holder_url if node_id == HOLDER else None
+
+    def watch(self, watcher: Watcher) -> None:
+        pass
+
+    def can_acknowledge(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+class Here:
+    def owner_of(self, conversation_id: str) -> str:
+        return "n-here"
+
+
+class NoHolderSeen:
+    """The lease lookup ran before the joined node took the lease."""
+
+    async def holder(self, conversation_id: str) -> str | None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+@pytest.fixture
+async def holder() -> AsyncIterator[tuple[TestServer, list[web.Request]]]:
+    seen: list[web.Request] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request)
+        body = await request.read()
+        return web.json_response({"served_by": HOLDER, "body": body.decode()})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server, seen
+    await server.close()
+
+
+@pytest.fixture
+async def node(
+    holder: tuple[TestServer, list[web.Request]],
+) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
+    server, _ = holder
+    member = ClusterMember(
+        "n-here", Lagging(str(server.make_url("")).rstrip("/")), Here(),
+        NoHolderSeen(), None, TOKEN_VALUE,  # type: ignore[arg-type]
+    )  # fmt: skip
+    activations: list[int] = []
+
+    async def activation_fails(request: web.Request) -> web.Response:
+        await request.read()  # the handler read the body before it asked for the lease
+        activations.append(1)
+        raise HeldElsewhere("conversation is owned by node n-joined", HOLDER)
+
+    async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            match = request.match_info
+            relayed = await forwarder.route(request, match)
+            if relayed is not None:
+                return relayed
+            return await forwarder.serve_here(
+                request, match, lambda r: error_middleware(r, activation_fails)
+            )
+
+        app = web.Application()
+        app[REQUEST_METRICS] = RequestMetrics()
+        app.router.add_post("/api/v1/conversations/{conversation_id}/messages", handle)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        try:
+            yield client, activations
+            assert forwarder.stats()["held_elsewhere"] >= 1
+        finally:
+            await client.close()
+
+
+async def test_a_client_request_gets_the_answer_of_the_node_that_took_the_lease(
+    node: tuple[TestClient[Any, Any], list[int]],
+    holder: tuple[TestServer, list[web.Request]],
+) -> None:
+    client, activations = node
+    _, seen = holder
+    path = f"/api/v1/conversations/{uuid.uuid4()}/messages"
+    async with client.post(path, data=b'{"content": "hi"}') as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"served_by": HOLDER, "body": '{"content": "hi"}'}
+    assert activations == [1]  # tried here first: the lookup saw no holder
+    assert len(seen) == 1 and seen[0].headers[HOP] == "1"
+    assert seen[0].headers[TOKEN] == TOKEN_VALUE  # the holder trusts the hop
+
+
+async def test_a_relayed_request_names_the_holder_to_its_sender(
+    node: tuple[TestClient[Any, Any], list[int]],
+    holder: tuple[TestServer, list[web.Request]],
+) -> None:
+    """One hop at most: the node that relayed it here asks the holder itself."""
+    client, _ = node
+    server, seen = holder
+    path = f"/api/v1/conversations/{uuid.uuid4()}/messages"
+    hop = {HOP: "1", TOKEN: TOKEN_VALUE}
+    async with client.post(path, data=b"{}", headers=hop) as response:
+        assert response.status == NOT_OWNER, await response.text()
+        assert response.headers[OWNER] == HOLDER
+        assert response.headers[OWNER_URL] == str(server.make_url("")).rstrip("/")
+    assert seen == []
