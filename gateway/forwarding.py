@@ -49,6 +49,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from engine import peer_listing
+from engine.ids import new_id
 from engine.peer_listing import HotEntries
 from engine.rebalance import Rebalancer
 from engine.sidebar import cursor_maker
@@ -354,7 +355,7 @@ class Forwarder:
                 except ValueError:
                     return error_response(400, "bad_request", f"{ASSIGNED_ID} is not a UUID")
             return None
-        conversation_id = str(uuid.uuid4())
+        conversation_id = new_id()
         owner = self._member.placement.owner_of(conversation_id)
         if owner == self._node_id:
             request[ASSIGNED] = conversation_id
