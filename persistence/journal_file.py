@@ -189,7 +189,7 @@ class FileJournal:
         # which may be cancelled before its record is written.
         self._drains: list[asyncio.Future[None]] = []
         self._drains_writing: list[asyncio.Future[None]] | None = None
-        self._unsynced: set[int] = set()  # descriptors written since their last fsync
+        self._unsynced: set[int] = set()  # segments written since their last fsync
         self._tasks: list[asyncio.Task[None]] = []
         self.records_written = 0
         self.damaged_bytes = 0
@@ -331,7 +331,7 @@ class FileJournal:
             for index in sorted(self._open_fds):
                 if index < mark:  # what it holds is stored: no fsync owed
                     fd = self._open_fds.pop(index)
-                    self._unsynced.discard(fd)
+                    self._unsynced.discard(index)
                     os.close(fd)  # an fsync under way holds its own copy (`_fsync`)
             for path in self._dir.iterdir():
                 found = _SEGMENT.match(path.name)
@@ -419,7 +419,7 @@ class FileJournal:
         """Write one group; on failure cut the segment back so no partial frame stays."""
         if self._fd < 0:
             self._open_segment(self._index + 1)
-        fd, before = self._fd, self._size
+        fd, before, index = self._fd, self._size, self._index
         try:
             view = memoryview(data)
             while view:
@@ -435,15 +435,20 @@ class FileJournal:
         if fd == self._fd:
             self._size = before + len(data)
         if not self._fsync_always:
-            self._unsynced.add(fd)
+            self._unsynced.add(index)
 
     async def _syncer(self) -> None:
         """fsync every descriptor written since its last fsync, the segment a mark just
         retired included (its last writes are as recent as the current one's)."""
         while True:
             await asyncio.sleep(self._fsync_interval)
-            fds, self._unsynced = self._unsynced, set()
-            for fd in fds:
+            indices, self._unsynced = self._unsynced, set()
+            for index in sorted(indices):
+                # Looked up after each await: a trim meanwhile closed what it stored (no
+                # fsync owed), and its number may be another file's by now (EBADF).
+                fd = self._open_fds.get(index)
+                if fd is None:
+                    continue
                 try:
                     await _fsync(fd)
                 except OSError as exc:

@@ -524,3 +524,45 @@ async def test_a_close_during_an_fsync_closes_nothing_under_it(
         held.release.set()
     await held.finished(3)  # the held one, and close's two before it
     assert held.reached[-1] == inode  # the held one finished last, on its own file
+
+
+async def test_a_segment_trimmed_while_the_syncer_works_is_skipped_not_fsynced_by_number(
+    journal_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The syncer fsyncs one segment after another, awaiting each; a trim meanwhile
+    closes those it stored. Their descriptor numbers were then dup'ed anyway: EBADF
+    ("journal fsync failed", seen under load), or another file's by then."""
+    loop = asyncio.get_running_loop()
+    release, first_started, current_synced = threading.Event(), asyncio.Event(), asyncio.Event()
+    synced: list[int] = []
+    inodes: list[int] = []
+    real_fsync = os.fsync
+
+    def held(fd: int) -> None:  # the first fsync waits for the trim
+        loop.call_soon_threadsafe(first_started.set)
+        release.wait(10)
+        real_fsync(fd)
+        synced.append(os.fstat(fd).st_ino)
+        if synced[-1] == inodes[2]:
+            loop.call_soon_threadsafe(current_synced.set)
+
+    async with FileJournal(journal_dir, fsync=3600) as journal:
+        marks = []
+        for seq in range(3):  # segments A, B and the current C, none fsynced yet
+            await journal.append("c", seq, payload(seq))
+            inodes.append(os.fstat(journal._fd).st_ino)
+            if seq < 2:
+                marks.append(await journal.mark())
+        mark = marks[-1]
+        monkeypatch.setattr(os, "fsync", held)
+        journal._fsync_interval = 0.0
+        syncer = asyncio.create_task(journal._syncer())
+        async with asyncio.timeout(10):  # hang detectors
+            await first_started.wait()
+            await journal.trim(mark, {"c": 2})  # closes A (its fsync holds a copy) and B
+            release.set()
+            await current_synced.wait()
+        syncer.cancel()
+        await asyncio.gather(syncer, return_exceptions=True)
+    assert inodes[1] not in synced
+    assert "journal fsync failed" not in caplog.text
