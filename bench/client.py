@@ -231,8 +231,12 @@ class Result:
 class _Load:
     """Keeps `connections` busy until `count` requests are sent or `seconds` pass."""
 
-    def __init__(self, requests: Sequence[bytes], count: int, seconds: float) -> None:
+    def __init__(
+        self, requests: Sequence[bytes], count: int, seconds: float, sticky: bool = False
+    ) -> None:
         self.requests = requests
+        self.sticky = sticky  # connection k sends only requests[k % len]
+        self.lanes: dict[int, int] = {}
         self.count = count
         self.seconds = seconds
         self.result = Result()
@@ -244,6 +248,7 @@ class _Load:
     def start(self, connections: Sequence[Connection]) -> None:
         self.deadline = time.perf_counter() + self.seconds
         self.active = len(connections)
+        self.lanes = {id(connection): k for k, connection in enumerate(connections)}
         for connection in connections:
             connection.on_response = self.answered
             self.next(connection)
@@ -254,7 +259,8 @@ class _Load:
             if not self.active and not self.done.done():
                 self.done.set_result(None)
             return
-        data = self.requests[self.sent % len(self.requests)]
+        k = self.lanes[id(connection)] if self.sticky else self.sent
+        data = self.requests[k % len(self.requests)]
         self.sent += 1
         connection.send(data)
 
@@ -283,13 +289,16 @@ async def run(
     count: int,
     seconds: float,
     host: str = HOST,
+    sticky: bool = False,
 ) -> Result:
     """Send `requests` (cycled) over `connections` keep-alive connections, each with one
     request in flight, until `count` are sent or `seconds` pass; wait for the last answers.
+    `sticky`: connection k sends only `requests[k % len(requests)]` (a chat client's
+    connection, one conversation) instead of each the next in turn (a pooled backend's).
     """
     pool = [await Connection.open(port, host) for _ in range(connections)]
     try:
-        load = _Load(requests, count, seconds)
+        load = _Load(requests, count, seconds, sticky)
         cpu, started = time.process_time(), time.perf_counter()
         load.start(pool)
         await load.done

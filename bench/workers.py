@@ -5,8 +5,13 @@
 Each round starts a node with 1 worker and one with 2 (the order swapped every round,
 so a machine shared with other work weighs on both alike), seeds 16 conversations over
 fresh connections (so they are spread over the workers), and runs each op over
-`--connections` keep-alive connections: the kernel gives each to any worker, so with 2
-workers about half the requests are handed over to the other worker's Unix socket.
+`--connections` keep-alive connections, in two patterns:
+  mixed   each connection sends the next conversation's request in turn (a pooled
+          backend's connections): with 2 workers about half the requests are for the
+          other worker, which gets them relayed over its Unix socket
+  sticky  connection k sends only conversation k's requests (a chat client's): the
+          kernel gives each connection to any worker, and one on the wrong worker moves
+          to the owner after a few requests (gateway/migration.py)
 CPU per request is the whole process tree's (supervisor, workers) over the run,
 divided by the requests answered. The figures to quote are the medians.
 """
@@ -55,13 +60,15 @@ def requests(op: str, seeded: list[tuple[str, str, str]], port: int) -> list[byt
 async def measure(port: int, pid: int, seconds: float, connections: int) -> dict[str, dict]:
     seeded = await seed(port)
     figures: dict[str, dict] = {}
-    for op in OPS:
+    for op, sticky in ((op, sticky) for op in OPS for sticky in (False, True)):
         load = requests(op, seeded, port)
-        await run(port, load, connections=connections, count=2_000, seconds=1.0)  # warm-up
+        await run(port, load, connections=connections, count=2_000, seconds=1.0, sticky=sticky)
         before = tree_cpu_seconds([pid])
-        result = await run(port, load, connections=connections, count=10**9, seconds=seconds)
+        result = await run(
+            port, load, connections=connections, count=10**9, seconds=seconds, sticky=sticky
+        )
         answered = len(result.latencies_ns)
-        figures[op] = {
+        figures[f"{op} {'sticky' if sticky else 'mixed'}"] = {
             "rps": round(result.rps),
             "p50_ms": round(result.percentile_ms(50), 3),
             "cpu_us": round((tree_cpu_seconds([pid]) - before) / max(answered, 1) * 1e6, 1),
@@ -99,7 +106,7 @@ def main() -> None:
             for key in ("rps", "p50_ms", "cpu_us", "errors")
         }
         for workers, done in runs.items()
-        for op in OPS
+        for op in done[0]
     }
     if args.json:
         print(json.dumps({"runs": runs, "medians": medians}))

@@ -16,6 +16,7 @@ state from clients, who would hang instead of hearing 503 + Retry-After).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import signal
@@ -34,6 +35,7 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.dispatch import Dispatcher
 from gateway.lifeline import watch_stdin
 from gateway.schemas import ErrorDetail, ErrorOut
+from gateway.worker_peers import PEERS
 from persistence.background import Throttled
 
 log = logging.getLogger(__name__)
@@ -148,11 +150,19 @@ class Refusal(asyncio.Protocol):
 class EdgeHandler(RequestHandler):
     """aiohttp's protocol, answering parser errors as JSON and reporting its state."""
 
-    __slots__ = ("__weakref__", "reading_body")
+    __slots__ = ("__weakref__", "reading_body", "pending", "streak")
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.reading_body = False  # a stalled upload is cut first at shutdown
+        self.pending = b""  # a moved connection's request, read by the worker it left
+        self.streak = (-1, 0)  # (worker, requests in a row for it), gateway/migration.py
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.pending:  # before anything more is read from the socket: in order
+            data, self.pending = self.pending, b""
+            self.data_received(data)
 
     @property
     def in_request(self) -> bool:
@@ -208,6 +218,7 @@ class EdgeServer(web.Server):
         self.live: weakref.WeakSet[EdgeHandler] = weakref.WeakSet()
         self.refusing: dict[Refusal, None] = {}  # oldest first
         self.refused = 0
+        self._adopting: set[asyncio.Task[Any]] = set()  # moved connections being set up
 
     def __call__(self) -> EdgeHandler:
         return EdgeHandler(self, loop=self._loop, **self._kwargs)
@@ -235,6 +246,23 @@ class EdgeServer(web.Server):
         self.live.add(handler)
         return handler
 
+    def adopt(self, sock: socket.socket, request: bytes) -> None:
+        """Serve a connection a sibling worker moved here (gateway/migration.py), starting
+        with the request it read from it."""
+        protocol = self.accept()
+        if isinstance(protocol, EdgeHandler):
+            protocol.pending = request
+        loop = asyncio.get_running_loop()
+        adopting = loop.create_task(loop.connect_accepted_socket(lambda: protocol, sock))
+        self._adopting.add(adopting)
+        adopting.add_done_callback(functools.partial(self._adopted, sock))
+
+    def _adopted(self, sock: socket.socket, adopting: asyncio.Task[Any]) -> None:
+        self._adopting.discard(adopting)
+        if not adopting.cancelled() and adopting.exception() is not None:
+            throttled.warning("adopt", "a moved connection failed: %s", adopting.exception())
+            sock.close()
+
     def lingering(self, refusal: Refusal) -> None:
         """At most REFUSING_AT_ONCE refusals wait for their client; the oldest (most
         likely an idle socket, which had its 503 and FIN already) goes first."""
@@ -248,6 +276,8 @@ class EdgeServer(web.Server):
     async def shutdown(self, timeout: float | None = None) -> None:
         """Cut idle, half-sent and still-uploading connections at once (nothing of theirs
         was acknowledged), then give in-flight requests a share of the budget."""
+        if self._adopting:  # each is a moment's work: then its handler is in `live`
+            await asyncio.wait(self._adopting, timeout=1.0)
         for handler in list(self.live):
             if not handler.in_request or handler.reading_body:
                 handler.force_close()
@@ -355,6 +385,9 @@ async def serve(
             if worker.socket is not None:
                 worker.socket.unlink(missing_ok=True)  # one a killed worker left
                 await web.UnixSite(runner, str(worker.socket)).start()
+                peers = app.get(PEERS)
+                if peers is not None and isinstance(runner.server, EdgeServer):
+                    await peers.take_connections(runner.server.adopt)
             if worker.peer is not None:
                 await web.SockSite(runner, worker.peer).start()
         if lifecycle is not None:

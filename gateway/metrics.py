@@ -61,9 +61,12 @@ COUNTERS = (
     ("directory", "acquisitions", "lease_acquisitions", "Leases acquired"),
     ("directory", "takeovers", "lease_takeovers", "Leases taken from a dead node"),
     ("forwarder", "forward_failures", "forward_failures", "Forwarded requests not answered"),
+    ("forwarder", "held_elsewhere", "held_elsewhere", "Requests sent on to a new lease holder"),
     ("workers", "handed_over", "handed_over_requests", "Requests handed to another worker"),
     ("workers", "unreachable", "worker_unreachable", "Requests another worker did not answer"),
     ("workers", "connections_opened", "worker_connections", "Connections opened to other workers"),
+    ("workers", "connections_moved", "moved_connections", "Connections moved to their owner"),
+    ("workers", "connections_adopted", "adopted_connections", "Client connections moved here"),
 )
 HISTOGRAMS = (
     ("flusher", "flush_seconds", "flush_duration_seconds", "One conversation's store write"),

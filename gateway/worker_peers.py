@@ -31,6 +31,7 @@ from engine import peer_listing
 from engine.membership_workers import worker_id
 from engine.peer_listing import HotEntries
 from engine.placement import Rendezvous
+from gateway.migration import Adopt, Inbox, Outbox, inbox_path
 from gateway.peer_http import PeerPool, PeerUnavailable
 from gateway.relay import relay, request_head
 from gateway.schemas import ErrorDetail, ErrorOut
@@ -65,6 +66,8 @@ class WorkerPeers:
         self.placement = Rendezvous(worker_id(k) for k in range(len(sockets)))
         self._index_of = {worker_id(k): k for k in range(len(sockets))}
         self._sessions: dict[int, PeerPool] = {}
+        self._outbox = Outbox({k: inbox_path(path) for k, path in enumerate(self.sockets)})
+        self._inbox: Inbox | None = None
         self.handed_over = 0
         self.unreachable = 0
         self.listing_failures = 0  # siblings whose hot entries a listing went without
@@ -83,6 +86,16 @@ class WorkerPeers:
         sessions, self._sessions = self._sessions, {}
         for session in sessions.values():
             session.close()
+        self._outbox.close()
+        if self._inbox is not None:
+            inbox, self._inbox = self._inbox, None
+            await inbox.__aexit__(None, None, None)
+
+    async def take_connections(self, adopt: Adopt) -> None:
+        """Take the connections siblings move here (gateway/migration.py), given to
+        `adopt`, until this worker closes; once it listens."""
+        self._inbox = Inbox(inbox_path(self.sockets[self.index]), adopt)
+        await self._inbox.__aenter__()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -92,6 +105,8 @@ class WorkerPeers:
             "connections_opened": sum(pool.opened for pool in self._sessions.values()),
             "unreachable": self.unreachable,
             "listing_failures": self.listing_failures,
+            **self._outbox.stats(),
+            **(self._inbox.stats() if self._inbox is not None else {}),
         }
 
     def owns(self, conversation_id: str) -> bool:
@@ -108,11 +123,17 @@ class WorkerPeers:
         if HOP in request.headers and _from_sibling(request):
             return None
         owner = self._index_of[self.placement.owner_of(conversation_id)]
-        return None if owner == self.index else owner
+        if owner == self.index:
+            self._outbox.served_here(request)
+            return None
+        return owner
 
     async def hand_over(self, request: web.Request, owner: int) -> web.StreamResponse:
-        """Relay the request to worker `owner` and its answer back; 503 if it cannot be
-        reached (being restarted) or fails before answering."""
+        """Move the request's connection to worker `owner`, or else relay the request
+        to it and its answer back; 503 if it cannot be reached (being restarted) or
+        fails before answering."""
+        if self._outbox.move(request, owner):
+            return web.Response(status=204)  # written nowhere: the connection is the owner's
         self.handed_over += 1
         try:
             return await relay(request, self._sessions[owner], hop_header=HOP)
