@@ -390,6 +390,10 @@ class Forwarder:
                 throttled.warning("forward", "forwarding to %s failed: %s", owner, exc)
                 self._hints.pop(conversation_id, None)
                 target = self._member.placement.owner_of(conversation_id)
+                if target == owner:
+                    # Dead, and this node's view has not dropped it yet (up to a
+                    # heartbeat deadline): a node that took its lease meanwhile serves.
+                    target = await self._other_holder(conversation_id) or owner
                 if target == owner or attempt == ASKS - 1:
                     self.forward_failures += 1
                     return _unavailable(f"the owner ({owner}) did not answer")

@@ -1,14 +1,17 @@
-"""gateway/forwarding.py: a request this node deemed its own, whose lease another live
-node took meanwhile (their views of the members differ as a node joins), gets that
-node's answer instead of the 503 the activation here ended in.
+"""gateway/forwarding.py: a request gets the answer of the node that holds its lease
+where this node's view of the members lags (a heartbeat apart):
+- one this node deemed its own, whose lease another live node took meanwhile (as a node
+  joins), instead of the 503 the activation here ended in;
+- one for an owner that died, whose lease a survivor took before this node's view
+  dropped the dead one, instead of a 503 "did not answer".
 
-The owner is a real HTTP server on loopback; this node's membership, placement and
-directory are fakes that give the race: the lease lookup saw no holder, and the holder
-is not in this node's live set yet (only asking Redis afresh finds its URL).
+The holder is a real HTTP server on loopback (the dead owner a closed port); this
+node's membership, placement and directory are fakes that give each race.
 """
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -158,3 +161,58 @@ async def test_a_relayed_request_names_the_holder_to_its_sender(
         assert response.headers[OWNER] == HOLDER
         assert response.headers[OWNER_URL] == str(server.make_url("")).rstrip("/")
     assert seen == []
+
+
+class WithDeadOwner(Lagging):
+    """The view still lists the owner that died; the node that took its lease too."""
+
+    def __init__(self, holder_url: str, dead_url: str) -> None:
+        super().__init__(holder_url)
+        self.dead_url = dead_url
+
+    def live(self) -> list[Member]:
+        return [Member(self.node_id, self.url), Member("n-dead", self.dead_url),
+                Member(HOLDER, self.holder_url)]  # fmt: skip
+
+
+class PlacedOnTheDead:
+    def owner_of(self, conversation_id: str) -> str:
+        return "n-dead"
+
+
+class TakenOver:
+    async def holder(self, conversation_id: str) -> str | None:
+        return HOLDER
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # nothing listens there once closed
+
+
+async def test_a_request_for_a_dead_owner_goes_to_the_node_that_took_its_lease(
+    holder: tuple[TestServer, list[web.Request]],
+) -> None:
+    server, seen = holder
+    view = WithDeadOwner(str(server.make_url("")).rstrip("/"), f"http://127.0.0.1:{closed_port()}")
+    member = ClusterMember("n-here", view, PlacedOnTheDead(), TakenOver(), None, TOKEN_VALUE)  # type: ignore[arg-type]
+    async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            relayed = await forwarder.route(request, request.match_info)
+            assert relayed is not None, "the conversation is not this node's"
+            return relayed
+
+        app = web.Application()
+        app.router.add_get("/api/v1/conversations/{conversation_id}/tree", handle)
+        async with (
+            TestClient(TestServer(app, host="127.0.0.1")) as client,
+            client.get(f"/api/v1/conversations/{uuid.uuid4()}/tree") as response,
+        ):
+            assert response.status == 200, await response.text()
+            assert (await response.json())["served_by"] == HOLDER
+    assert len(seen) == 1
