@@ -127,6 +127,10 @@ def edge_middleware(limits: EdgeLimits) -> Middleware:
     return guard
 
 
+# The body read_limited took from the request's stream (which it leaves empty).
+BODY_READ = web.RequestKey("body_read", bytes)
+
+
 async def read_limited(request: web.Request, limits: EdgeLimits) -> bytes:
     """The whole body, within `body_timeout` (408), `max_body_bytes` (413) and the node's
     budget for bodies in flight (503); a client that hangs up raises ClientGone."""
@@ -136,10 +140,13 @@ async def read_limited(request: web.Request, limits: EdgeLimits) -> bytes:
     limits.budget.reserve(reserved)
     try:
         if request.content.is_eof():  # all of it already arrived (the usual small body)
-            return _read_arrived(request, limits.max_body_bytes)
-        with _reading(request):
-            async with asyncio.timeout(limits.body_timeout):
-                return await _read(request, limits.max_body_bytes)
+            body = _read_arrived(request, limits.max_body_bytes)
+        else:
+            with _reading(request):
+                async with asyncio.timeout(limits.body_timeout):
+                    body = await _read(request, limits.max_body_bytes)
+        request[BODY_READ] = body  # for a relay after all (gateway/forwarding.py)
+        return body
     except TimeoutError:
         raise BodyTimeout(f"request body not received within {limits.body_timeout:g} s") from None
     finally:

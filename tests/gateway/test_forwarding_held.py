@@ -25,6 +25,7 @@ from engine.membership import Member, Watcher
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_middleware
 from gateway.forwarding import HOP, NOT_OWNER, OWNER, OWNER_URL, TOKEN, Forwarder
+from gateway.guards import BodyBudget, EdgeLimits, read_limited
 from gateway.request_metrics import REQUEST_METRICS, RequestMetrics
 
 HOLDER = "n-joined"
@@ -104,8 +105,10 @@ async def node(
     )  # fmt: skip
     activations: list[int] = []
 
+    limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
+
     async def activation_fails(request: web.Request) -> web.Response:
-        await request.read()  # the handler read the body before it asked for the lease
+        await read_limited(request, limits)  # the handler read the body, then the lease
         activations.append(1)
         raise HeldElsewhere("conversation is owned by node n-joined", HOLDER)
 
@@ -216,3 +219,57 @@ async def test_a_request_for_a_dead_owner_goes_to_the_node_that_took_its_lease(
             assert response.status == 200, await response.text()
             assert (await response.json())["served_by"] == HOLDER
     assert len(seen) == 1
+
+
+class PlacedOnTheOther:
+    def owner_of(self, conversation_id: str) -> str:
+        return "n-other"
+
+
+async def test_a_request_handed_back_is_served_here_with_its_whole_body() -> None:
+    """The owner named this node (it let go): relaying read the body, so it is given
+    back for the handler. `content` is reified; once read it named the drained stream,
+    and the handler read an empty body (a 400 "Input data was truncated" in the
+    rebalance tests)."""
+
+    async def lets_go(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(
+            {"error": {"code": "not_owner", "message": "let go"}},
+            status=NOT_OWNER, headers={OWNER: "n-here"},
+        )  # fmt: skip
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", lets_go)
+    async with TestServer(other, host="127.0.0.1") as server:
+        view = WithDeadOwner("http://127.0.0.1:1", str(server.make_url("")).rstrip("/"))
+        view.live = lambda: [Member("n-here", view.url),  # type: ignore[method-assign]
+                             Member("n-other", view.dead_url)]  # fmt: skip
+        member = ClusterMember(
+            "n-here", view, PlacedOnTheOther(), NoHolderSeen(), None, TOKEN_VALUE
+        )  # type: ignore[arg-type]
+        limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
+        read: list[bytes] = []
+
+        async def handler(request: web.Request) -> web.Response:
+            read.append(await read_limited(request, limits))
+            return web.json_response({"served_by": "n-here"})
+
+        async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
+
+            async def handle(request: web.Request) -> web.StreamResponse:
+                relayed = await forwarder.route(request, request.match_info)
+                if relayed is not None:
+                    return relayed
+                return await handler(request)
+
+            app = web.Application()
+            app.router.add_post("/api/v1/conversations/{conversation_id}/messages", handle)
+            body = b'{"content": "the whole of it"}'
+            async with (
+                TestClient(TestServer(app, host="127.0.0.1")) as client,
+                client.post(f"/api/v1/conversations/{uuid.uuid4()}/messages", data=body) as r,
+            ):
+                assert r.status == 200, await r.text()
+                assert (await r.json())["served_by"] == "n-here"
+    assert read == [body]
