@@ -127,13 +127,13 @@ def _peers(request: web.Request) -> ClusterMember | None:
 
 @routes.get("/admin")
 @describe("The admin page (HTML over the admin API)", response=str, media="text/html")
-async def page(request: web.Request) -> web.Response:
+async def page(request: web.Request) -> web.StreamResponse:
     return web.Response(body=PAGE, content_type="text/html", charset="utf-8")
 
 
 @routes.get("/admin/nodes")
 @describe("Every live node with its figures", response=NodesOut)
-async def nodes(request: web.Request) -> web.Response:
+async def nodes(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     listed = request.app[MEMBERSHIP].nodes()
     if (workers := siblings(request)) is not None:  # --workers N: each its own figures
@@ -149,7 +149,7 @@ async def nodes(request: web.Request) -> web.Response:
     Query("cursor", str, "Opaque: the next_cursor of the previous page."),
     Query("scope", str, "cluster (default: every live node's actors) or node (this one's)"),
 ))  # fmt: skip
-async def actors(request: web.Request) -> web.Response:
+async def actors(request: web.Request) -> web.StreamResponse:
     require_admin(request)
     sort, limit, offset = _paging(request)
     registry = _registry(request)

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from engine.errors import CanopyError, InvalidInput
 from gateway.guards import read_limited
+from gateway.json_answer import JSONAnswer
 from gateway.keys import EDGE
 
 T = TypeVar("T")
@@ -24,8 +25,8 @@ class MalformedJSON(CanopyError):
     code = "malformed_json"
 
 
-def json_response(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+def json_response(body: object, status: int = 200) -> web.StreamResponse:
+    return JSONAnswer(_encoder.encode(body), status)
 
 
 async def read_body(request: web.Request, kind: type[T]) -> T:

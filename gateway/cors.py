@@ -52,7 +52,7 @@ class Cors:
             return "*"
         return origin if origin in self.origins else None
 
-    def preflight(self, request: web.Request, origin: str) -> web.Response:
+    def preflight(self, request: web.Request, origin: str) -> web.StreamResponse:
         """204 with what a listed origin may send; 403 for another."""
         if self.allow(origin) is None:
             return error_response(

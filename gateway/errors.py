@@ -35,7 +35,7 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(status: int, code: str, message: str) -> web.StreamResponse:
     return json_response(ErrorOut(ErrorDetail(code, message)), status=status)
 
 

@@ -328,7 +328,7 @@ class Forwarder:
         for url in [url for url in self._sessions if url not in answering]:
             self._sessions.pop(url).close()
 
-    def _not_owner(self, owner: str, url: str | None = None) -> web.Response:
+    def _not_owner(self, owner: str, url: str | None = None) -> web.StreamResponse:
         self.not_owner += 1
         response = error_response(
             NOT_OWNER, "not_owner", f"this node does not own the conversation; {owner} does"
@@ -500,7 +500,7 @@ def _refill(request: web.Request, body: bytes) -> None:
     request._cache.pop("content", None)  # noqa: SLF001
 
 
-def _unavailable(message: str) -> web.Response:
+def _unavailable(message: str) -> web.StreamResponse:
     response = error_response(503, "unavailable", message)
     response.headers[hdrs.RETRY_AFTER] = "1"
     return response

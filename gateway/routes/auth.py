@@ -23,7 +23,7 @@ BASE = "/api/auth"
 @describe(
     "Register a built-in account and sign in", body=Register, response=TokenOut, errors=[404, 409]
 )
-async def register(request: web.Request) -> web.Response:
+async def register(request: web.Request) -> web.StreamResponse:
     accounts = _accounts(request)
     body = await read_body(request, Register)
     refused = _limited(request, None)  # a hash costs as much as a login attempt
@@ -37,7 +37,7 @@ async def register(request: web.Request) -> web.Response:
 @describe(
     "Sign in: a bearer token for the account", body=Login, response=TokenOut, errors=[401, 404]
 )
-async def login(request: web.Request) -> web.Response:
+async def login(request: web.Request) -> web.StreamResponse:
     accounts = _accounts(request)
     body = await read_body(request, Login)
     refused = _limited(request, body.email.strip().lower())
@@ -48,7 +48,7 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/me")
 @describe("The signed-in account", response=UserOut, errors=[404])
-async def me(request: web.Request) -> web.Response:
+async def me(request: web.Request) -> web.StreamResponse:
     accounts = _accounts(request)
     principal = request[PRINCIPAL]
     if principal.kind == "anonymous" or principal.user_id is None:
@@ -66,7 +66,7 @@ def _accounts(request: web.Request) -> Accounts:
     return accounts
 
 
-def _limited(request: web.Request, email: str | None) -> web.Response | None:
+def _limited(request: web.Request, email: str | None) -> web.StreamResponse | None:
     wait = request.app[LOGIN_LIMITER].attempt(email, request.remote or "")
     if not wait:
         return None
@@ -75,7 +75,7 @@ def _limited(request: web.Request, email: str | None) -> web.Response | None:
     return response
 
 
-def _signed_in(accounts: Accounts, account: Account) -> web.Response:
+def _signed_in(accounts: Accounts, account: Account) -> web.StreamResponse:
     token = accounts.tokens.issue(account.user_id)
     return json_response(TokenOut(token, "bearer", accounts.tokens.ttl_seconds, _user(account)))
 

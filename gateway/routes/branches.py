@@ -19,13 +19,13 @@ BASE = "/api/v1/conversations/{conversation_id}/branches"
 
 @routes.post(BASE)
 @describe("Create a branch", body=CreateBranch, response=BranchOut)
-async def create(request: web.Request) -> web.Response:
+async def create(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateBranch)
     principal = request[PRINCIPAL]
     author = principal.author(body.created_by)
 
-    async def apply(actor: ConversationActor) -> web.Response:
+    async def apply(actor: ConversationActor) -> web.StreamResponse:
         branch = await actor.create_branch(
             principal, name=body.branch_name, leaf_id=str(body.leaf_message_id), created_by=author
         )
@@ -36,7 +36,7 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(BASE)
 @describe("List a conversation's branches", response=list[BranchOut])
-async def list_(request: web.Request) -> web.Response:
+async def list_(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response([branch_out(actor.id, b) for b in actor.branches()])
@@ -44,7 +44,7 @@ async def list_(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{branch_id}")
 @describe("Get a branch", response=BranchOut)
-async def get(request: web.Request) -> web.Response:
+async def get(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response(branch_out(actor.id, actor.branch(path_id(request, "branch_id"))))
@@ -67,13 +67,13 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 @routes.put(BASE + "/{branch_id}")
 @describe("Rename or move a branch", body=UpdateBranch, response=BranchOut)
-async def update(request: web.Request) -> web.Response:
+async def update(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
     body = await read_body(request, UpdateBranch)
     principal = request[PRINCIPAL]
 
-    async def apply(actor: ConversationActor) -> web.Response:
+    async def apply(actor: ConversationActor) -> web.StreamResponse:
         branch = await actor.update_branch(
             principal, branch_id, name=body.branch_name, leaf_id=uuid_str(body.leaf_message_id)
         )
@@ -84,7 +84,7 @@ async def update(request: web.Request) -> web.Response:
 
 @routes.delete(BASE + "/{branch_id}")
 @describe("Delete a branch", response=Deleted)
-async def delete(request: web.Request) -> web.Response:
+async def delete(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     branch_id = path_id(request, "branch_id")
     principal = request[PRINCIPAL]

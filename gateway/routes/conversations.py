@@ -29,7 +29,7 @@ BASE = "/api/v1/conversations"
 
 @routes.post(BASE)
 @describe("Create a conversation", body=CreateSession, response=ConversationOut)
-async def create(request: web.Request) -> web.Response:
+async def create(request: web.Request) -> web.StreamResponse:
     principal = request[PRINCIPAL]
     body = await read_body(request, CreateSession)
     author = principal.author(body.created_by)
@@ -45,7 +45,7 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{conversation_id}")
 @describe("Get a conversation", response=ConversationOut)
-async def get(request: web.Request) -> web.Response:
+async def get(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     actor = await request.app[CONVERSATIONS].get(request[PRINCIPAL], conversation_id)
     return json_response(conversation_out(actor.meta))
@@ -71,12 +71,12 @@ async def tree(request: web.Request) -> web.StreamResponse:
 
 @routes.put(BASE + "/{conversation_id}")
 @describe("Update a conversation", body=UpdateConversation, response=ConversationOut)
-async def update(request: web.Request) -> web.Response:
+async def update(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, UpdateConversation)
     principal = request[PRINCIPAL]
 
-    async def apply(actor: ConversationActor) -> web.Response:
+    async def apply(actor: ConversationActor) -> web.StreamResponse:
         meta = await actor.update(
             principal, title=body.title, description=body.description, is_public=body.is_public
         )
@@ -87,7 +87,7 @@ async def update(request: web.Request) -> web.Response:
 
 @routes.delete(BASE + "/{conversation_id}")
 @describe("Delete a conversation", response=Deleted)
-async def delete(request: web.Request) -> web.Response:
+async def delete(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     principal = request[PRINCIPAL]
     await request.app[CONVERSATIONS].run(

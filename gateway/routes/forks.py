@@ -21,7 +21,7 @@ BASE = "/api/v1/conversations/{conversation_id}"
 
 async def _fork(
     request: web.Request, *, branch: bool = False, message: bool = False
-) -> web.Response:
+) -> web.StreamResponse:
     registry = request.app[CONVERSATIONS]
     principal = request[PRINCIPAL]
     source_id = path_id(request, "conversation_id")
@@ -58,17 +58,17 @@ async def _fork(
 
 @routes.post(BASE + "/fork")
 @describe("Fork the whole conversation", body=Fork, response=ConversationOut)
-async def fork_conversation(request: web.Request) -> web.Response:
+async def fork_conversation(request: web.Request) -> web.StreamResponse:
     return await _fork(request)
 
 
 @routes.post(BASE + "/branches/{branch_id}/fork")
 @describe("Fork a branch, up to its leaf", body=Fork, response=ConversationOut)
-async def fork_branch(request: web.Request) -> web.Response:
+async def fork_branch(request: web.Request) -> web.StreamResponse:
     return await _fork(request, branch=True)
 
 
 @routes.post(BASE + "/messages/{message_id}/fork")
 @describe("Fork up to a message", body=Fork, response=ConversationOut)
-async def fork_message(request: web.Request) -> web.Response:
+async def fork_message(request: web.Request) -> web.StreamResponse:
     return await _fork(request, message=True)

@@ -13,5 +13,5 @@ routes = web.RouteTableDef()
 
 @routes.get("/health")
 @describe("Liveness", response=Health)
-async def health(request: web.Request) -> web.Response:
+async def health(request: web.Request) -> web.StreamResponse:
     return json_response(Health("ok", datetime.now(UTC)))

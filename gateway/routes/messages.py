@@ -20,7 +20,7 @@ BASE = "/api/v1/conversations/{conversation_id}/messages"
 
 @routes.post(BASE)
 @describe("Append a message", body=CreateMessage, response=MessageOut)
-async def create(request: web.Request) -> web.Response:
+async def create(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateMessage)
     principal = request[PRINCIPAL]
@@ -38,7 +38,7 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{message_id}")
 @describe("Get a message", response=MessageOut)
-async def get(request: web.Request) -> web.Response:
+async def get(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     node, lineage = await request.app[CONVERSATIONS].message(
         request[PRINCIPAL], conversation_id, path_id(request, "message_id")

@@ -41,13 +41,13 @@ SIDEBAR_QUERY = [
 
 @routes.patch(BASE + "/{conversation_id}")
 @describe("Set session fields (owner only)", body=PatchConversation, response=SessionOut)
-async def patch(request: web.Request) -> web.Response:
+async def patch(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, PatchConversation)
     principal = request[PRINCIPAL]
     change = patch_of(body)
 
-    async def apply(actor: ConversationActor) -> web.Response:
+    async def apply(actor: ConversationActor) -> web.StreamResponse:
         return json_response(session_out(await actor.patch(principal, change)))
 
     return await request.app[CONVERSATIONS].run(principal, conversation_id, apply)
@@ -85,7 +85,7 @@ def expiry(expires_at: datetime | None, ttl_seconds: int | None, default: int) -
 @routes.get(BASE)
 @describe("The caller's sidebar: own and shared conversations, newest activity first",
           response=SidebarOut, query=SIDEBAR_QUERY, errors=[400])  # fmt: skip
-async def sidebar(request: web.Request) -> web.Response:
+async def sidebar(request: web.Request) -> web.StreamResponse:
     query = request.query
     filters = Filters(
         favorite=_boolean(query, "favorite") or False,

@@ -23,13 +23,13 @@ LIMIT = Query("limit", Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)], f"defau
 
 @routes.post(BASE + "/share")
 @describe("Share a conversation", body=CreateShare, response=ShareOut)
-async def create(request: web.Request) -> web.Response:
+async def create(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     body = await read_body(request, CreateShare)
     principal = request[PRINCIPAL]
     shared_by = principal.author(body.shared_by, "shared_by")
 
-    async def apply(actor: ConversationActor) -> web.Response:
+    async def apply(actor: ConversationActor) -> web.StreamResponse:
         share = await actor.share(
             principal, shared_with=body.shared_with, permission=body.permission,
             shared_by=shared_by,
@@ -41,7 +41,7 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/shares")
 @describe("List a conversation's shares", response=list[ShareOut])
-async def list_(request: web.Request) -> web.Response:
+async def list_(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     principal = request[PRINCIPAL]
     actor = await request.app[CONVERSATIONS].get(principal, conversation_id)
@@ -50,7 +50,7 @@ async def list_(request: web.Request) -> web.Response:
 
 @routes.delete(BASE + "/shares/{user_id}")
 @describe("Revoke a share", response=Deleted)
-async def revoke(request: web.Request) -> web.Response:
+async def revoke(request: web.Request) -> web.StreamResponse:
     conversation_id = path_id(request, "conversation_id")
     user_id = request.match_info["user_id"]
     principal = request[PRINCIPAL]
@@ -62,7 +62,7 @@ async def revoke(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/users/{user_id}/conversations")
 @describe("A user's conversation ids (seed 000)", response=list[str], query=[LIMIT])
-async def user_conversations(request: web.Request) -> web.Response:
+async def user_conversations(request: web.Request) -> web.StreamResponse:
     raw = request.query.get("limit", str(DEFAULT_LIMIT))
     # the length first: int() refuses strings over 4,300 digits with a ValueError
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_LIMIT:
