@@ -31,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from engine.errors import CanopyError, Unavailable
+from gateway.json_answer import JSONAnswer
 from gateway.paging import Page
 from persistence.records import Message
 
@@ -324,5 +325,8 @@ class Sender:
         return response
 
 
-def _whole(body: bytes, headers: dict[str, str]) -> web.Response:
-    return web.Response(body=body, content_type=_JSON, headers=headers or None)
+def _whole(body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    answer = JSONAnswer(body)  # head and body in one write (gateway/json_answer.py)
+    if headers:
+        answer.headers.update(headers)
+    return answer
