@@ -55,9 +55,8 @@ from engine.rebalance import Rebalancer
 from engine.sidebar import cursor_maker
 from gateway.cluster_member import ClusterMember
 from gateway.errors import HELD_BY, error_response
-from gateway.guards import BODY_READ
 from gateway.peer_http import PeerPool, PeerUnavailable, PeerUnreachable
-from gateway.relay import continue_if_expected, pass_through, send
+from gateway.relay import continue_if_expected, pass_through, send, whole_body
 from persistence.background import Throttled
 
 log = logging.getLogger(__name__)
@@ -378,7 +377,7 @@ class Forwarder:
         """The owner's answer; None to serve the request here (an owner that let go
         named this node)."""
         await continue_if_expected(request)  # before the body is read: the client waits
-        body = await _whole_body(request)  # sent ASKS times at most
+        body = await whole_body(request)  # sent ASKS times at most
         for attempt in range(ASKS):
             url = self._urls.get(owner)
             if url is None and owner not in self._departed:
@@ -473,21 +472,6 @@ _NAMED = web.RequestKey("owner_named", str)  # the owner a not_owner answer name
 _NAMED_URL = web.RequestKey("owner_named_url", str)  # and its URL, if the answer gave it
 
 
-async def _whole_body(request: web.Request) -> bytes | None:
-    """The request's body to relay: the one a handler here read already (a lease taken
-    elsewhere meanwhile), or one all arrived taken without awaiting (two `readany`s and
-    a copy were a tenth of a forwarded append's CPU), or else read whole."""
-    if not request.body_exists:
-        return None
-    taken: bytes | None = request.get(BODY_READ)
-    if taken is not None:
-        return taken
-    if request.content.is_eof():
-        arrived: bytes = request.content.read_nowait()
-        return arrived
-    return await request.read()
-
-
 def _refill(request: web.Request, body: bytes) -> None:
     """Give back the body relaying read, for the handler that serves it here after all
     (the body reader reads `request.content`, not read()'s cache)."""
@@ -495,7 +479,7 @@ def _refill(request: web.Request, body: bytes) -> None:
     payload.feed_data(body)
     payload.feed_eof()
     request._payload = payload  # noqa: SLF001 - aiohttp has no public way to set it
-    # `content` is reified: once read (by _whole_body) it would go on naming the drained
+    # `content` is reified: once read (by whole_body) it would go on naming the drained
     # stream, and the handler would read an empty body ("Input data was truncated").
     request._cache.pop("content", None)  # noqa: SLF001
 

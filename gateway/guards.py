@@ -27,6 +27,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from engine.errors import CanopyError, InvalidInput, Unavailable
 from gateway.connections import EdgeHandler
+from gateway.relay import BODY_READ
 from gateway.schemas import MAX_USER_ID
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -125,10 +126,6 @@ def edge_middleware(limits: EdgeLimits) -> Middleware:
         return await handler(request)
 
     return guard
-
-
-# The body read_limited took from the request's stream (which it leaves empty).
-BODY_READ = web.RequestKey("body_read", bytes)
 
 
 async def read_limited(request: web.Request, limits: EdgeLimits) -> bytes:

@@ -45,6 +45,7 @@ from pathlib import Path
 
 from aiohttp import hdrs, web
 
+from gateway.relay import BODY_READ
 from persistence.background import Throttled
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,18 @@ def request_bytes(request: web.BaseRequest) -> bytes | None:
         return None
     if hdrs.TRANSFER_ENCODING in request.headers:
         return None
-    body = b""
-    if request.body_exists:
-        if not request.content.is_eof():
-            return None
-        body = request.content.read_nowait()
     line = f"{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}\r\n"
     head = [line.encode()]
     head += [name + b": " + value + b"\r\n" for name, value in request.raw_headers]
-    data = b"".join(head) + b"\r\n" + body
-    return data if len(data) <= MAX_MESSAGE else None
+    head.append(b"\r\n")
+    if sum(map(len, head)) + (request.content_length or 0) > MAX_MESSAGE:
+        return None  # checked before the body is taken: a relay must still find it
+    if not request.body_exists:
+        return b"".join(head)
+    if not request.content.is_eof():
+        return None
+    request[BODY_READ] = body = request.content.read_nowait()  # a relay if it stays here
+    return b"".join(head) + body
 
 
 class Outbox:

@@ -13,8 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.migration import request_bytes
 from gateway.peer_http import PeerPool
-from gateway.relay import relay
+from gateway.relay import pass_through, relay, send, whole_body
 
 HOP = "X-Test-Hop"
 Front = Callable[..., Awaitable[TestClient[Any, Any]]]  # (upstream app, built=None)
@@ -236,3 +237,55 @@ async def test_a_client_closing_or_speaking_http_1_0_gets_an_answer_built_here(
     (old,) = await _exchange(port, [b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n"], then_closed=True)
     assert old.startswith(b"HTTP/1.0 200 OK\r\n") and old.endswith(b"GET /old")
     assert built == ["/close", "/old"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"k": "v"}', b'{"k": "v"}' * 8000],  # one that would move, one too large to
+    ids=["fits", "too-large"],
+)
+async def test_a_request_that_could_not_move_is_relayed_with_its_whole_body(
+    upstream: tuple[Path, list[web.Request], list[bytes]], body: bytes
+) -> None:
+    """A move that did not happen (too large, or the owner's inbox full) must leave the
+    body for the relay: taken for the move, it reached the owner empty under its
+    Content-Length, and the owner waited for it until its timeout."""
+    path, _, bodies = upstream
+    pool = PeerPool.unix(str(path))
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        request_bytes(request)  # the move's look at it; the move then fails
+        return await relay(request, pool, hop_header=HOP)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", front)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post("/m", data=body, headers={"Content-Type": "application/json"})
+        assert response.status == 201
+    pool.close()
+    assert bodies == [body]
+
+
+async def test_a_chunked_body_read_whole_goes_on_chunked(
+    upstream: tuple[Path, list[web.Request], list[bytes]],
+) -> None:
+    """A body given to `send` (forwarding reads it to send it again) under the chunked
+    head a body of unknown length gets: framed as the head says, not sent raw."""
+    path, _, bodies = upstream
+    pool = PeerPool.unix(str(path))
+
+    async def front(request: web.Request) -> web.StreamResponse:
+        body = await whole_body(request)
+        return await pass_through(request, await send(request, pool, hop_header=HOP, body=body))
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"k": '
+        yield b'"v"}'
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", front)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post("/m", data=pieces())  # chunked on the wire
+        assert response.status == 201
+    pool.close()
+    assert bodies == [b'{"k": "v"}']
