@@ -31,7 +31,7 @@ import msgspec
 from aiohttp import web
 
 from engine.errors import CanopyError, Unavailable
-from gateway.json_answer import JSONAnswer
+from gateway.json_answer import JSON, JSONAnswer
 from gateway.paging import Page
 from persistence.records import Message
 
@@ -42,7 +42,6 @@ SLICE_BYTES = 256 * 1024  # encoded, or written, in one turn: about 0.5 ms
 ESTIMATE_NODES = 2000  # nodes sized in one turn
 _MESSAGE_BYTES = 320  # a message's keys, ids and timestamp, besides its variable parts
 _ID_BYTES = 39  # one lineage entry: a quoted 36-character id and its comma
-_JSON = "application/json"
 
 _encoder = msgspec.json.Encoder()
 
@@ -301,7 +300,7 @@ class Sender:
         headers: dict[str, str],
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=headers)
-        response.content_type = _JSON
+        response.content_type = JSON
         response.content_length = sum(map(len, chunks))
         timeout = self.budget.limits.write_timeout
         try:

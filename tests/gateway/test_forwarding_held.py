@@ -62,16 +62,24 @@ class Lagging:
         return {}
 
 
-class Here:
+class PlacedOn:
+    """Placement that puts every conversation on `node`."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
     def owner_of(self, conversation_id: str) -> str:
-        return "n-here"
+        return self.node
 
 
-class NoHolderSeen:
-    """The lease lookup ran before the joined node took the lease."""
+class HeldBy:
+    """The directory's lease lookup: `holder` (None: it ran before a node took it)."""
+
+    def __init__(self, holder: str | None) -> None:
+        self._holder = holder
 
     async def holder(self, conversation_id: str) -> str | None:
-        return None
+        return self._holder
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -100,8 +108,8 @@ async def node(
 ) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
     server, _ = holder
     member = ClusterMember(
-        "n-here", Lagging(str(server.make_url("")).rstrip("/")), Here(),
-        NoHolderSeen(), None, TOKEN_VALUE,  # type: ignore[arg-type]
+        "n-here", Lagging(str(server.make_url("")).rstrip("/")), PlacedOn("n-here"),
+        HeldBy(None), None, TOKEN_VALUE,  # type: ignore[arg-type]
     )  # fmt: skip
     activations: list[int] = []
 
@@ -178,19 +186,6 @@ class WithDeadOwner(Lagging):
                 Member(HOLDER, self.holder_url)]  # fmt: skip
 
 
-class PlacedOnTheDead:
-    def owner_of(self, conversation_id: str) -> str:
-        return "n-dead"
-
-
-class TakenOver:
-    async def holder(self, conversation_id: str) -> str | None:
-        return HOLDER
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -202,7 +197,7 @@ async def test_a_request_for_a_dead_owner_goes_to_the_node_that_took_its_lease(
 ) -> None:
     server, seen = holder
     view = WithDeadOwner(str(server.make_url("")).rstrip("/"), f"http://127.0.0.1:{closed_port()}")
-    member = ClusterMember("n-here", view, PlacedOnTheDead(), TakenOver(), None, TOKEN_VALUE)  # type: ignore[arg-type]
+    member = ClusterMember("n-here", view, PlacedOn("n-dead"), HeldBy(HOLDER), None, TOKEN_VALUE)  # type: ignore[arg-type]
     async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
 
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -219,11 +214,6 @@ async def test_a_request_for_a_dead_owner_goes_to_the_node_that_took_its_lease(
             assert response.status == 200, await response.text()
             assert (await response.json())["served_by"] == HOLDER
     assert len(seen) == 1
-
-
-class PlacedOnTheOther:
-    def owner_of(self, conversation_id: str) -> str:
-        return "n-other"
 
 
 async def test_a_request_handed_back_is_served_here_with_its_whole_body() -> None:
@@ -245,9 +235,7 @@ async def test_a_request_handed_back_is_served_here_with_its_whole_body() -> Non
         view = WithDeadOwner("http://127.0.0.1:1", str(server.make_url("")).rstrip("/"))
         view.live = lambda: [Member("n-here", view.url),  # type: ignore[method-assign]
                              Member("n-other", view.dead_url)]  # fmt: skip
-        member = ClusterMember(
-            "n-here", view, PlacedOnTheOther(), NoHolderSeen(), None, TOKEN_VALUE
-        )  # type: ignore[arg-type]
+        member = ClusterMember("n-here", view, PlacedOn("n-other"), HeldBy(None), None, TOKEN_VALUE)  # type: ignore[arg-type]
         limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
         read: list[bytes] = []
 
