@@ -230,7 +230,11 @@ def create_app(
                     app[ADOPTER] = await stack.enter_async_context(adopter)
                     member.membership.watch(adopter.members_changed)
                 forwarder = Forwarder(
-                    member, conversations.serves, conversations.hot_entries, moves=moves
+                    member,
+                    conversations.serves,
+                    conversations.hot_entries,
+                    moves=moves,
+                    settle_seconds=settings.heartbeat_seconds,
                 )
                 app[FORWARDER] = await stack.enter_async_context(forwarder)
                 conversations.ask_peers(forwarder.peer_entries)

@@ -9,8 +9,11 @@ The relayed request is the client's, method, path, query, headers and body uncha
 plus `X-Canopy-Hop: 1`: a request that has hopped once is served where it arrived, or
 answered 421 `not_owner` (with `X-Canopy-Owner`, the node the answering one believes
 owns it) when that node cannot; the sender re-resolves with that hint (twice at most:
-during a move the second answer may come from the old owner that let go meanwhile),
-then gives up with a 503 and `Retry-After`. A retry names the node that answered
+during a move the second answer may come from the old owner that let go meanwhile).
+Nodes whose views of the members differ (a leave or join is read at each one's next
+heartbeat) can name each other round and round: the sender then waits for its view to
+change, a heartbeat at most, and asks afresh, a few times before it gives up with a 503
+and `Retry-After`. A retry names the node that answered
 not_owner (`X-Canopy-Named-By`): a node whose view still deems that one the owner (its
 membership lags a leave by up to a heartbeat) serves the request rather than sending
 it back. Authentication is the owner's: relaying comes before
@@ -36,6 +39,7 @@ for that user (`GET /internal/v1/hot-listing/{user}`, msgpack, the cluster's tok
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import uuid
@@ -76,6 +80,9 @@ NOT_OWNER = 421
 # Owners asked per request: a stale answer re-resolves, and during a move the answer
 # after it may be the old owner's, which let go meanwhile (engine/rebalance.py).
 ASKS = 3
+# Rounds of asks after the first, each once this node's view changed or a heartbeat
+# passed: by then a leave or join has reached the node that named the wrong owner.
+SETTLE_ROUNDS = 3
 HINTS = 10_000  # conversations whose owner a stale answer named, remembered (LRU)
 
 
@@ -92,6 +99,7 @@ class Forwarder:
         read_timeout: float = 60.0,
         connections_per_node: int = 256,
         moves: Rebalancer | None = None,
+        settle_seconds: float = 0.5,
     ) -> None:
         assert member.directory is not None, "forwarding is for cluster members"
         self._member = member
@@ -102,6 +110,9 @@ class Forwarder:
         self._connect_timeout = connect_timeout  # and a peer's whole listing answer
         self._read_timeout = read_timeout
         self._per_node = connections_per_node  # idle connections kept per peer
+        self._settle_seconds = settle_seconds  # a heartbeat: views differ this long
+        self._view = 0  # counts this node's changes of the live members
+        self._view_changed: asyncio.Future[None] | None = None  # awaited by a settle
         self._sessions: dict[str, PeerPool] = {}  # by node URL
         self._urls: dict[str, str] = {}  # live node id -> URL
         self._departed: set[str] = set()  # nodes seen live that are not any more
@@ -112,6 +123,7 @@ class Forwarder:
         self.forwarded = 0
         self.forward_failures = 0
         self.stale_retries = 0  # re-resolutions after a not_owner answer
+        self.settle_waits = 0  # rounds of not_owner answers ended by waiting for views
         self.not_owner = 0  # not_owner answers this node gave
         self.held_elsewhere = 0  # served by the node whose lease kept this one from it
         self.listing_calls = 0  # peers asked for their hot entries
@@ -130,6 +142,7 @@ class Forwarder:
             "forwarded": self.forwarded,
             "forward_failures": self.forward_failures,
             "stale_retries": self.stale_retries,
+            "settle_waits": self.settle_waits,
             "not_owner_answers": self.not_owner,
             "held_elsewhere": self.held_elsewhere,
             "listing_calls": self.listing_calls,
@@ -321,6 +334,10 @@ class Forwarder:
         self._departed = (self._departed | (self._urls.keys() - urls.keys())) - urls.keys()
         self._urls = urls
         self._hints.clear()  # placement moved: what a stale answer named may be wrong now
+        self._view += 1
+        changed, self._view_changed = self._view_changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
         # A node declared dead may be paused, its sockets open: end what waits on it now
         # (a 503 its client retries, to the new owner) rather than at the read timeout.
         answering = set(self._urls.values())
@@ -377,7 +394,47 @@ class Forwarder:
         """The owner's answer; None to serve the request here (an owner that let go
         named this node)."""
         await continue_if_expected(request)  # before the body is read: the client waits
-        body = await whole_body(request)  # sent ASKS times at most
+        body = await whole_body(request)  # sent ASKS times a round at most
+        for settle in range(SETTLE_ROUNDS + 1):
+            view = self._view
+            answer = await self._ask(request, conversation_id, owner, extra, body)
+            if not isinstance(answer, _NamedRound):
+                return answer
+            if settle == SETTLE_ROUNDS:
+                break
+            self.settle_waits += 1
+            await self._settled(view, conversation_id)
+            request.pop(_NAMED, None)  # what the round's answers named is of before
+            request.pop(_NAMED_URL, None)
+            owner = await self._owner(conversation_id)
+            if owner == self._node_id:
+                if body is not None:
+                    _refill(request, body)
+                return None
+        self.forward_failures += 1
+        return _unavailable("the conversation's owner is moving")
+
+    async def _settled(self, view: int, conversation_id: str) -> None:
+        """Until this node's view changed since `view`, a heartbeat at most (the view
+        that named the wrong owner may be another node's); asked afresh after it."""
+        if self._view == view:
+            if self._view_changed is None:
+                self._view_changed = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settle_seconds):
+                    await asyncio.shield(self._view_changed)
+        self._hints.pop(conversation_id, None)  # a change cleared them all already
+
+    async def _ask(
+        self,
+        request: web.Request,
+        conversation_id: str,
+        owner: str,
+        extra: dict[str, str] | None,
+        body: bytes | None,
+    ) -> web.StreamResponse | None | _NamedRound:
+        """One round of asks: the owner's answer, None to serve here, or _NAMED_ROUND
+        when each node asked named another."""
         for attempt in range(ASKS):
             url = self._urls.get(owner)
             if url is None and owner not in self._departed:
@@ -425,8 +482,7 @@ class Forwarder:
                             _refill(request, body)
                         return None
                     owner = holder  # a node whose view placed it there took it meanwhile
-        self.forward_failures += 1
-        return _unavailable("the conversation's owner is moving")
+        return _NAMED_ROUND
 
     def _retarget(self, conversation_id: str, request: web.Request) -> str:
         """Whom to ask next: the node the not_owner answer named (remembered for the
@@ -470,6 +526,13 @@ class Forwarder:
 
 _NAMED = web.RequestKey("owner_named", str)  # the owner a not_owner answer named
 _NAMED_URL = web.RequestKey("owner_named_url", str)  # and its URL, if the answer gave it
+
+
+class _NamedRound:
+    """A round of asks in which every node asked named another."""
+
+
+_NAMED_ROUND = _NamedRound()
 
 
 def _refill(request: web.Request, body: bytes) -> None:

@@ -113,6 +113,12 @@ async def kill(node: NodeProcess) -> None:
             os.kill(child, signal.SIGKILL)
 
 
+def logged(node: NodeProcess) -> str:
+    """What a node logged at warning level or above (and its last lines): for a failure."""
+    lines = [line for line in node.output if b" WARNING " in line or b" ERROR " in line]
+    return b"".join(lines[-40:] + node.output[-10:]).decode(errors="replace")
+
+
 def running(node: NodeProcess) -> bool:
     return node.process is not None and node.process.returncode is None
 
@@ -175,8 +181,8 @@ async def test_a_node_stopped_with_sigterm_leaves_and_nothing_fails_or_is_lost(
             Written.texts[cid].append(text)
 
     await asyncio.gather(*(write(cid) for cid in Written.texts))
-    assert await stopping == 0, b"".join(cluster.second.output[-40:]).decode(errors="replace")
-    assert not failures
+    assert await stopping == 0, logged(cluster.second)
+    assert not failures, logged(cluster.first) + logged(cluster.second)
     await cluster.until_members(workers_of(cluster.ids[:1]))
     for cid, written in Written.texts.items():
         assert texts(await cluster.tree(cluster.first.base, cid)) == written

@@ -1,0 +1,162 @@
+"""gateway/forwarding.py: two nodes whose views of the members differ name each other
+as the owner (a leave or join reaches each at its own next heartbeat). The sender waits
+for its view to change, or a heartbeat, and asks afresh, rather than answering 503
+after its three asks (the SIGTERM leave of tests/cluster/test_workers.py, under load).
+
+The peers are real HTTP servers on loopback; this node's membership, placement and
+directory are fakes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from engine.membership import Member, Watcher
+from gateway.cluster_member import ClusterMember
+from gateway.forwarding import ASKS, NOT_OWNER, OWNER, OWNER_URL, SETTLE_ROUNDS, Forwarder
+
+TOKEN_VALUE = "cluster-token"
+
+
+@dataclass
+class Views:
+    """The two peers' state: they name each other until `settled_after` answers."""
+
+    settled_after: int | None  # None: they never agree
+    announce: bool  # the change reaches this node's view too (else a heartbeat passes)
+    urls: dict[str, str] = field(default_factory=dict)
+    watchers: list[Watcher] = field(default_factory=list)
+    named: int = 0  # not_owner answers given
+    served: int = 0
+
+    def settled(self) -> bool:
+        return self.settled_after is not None and self.named >= self.settled_after
+
+
+class Membership:
+    """This node's view: itself and the two peers (their URLs once they listen)."""
+
+    node_id, url = "n-here", "http://127.0.0.1:1"
+
+    def __init__(self, views: Views) -> None:
+        self.views = views
+
+    async def __aenter__(self) -> Membership:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    def live(self) -> list[Member]:
+        peers = [Member(node, url) for node, url in self.views.urls.items()]
+        return [Member(self.node_id, self.url), *peers]
+
+    async def url_of(self, node_id: str) -> str | None:
+        return self.views.urls.get(node_id)
+
+    def watch(self, watcher: Watcher) -> None:
+        self.views.watchers.append(watcher)
+
+    def can_acknowledge(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+class PlacedOnA:
+    def owner_of(self, conversation_id: str) -> str:
+        return "n-a"
+
+
+class NoHolder:
+    async def holder(self, conversation_id: str) -> str | None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def peer(views: Views, node: str, names: str) -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        if node == "n-a" and views.settled():
+            views.served += 1
+            return web.json_response({"served_by": node})
+        views.named += 1
+        if views.settled() and views.announce:
+            for watcher in views.watchers:  # this node reads the change meanwhile
+                watcher(frozenset(views.urls))
+        headers = {OWNER: names, OWNER_URL: views.urls[names]}
+        body = {"error": {"code": "not_owner", "message": f"{names} owns it"}}
+        return web.json_response(body, status=NOT_OWNER, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[tuple[Views, TestServer, TestServer]]:
+    views = Views(settled_after=None, announce=False)
+    async with (
+        TestServer(peer(views, "n-a", "n-b"), host="127.0.0.1") as a,
+        TestServer(peer(views, "n-b", "n-a"), host="127.0.0.1") as b,
+    ):
+        views.urls = {node: str(server.make_url("")).rstrip("/") for node, server in
+                      (("n-a", a), ("n-b", b))}  # fmt: skip
+        yield views, a, b
+
+
+async def ask(views: Views) -> tuple[int, Any, dict[str, Any]]:
+    member = ClusterMember(
+        "n-here", Membership(views), PlacedOnA(), NoHolder(), None, TOKEN_VALUE,  # type: ignore[arg-type]
+    )  # fmt: skip
+    # A heartbeat of 10 ms: the round after a wait the view did not end is as correct
+    # whenever it comes (nothing here depends on how long the wait is).
+    forwarder = Forwarder(member, lambda _: False, lambda _: None, settle_seconds=0.01)  # type: ignore[arg-type,return-value]
+    async with forwarder:
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            relayed = await forwarder.route(request, request.match_info)
+            assert relayed is not None, "n-a or n-b owns it in every view"
+            return relayed
+
+        app = web.Application()
+        app.router.add_post("/api/v1/conversations/{conversation_id}/messages", handle)
+        async with (
+            TestClient(TestServer(app, host="127.0.0.1")) as client,
+            client.post(f"/api/v1/conversations/{uuid.uuid4()}/messages", data=b"{}") as r,
+        ):
+            return r.status, await r.json(), forwarder.stats()
+
+
+@pytest.mark.parametrize("announce", [True, False], ids=["view-changes", "a-heartbeat-passes"])
+async def test_nodes_naming_each_other_get_asked_again_once_the_views_settle(
+    servers: tuple[Views, TestServer, TestServer], announce: bool
+) -> None:
+    views, _, _ = servers
+    views.settled_after, views.announce = ASKS, announce  # a whole round named the other
+    status, answer, stats = await ask(views)
+    assert status == 200, answer
+    assert answer == {"served_by": "n-a"}
+    assert views.named == ASKS and views.served == 1
+    assert stats["settle_waits"] == 1 and stats["forward_failures"] == 0
+
+
+async def test_nodes_that_never_agree_end_in_a_503_after_the_last_round(
+    servers: tuple[Views, TestServer, TestServer],
+) -> None:
+    views, _, _ = servers
+    status, answer, stats = await ask(views)
+    assert status == 503
+    assert answer["error"]["message"] == "the conversation's owner is moving"
+    assert views.named == ASKS * (SETTLE_ROUNDS + 1)  # bounded: no request asks forever
+    assert stats["settle_waits"] == SETTLE_ROUNDS and stats["forward_failures"] == 1
