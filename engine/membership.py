@@ -19,7 +19,8 @@ class Member:
     leaving: bool = False  # handing its conversations over: nothing is placed on it
 
 
-# told the live node ids conversations are placed on (not leaving) when they change
+# told the live node ids conversations are placed on (not leaving) whenever the live
+# nodes change: one joins, is marked leaving, or goes (a leaving one too)
 Watcher = Callable[[frozenset[str]], None]
 
 
@@ -41,7 +42,7 @@ class Membership(Protocol):
         ...
 
     def watch(self, watcher: Watcher) -> None:
-        """Call `watcher(live node ids)` each time the set of live nodes changes."""
+        """Call `watcher(placed node ids)` each time the live nodes change."""
         ...
 
     def can_acknowledge(self) -> bool:

@@ -217,10 +217,13 @@ class RedisMembership:
             leaving = bool(record.get("leaving", False))
             self._beaten_ms[node_id] = int(record["at"])
             live.append(Member(node_id, str(record["url"]), record["stats"], age, leaving))
-        before = self.placed()
+        before, were = self.placed(), {member.node_id for member in self._live}
         self._live = live
         now = self.placed()
-        if now != before:
-            log.info("live nodes: %s", " ".join(sorted(now)))
+        # Watchers are told of a leaving node's departure too, though nothing placed
+        # changed: the forwarder drops its URL and pooled connections then.
+        if now != before or were != {member.node_id for member in live}:
+            if now != before:
+                log.info("live nodes: %s", " ".join(sorted(now)))
             for watcher in self._watchers:
                 watcher(now)

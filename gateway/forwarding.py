@@ -434,7 +434,7 @@ class Forwarder:
         body: bytes | None,
     ) -> web.StreamResponse | None | _NamedRound:
         """One round of asks: the owner's answer, None to serve here, or _NAMED_ROUND
-        when each node asked named another."""
+        when each node asked named another (or had gone, the placement naming another)."""
         for attempt in range(ASKS):
             url = self._urls.get(owner)
             if url is None and owner not in self._departed:
@@ -451,9 +451,11 @@ class Forwarder:
                     # Dead, and this node's view has not dropped it yet (up to a
                     # heartbeat deadline): a node that took its lease meanwhile serves.
                     target = await self._other_holder(conversation_id) or owner
-                if target == owner or attempt == ASKS - 1:
+                if target == owner:
                     self.forward_failures += 1
                     return _unavailable(f"the owner ({owner}) did not answer")
+                if attempt == ASKS - 1:
+                    return _NAMED_ROUND  # the placement names another: asked afresh
                 self.stale_retries += 1
                 owner = target  # a holder or hint that has gone (a node that left)
                 if owner == self._node_id:

@@ -9,8 +9,12 @@ per request); this is what a relay needs and no more (docs/decisions.md).
 
 Errors: nothing of the answer arrived → `PeerUnavailable` (the caller answers 503). A
 reused connection the peer had closed (the keep-alive race) is retried once on a fresh
-one only when replaying is safe: a request whose bytes are all in hand and whose method
-is safe; a POST written whose answer never came is not sent twice.
+one only when replaying is safe, for a request whose bytes are all in hand: one with a
+safe method; or any one the peer cannot have served, because it was never written
+(the connection was closed when it was to go) or the peer reset the connection
+unanswered. A peer's kernel resets a socket closed with bytes unread; one that read
+our whole request and then closed, served or not, ends it with a FIN. A request written
+that ended in a FIN without an answer, a POST, is not sent twice.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class PeerUnreachable(PeerUnavailable):
     """No connection to the peer could be made: not a byte of the request reached it."""
 
 
+class _NotWritten(ConnectionResetError):
+    """The connection was closed when the request was to be written: nothing went."""
+
+
 class BadAnswer(ConnectionError):
     """The peer's answer is not HTTP/1.1 this parser reads."""
 
@@ -52,6 +60,7 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.closed = False
         self.received = False  # any byte of an answer arrived on this exchange
+        self.reset = False  # the peer reset it (closed it with bytes unread), not a FIN
         self.idle_since = 0.0
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -79,6 +88,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._error = exc
+        self.reset = isinstance(exc, ConnectionResetError)
         self._wake(self._waiter)
         self._wake(self._drain)
 
@@ -102,7 +112,7 @@ class _Connection(asyncio.Protocol):
 
     async def write(self, data: bytes) -> None:
         if not self.usable:
-            raise ConnectionResetError("the peer closed the connection")
+            raise _NotWritten("the peer closed the connection")
         assert self.transport is not None
         self.transport.write(data)
         if self._drain is not None:
@@ -315,7 +325,7 @@ class PeerPool:
     ) -> Answer:
         """Send one request (its head ends with the blank line; an iterable body is sent
         as it is given, already framed) and read the answer's head."""
-        replayable = method in SAFE and not isinstance(body, AsyncIterable)
+        in_hand = not isinstance(body, AsyncIterable)
         for attempt in (0, 1):
             connection, reused = await self._acquire()
             try:
@@ -324,9 +334,11 @@ class PeerPool:
             except OSError as exc:  # ConnectionError, TimeoutError, BadAnswer
                 self.discard(connection)
                 race = isinstance(exc, ConnectionError) and not isinstance(exc, BadAnswer)
-                if race and reused and replayable and not connection.received and not attempt:
+                unserved = isinstance(exc, _NotWritten) or connection.reset
+                safe = method in SAFE or unserved  # a replay cannot do it twice
+                if race and reused and in_hand and safe and not connection.received and not attempt:
                     self.retried += 1
-                    continue  # the peer had closed it idle: never seen there
+                    continue  # the peer had closed it idle: never served there
                 raise PeerUnavailable(str(exc) or type(exc).__name__) from exc
             except BaseException:  # cancelled: the exchange is cut short
                 self.discard(connection)

@@ -99,20 +99,27 @@ async def test_a_member_joins_once_announced_and_a_leaving_one_is_placed_on_no_m
         client, "c:3", "http://c:3", dict, interval=INTERVAL, deadline=DEADLINE,
         announce_at_start=False,
     )  # fmt: skip
-    async with member(client, "a:1") as a, quiet:
-        assert ids(quiet) == {"a:1"}  # it reads the members but is not one
-        assert not quiet.can_acknowledge()
-        await asyncio.sleep(INTERVAL * 3)  # heartbeats that must not announce it
-        assert "c:3" not in ids(a)
-        await quiet.announce()
-        await eventually(lambda: a.placed() == {"a:1", "c:3"})
-        assert quiet.can_acknowledge()
-        await quiet.leave()
-        await quiet.until_seen()  # a beat of a's since the mark
-        assert quiet.placed() == {"a:1"}
-        await eventually(lambda: a.placed() == {"a:1"})
-        assert ids(a) == {"a:1", "c:3"}  # still live: its URL known, its leases valid
-        assert quiet.can_acknowledge()
+    told: list[frozenset[str]] = []
+    async with member(client, "a:1") as a:
+        async with quiet:
+            assert ids(quiet) == {"a:1"}  # it reads the members but is not one
+            assert not quiet.can_acknowledge()
+            await asyncio.sleep(INTERVAL * 3)  # heartbeats that must not announce it
+            assert "c:3" not in ids(a)
+            await quiet.announce()
+            await eventually(lambda: a.placed() == {"a:1", "c:3"})
+            assert quiet.can_acknowledge()
+            await quiet.leave()
+            await quiet.until_seen()  # a beat of a's since the mark
+            assert quiet.placed() == {"a:1"}
+            await eventually(lambda: a.placed() == {"a:1"})
+            assert ids(a) == {"a:1", "c:3"}  # still live: its URL known, its leases valid
+            assert quiet.can_acknowledge()
+            a.watch(told.append)
+        # Gone, though nothing placed changed: the watchers hear of it (the forwarder
+        # drops its URL and connections; before, it kept them until a placement change).
+        await eventually(lambda: told != [])
+        assert told == [frozenset({"a:1"})] and ids(a) == {"a:1"}
 
 
 async def test_a_node_that_joined_since_the_last_read_is_found_by_asking_redis(

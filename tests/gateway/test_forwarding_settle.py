@@ -9,6 +9,7 @@ directory are fakes.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Views:
     settled_after: int | None  # None: they never agree
     announce: bool  # the change reaches this node's view too (else a heartbeat passes)
     urls: dict[str, str] = field(default_factory=dict)
+    dead_url: str | None = None  # n-b names a node gone from there (in no one's view)
     watchers: list[Watcher] = field(default_factory=list)
     named: int = 0  # not_owner answers given
     served: int = 0
@@ -94,8 +96,11 @@ def peer(views: Views, node: str, names: str) -> web.Application:
         if views.settled() and views.announce:
             for watcher in views.watchers:  # this node reads the change meanwhile
                 watcher(frozenset(views.urls))
-        headers = {OWNER: names, OWNER_URL: views.urls[names]}
-        body = {"error": {"code": "not_owner", "message": f"{names} owns it"}}
+        named, url = names, views.urls[names]
+        if node == "n-b" and views.dead_url is not None:
+            named, url = "n-gone", views.dead_url
+        headers = {OWNER: named, OWNER_URL: url}
+        body = {"error": {"code": "not_owner", "message": f"{named} owns it"}}
         return web.json_response(body, status=NOT_OWNER, headers=headers)
 
     app = web.Application()
@@ -160,3 +165,24 @@ async def test_nodes_that_never_agree_end_in_a_503_after_the_last_round(
     assert answer["error"]["message"] == "the conversation's owner is moving"
     assert views.named == ASKS * (SETTLE_ROUNDS + 1)  # bounded: no request asks forever
     assert stats["settle_waits"] == SETTLE_ROUNDS and stats["forward_failures"] == 1
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # nothing listens there once closed
+
+
+async def test_a_round_ending_at_a_node_gone_is_asked_again_from_the_placement(
+    servers: tuple[Views, TestServer, TestServer],
+) -> None:
+    """n-a names n-b, n-b names a node that has gone (it left, its port closed), and the
+    placement names n-a again: not "did not answer" but the next round, once settled."""
+    views, _, _ = servers
+    views.dead_url = f"http://127.0.0.1:{closed_port()}"
+    views.settled_after, views.announce = 2, False  # the two not_owner answers of a round
+    status, answer, stats = await ask(views)
+    assert status == 200, answer
+    assert answer == {"served_by": "n-a"}
+    assert views.named == 2 and views.served == 1
+    assert stats["settle_waits"] == 1 and stats["forward_failures"] == 0

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -213,6 +216,74 @@ async def test_a_post_meeting_a_keep_alive_race_is_not_sent_twice(
         await pool.request(POST, b"hi", method="POST")
     assert pool.retried == 0
     assert seen == [POST + b"hi", POST + b"hi"]  # the second arrived once, never again
+
+
+def reset_race(seen: list[bytes]) -> Script:
+    """Connection 0 answers once, then resets the connection when the next request has
+    arrived (as a peer's kernel does when the peer closes with that request unread:
+    its keep-alive timeout or its shutdown fired as the request was on its way); later
+    connections answer every request."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader)
+            seen.append(request)
+            if n == 0 and len(seen) > 1:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()  # an RST, not a FIN
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    return script
+
+
+async def test_a_post_the_peer_reset_unanswered_is_sent_again_on_a_fresh_connection(
+    raw_peer: Callable[[Script], Awaitable[PeerPool]],
+) -> None:
+    """A graceful leave's closing peer: the forwarded append was answered 503 "did not
+    answer" (tests/cluster/test_workers.py, under load)."""
+    seen: list[bytes] = []
+    pool = await raw_peer(reset_race(seen))
+    assert await (await pool.request(POST, b"hi", method="POST")).read() == b"ok"
+    assert await (await pool.request(POST, b"hi", method="POST")).read() == b"ok"
+    assert pool.retried == 1
+    assert seen == [POST + b"hi"] * 3  # the one reset unread, then on a fresh connection
+    assert pool.stats()["opened"] == 2
+
+
+async def test_a_request_on_a_connection_closed_when_it_was_to_go_is_sent_on_another(
+    raw_peer: Callable[[Script], Awaitable[PeerPool]],
+) -> None:
+    """Closed between the pool's check and the write (the peer's FIN came in between):
+    nothing was written, so a POST goes again."""
+    seen: list[bytes] = []
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    pool = await raw_peer(answers)
+    assert await (await pool.request(POST, b"hi", method="POST")).read() == b"ok"
+    idle = pool._idle[0]
+    original = pool._acquire
+
+    async def acquire_then_close() -> tuple[Any, bool]:
+        connection, reused = await original()
+        if connection is idle:
+            connection.closed = True  # as eof_received would mark it
+        return connection, reused
+
+    pool._acquire = acquire_then_close  # type: ignore[method-assign]
+    assert await (await pool.request(POST, b"hi", method="POST")).read() == b"ok"
+    assert pool.retried == 1
+    assert seen == [POST + b"hi"] * 2  # the one not written never reached the peer
 
 
 async def test_a_connection_the_peer_closed_while_idle_is_not_used(
