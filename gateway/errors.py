@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 # The live node whose lease kept this one from serving the request (a cluster relays the
 # request there rather than answering this 503: gateway/forwarding.py).
 HELD_BY = web.RequestKey("held_by", str)
+# Set by the forwarder on a request it serves here: that 503 is counted only if the
+# forwarder answers it (`count_held`), not when it relays the request to the holder,
+# whose answer is the client's (and the holder counts it).
+RELAYS_HELD = web.RequestKey("relays_held", bool)
+_UNCOUNTED = web.RequestKey("uncounted_held", tuple)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -54,6 +59,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         if isinstance(exc, HeldElsewhere):
             request[HELD_BY] = exc.holder
+            if request.get(RELAYS_HELD):
+                request[_UNCOUNTED] = (response.status, time.perf_counter() - started, code)
+                return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -67,3 +75,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(500, code, "internal error")
     observe(request, response.status, time.perf_counter() - started, code)
     return response
+
+
+def count_held(request: web.Request) -> None:
+    """Count the HeldElsewhere 503 the forwarder answers after all (it did not relay)."""
+    uncounted = request.pop(_UNCOUNTED, None)
+    if uncounted is not None:
+        observe(request, *uncounted)

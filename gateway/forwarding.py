@@ -58,7 +58,7 @@ from engine.peer_listing import HotEntries
 from engine.rebalance import Rebalancer
 from engine.sidebar import cursor_maker
 from gateway.cluster_member import ClusterMember
-from gateway.errors import HELD_BY, error_response
+from gateway.errors import HELD_BY, RELAYS_HELD, count_held, error_response
 from gateway.peer_http import PeerPool, PeerUnavailable, PeerUnreachable
 from gateway.relay import continue_if_expected, pass_through, send, whole_body
 from persistence.background import Throttled
@@ -189,6 +189,7 @@ class Forwarder:
         conversation_id = match.get("conversation_id")
         if conversation_id is None:
             return await chain(request)
+        request[RELAYS_HELD] = True
         if self._moves is None:
             response = await chain(request)
         else:
@@ -196,11 +197,12 @@ class Forwarder:
                 response = await chain(request)
         holder = request.get(HELD_BY)
         if holder is None or holder == self._node_id:
+            count_held(request)
             return response
         # Another live node took the lease while this one deemed itself the owner (their
         # views of the members differ for up to a heartbeat, e.g. as a node joins): that
-        # node serves it. Nothing was done here: the lease comes before any change.
-        # (This node's metrics count the 503 all the same: its own attempt failed.)
+        # node serves it. Nothing was done here: the lease comes before any change. The
+        # 503 is counted only if it is the answer (the holder counts what it answers).
         url = self._urls.get(holder)
         if url is None:
             try:
@@ -208,6 +210,7 @@ class Forwarder:
             except Exception as exc:  # noqa: BLE001 - Redis unreachable: the 503 stands
                 throttled.warning("holder", "looking up %s failed: %s", holder, exc)
             if url is None:
+                count_held(request)
                 return response
         self.held_elsewhere += 1
         self._hint(conversation_id, holder)
@@ -215,7 +218,10 @@ class Forwarder:
             return self._not_owner(holder, url)  # the sender asks it (within its asks)
         request[_NAMED_URL] = url
         relayed = await self._relay(request, conversation_id, holder)
-        return response if relayed is None else relayed
+        if relayed is None:
+            count_held(request)
+            return response
+        return relayed
 
     # -- listings across nodes ------------------------------------------------------------
 

@@ -11,6 +11,7 @@ node's membership, placement and directory are fakes that give each race.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from gateway.guards import BodyBudget, EdgeLimits, read_limited
 from gateway.request_metrics import REQUEST_METRICS, RequestMetrics
 
 HOLDER = "n-joined"
+FORWARDER = web.AppKey("forwarder", Forwarder)
 TOKEN_VALUE = "cluster-token"
 
 
@@ -102,14 +104,11 @@ async def holder() -> AsyncIterator[tuple[TestServer, list[web.Request]]]:
     await server.close()
 
 
-@pytest.fixture
-async def node(
-    holder: tuple[TestServer, list[web.Request]],
-) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
-    server, _ = holder
+@contextlib.asynccontextmanager
+async def serving(view: Lagging) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
+    """This node, whose own activation of every conversation meets the holder's lease."""
     member = ClusterMember(
-        "n-here", Lagging(str(server.make_url("")).rstrip("/")), PlacedOn("n-here"),
-        HeldBy(None), None, TOKEN_VALUE,  # type: ignore[arg-type]
+        "n-here", view, PlacedOn("n-here"), HeldBy(None), None, TOKEN_VALUE,  # type: ignore[arg-type]
     )  # fmt: skip
     activations: list[int] = []
 
@@ -133,14 +132,27 @@ async def node(
 
         app = web.Application()
         app[REQUEST_METRICS] = RequestMetrics()
+        app[FORWARDER] = forwarder
         app.router.add_post("/api/v1/conversations/{conversation_id}/messages", handle)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         try:
             yield client, activations
-            assert forwarder.stats()["held_elsewhere"] >= 1
         finally:
             await client.close()
+
+
+@pytest.fixture
+async def node(
+    holder: tuple[TestServer, list[web.Request]],
+) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
+    server, _ = holder
+    async with serving(Lagging(str(server.make_url("")).rstrip("/"))) as (client, activations):
+        yield client, activations
+        assert client.server.app[FORWARDER].stats()["held_elsewhere"] >= 1
+        assert client.server.app[REQUEST_METRICS].stats()["errors"] == {}, (
+            "the 503 the holder's answer replaced is not counted here"
+        )
 
 
 async def test_a_client_request_gets_the_answer_of_the_node_that_took_the_lease(
@@ -172,6 +184,23 @@ async def test_a_relayed_request_names_the_holder_to_its_sender(
         assert response.headers[OWNER] == HOLDER
         assert response.headers[OWNER_URL] == str(server.make_url("")).rstrip("/")
     assert seen == []
+
+
+class HolderUnknown(Lagging):
+    """Neither the live set nor Redis knows where the holder answers."""
+
+    async def url_of(self, node_id: str) -> str | None:
+        return None
+
+
+async def test_a_holder_nobody_can_reach_leaves_the_503_and_it_is_counted() -> None:
+    async with serving(HolderUnknown("http://127.0.0.1:1")) as (client, activations):
+        path = f"/api/v1/conversations/{uuid.uuid4()}/messages"
+        async with client.post(path, data=b"{}") as response:
+            assert response.status == 503, await response.text()
+        assert activations == [1]
+        metrics = client.server.app[REQUEST_METRICS].stats()
+        assert metrics["requests"] == 1 and metrics["errors"] == {"unavailable": 1}
 
 
 class WithDeadOwner(Lagging):
