@@ -150,19 +150,25 @@ class Refusal(asyncio.Protocol):
 class EdgeHandler(RequestHandler):
     """aiohttp's protocol, answering parser errors as JSON and reporting its state."""
 
-    __slots__ = ("__weakref__", "reading_body", "pending", "streak")
+    __slots__ = ("__weakref__", "reading_body", "pending", "streak", "last_read")
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.reading_body = False  # a stalled upload is cut first at shutdown
         self.pending = b""  # a moved connection's request, read by the worker it left
         self.streak = (-1, 0)  # (worker, requests in a row for it), gateway/migration.py
+        self.last_read = b""  # what the socket gave last: a move checks nothing follows
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.pending:  # before anything more is read from the socket: in order
             data, self.pending = self.pending, b""
             self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if data:  # aiohttp feeds b"" to reparse what it held back while paused
+            self.last_read = data
+        super().data_received(data)
 
     @property
     def in_request(self) -> bool:

@@ -21,13 +21,10 @@ A request moves only when it can move whole, else it is relayed as before:
 - Its body, if any, has all arrived and was framed by Content-Length (a chunked one
   would arrive de-chunked under a chunked header).
 - Nothing is queued behind it on the connection: no pipelined request parsed, no
-  response bytes still unsent.
+  part of one read (the last bytes read from the socket end where this request
+  ends), no response bytes still unsent.
 - It fits one datagram (MAX_MESSAGE).
 - The owner's inbox takes it at once; a full or missing one means a relay.
-A client that pipelines part of a next request behind one that moves loses that part
-(it is in this worker's parser): HTTP clients do not pipeline, and nothing of it was
-acknowledged.
-
 After the send, this worker lets go of its descriptor without touching the connection:
 `abort()` closes only its own descriptor (libuv drops it from the epoll set first), and
 the owner's copy keeps the connection open. The response this worker's aiohttp then
@@ -84,11 +81,20 @@ def request_bytes(request: web.BaseRequest) -> bytes | None:
     if sum(map(len, head)) + (request.content_length or 0) > MAX_MESSAGE:
         return None  # checked before the body is taken: a relay must still find it
     if not request.body_exists:
-        return b"".join(head)
+        return b"".join(head) if _ends_the_read(protocol, b"\r\n\r\n") else None
     if not request.content.is_eof():
         return None
     request[BODY_READ] = body = request.content.read_nowait()  # a relay if it stays here
-    return b"".join(head) + body
+    return b"".join(head) + body if _ends_the_read(protocol, body) else None
+
+
+def _ends_the_read(protocol: object, tail: bytes) -> bool:
+    """Whether the last bytes read from the socket end with the request's `tail`: part
+    of a next request read behind it is in this worker's parser and cannot go along
+    (the owner would parse the rest of it as a request of its own: a 400)."""
+    last: bytes = getattr(protocol, "last_read", b"")
+    n = min(len(last), len(tail))
+    return n > 0 and last.endswith(tail[-n:])
 
 
 class Outbox:

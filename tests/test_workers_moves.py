@@ -176,3 +176,30 @@ async def test_a_chunked_body_is_relayed_rather_than_moved(
     after = await workers_stats(node)
     assert after["connections_moved"] == before["connections_moved"]
     assert after["handed_over"] - before["handed_over"] >= runs
+
+
+async def test_a_connection_pipelining_part_of_its_next_request_stays_and_loses_nothing(
+    node: NodeProcess, two: dict[str, tuple[str, str]]
+) -> None:
+    """Each write carries the rest of one request and the start of the next: that start
+    is in the receiving worker's parser, so the connection cannot move with it. Before
+    the check, it moved after MOVE_AFTER requests, and the owner read the rest of the
+    next request as a request of its own (a 400)."""
+    before = await workers_stats(node)
+    requests = []
+    for cid, root in two.values():  # whichever worker took it, one run is the other's
+        path = f"/api/v1/conversations/{cid}/messages/{root}"
+        line = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\n{USER}\r\n\r\n"
+        requests += [line.encode()] * (2 * MOVE_AFTER)
+    requests.append(requests[0])  # the last goes alone, so it must not be the other's 8th
+    cut = 20  # the part of a request sent with the one before it
+    async with Client(node) as client:
+        for k, request in enumerate(requests):
+            ahead = requests[k + 1][:cut] if k + 1 < len(requests) else b""
+            client.writer.write((request if k == 0 else request[cut:]) + ahead)
+            await client.writer.drain()
+            response = await read_response(client.reader)
+            assert response.status == 200, (k, response.body)
+    after = await workers_stats(node)
+    assert after["connections_moved"] == before["connections_moved"]
+    assert after["handed_over"] - before["handed_over"] in (2 * MOVE_AFTER, 2 * MOVE_AFTER + 1)
