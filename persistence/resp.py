@@ -26,12 +26,11 @@ Arg = str | int | bytes
 
 
 def encode(command: Sequence[Arg]) -> bytes:
-    """One command as a RESP array of bulk strings."""
-    parts = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    """One command as a RESP array of bulk strings: hiredis' packer, in C (a journal
+    append's EVALSHA in 1.5 µs against 6.6 in Python, docs/decisions.md)."""
+    args = command if isinstance(command, tuple) else tuple(command)
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub: 1-tuple
+    return packed
 
 
 def _error(reply: ResponseError) -> ResponseError:

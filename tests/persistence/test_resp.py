@@ -37,6 +37,8 @@ def test_commands_encode_as_resp_arrays_of_bulk_strings() -> None:
         encode(("SET", "k", 7, b"\x00v"))
         == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n7\r\n$2\r\n\x00v\r\n"
     )
+    # a list as well as a tuple (hiredis' packer takes tuples); text as UTF-8
+    assert encode(["SET", "é", -3]) == b"*3\r\n$3\r\nSET\r\n$2\r\n\xc3\xa9\r\n$2\r\n-3\r\n"
 
 
 async def test_replies_come_back_in_order_with_errors_in_their_place(lean: LeanRedis) -> None:
