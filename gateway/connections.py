@@ -150,25 +150,19 @@ class Refusal(asyncio.Protocol):
 class EdgeHandler(RequestHandler):
     """aiohttp's protocol, answering parser errors as JSON and reporting its state."""
 
-    __slots__ = ("__weakref__", "reading_body", "pending", "streak", "last_read")
+    __slots__ = ("__weakref__", "reading_body", "pending", "streak")
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.reading_body = False  # a stalled upload is cut first at shutdown
         self.pending = b""  # a moved connection's request, read by the worker it left
         self.streak = (-1, 0)  # (worker, requests in a row for it), gateway/migration.py
-        self.last_read = b""  # what the socket gave last: a move checks nothing follows
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.pending:  # before anything more is read from the socket: in order
             data, self.pending = self.pending, b""
             self.data_received(data)
-
-    def data_received(self, data: bytes) -> None:
-        if data:  # aiohttp feeds b"" to reparse what it held back while paused
-            self.last_read = data
-        super().data_received(data)
 
     @property
     def in_request(self) -> bool:
@@ -213,12 +207,32 @@ class EdgeHandler(RequestHandler):
             self.reading_body = False
 
 
+class MovableHandler(EdgeHandler):
+    """A `--workers N` worker's handler: it keeps what the socket gave last, for a move
+    to check that no part of a next request is behind the one moving
+    (gateway/migration.py). A node alone does not pay for the extra call."""
+
+    __slots__ = ("last_read",)
+
+    def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.last_read = b""
+
+    def data_received(self, data: bytes) -> None:
+        if data:  # aiohttp feeds b"" to reparse what it held back while paused
+            self.last_read = data
+        RequestHandler.data_received(self, data)
+
+
 class EdgeServer(web.Server):
     """aiohttp's server, capped at `max_connections` and cutting stalls at shutdown."""
 
-    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_connections: int, movable: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
+        self._handler = MovableHandler if movable else EdgeHandler
         # Handlers made and not yet lost; weak, so one that never connected cannot leak
         # a slot.
         self.live: weakref.WeakSet[EdgeHandler] = weakref.WeakSet()
@@ -227,7 +241,7 @@ class EdgeServer(web.Server):
         self._adopting: set[asyncio.Task[Any]] = set()  # moved connections being set up
 
     def __call__(self) -> EdgeHandler:
-        return EdgeHandler(self, loop=self._loop, **self._kwargs)
+        return self._handler(self, loop=self._loop, **self._kwargs)
 
     def stats(self) -> dict[str, int]:
         """Counters for the admin API and metrics."""
@@ -307,9 +321,12 @@ SERVER = web.AppKey("edge_server", ServerSlot)
 class EdgeRunner(web.AppRunner):
     """An AppRunner whose server is an EdgeServer."""
 
-    def __init__(self, app: web.Application, *, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, max_connections: int, movable: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.max_connections = max_connections
+        self.movable = movable  # a worker's: its connections may move (MovableHandler)
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup
@@ -319,6 +336,7 @@ class EdgeRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
             max_connections=self.max_connections,
+            movable=self.movable,
             **plain._kwargs,
         )
         if SERVER in self.app:
@@ -372,6 +390,7 @@ async def serve(
     runner = EdgeRunner(
         app,
         max_connections=max_connections,
+        movable=worker is not None and worker.socket is not None,
         shutdown_timeout=shutdown_timeout - leave_deadline,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         access_log=None,
