@@ -221,7 +221,7 @@ class MovableHandler(EdgeHandler):
     def data_received(self, data: bytes) -> None:
         if data:  # aiohttp feeds b"" to reparse what it held back while paused
             self.last_read = data
-        RequestHandler.data_received(self, data)
+        super().data_received(data)
 
 
 class EdgeServer(web.Server):

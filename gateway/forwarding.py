@@ -414,8 +414,7 @@ class Forwarder:
             request.pop(_NAMED_URL, None)
             owner = await self._owner(conversation_id)
             if owner == self._node_id:
-                if body is not None:
-                    _refill(request, body)
+                _refill(request, body)
                 return None
         self.forward_failures += 1
         return _unavailable("the conversation's owner is moving")
@@ -465,8 +464,7 @@ class Forwarder:
                 self.stale_retries += 1
                 owner = target  # a holder or hint that has gone (a node that left)
                 if owner == self._node_id:
-                    if body is not None:
-                        _refill(request, body)
+                    _refill(request, body)
                     return None
                 continue
             except PeerUnavailable as exc:
@@ -486,8 +484,7 @@ class Forwarder:
                     # Free, or held by the node that just named this one (it is letting
                     # go): served here, its activation waiting for the release.
                     if holder is None or holder == answered:
-                        if body is not None:
-                            _refill(request, body)
+                        _refill(request, body)
                         return None
                     owner = holder  # a node whose view placed it there took it meanwhile
         return _NAMED_ROUND
@@ -543,9 +540,11 @@ class _NamedRound:
 _NAMED_ROUND = _NamedRound()
 
 
-def _refill(request: web.Request, body: bytes) -> None:
+def _refill(request: web.Request, body: bytes | None) -> None:
     """Give back the body relaying read, for the handler that serves it here after all
-    (the body reader reads `request.content`, not read()'s cache)."""
+    (the body reader reads `request.content`, not read()'s cache); none, nothing."""
+    if body is None:
+        return
     payload = StreamReader(request.protocol, 2**16, loop=asyncio.get_running_loop())
     payload.feed_data(body)
     payload.feed_eof()

@@ -12,7 +12,6 @@ node's membership, placement and directory are fakes that give each race.
 from __future__ import annotations
 
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,69 +21,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.errors import HeldElsewhere
-from engine.membership import Member, Watcher
 from gateway.cluster_member import ClusterMember
 from gateway.errors import error_middleware
 from gateway.forwarding import HOP, NOT_OWNER, OWNER, OWNER_URL, TOKEN, Forwarder
 from gateway.guards import BodyBudget, EdgeLimits, read_limited
 from gateway.request_metrics import REQUEST_METRICS, RequestMetrics
+from tests.gateway.cluster_fakes import HeldBy, PlacedOn, View, closed_port
 
 HOLDER = "n-joined"
 FORWARDER = web.AppKey("forwarder", Forwarder)
 TOKEN_VALUE = "cluster-token"
-
-
-class Lagging:
-    """This node's membership: it has not read the joined node's heartbeat yet."""
-
-    node_id, url = "n-here", "http://127.0.0.1:1"
-
-    def __init__(self, holder_url: str) -> None:
-        self.holder_url = holder_url
-
-    async def __aenter__(self) -> Lagging:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass
-
-    def live(self) -> list[Member]:
-        return [Member(self.node_id, self.url)]
-
-    async def url_of(self, node_id: str) -> str | None:
-        return self.holder_url if node_id == HOLDER else None
-
-    def watch(self, watcher: Watcher) -> None:
-        pass
-
-    def can_acknowledge(self) -> bool:
-        return True
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-
-class PlacedOn:
-    """Placement that puts every conversation on `node`."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-
-    def owner_of(self, conversation_id: str) -> str:
-        return self.node
-
-
-class HeldBy:
-    """The directory's lease lookup: `holder` (None: it ran before a node took it)."""
-
-    def __init__(self, holder: str | None) -> None:
-        self._holder = holder
-
-    async def holder(self, conversation_id: str) -> str | None:
-        return self._holder
-
-    def stats(self) -> dict[str, Any]:
-        return {}
 
 
 @pytest.fixture
@@ -105,7 +51,7 @@ async def holder() -> AsyncIterator[tuple[TestServer, list[web.Request]]]:
 
 
 @contextlib.asynccontextmanager
-async def serving(view: Lagging) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
+async def serving(view: View) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
     """This node, whose own activation of every conversation meets the holder's lease."""
     member = ClusterMember(
         "n-here", view, PlacedOn("n-here"), HeldBy(None), None, TOKEN_VALUE,  # type: ignore[arg-type]
@@ -147,7 +93,10 @@ async def node(
     holder: tuple[TestServer, list[web.Request]],
 ) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
     server, _ = holder
-    async with serving(Lagging(str(server.make_url("")).rstrip("/"))) as (client, activations):
+    async with serving(View(known={HOLDER: str(server.make_url("")).rstrip("/")})) as (
+        client,
+        activations,
+    ):
         yield client, activations
         assert client.server.app[FORWARDER].stats()["held_elsewhere"] >= 1
         assert client.server.app[REQUEST_METRICS].stats()["errors"] == {}, (
@@ -186,15 +135,8 @@ async def test_a_relayed_request_names_the_holder_to_its_sender(
     assert seen == []
 
 
-class HolderUnknown(Lagging):
-    """Neither the live set nor Redis knows where the holder answers."""
-
-    async def url_of(self, node_id: str) -> str | None:
-        return None
-
-
 async def test_a_holder_nobody_can_reach_leaves_the_503_and_it_is_counted() -> None:
-    async with serving(HolderUnknown("http://127.0.0.1:1")) as (client, activations):
+    async with serving(View()) as (client, activations):  # nobody knows the holder's URL
         path = f"/api/v1/conversations/{uuid.uuid4()}/messages"
         async with client.post(path, data=b"{}") as response:
             assert response.status == 503, await response.text()
@@ -203,29 +145,13 @@ async def test_a_holder_nobody_can_reach_leaves_the_503_and_it_is_counted() -> N
         assert metrics["requests"] == 1 and metrics["errors"] == {"unavailable": 1}
 
 
-class WithDeadOwner(Lagging):
-    """The view still lists the owner that died; the node that took its lease too."""
-
-    def __init__(self, holder_url: str, dead_url: str) -> None:
-        super().__init__(holder_url)
-        self.dead_url = dead_url
-
-    def live(self) -> list[Member]:
-        return [Member(self.node_id, self.url), Member("n-dead", self.dead_url),
-                Member(HOLDER, self.holder_url)]  # fmt: skip
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # nothing listens there once closed
-
-
 async def test_a_request_for_a_dead_owner_goes_to_the_node_that_took_its_lease(
     holder: tuple[TestServer, list[web.Request]],
 ) -> None:
     server, seen = holder
-    view = WithDeadOwner(str(server.make_url("")).rstrip("/"), f"http://127.0.0.1:{closed_port()}")
+    # the view still lists the owner that died; the node that took its lease too
+    dead_url = f"http://127.0.0.1:{closed_port()}"
+    view = View({"n-dead": dead_url, HOLDER: str(server.make_url("")).rstrip("/")})
     member = ClusterMember("n-here", view, PlacedOn("n-dead"), HeldBy(HOLDER), None, TOKEN_VALUE)  # type: ignore[arg-type]
     async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
 
@@ -261,9 +187,7 @@ async def test_a_request_handed_back_is_served_here_with_its_whole_body() -> Non
     other = web.Application()
     other.router.add_route("*", "/{tail:.*}", lets_go)
     async with TestServer(other, host="127.0.0.1") as server:
-        view = WithDeadOwner("http://127.0.0.1:1", str(server.make_url("")).rstrip("/"))
-        view.live = lambda: [Member("n-here", view.url),  # type: ignore[method-assign]
-                             Member("n-other", view.dead_url)]  # fmt: skip
+        view = View({"n-other": str(server.make_url("")).rstrip("/")})
         member = ClusterMember("n-here", view, PlacedOn("n-other"), HeldBy(None), None, TOKEN_VALUE)  # type: ignore[arg-type]
         limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
         read: list[bytes] = []

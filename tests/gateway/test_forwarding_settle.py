@@ -9,7 +9,6 @@ directory are fakes.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from engine.membership import Member, Watcher
+from engine.membership import Watcher
 from gateway.cluster_member import ClusterMember
 from gateway.forwarding import ASKS, NOT_OWNER, OWNER, OWNER_URL, SETTLE_ROUNDS, Forwarder
+from tests.gateway.cluster_fakes import HeldBy, PlacedOn, View, closed_port
 
 TOKEN_VALUE = "cluster-token"
 
@@ -40,50 +40,6 @@ class Views:
 
     def settled(self) -> bool:
         return self.settled_after is not None and self.named >= self.settled_after
-
-
-class Membership:
-    """This node's view: itself and the two peers (their URLs once they listen)."""
-
-    node_id, url = "n-here", "http://127.0.0.1:1"
-
-    def __init__(self, views: Views) -> None:
-        self.views = views
-
-    async def __aenter__(self) -> Membership:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass
-
-    def live(self) -> list[Member]:
-        peers = [Member(node, url) for node, url in self.views.urls.items()]
-        return [Member(self.node_id, self.url), *peers]
-
-    async def url_of(self, node_id: str) -> str | None:
-        return self.views.urls.get(node_id)
-
-    def watch(self, watcher: Watcher) -> None:
-        self.views.watchers.append(watcher)
-
-    def can_acknowledge(self) -> bool:
-        return True
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-
-class PlacedOnA:
-    def owner_of(self, conversation_id: str) -> str:
-        return "n-a"
-
-
-class NoHolder:
-    async def holder(self, conversation_id: str) -> str | None:
-        return None
-
-    def stats(self) -> dict[str, Any]:
-        return {}
 
 
 def peer(views: Views, node: str, names: str) -> web.Application:
@@ -121,8 +77,10 @@ async def servers() -> AsyncIterator[tuple[Views, TestServer, TestServer]]:
 
 
 async def ask(views: Views) -> tuple[int, Any, dict[str, Any]]:
+    view = View(views.urls)  # this node's: itself and the two peers
+    view.watchers = views.watchers
     member = ClusterMember(
-        "n-here", Membership(views), PlacedOnA(), NoHolder(), None, TOKEN_VALUE,  # type: ignore[arg-type]
+        "n-here", view, PlacedOn("n-a"), HeldBy(None), None, TOKEN_VALUE,  # type: ignore[arg-type]
     )  # fmt: skip
     # A heartbeat of 10 ms: the round after a wait the view did not end is as correct
     # whenever it comes (nothing here depends on how long the wait is).
@@ -165,12 +123,6 @@ async def test_nodes_that_never_agree_end_in_a_503_after_the_last_round(
     assert answer["error"]["message"] == "the conversation's owner is moving"
     assert views.named == ASKS * (SETTLE_ROUNDS + 1)  # bounded: no request asks forever
     assert stats["settle_waits"] == SETTLE_ROUNDS and stats["forward_failures"] == 1
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # nothing listens there once closed
 
 
 async def test_a_round_ending_at_a_node_gone_is_asked_again_from_the_placement(

@@ -173,10 +173,11 @@ async def test_a_peer_closing_before_answering_is_unavailable(
     assert pool.stats() == {"idle": 0, "busy": 0, "opened": 1}
 
 
-def keep_alive_race(seen: list[bytes]) -> Script:
+def keep_alive_race(seen: list[bytes], reset: bool = False) -> Script:
     """Connection 0 answers once, then closes when the next request has arrived (as a
-    peer whose keep-alive timeout fired as the request was on its way); later
-    connections answer every request."""
+    peer whose keep-alive timeout or shutdown fired as the request was on its way):
+    with a FIN, or with `reset` an RST, as a peer's kernel does when the peer closes
+    with that request unread. Later connections answer every request."""
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         while True:
@@ -187,7 +188,12 @@ def keep_alive_race(seen: list[bytes]) -> Script:
                 return
             seen.append(request)
             if n == 0 and len(seen) > 1:
-                writer.close()
+                if reset:
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                else:
+                    writer.close()
                 return
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await writer.drain()
@@ -218,34 +224,13 @@ async def test_a_post_meeting_a_keep_alive_race_is_not_sent_twice(
     assert seen == [POST + b"hi", POST + b"hi"]  # the second arrived once, never again
 
 
-def reset_race(seen: list[bytes]) -> Script:
-    """Connection 0 answers once, then resets the connection when the next request has
-    arrived (as a peer's kernel does when the peer closes with that request unread:
-    its keep-alive timeout or its shutdown fired as the request was on its way); later
-    connections answer every request."""
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            request = await read_request(reader)
-            seen.append(request)
-            if n == 0 and len(seen) > 1:
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()  # an RST, not a FIN
-                return
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-
-    return script
-
-
 async def test_a_post_the_peer_reset_unanswered_is_sent_again_on_a_fresh_connection(
     raw_peer: Callable[[Script], Awaitable[PeerPool]],
 ) -> None:
     """A graceful leave's closing peer: the forwarded append was answered 503 "did not
     answer" (tests/cluster/test_workers.py, under load)."""
     seen: list[bytes] = []
-    pool = await raw_peer(reset_race(seen))
+    pool = await raw_peer(keep_alive_race(seen, reset=True))
     assert await (await pool.request(POST, b"hi", method="POST")).read() == b"ok"
     assert await (await pool.request(POST, b"hi", method="POST")).read() == b"ok"
     assert pool.retried == 1
