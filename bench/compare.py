@@ -5,8 +5,9 @@
 
 Systems, each a server subprocess started fresh on each store:
   canopy     `canopy serve`: trees in memory, writes journalled then written behind
-  canopy_fp  `canopy serve --flusher-process` (only with `--systems`, on Cassandra +
-             Redis): the same, its write-behind in a child process (its CPU counts)
+             (on Cassandra + Redis from its flusher child process, whose CPU counts)
+  canopy_inproc  `canopy serve --flusher-process off` (only with `--systems`, on
+             Cassandra + Redis): the same, its write-behind in the serving process
   cache_off  `canopy serve --cache off`: every read is a targeted store query (one
              message, children by parent, lineage by a parent walk) and every write
              goes through to the store, as a conventional store-backed service does
@@ -132,7 +133,7 @@ class Store:
             return []
         flags = ["--store", "scylla", "--scylla-nodes", f"{CASSANDRA[0]}:{CASSANDRA[1]}"]
         flags += ["--scylla-keyspace", keyspace]
-        if self.redis and system in ("canopy", "canopy_fp"):
+        if self.redis and system in ("canopy", "canopy_inproc"):
             flags += ["--journal", "redis", "--redis-url", REDIS_URL]
         return flags
 
@@ -158,9 +159,9 @@ SYSTEMS = (
                                                           "--port", str(port)], uses_store=False),
     System("canopy", OPS, _serve()),
     System("cache_off", OPS, _serve("--cache", "off")),
-    System("canopy_fp", OPS, _serve("--flusher-process"), needs_redis=True),
+    System("canopy_inproc", OPS, _serve("--flusher-process", "off"), needs_redis=True),
 )  # fmt: skip
-ORDER = ("canopy", "canopy_fp", "cache_off", "ceiling")  # in the table, under each op
+ORDER = ("canopy", "canopy_inproc", "cache_off", "ceiling")  # in the table, under each op
 DEFAULT_SYSTEMS = ("canopy", "cache_off", "ceiling")
 
 
@@ -664,8 +665,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stores", default="auto", help="sqlite,cassandra (default: auto)")
     parser.add_argument(
         "--systems", default=",".join(DEFAULT_SYSTEMS),
-        help=f"of {', '.join(ORDER)} (canopy_fp: canopy with --flusher-process, on "
-        "Cassandra + Redis only)",
+        help=f"of {', '.join(ORDER)} (canopy_inproc: canopy with --flusher-process off, "
+        "on Cassandra + Redis only)",
     )  # fmt: skip
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")

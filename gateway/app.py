@@ -119,7 +119,7 @@ async def write_behind(
 ) -> Flusher:
     """The in-process flusher, or (`--flusher-process`) the serving side of a flusher
     child process, started here and stopped after the registry."""
-    if not settings.flusher_process:
+    if not settings.flusher_in_child():
         return Flusher(store, journal, settings.flusher())
     assert pool is not None  # the settings check: --flusher-process needs --journal redis
     child = await stack.enter_async_context(FlusherChild(settings, pool.client))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import uvloop
@@ -68,6 +69,9 @@ def migrate(settings: config.Settings) -> int:
 def flusher(settings: config.Settings, *, lifeline: bool) -> int:
     from gateway import flusher_command
 
+    # Before any thread starts (the driver's inherit it): on a busy core the write-behind
+    # waits for the serving process, within its unflushed-bytes limit (docs/decisions.md).
+    os.nice(settings.flusher_nice)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(flusher_command.run(settings, lifeline=lifeline))
 

@@ -10,7 +10,7 @@ import argparse
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, get_args
@@ -51,7 +51,8 @@ class Settings:
     write_timeout: float = 30.0  # seconds a client may take to drain one write
     max_unflushed_bytes: int = 256 * 1024 * 1024
     flush_interval: float = 0.05
-    flusher_process: bool = False  # write behind from a `canopy flusher` child (Redis journal)
+    flusher_process: str = "auto"  # on, off, auto: write behind from a `canopy flusher` child
+    flusher_nice: int = 10  # the child's nice increment: write-behind yields the core to serving
     node_id: str = ""  # names the node in the cluster and its flusher in Redis; "": host:port
     cluster: str = "none"  # or "redis": membership and leases in Redis
     advertise_url: str = ""  # where other nodes reach this one; "": http://HOST:PORT
@@ -155,17 +156,45 @@ class Settings:
         """How long a heartbeat lives: shorter than a lease (engine/membership_redis.py)."""
         return self.heartbeat_seconds * HEARTBEATS_PER_DEADLINE
 
+    def flusher_in_child(self) -> bool:
+        """Whether the write-behind runs in a `canopy flusher` child: `on`, or `auto` on
+        Cassandra + Redis for one node of one worker, where it was measured better
+        (docs/decisions.md: fork p99 43 -> 6 ms) and everything it needs is there."""
+        if self.flusher_process != "auto":
+            return self.flusher_process == "on"
+        return (
+            self.journal == "redis"
+            and self.store == "scylla"
+            and self.cache == "on"
+            and self.durability != "store"
+            and self.cluster == "none"
+            and self.worker_count() == 1
+        )
+
     def flusher(self) -> FlusherConfig:
         return FlusherConfig(
             interval=self.flush_interval, max_unflushed_bytes=self.max_unflushed_bytes
         )
 
 
+def switch(raw: str) -> str:
+    """on, off or auto; the words of a bool flag (1, true, no, ...) also read as on or off."""
+    lowered = raw.strip().lower()
+    return lowered if lowered == "auto" else ("on" if _flag(lowered) else "off")
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(raw)
+    return lowered in ("1", "true", "yes", "on")
+
+
 class Option(NamedTuple):
     """One setting's command-line flag: where else it comes from, and what it does."""
 
     env: tuple[str, ...]  # environment variables, most specific first
-    kind: type
+    kind: Callable[[str], object]  # reads the raw value (bool: `_flag`)
     group: str  # one of GROUPS: where `canopy serve --help` lists it
     help: str  # what it does; the default and env names are added to it
     default: str | None = None  # shown instead of the Settings default (a computed one)
@@ -231,10 +260,14 @@ _OPTIONS: dict[str, Option] = {
         "seconds between journal fsyncs, or always (fsync before every ack)"),
     "flush_interval": Option(("CANOPY_FLUSH_INTERVAL",), float, "durability",
         "seconds between write-behind cycles to the store"),
-    "flusher_process": Option(("CANOPY_FLUSHER_PROCESS",), bool, "durability",
-        "with --journal redis: write behind from a separate process (`canopy flusher`) the "
-        "node starts, restarts and stops; the serving process pays only the journal append",
-        "off"),
+    "flusher_process": Option(("CANOPY_FLUSHER_PROCESS",), switch, "durability",
+        "on, off or auto; with --journal redis: write behind from a separate process "
+        "(`canopy flusher`) the node starts, restarts and stops, so the serving process pays "
+        "only the journal append; auto: on with --store scylla, unless --workers, --cluster, "
+        "--cache off or --durability store (a bare --flusher-process: on)", "auto"),
+    "flusher_nice": Option(("CANOPY_FLUSHER_NICE",), int, "durability",
+        "nice increment of the flusher process (0-19): on a busy core its write-behind "
+        "yields to serving, the unflushed-bytes limit bounding how far it falls behind"),
     "node_id": Option(("CANOPY_NODE_ID",), str, "cluster",
         "this node's name in the cluster and for its flusher process (its queue and lease "
         "in Redis)", "hostname:port"),
@@ -325,6 +358,7 @@ _OPTIONS: dict[str, Option] = {
 AUTH_MODES = frozenset({"none", "api-key", "jwt"})
 
 _CHOICES = {
+    "flusher_process": ("auto", "on", "off"),
     "durability": get_args(Durability),
     "cache": ("on", "off"),
     "store": ("sqlite", "scylla"),
@@ -342,6 +376,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if option.kind is bool:
             group.add_argument(flag, dest=name, default=None, action="store_const", const="1",
                                help=help)  # fmt: skip
+        elif option.kind is switch:  # a bare flag is on, as when it was a bool
+            group.add_argument(flag, dest=name, default=None, nargs="?", const="on",
+                               choices=_CHOICES[name], help=help)  # fmt: skip
         else:
             group.add_argument(flag, dest=name, default=None, help=help, choices=_CHOICES.get(name))
 
@@ -355,13 +392,6 @@ def help_text(name: str) -> str:
     return f"{option.help} (default: {default}; env: {', '.join(option.env)})"
 
 
-def _flag(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError(raw)
-    return lowered in ("1", "true", "yes", "on")
-
-
 def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Settings:
     """Command line over environment over defaults; raises ValueError on a bad value."""
     values: dict[str, object] = {}
@@ -373,7 +403,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
             try:
                 values[name] = _flag(raw) if kind is bool else kind(raw)
             except ValueError:
-                raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
+                what = getattr(kind, "__name__", kind)
+                raise ValueError(f"{name}: cannot read {raw!r} as {what}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     for name, choices in _CHOICES.items():  # the environment bypasses argparse's choices
         if getattr(settings, name) not in choices:
@@ -388,8 +419,10 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
         ) from None
     if workers > 1:
         check_workers(settings)
-    if settings.flusher_process:
+    if settings.flusher_process == "on":
         check_flusher_process(settings)
+    if not 0 <= settings.flusher_nice <= 19:
+        raise ValueError(f"flusher_nice must be 0 to 19; got {settings.flusher_nice}")
     if settings.cluster != "none":
         check_cluster(settings)
     if settings.journal == "redis":
@@ -439,7 +472,7 @@ def check_workers(settings: Settings) -> None:
         raise ValueError("--workers above 1 with --accounts needs a shared store (--store "
                          "scylla): accounts live in one store, and the workers shard "
                          "SQLite")  # fmt: skip
-    if settings.flusher_process:
+    if settings.flusher_process == "on":
         raise ValueError("--workers above 1 with --flusher-process is not supported yet "
                          "(each worker's flusher takes every journaled conversation)")  # fmt: skip
     if settings.cluster != "none" and settings.advertise_url:

@@ -253,3 +253,32 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+async def test_on_cassandra_and_redis_the_default_writes_behind_from_a_niced_child(
+    node_process: Callable[..., NodeProcess],
+) -> None:
+    node = node_process(*server_backends())  # no --flusher-process: auto
+    await node.start()
+    flusher = await _flusher_ready(node, 1)
+    assert node.process is not None
+    # Every thread of it, the driver's started after the nice included.
+    assert _nice(flusher) == min(19, _nice(node.process.pid) + 10)
+    for task in os.listdir(f"/proc/{flusher}/task"):
+        assert _nice(int(task)) == _nice(flusher), task
+    async with aiohttp.ClientSession() as session:
+        created = await _post(session, f"{node.base}/api/v1/conversations",
+                              {"title": "default", "created_by": "fp"})  # fmt: skip
+    cid = created["conversation_id"]
+    async with ScyllaStore(SCYLLA) as store:
+        await _eventually(lambda: _stored_one(store, cid), node=node)
+    assert await node.stop(signal.SIGTERM) == 0
+
+
+async def _stored_one(store: ScyllaStore, cid: str) -> bool:
+    return await store.load(cid) is not None

@@ -226,7 +226,7 @@ async def test_with_a_flusher_process_unflushed_records_follow_its_progress(
     start_node: NodeFactory,
 ) -> None:
     """The flusher process stores; the node learns of it and the figures follow."""
-    node = await start(start_node, flusher_process=True, flush_interval=0.05)
+    node = await start(start_node, flusher_process="on", flush_interval=0.05)
     pid = node.app[FLUSHER].stats()["flusher_process_pid"]
     assert isinstance(pid, int) and pid
     os.kill(pid, signal.SIGSTOP)  # nothing reaches the store meanwhile

@@ -112,7 +112,44 @@ def test_flusher_process_is_refused_where_it_has_nothing_to_do(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         parse("--flusher-process", *argv)
-    assert parse("--flusher-process", "--journal", "redis").flusher_process
+    assert parse("--flusher-process", "--journal", "redis").flusher_in_child()
+
+
+CASSANDRA_REDIS = ("--store", "scylla", "--journal", "redis")
+
+
+@pytest.mark.parametrize(
+    ("argv", "in_child"),
+    [
+        (CASSANDRA_REDIS, True),  # measured better there (docs/decisions.md)
+        ((), False),  # embedded: SQLite and the file journal
+        (("--journal", "redis"), False),  # SQLite
+        ((*CASSANDRA_REDIS, "--flusher-process", "off"), False),
+        ((*CASSANDRA_REDIS, "--cache", "off"), False),
+        ((*CASSANDRA_REDIS, "--durability", "store"), False),
+        ((*CASSANDRA_REDIS, "--cluster", "redis"), False),
+        ((*CASSANDRA_REDIS, "--workers", "2"), False),
+        (("--journal", "redis", "--flusher-process"), True),  # a bare flag: on
+        (("--journal", "redis", "--flusher-process", "on"), True),
+    ],
+)
+def test_the_write_behind_runs_in_a_child_by_default_where_it_can(
+    argv: tuple[str, ...], in_child: bool
+) -> None:
+    settings = parse(*argv)
+    assert settings.flusher_in_child() is in_child
+    assert parse(**environment(settings)).flusher_in_child() is in_child
+
+
+def test_the_flusher_process_switch_reads_bool_words_and_a_bounded_nice() -> None:
+    assert parse(CANOPY_FLUSHER_PROCESS="1", CANOPY_JOURNAL="redis").flusher_process == "on"
+    assert parse(*CASSANDRA_REDIS, CANOPY_FLUSHER_PROCESS="no").flusher_in_child() is False
+    assert parse(CANOPY_FLUSHER_PROCESS="Auto").flusher_process == "auto"
+    with pytest.raises(ValueError, match="flusher_process: cannot read 'sometimes'"):
+        parse(CANOPY_FLUSHER_PROCESS="sometimes")
+    assert parse().flusher_nice == 10
+    with pytest.raises(ValueError, match="flusher_nice must be 0 to 19"):
+        parse("--flusher-nice", "20")
 
 
 def test_flusher_command_needs_the_redis_journal(capsys: pytest.CaptureFixture[str]) -> None:
