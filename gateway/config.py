@@ -158,17 +158,15 @@ class Settings:
 
     def flusher_in_child(self) -> bool:
         """Whether the write-behind runs in a `canopy flusher` child: `on`, or `auto` on
-        Cassandra + Redis for one node of one worker, where it was measured better
-        (docs/decisions.md: fork p99 43 -> 6 ms) and everything it needs is there."""
+        Cassandra for one node of one worker, where it was measured better (fork p99
+        ~20 against 47-110 ms, docs/decisions.md) and nothing refuses it."""
         if self.flusher_process != "auto":
             return self.flusher_process == "on"
         return (
-            self.journal == "redis"
-            and self.store == "scylla"
-            and self.cache == "on"
-            and self.durability != "store"
+            self.store == "scylla"
             and self.cluster == "none"
             and self.worker_count() == 1
+            and not flusher_process_refused(self)
         )
 
     def flusher(self) -> FlusherConfig:
@@ -482,17 +480,23 @@ def check_workers(settings: Settings) -> None:
 
 
 def check_flusher_process(settings: Settings) -> None:
-    """A flusher process writes a Redis journal behind, for a node that caches."""
+    refused = flusher_process_refused(settings)
+    if refused:
+        raise ValueError(refused)
+
+
+def flusher_process_refused(settings: Settings) -> str:
+    """Why a flusher process cannot run with these settings ("": it can). It writes a
+    Redis journal behind, for a node that caches."""
     if settings.journal != "redis":
-        raise ValueError(
-            "--flusher-process writes a Redis journal behind: it needs "
-            "--journal redis (the file journal's flusher runs in the node)"
-        )
+        return ("--flusher-process writes a Redis journal behind: it needs "
+                "--journal redis (the file journal's flusher runs in the node)")  # fmt: skip
     if settings.cache == "off":
-        raise ValueError("--flusher-process has nothing to write behind with --cache off")
+        return "--flusher-process has nothing to write behind with --cache off"
     if settings.durability == "store":
-        raise ValueError("--flusher-process cannot acknowledge after the store commit: "
-                         "--durability store writes in the serving process")  # fmt: skip
+        return ("--flusher-process cannot acknowledge after the store commit: "
+                "--durability store writes in the serving process")  # fmt: skip
+    return ""
 
 
 def check_cluster(settings: Settings) -> None:
