@@ -3,6 +3,13 @@
 Each record is an entry `{seq}-1` in the conversation's stream. Appends go through a
 Lua script that checks the caller's epoch against the conversation's epoch key and
 adds the entry atomically, so a node that lost ownership can never append (fencing).
+A record over `BESIDE` bytes (a fork's copy of 1,000 messages is ~350 KB) goes beside
+the stream: an HSET into the conversation's blob hash, in the same write just ahead of
+the script, whose entry then names the blob's field (`b`) instead of carrying the record
+(`r`). Redis spends ~0.65 ms turning one 350 KB script argument into Lua strings and
+back, its one thread blocked for every node; a plain HSET of it takes ~20 µs there
+(docs/decisions.md). The script refuses an entry whose blob is missing, removes the
+blobs of a call it fences, and a trim removes the blobs of the entries it removes.
 Appends made in one event-loop tick are sent in one pipeline (group commit), a
 conversation's records of the tick in one script call. Trimming
 removes entries up to the flushed seq and deletes an emptied stream.
@@ -28,7 +35,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
@@ -41,23 +48,43 @@ from persistence.redis_pool import RedisPool, RedisSettings
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
-# ARGV: epoch, conversation id, then (seq, record) for each record, in seq order.
+BESIDE = 16 * 1024  # bytes: a record larger than this goes in the blob hash (see above)
+RECORD, BLOB = "r", "b"  # an entry's field: the record itself, or its blob's field name
+
+# KEYS: stream, epoch, shard's journaled set, blob hash. ARGV: epoch, conversation id,
+# then (seq, field, value) for each record in seq order: field `r` carries the record,
+# `b` names the blob hash field the HSET ahead of this call put it in.
 _APPEND = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  for i = 3, #ARGV, 3 do
+    if ARGV[i + 1] == 'b' then redis.call('HDEL', KEYS[4], ARGV[i + 2]) end
+  end
   return redis.error_reply('FENCED epoch ' .. ARGV[1] .. ' is not the owner')
 end
-for i = 3, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], ARGV[i] .. '-1', 'r', ARGV[i + 1])
+for i = 3, #ARGV, 3 do
+  if ARGV[i + 1] == 'b' and redis.call('HEXISTS', KEYS[4], ARGV[i + 2]) == 0 then
+    return redis.error_reply('NOBLOB the record of seq ' .. ARGV[i] .. ' did not arrive')
+  end
+end
+for i = 3, #ARGV, 3 do
+  redis.call('XADD', KEYS[1], ARGV[i] .. '-1', ARGV[i + 1], ARGV[i + 2])
 end
 redis.call('SADD', KEYS[3], ARGV[2])
 return 1
 """
 
+# KEYS: stream, shard's journaled set, blob hash. ARGV: the first entry id kept
+# ("{seq}-0"), conversation id. Blob fields are "{seq}:{epoch}": those below are gone.
 _TRIM = """
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1], KEYS[3])
   redis.call('SREM', KEYS[2], ARGV[2])
+elseif redis.call('EXISTS', KEYS[3]) == 1 then
+  local kept = tonumber(string.match(ARGV[1], '^%d+'))
+  for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+    if tonumber(string.match(field, '^%d+')) < kept then redis.call('HDEL', KEYS[3], field) end
+  end
 end
 return 1
 """
@@ -70,7 +97,11 @@ return 1
 """
 
 
+RECORD_KEY, BLOB_KEY = RECORD.encode(), BLOB.encode()  # as XRANGE names the fields
+TAIL_READS = 5  # reads of a tail whose blobs a trim kept taking (each trim needs a flush)
+
 Call = tuple[Sequence[str], Sequence[str | int | bytes]]  # one script run: keys, args
+Command = tuple[str | int | bytes, ...]  # a plain command sent ahead of the script calls
 _Queued = tuple[str, int, bytes, "asyncio.Future[None]"]  # conversation, seq, record, ack
 
 
@@ -110,6 +141,7 @@ class RedisJournal:
         self.set_aside_records = 0
         self.sends = 0  # script runs of appends, and the records they carried
         self.records_sent = 0
+        self.records_beside = 0  # of those, sent as blobs beside the stream
         self.append_seconds = Histogram()  # one send: the script calls of a tick's records
 
     async def __aenter__(self) -> RedisJournal:
@@ -205,21 +237,31 @@ class RedisJournal:
                 continue
             grouped.setdefault(conversation_id, []).append(queued)
         calls: list[Call] = []
+        beside: list[Command] = []  # the blobs' HSETs, sent just ahead of the script calls
         for conversation_id, records in grouped.items():
+            blobs = redis_keys.journal_blobs(conversation_id)
             keys = [
                 redis_keys.journal(conversation_id),
                 redis_keys.epoch(conversation_id),
                 redis_keys.journaled_of(conversation_id),
+                blobs,
             ]
-            args: list[str | int | bytes] = [self._epochs[conversation_id], conversation_id]
+            epoch = self._epochs[conversation_id]
+            args: list[str | int | bytes] = [epoch, conversation_id]
             for _, seq, payload, _ in records:
-                args += (seq, payload)
+                if len(payload) > BESIDE:
+                    field = f"{seq}:{epoch}"  # an older owner's blob of this seq is another
+                    beside.append(("HSET", blobs, field, payload))
+                    args += (seq, BLOB, field)
+                else:
+                    args += (seq, RECORD, payload)
             calls.append((keys, args))
         self.sends += len(calls)
         self.records_sent += sum(len(records) for records in grouped.values())
+        self.records_beside += len(beside)
         started = time.perf_counter()
         try:
-            results = await self._run(_APPEND, calls)
+            results = await self._run(_APPEND, calls, beside)
         except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
             throttled.warning("send", "journal append to redis failed: %r", exc)
             for *_, future in batch:
@@ -266,16 +308,30 @@ class RedisJournal:
         return sorted(raw.decode() for members in sets for raw in members)
 
     async def tail(self, conversation_id: str, after_seq: int) -> list[Entry]:
+        """The records after `after_seq`, in order, those kept beside the stream read back.
+
+        A blob read after its entry is gone only if a trim took both meanwhile (it
+        removes them in one script, and only once they are stored): the stream is then
+        read again, without it."""
         stream = redis_keys.journal(conversation_id)
+        beside = redis_keys.journal_blobs(conversation_id)
         try:
-            entries = await self._client.xrange(stream, min=f"{after_seq + 1}-0")
+            for _ in range(TAIL_READS):
+                entries = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    await self._client.xrange(stream, min=f"{after_seq + 1}-0"),
+                )
+                read = [(f"{stream} {at.decode()}", fields) for at, fields in entries if fields]
+                named = [fields[BLOB_KEY] for _, fields in read if BLOB_KEY in fields]
+                blobs: dict[bytes, bytes | None] = {}
+                if named:
+                    found = await self._client.hmget(beside, named)
+                    blobs = dict(zip(named, cast(list[bytes | None], found), strict=True))
+                if None not in blobs.values():
+                    return [Entry(_record(fields, blobs), origin) for origin, fields in read]
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
-        return [
-            Entry(fields[b"r"], f"{stream} {entry_id.decode()}")  # type: ignore[union-attr,arg-type]
-            for entry_id, fields in entries or ()
-            if fields
-        ]
+        raise JournalError(f"the journal of {conversation_id} kept changing under its read")
 
     async def set_aside(self, entry: Entry, reason: str) -> None:
         """Copy the record to the set-aside stream, once per record however often replay
@@ -302,6 +358,7 @@ class RedisJournal:
             "set_aside_records": self.set_aside_records,
             "sends": self.sends,
             "records_sent": self.records_sent,
+            "records_beside": self.records_beside,
             "append_seconds": self.append_seconds.snapshot(),
         }
 
@@ -310,8 +367,7 @@ class RedisJournal:
 
     async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
         calls: list[Call] = [
-            ([redis_keys.journal(cid), redis_keys.journaled_of(cid)], [f"{seq + 1}-0", cid])
-            for cid, seq in flushed.items()
+            (_trim_keys(cid), [f"{seq + 1}-0", cid]) for cid, seq in flushed.items()
         ]
         try:
             results = await self._run(_TRIM, calls)
@@ -321,13 +377,17 @@ class RedisJournal:
         if failed is not None:
             raise JournalError(f"redis: {failed}")
 
-    async def _run(self, script: str, calls: list[Call]) -> list[Any]:
+    async def _run(
+        self, script: str, calls: list[Call], beside: Sequence[Command] = ()
+    ) -> list[Any]:
         """Run `script` once per call, in order, in one pipeline: each call's result or error.
+        `beside` (an append's blobs) goes first in the same write; an error reply to any
+        of it fails the whole send (the script then refused the entries that needed it).
 
         Calls that found the script gone (NOSCRIPT: it never ran) are sent again, once,
         after loading it.
         """
-        results = await self._pipeline(script, calls)
+        results = await self._pipeline(script, calls, beside)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             await self._client.script_load(script)
@@ -336,13 +396,33 @@ class RedisJournal:
                 results[i] = result
         return results
 
-    async def _pipeline(self, script: str, calls: list[Call]) -> list[Any]:
+    async def _pipeline(
+        self, script: str, calls: list[Call], beside: Sequence[Command] = ()
+    ) -> list[Any]:
         if not calls:
             return []
         sha = _sha(script)
-        return await self._lean.execute(
-            [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+        replies = await self._lean.execute(
+            [*beside, *(("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls)]
         )
+        refused = next((r for r in replies[: len(beside)] if isinstance(r, Exception)), None)
+        if refused is not None:
+            raise JournalError(f"redis refused a record's blob: {refused}")
+        return replies[len(beside) :]
+
+
+def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> bytes:
+    """An entry's record: its own field, or the blob its field names (read, not None)."""
+    named = fields.get(BLOB_KEY)
+    return fields[RECORD_KEY] if named is None else cast(bytes, blobs[named])
+
+
+def _trim_keys(conversation_id: str) -> list[str]:
+    return [
+        redis_keys.journal(conversation_id),
+        redis_keys.journaled_of(conversation_id),
+        redis_keys.journal_blobs(conversation_id),
+    ]
 
 
 @contextlib.asynccontextmanager

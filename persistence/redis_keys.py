@@ -33,6 +33,12 @@ def journal(conversation_id: str) -> str:
     return conversation_key(conversation_id, "journal")
 
 
+def journal_blobs(conversation_id: str) -> str:
+    """Hash of the conversation's journal records too large for its stream, by
+    "{seq}:{epoch}"; the stream's entry names the field (persistence/journal_redis.py)."""
+    return conversation_key(conversation_id, "journal-blobs")
+
+
 def epoch(conversation_id: str) -> str:
     """Ownership epoch of a conversation, incremented at each activation (fencing)."""
     return conversation_key(conversation_id, "epoch")

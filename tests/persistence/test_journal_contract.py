@@ -86,6 +86,23 @@ async def test_trim_drops_records_covered_by_the_mark_only(journals: Journals) -
     assert await replayed(journal) == payloads(range(11, 16))
 
 
+async def test_large_records_keep_their_place_and_go_with_their_trim(journals: Journals) -> None:
+    """A fork's copy of 1,000 messages is one record of ~350 KB: it replays byte for byte
+    in its place among small ones, and a trim covering it drops it."""
+    big = {n: payload(n) * (3_000 + n) for n in (2, 3, 6)}  # ~40-60 KB each
+    expected = [big.get(n, payload(n)) for n in range(1, 8)]
+    journal = await journals.open()
+    await journal.acquire("c1")
+    for n in range(1, 4):
+        await journal.append("c1", n, expected[n - 1])
+    mark = await journal.mark()
+    for n in range(4, 8):
+        await journal.append("c1", n, expected[n - 1])
+    await journal.trim(mark, {"c1": 3})
+    journal = await journals.reopen(journal)
+    assert await replayed(journal) == expected[3:]
+
+
 async def test_records_appended_during_trim_are_kept(journals: Journals) -> None:
     journal = await journals.open()
     await append_all(journal, range(1, 4))

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import redis
+from redis.exceptions import ResponseError
 
 from persistence import redis_keys
 from persistence.journal import Entry, JournalError
-from persistence.journal_redis import Call, Fenced, RedisJournal
+from persistence.journal_redis import _APPEND, Call, Fenced, RedisJournal
 from persistence.redis_pool import Lean, RedisPool
 from persistence.resp import Arg
 from tests.backends import redis_journal, redis_settings, wipe_redis
@@ -184,9 +185,9 @@ async def test_a_conversations_records_of_one_tick_go_in_one_script_call(
         sent: list[int] = []
         run = journal._run
 
-        async def counted(script: str, calls: list[Call]) -> list[object]:
+        async def counted(script: str, calls: list[Call], beside: Any = ()) -> list[object]:
             sent.append(len(calls))
-            return await run(script, calls)
+            return await run(script, calls, beside)
 
         monkeypatch.setattr(journal, "_run", counted)
         c1 = [journal.append("c1", seq, b"c1-%d" % seq) for seq in range(1, 6)]
@@ -231,7 +232,113 @@ def test_every_key_of_a_conversation_shares_one_slot() -> None:
 
     for cid in ("c1", "a{b}c", "}{", "0f8fad5b-d9cb-469f-a165-70867728950e"):
         keys = [redis_keys.journal(cid), redis_keys.epoch(cid), redis_keys.journaled_of(cid),
-                redis_keys.conversation_key(cid, "lease")]  # fmt: skip
+                redis_keys.journal_blobs(cid), redis_keys.lease(cid)]  # fmt: skip
         assert len({key_slot(key.encode()) for key in keys}) == 1, keys
     set_aside = {key_slot(k.encode()) for k in (redis_keys.SET_ASIDE, redis_keys.SET_ASIDE_SEEN)}
     assert len(set_aside) == 1
+
+
+# -- records too large for the stream go beside it (a fork's copy) -------------------------
+
+BIG = b"fork copy " * 5_000  # 50 KB: over BESIDE
+
+
+def big(n: int) -> bytes:
+    return b"%d:" % n + BIG
+
+
+def blob_fields(cid: str) -> list[bytes]:
+    with redis.Redis.from_url(REDIS_URL) as client:
+        return sorted(client.hkeys(redis_keys.journal_blobs(cid)))
+
+
+async def test_a_large_record_goes_beside_the_stream_and_its_trim_takes_it(
+    tmp_path: Path,
+) -> None:
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+        epoch = journal.epoch("c1")
+        records = [b"one", big(2), b"three", big(4)]
+        for seq, record in enumerate(records, start=1):
+            await journal.append("c1", seq, record)
+        with redis.Redis.from_url(REDIS_URL) as client:
+            entries = dict(client.xrange(redis_keys.journal("c1")))
+        assert entries[b"1-1"] == {b"r": b"one"}
+        assert entries[b"2-1"] == {b"b": b"2:%d" % epoch}  # the stream holds a name only
+        assert blob_fields("c1") == [b"2:%d" % epoch, b"4:%d" % epoch]
+        assert journal.stats()["records_beside"] == 2
+        assert payloads(await journal.tail("c1", 0)) == records
+        assert payloads(await journal.tail("c1", 2)) == records[2:]
+
+        await journal.trim(None, {"c1": 3})
+        assert blob_fields("c1") == [b"4:%d" % epoch]
+        assert payloads(await journal.tail("c1", 0)) == [big(4)]
+        await journal.trim(None, {"c1": 4})
+        with redis.Redis.from_url(REDIS_URL) as client:
+            assert client.exists(redis_keys.journal("c1"), redis_keys.journal_blobs("c1")) == 0
+
+
+async def test_a_fenced_large_append_leaves_no_blob(tmp_path: Path) -> None:
+    async with redis_journal(tmp_path) as old_owner, redis_journal(tmp_path) as new_owner:
+        await old_owner.acquire("c1")
+        await old_owner.append("c1", 1, big(1))
+        await new_owner.acquire("c1")
+        with pytest.raises(Fenced):
+            await old_owner.append("c1", 2, big(2))
+        assert blob_fields("c1") == [b"1:%d" % old_owner.epoch("c1")]
+        await new_owner.append("c1", 2, big(3))
+        assert payloads(await new_owner.tail("c1", 0)) == [big(1), big(3)]
+
+
+async def test_an_entry_whose_blob_never_arrived_is_refused_whole(tmp_path: Path) -> None:
+    """The script checks every blob its call names before it adds any entry: a send whose
+    HSET was refused (here the blob key holds a string) acknowledges nothing of it."""
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+        await journal.append("c1", 1, b"one")
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.set(redis_keys.journal_blobs("c1"), b"in the way")
+        small, large = journal.append("c1", 2, b"two"), journal.append("c1", 3, big(3))
+        for append in (small, large):
+            with pytest.raises(JournalError):
+                await append
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.delete(redis_keys.journal_blobs("c1"))
+        assert payloads(await journal.tail("c1", 0)) == [b"one"]
+        epoch = journal.epoch("c1")
+        keys = [redis_keys.journal("c1"), redis_keys.epoch("c1"), redis_keys.journaled_of("c1"),
+                redis_keys.journal_blobs("c1")]  # fmt: skip
+        [refused] = await journal._run(_APPEND, [(keys, [epoch, "c1", 2, "b", f"2:{epoch}"])])
+        assert isinstance(refused, ResponseError) and str(refused).startswith("NOBLOB")
+        assert payloads(await journal.tail("c1", 0)) == [b"one"]
+
+
+async def test_a_tail_whose_blob_a_trim_took_meanwhile_reads_the_stream_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with redis_journal(tmp_path) as journal, redis_journal(tmp_path) as flusher:
+        await journal.acquire("c1")
+        for seq, record in enumerate([b"one", big(2), b"three", big(4)], start=1):
+            await journal.append("c1", seq, record)
+        hmget = journal._client.hmget
+        reads: list[int] = []
+
+        async def trimmed_first(name: str, keys: list[bytes]) -> Any:
+            reads.append(len(keys))
+            if len(reads) == 1:  # the flusher stored up to 2 and trimmed, after the XRANGE
+                await flusher.trim(None, {"c1": 2})
+            return await hmget(name, keys)
+
+        monkeypatch.setattr(journal._client, "hmget", trimmed_first)
+        assert payloads(await journal.tail("c1", 0)) == [b"three", big(4)]
+        assert reads == [2, 1]
+
+
+async def test_a_large_record_survives_redis_forgetting_its_scripts(tmp_path: Path) -> None:
+    """NOSCRIPT sends the script call again; the blob it names went ahead already."""
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.script_flush()
+        await journal.append("c1", 1, big(1))
+        assert payloads(await journal.tail("c1", 0)) == [big(1)]
