@@ -17,9 +17,10 @@ removes entries up to the flushed seq and deletes an emptied stream.
 Scripts run by EVALSHA, loaded again only when Redis answers NOSCRIPT (a restart, a
 SCRIPT FLUSH). redis-py's `Script` asks SCRIPT EXISTS before every pipeline that runs
 one: a second round trip on every journal append (p50 184 -> 110 µs without it). The
-script calls go over the pool's lean channel (persistence/redis_pool.py), the rest over
-its redis-py client. Each script's keys share one hash tag (persistence/redis_keys.py),
-so on a Redis Cluster each call runs on one master.
+script calls, their blobs and an activation's epoch INCR go over the pool's lean channel
+(persistence/redis_pool.py), the reads over its redis-py client. Each script's keys
+share one hash tag (persistence/redis_keys.py), so on a Redis Cluster each call runs on
+one master.
 
 The journal never closes the pool's client: the pool closes after its users. Closing
 the journal refuses new appends, then sends what is queued and waits for every send in
@@ -173,12 +174,13 @@ class RedisJournal:
 
     async def acquire(self, conversation_id: str) -> None:
         """Become the conversation's owner: appends from any earlier owner are refused."""
-        try:
-            self._epochs[conversation_id] = int(
-                await self._client.incr(redis_keys.epoch(conversation_id))
-            )
+        try:  # over the lean channel: every creation (a fork's too) waits for it
+            [epoch] = await self._lean.execute([("INCR", redis_keys.epoch(conversation_id))])
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
+        if isinstance(epoch, Exception):
+            raise JournalError(f"redis: {epoch}")
+        self._epochs[conversation_id] = int(epoch)
 
     def own(self, conversation_id: str, epoch: int) -> None:
         """Append under `epoch`, which the caller took by incrementing the conversation's

@@ -2,8 +2,8 @@
 replies parsed by hiredis, no per-command machinery.
 
 redis-py spends ~70 µs of CPU on one EVALSHA (connection pool, retry wrapper, command
-packing, response callbacks); this spends ~25 (docs/decisions.md). Everything else the
-journal asks (INCR, XRANGE, SCRIPT LOAD) stays with redis-py. Commands written in one
+packing, response callbacks); this spends ~25 (docs/decisions.md). Its reads (XRANGE,
+HMGET) and SCRIPT LOAD stay with redis-py. Commands written in one
 call go out in one write; replies come back in order, each resolving its future. A
 reply later than `timeout` fails every pending command and drops the connection (a
 late reply can then never answer the wrong command); the next call connects again.

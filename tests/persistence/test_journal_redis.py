@@ -92,9 +92,11 @@ async def gated_journal(
     wipe_redis()
     async with RedisPool(settings) as pool:
         gated = pool.lean = GatedLean(pool.lean)
-        gated.gate.set()  # open while the journal starts
+        gated.gate.set()  # open while the journal starts and acquires c1
         journal = await RedisJournal(pool, close_timeout=close_timeout).__aenter__()
+        await journal.acquire("c1")
         gated.gate.clear()
+        gated.calls = 0
         yield journal, gated
 
 
@@ -102,7 +104,6 @@ async def test_close_while_a_send_is_stalled_finishes_within_its_bound() -> None
     """Redis does not answer with an append in flight: close cuts the send short at its
     deadline, and the appender hears of it."""
     async with gated_journal(close_timeout=0.2) as (journal, gated):
-        await journal.acquire("c1")
         append = journal.append("c1", 1, b"stalled")
         await until(lambda: gated.calls == 1)
         async with asyncio.timeout(5):  # a hang detector, far above the 0.2 s bound
@@ -116,7 +117,6 @@ async def test_close_waits_for_the_send_in_flight_and_starts_none_after() -> Non
     """Close with a send in flight: that send completes and its appender is acked; an
     append made while close waits is refused at once, never sent on a closing pool."""
     async with gated_journal() as (journal, gated):
-        await journal.acquire("c1")
         first = asyncio.ensure_future(journal.append("c1", 1, b"in flight"))
         await until(lambda: gated.calls == 1)
         closing = asyncio.ensure_future(journal.__aexit__(None, None, None))
