@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from persistence.resp import LeanRedis, encode
+from persistence.resp import LARGE, LeanRedis, encode, encode_parts
 from tests.services import REDIS_URL, require
 
 KEY = "canopy:test:resp"
@@ -39,6 +39,23 @@ def test_commands_encode_as_resp_arrays_of_bulk_strings() -> None:
     )
     # a list as well as a tuple (hiredis' packer takes tuples); text as UTF-8
     assert encode(["SET", "é", -3]) == b"*3\r\n$3\r\nSET\r\n$2\r\n\xc3\xa9\r\n$2\r\n-3\r\n"
+
+
+def test_a_command_with_a_large_argument_leaves_it_uncopied_in_the_same_encoding() -> None:
+    large = bytes(range(256)) * 100  # over LARGE
+    command = ("EVALSHA", "f" * 40, 2, "é", 7, large, b"small", -1)
+    parts = encode_parts(command)
+    assert b"".join(parts) == encode(command)
+    assert any(part is large for part in parts)
+    assert encode_parts(("SET", "k", b"v" * LARGE)) == [encode(("SET", "k", b"v" * LARGE))]
+
+
+async def test_large_arguments_arrive_whole_among_small_commands(lean: LeanRedis) -> None:
+    large = bytes(range(256)) * 2_000  # 512 KB: more than one socket write's worth
+    replies = await lean.execute(
+        [("RPUSH", KEY, "a"), ("RPUSH", KEY, large), ("RPUSH", KEY, "c"), ("LRANGE", KEY, 0, -1)]
+    )
+    assert replies == [1, 2, 3, [b"a", large, b"c"]]
 
 
 async def test_replies_come_back_in_order_with_errors_in_their_place(lean: LeanRedis) -> None:
