@@ -164,7 +164,6 @@ class Settings:
             return self.flusher_process == "on"
         return (
             self.store == "scylla"
-            and self.cluster == "none"
             and self.worker_count() == 1
             and not flusher_process_refused(self)
         )
@@ -496,6 +495,9 @@ def flusher_process_refused(settings: Settings) -> str:
     if settings.durability == "store":
         return ("--flusher-process cannot acknowledge after the store commit: "
                 "--durability store writes in the serving process")  # fmt: skip
+    if settings.cluster != "none":  # as with --workers: untested, so refused
+        return ("--cluster redis with --flusher-process is not supported yet (each node's "
+                "flusher would take every journaled conversation, its peers' too)")  # fmt: skip
     return ""
 
 

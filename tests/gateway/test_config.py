@@ -105,6 +105,7 @@ def test_jwt_settings_from_the_environment() -> None:
         ((), "it needs --journal redis"),  # the file journal keeps its in-process flusher
         (("--journal", "redis", "--cache", "off"), "nothing to write behind with --cache off"),
         (("--journal", "redis", "--durability", "store"), "--durability store writes in the"),
+        (("--journal", "redis", "--cluster", "redis"), "--cluster redis with --flusher-process"),
     ],
 )
 def test_flusher_process_is_refused_where_it_has_nothing_to_do(
