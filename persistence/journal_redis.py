@@ -36,6 +36,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -139,6 +140,10 @@ class RedisJournal:
         self._scheduled: asyncio.Handle | None = None  # the tick's send of `_batch`
         self._sends: set[asyncio.Task[None]] = set()  # owned: awaited on close
         self._sending = asyncio.Lock()  # batches go out in order, one at a time
+        # A batch written at once (`_send_now`), its replies not all in: until they are,
+        # every other send waits (it is the one at a time the lock would have let through).
+        self._in_flight: asyncio.Future[None] | None = None
+        self._in_flight_batch: list[_Queued] = []
         self.set_aside_records = 0
         self.sends = 0  # script runs of appends, and the records they carried
         self.records_sent = 0
@@ -163,11 +168,15 @@ class RedisJournal:
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._send_batch()
-        if self._sends:
-            _, late = await asyncio.wait(set(self._sends), timeout=self._close_timeout)
+        waits: set[asyncio.Future[None]] = set(self._sends)
+        if self._in_flight is not None:
+            waits.add(self._in_flight)
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self._close_timeout)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            _fail(self._in_flight_batch, "journal closed before the append")
             if late:
                 log.warning("redis journal closed with %d sends cut short", len(late))
         log.info("redis journal closed: %d records in %d sends", self.records_sent, self.sends)
@@ -212,21 +221,19 @@ class RedisJournal:
 
     def _send_batch(self) -> None:
         batch, self._batch, self._scheduled = self._batch, [], None
-        if batch:
-            task = asyncio.create_task(self._send(batch), name="redis-journal-send")
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+        if not batch:
+            return
+        prepared = self._prepare(batch)
+        if not prepared.calls:
+            return  # every appender heard already (not acquired, or gone)
+        idle = not self._sends and not self._sending.locked() and self._in_flight is None
+        if idle and self._send_now(prepared):
+            return
+        task = asyncio.create_task(self._send(prepared), name="redis-journal-send")
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
-    async def _send(self, batch: list[_Queued]) -> None:
-        try:
-            async with self._sending:
-                await self._send_in_order(batch)
-        finally:  # cancelled by close: its appenders hear it, none waits for ever
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(JournalError("journal closed before the append"))
-
-    async def _send_in_order(self, batch: list[_Queued]) -> None:
+    def _prepare(self, batch: list[_Queued]) -> _Prepared:
         """One script call per conversation for all its records in the batch: they land
         together or not at all (a script runs atomically)."""
         grouped: dict[str, list[_Queued]] = {}
@@ -261,17 +268,97 @@ class RedisJournal:
         self.sends += len(calls)
         self.records_sent += sum(len(records) for records in grouped.values())
         self.records_beside += len(beside)
+        return _Prepared(batch, grouped, calls, beside)
+
+    def _send_now(self, prepared: _Prepared) -> bool:
+        """Write the batch at once when nothing else is being sent and the connection is
+        up, its replies settled by a callback: no task, no lock, and two event-loop
+        passes fewer for a lone append (docs/decisions.md). False: send it by a task."""
+        commands = [*prepared.beside, *_evalshas(_APPEND, prepared.calls)]
+        replies = self._lean.send_now(commands)
+        if replies is None:
+            return False
+        in_flight = self._in_flight = asyncio.get_running_loop().create_future()
+        self._in_flight_batch = prepared.batch
         started = time.perf_counter()
+
+        def replied(_: object) -> None:
+            if any(reply.exception() is not None for reply in replies):
+                error = next(e for r in replies if (e := r.exception()) is not None)
+                self._settle(prepared, error, started)
+            else:
+                results = [reply.result() for reply in replies]
+                if any(isinstance(r, NoScriptError) for r in results[len(prepared.beside) :]):
+                    # Redis forgot the script: load it and send those again, in their
+                    # place (no other send starts until this one is done).
+                    task = asyncio.create_task(self._resend(prepared, results, started, in_flight))
+                    self._sends.add(task)
+                    task.add_done_callback(self._sends.discard)
+                    return
+                refused = _blob_refusal(results, prepared)
+                self._settle(prepared, refused or results[len(prepared.beside) :], started)
+            self._done_in_flight(in_flight)
+
+        replies[-1].add_done_callback(replied)  # replies come in order: the last is the last
+        return True
+
+    async def _resend(
+        self,
+        prepared: _Prepared,
+        results: list[Any],
+        started: float,
+        in_flight: asyncio.Future[None],
+    ) -> None:
         try:
-            results = await self._run(_APPEND, calls, beside)
-        except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
-            throttled.warning("send", "journal append to redis failed: %r", exc)
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(JournalError(f"redis unavailable: {exc}"))
+            refused = _blob_refusal(results, prepared)
+            if refused is not None:
+                self._settle(prepared, refused, started)
+                return
+            results = results[len(prepared.beside) :]
+            try:
+                await self._retry_missing(_APPEND, prepared.calls, results)
+            except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
+                self._settle(prepared, exc, started)
+                return
+            self._settle(prepared, results, started)
+        finally:
+            _fail(prepared.batch, "journal closed before the append")  # cancelled by close
+            self._done_in_flight(in_flight)
+
+    def _done_in_flight(self, in_flight: asyncio.Future[None]) -> None:
+        if not in_flight.done():
+            in_flight.set_result(None)
+        if self._in_flight is in_flight:
+            self._in_flight, self._in_flight_batch = None, []
+
+    async def _send(self, prepared: _Prepared) -> None:
+        try:
+            async with self._sending:
+                while self._in_flight is not None:  # a batch written at once goes first
+                    await asyncio.shield(self._in_flight)
+                started = time.perf_counter()
+                try:
+                    results = await self._run(_APPEND, prepared.calls, prepared.beside)
+                except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
+                    self._settle(prepared, exc, started)
+                    return
+                self._settle(prepared, results, started)
+        finally:  # cancelled by close: its appenders hear it, none waits for ever
+            _fail(prepared.batch, "journal closed before the append")
+
+    def _settle(
+        self, prepared: _Prepared, outcome: list[Any] | BaseException, started: float
+    ) -> None:
+        """Each appender hears its conversation's result; all of them an exception raised
+        by the send as a whole."""
+        if isinstance(outcome, BaseException):
+            throttled.warning("send", "journal append to redis failed: %r", outcome)
+            _fail(prepared.batch, f"redis unavailable: {outcome}")
             return
         self.append_seconds.observe(time.perf_counter() - started)
-        for (conversation_id, records), result in zip(grouped.items(), results, strict=True):
+        for (conversation_id, records), result in zip(
+            prepared.grouped.items(), outcome, strict=True
+        ):
             if isinstance(result, ResponseError) and str(result).startswith("FENCED"):
                 for watcher in self._fenced_watchers:
                     watcher(conversation_id)
@@ -389,28 +476,52 @@ class RedisJournal:
         Calls that found the script gone (NOSCRIPT: it never ran) are sent again, once,
         after loading it.
         """
-        results = await self._pipeline(script, calls, beside)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
-            await self._client.script_load(script)
-            again = await self._pipeline(script, [calls[i] for i in missing])
-            for i, result in zip(missing, again, strict=True):
-                results[i] = result
-        return results
-
-    async def _pipeline(
-        self, script: str, calls: list[Call], beside: Sequence[Command] = ()
-    ) -> list[Any]:
         if not calls:
             return []
-        sha = _sha(script)
-        replies = await self._lean.execute(
-            [*beside, *(("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls)]
-        )
+        replies = await self._lean.execute([*beside, *_evalshas(script, calls)])
         refused = next((r for r in replies[: len(beside)] if isinstance(r, Exception)), None)
         if refused is not None:
             raise JournalError(f"redis refused a record's blob: {refused}")
-        return replies[len(beside) :]
+        results = replies[len(beside) :]
+        await self._retry_missing(script, calls, results)
+        return results
+
+    async def _retry_missing(self, script: str, calls: list[Call], results: list[Any]) -> None:
+        """Send again, after loading the script, the calls whose result says NOSCRIPT."""
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            await self._client.script_load(script)
+            again = await self._lean.execute(_evalshas(script, [calls[i] for i in missing]))
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+
+
+def _evalshas(script: str, calls: list[Call]) -> list[Command]:
+    sha = _sha(script)
+    return [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+
+
+@dataclass
+class _Prepared:
+    """A batch made ready to send: its appends, by conversation, and the commands."""
+
+    batch: list[_Queued]
+    grouped: dict[str, list[_Queued]]
+    calls: list[Call]
+    beside: list[Command]
+
+
+def _blob_refusal(results: list[Any], prepared: _Prepared) -> JournalError | None:
+    refused = next((r for r in results[: len(prepared.beside)] if isinstance(r, Exception)), None)
+    if refused is None:
+        return None
+    return JournalError(f"redis refused a record's blob: {refused}")
+
+
+def _fail(batch: list[_Queued], message: str) -> None:
+    for *_, future in batch:
+        if not future.done():
+            future.set_exception(JournalError(message))
 
 
 def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> bytes:

@@ -68,6 +68,10 @@ class Lean(Protocol):
 
     async def execute(self, commands: Sequence[Sequence[Arg]]) -> list[Any]: ...
 
+    def send_now(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]] | None:
+        """Write the commands at once if a connection is up: their replies' futures (in
+        order), else None (then `execute` them)."""
+
     def close(self) -> None: ...
 
 

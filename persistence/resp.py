@@ -156,6 +156,13 @@ class LeanRedis:
         futures = protocol.send(commands)
         return [await future for future in futures]
 
+    def send_now(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]] | None:
+        """`execute` without awaiting: the replies' futures, or None if not connected."""
+        protocol = self._protocol
+        if protocol is None or protocol.lost:
+            return None
+        return protocol.send(commands)
+
     async def _connect(self) -> _Protocol:
         async with self._connecting:
             if self._protocol is not None and not self._protocol.lost:

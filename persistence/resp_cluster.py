@@ -98,6 +98,10 @@ class SlotLean:
             )
         return lean
 
+    def send_now(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]] | None:
+        """Never at once: a batch may span masters, and a redirect needs `execute`."""
+        return None
+
     def close(self) -> None:
         """Our connections; the cluster client is the pool's to close."""
         for lean in self._masters.values():

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from persistence import redis_keys
 from persistence.journal import Entry, JournalError
-from persistence.journal_redis import _APPEND, Call, Fenced, RedisJournal
+from persistence.journal_redis import _APPEND, Fenced, RedisJournal
 from persistence.redis_pool import Lean, RedisPool
 from persistence.resp import Arg
 from tests.backends import redis_journal, redis_settings, wipe_redis
@@ -66,6 +66,32 @@ async def test_appends_and_trims_survive_redis_forgetting_its_scripts(tmp_path: 
         assert payloads(await rival.tail("c1", 0)) == [b"third"]
 
 
+class CountingLean:
+    """The pool's lean channel, counting the script calls of each write."""
+
+    def __init__(self, lean: Lean) -> None:
+        self._lean = lean
+        self.script_calls: list[int] = []
+        self.at_once = 0  # writes made without awaiting (`send_now`)
+
+    def _count(self, commands: Sequence[Sequence[Arg]]) -> None:
+        self.script_calls.append(sum(command[0] == "EVALSHA" for command in commands))
+
+    async def execute(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        self._count(commands)
+        return await self._lean.execute(commands)
+
+    def send_now(self, commands: Sequence[Sequence[Arg]]) -> list[asyncio.Future[Any]] | None:
+        replies = self._lean.send_now(commands)
+        if replies is not None:
+            self._count(commands)
+            self.at_once += 1
+        return replies
+
+    def close(self) -> None:
+        self._lean.close()
+
+
 class GatedLean:
     """The pool's lean channel, holding every batch until `gate` opens: a send in flight
     for as long as a test needs. `calls` counts the batches sent."""
@@ -79,6 +105,9 @@ class GatedLean:
         self.calls += 1
         await self.gate.wait()
         return await self._lean.execute(commands)
+
+    def send_now(self, commands: Sequence[Sequence[Arg]]) -> None:
+        return None  # through `execute`, where the gate holds it
 
     def close(self) -> None:
         self._lean.close()
@@ -182,14 +211,9 @@ async def test_a_conversations_records_of_one_tick_go_in_one_script_call(
         for conversation_id in ("c1", "c2", "c3"):
             await journal.acquire(conversation_id)
         await rival.acquire("c3")  # c3 is fenced for `journal`
-        sent: list[int] = []
-        run = journal._run
-
-        async def counted(script: str, calls: list[Call], beside: Any = ()) -> list[object]:
-            sent.append(len(calls))
-            return await run(script, calls, beside)
-
-        monkeypatch.setattr(journal, "_run", counted)
+        counting = CountingLean(journal._lean)
+        monkeypatch.setattr(journal, "_lean", counting)
+        sent = counting.script_calls
         c1 = [journal.append("c1", seq, b"c1-%d" % seq) for seq in range(1, 6)]
         c2 = [journal.append("c2", seq, b"c2-%d" % seq) for seq in range(1, 4)]
         c3 = journal.append("c3", 1, b"stale")
@@ -342,3 +366,60 @@ async def test_a_large_record_survives_redis_forgetting_its_scripts(tmp_path: Pa
             client.script_flush()
         await journal.append("c1", 1, big(1))
         assert payloads(await journal.tail("c1", 0)) == [big(1)]
+
+
+# -- a batch written at once when nothing else is being sent --------------------------------
+
+
+async def test_a_lone_append_is_written_at_once_and_those_after_it_wait_their_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with redis_journal(tmp_path) as journal:
+        for conversation_id in ("c1", "c2"):
+            await journal.acquire(conversation_id)
+        counting = CountingLean(journal._lean)
+        monkeypatch.setattr(journal, "_lean", counting)
+        first = journal.append("c1", 1, b"one")
+        await until(lambda: counting.at_once == 1)  # written, its reply not yet read
+        later = [journal.append("c1", 2, b"two"), journal.append("c2", 1, b"c2 one")]
+        await asyncio.gather(first, *later)
+        assert counting.script_calls == [1, 2] and counting.at_once == 1
+        assert payloads(await journal.tail("c1", 0)) == [b"one", b"two"]
+        assert payloads(await journal.tail("c2", 0)) == [b"c2 one"]
+
+
+async def test_a_batch_written_at_once_that_meets_noscript_keeps_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis forgot the script: the batch is sent again after loading it, and a batch
+    queued meanwhile goes only after that (the same conversation's next seq here)."""
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+        await journal.append("c1", 1, b"one")
+        counting = CountingLean(journal._lean)
+        monkeypatch.setattr(journal, "_lean", counting)
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.script_flush()
+        second = journal.append("c1", 2, b"two")
+        await until(lambda: counting.at_once == 1)
+        third = journal.append("c1", 3, b"three")
+        await second
+        await third
+        assert payloads(await journal.tail("c1", 0)) == [b"one", b"two", b"three"]
+        assert counting.script_calls == [1, 1, 1]  # at once, again after loading, the next
+
+
+async def test_close_waits_for_a_batch_written_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with redis_journal(tmp_path) as reader:
+        journal = await RedisJournal(reader._pool).__aenter__()
+        await journal.acquire("c1")
+        counting = CountingLean(journal._lean)
+        monkeypatch.setattr(journal, "_lean", counting)
+        append = journal.append("c1", 1, b"in flight")
+        await until(lambda: counting.at_once == 1)
+        await journal.__aexit__(None, None, None)
+        assert append.done() and append.result() is None  # acked, not cut short
+        assert journal._in_flight is None
+        assert payloads(await reader.tail("c1", 0)) == [b"in flight"]
