@@ -223,13 +223,16 @@ class RedisJournal:
         batch, self._batch, self._scheduled = self._batch, [], None
         if not batch:
             return
-        prepared = self._prepare(batch)
-        if not prepared.calls:
-            return  # every appender heard already (not acquired, or gone)
-        idle = not self._sends and not self._sending.locked() and self._in_flight is None
-        if idle and self._send_now(prepared):
-            return
-        task = asyncio.create_task(self._send(prepared), name="redis-journal-send")
+        prepared = None
+        if not self._sends and not self._sending.locked() and self._in_flight is None:
+            prepared = self._prepare(batch)
+            if not prepared.calls:
+                return  # every appender heard already (not acquired, or gone)
+            if self._send_now(prepared):
+                return
+        # Behind another send, the batch is made ready when its turn comes (an appender
+        # that stops waiting meanwhile, or a conversation released, is left out).
+        task = asyncio.create_task(self._send(batch, prepared), name="redis-journal-send")
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
@@ -331,11 +334,13 @@ class RedisJournal:
         if self._in_flight is in_flight:
             self._in_flight, self._in_flight_batch = None, []
 
-    async def _send(self, prepared: _Prepared) -> None:
+    async def _send(self, batch: list[_Queued], prepared: _Prepared | None) -> None:
         try:
             async with self._sending:
                 while self._in_flight is not None:  # a batch written at once goes first
                     await asyncio.shield(self._in_flight)
+                if prepared is None:
+                    prepared = self._prepare(batch)
                 started = time.perf_counter()
                 try:
                     results = await self._run(_APPEND, prepared.calls, prepared.beside)
@@ -344,7 +349,7 @@ class RedisJournal:
                     return
                 self._settle(prepared, results, started)
         finally:  # cancelled by close: its appenders hear it, none waits for ever
-            _fail(prepared.batch, "journal closed before the append")
+            _fail(batch, "journal closed before the append")
 
     def _settle(
         self, prepared: _Prepared, outcome: list[Any] | BaseException, started: float
