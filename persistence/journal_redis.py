@@ -76,13 +76,17 @@ return 1
 """
 
 # KEYS: stream, shard's journaled set, blob hash. ARGV: the first entry id kept
-# ("{seq}-0"), conversation id. Blob fields are "{seq}:{epoch}": those below are gone.
+# ("{seq}-0"), conversation id. Blob fields are "{seq}:{epoch}": only those below the
+# kept seq go. Never the whole hash: an append's HSET may have landed while its script
+# call has not (Redis reads a large argument on its own, serving others meanwhile), and
+# a hash whose last field goes is gone anyway.
 _TRIM = """
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
 if redis.call('XLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[2], ARGV[2])
-elseif redis.call('EXISTS', KEYS[3]) == 1 then
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
   local kept = tonumber(string.match(ARGV[1], '^%d+'))
   for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
     if tonumber(string.match(field, '^%d+')) < kept then redis.call('HDEL', KEYS[3], field) end
@@ -286,21 +290,26 @@ class RedisJournal:
         started = time.perf_counter()
 
         def replied(_: object) -> None:
-            if any(reply.exception() is not None for reply in replies):
-                error = next(e for r in replies if (e := r.exception()) is not None)
-                self._settle(prepared, error, started)
-            else:
-                results = [reply.result() for reply in replies]
-                if any(isinstance(r, NoScriptError) for r in results[len(prepared.beside) :]):
+            handed_over = False
+            try:
+                error = next((e for r in replies if (e := r.exception()) is not None), None)
+                if error is not None:
+                    self._settle(prepared, error, started)
+                    return
+                results = [reply.result() for reply in replies][len(prepared.beside) :]
+                if any(isinstance(result, NoScriptError) for result in results):
                     # Redis forgot the script: load it and send those again, in their
                     # place (no other send starts until this one is done).
                     task = asyncio.create_task(self._resend(prepared, results, started, in_flight))
                     self._sends.add(task)
                     task.add_done_callback(self._sends.discard)
+                    handed_over = True
                     return
-                refused = _blob_refusal(results, prepared)
-                self._settle(prepared, refused or results[len(prepared.beside) :], started)
-            self._done_in_flight(in_flight)
+                self._settle(prepared, results, started)
+            finally:  # whatever raised, no appender and no later send waits for ever
+                if not handed_over:
+                    _fail(prepared.batch, "journal send failed")
+                    self._done_in_flight(in_flight)
 
         replies[-1].add_done_callback(replied)  # replies come in order: the last is the last
         return True
@@ -313,11 +322,6 @@ class RedisJournal:
         in_flight: asyncio.Future[None],
     ) -> None:
         try:
-            refused = _blob_refusal(results, prepared)
-            if refused is not None:
-                self._settle(prepared, refused, started)
-                return
-            results = results[len(prepared.beside) :]
             try:
                 await self._retry_missing(_APPEND, prepared.calls, results)
             except Exception as exc:  # noqa: BLE001 - appenders must hear of any failure
@@ -366,7 +370,10 @@ class RedisJournal:
         ):
             if isinstance(result, ResponseError) and str(result).startswith("FENCED"):
                 for watcher in self._fenced_watchers:
-                    watcher(conversation_id)
+                    try:
+                        watcher(conversation_id)
+                    except Exception:  # noqa: BLE001 - the appenders must still hear
+                        log.exception("a fenced watcher failed for %s", conversation_id)
             for *_, future in records:
                 if future.done():  # its appender stopped waiting meanwhile
                     continue
@@ -406,9 +413,11 @@ class RedisJournal:
 
         A blob read after its entry is gone only if a trim took both meanwhile (it
         removes them in one script, and only once they are stored): the stream is then
-        read again, without it."""
+        read again, without it. One missing again while its entry stays is lost (an
+        evicting Redis): its record comes back empty, so replay sets it aside."""
         stream = redis_keys.journal(conversation_id)
         beside = redis_keys.journal_blobs(conversation_id)
+        missing_before: set[bytes] = set()
         try:
             for _ in range(TAIL_READS):
                 entries = cast(
@@ -421,8 +430,13 @@ class RedisJournal:
                 if named:
                     found = await self._client.hmget(beside, named)
                     blobs = dict(zip(named, cast(list[bytes | None], found), strict=True))
-                if None not in blobs.values():
+                missing = {name for name, blob in blobs.items() if blob is None}
+                if missing and missing <= missing_before:  # twice, entries kept: no trim
+                    log.error("journal of %s: blobs %s are gone (evicted?): their records are "
+                              "set aside", conversation_id, sorted(missing))  # fmt: skip
+                if not missing or missing <= missing_before:
                     return [Entry(_record(fields, blobs), origin) for origin, fields in read]
+                missing_before = missing
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
         raise JournalError(f"the journal of {conversation_id} kept changing under its read")
@@ -475,8 +489,9 @@ class RedisJournal:
         self, script: str, calls: list[Call], beside: Sequence[Command] = ()
     ) -> list[Any]:
         """Run `script` once per call, in order, in one pipeline: each call's result or error.
-        `beside` (an append's blobs) goes first in the same write; an error reply to any
-        of it fails the whole send (the script then refused the entries that needed it).
+        `beside` (an append's blobs) goes first in the same write; their replies are not
+        looked at: a blob that did not land makes its own script call refuse (NOBLOB),
+        and only that conversation's appends fail.
 
         Calls that found the script gone (NOSCRIPT: it never ran) are sent again, once,
         after loading it.
@@ -484,9 +499,6 @@ class RedisJournal:
         if not calls:
             return []
         replies = await self._lean.execute([*beside, *_evalshas(script, calls)])
-        refused = next((r for r in replies[: len(beside)] if isinstance(r, Exception)), None)
-        if refused is not None:
-            raise JournalError(f"redis refused a record's blob: {refused}")
         results = replies[len(beside) :]
         await self._retry_missing(script, calls, results)
         return results
@@ -516,13 +528,6 @@ class _Prepared:
     beside: list[Command]
 
 
-def _blob_refusal(results: list[Any], prepared: _Prepared) -> JournalError | None:
-    refused = next((r for r in results[: len(prepared.beside)] if isinstance(r, Exception)), None)
-    if refused is None:
-        return None
-    return JournalError(f"redis refused a record's blob: {refused}")
-
-
 def _fail(batch: list[_Queued], message: str) -> None:
     for *_, future in batch:
         if not future.done():
@@ -530,9 +535,10 @@ def _fail(batch: list[_Queued], message: str) -> None:
 
 
 def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> bytes:
-    """An entry's record: its own field, or the blob its field names (read, not None)."""
+    """An entry's record: its own field, or the blob its field names (b"" if that is
+    lost: replay sets it aside as undecodable)."""
     named = fields.get(BLOB_KEY)
-    return fields[RECORD_KEY] if named is None else cast(bytes, blobs[named])
+    return fields[RECORD_KEY] if named is None else blobs[named] or b""
 
 
 def _trim_keys(conversation_id: str) -> list[str]:

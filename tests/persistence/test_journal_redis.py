@@ -315,17 +315,22 @@ async def test_a_fenced_large_append_leaves_no_blob(tmp_path: Path) -> None:
 
 
 async def test_an_entry_whose_blob_never_arrived_is_refused_whole(tmp_path: Path) -> None:
-    """The script checks every blob its call names before it adds any entry: a send whose
-    HSET was refused (here the blob key holds a string) acknowledges nothing of it."""
+    """The script checks every blob its call names before it adds any entry: a call whose
+    HSET was refused (here the blob key holds a string) acknowledges nothing of it, and
+    another conversation's call in the same send is acknowledged as it landed."""
     async with redis_journal(tmp_path) as journal:
-        await journal.acquire("c1")
+        for conversation_id in ("c1", "c2"):
+            await journal.acquire(conversation_id)
         await journal.append("c1", 1, b"one")
         with redis.Redis.from_url(REDIS_URL) as client:
             client.set(redis_keys.journal_blobs("c1"), b"in the way")
         small, large = journal.append("c1", 2, b"two"), journal.append("c1", 3, big(3))
+        other = journal.append("c2", 1, b"c2 one")
         for append in (small, large):
             with pytest.raises(JournalError):
                 await append
+        await other
+        assert payloads(await journal.tail("c2", 0)) == [b"c2 one"]
         with redis.Redis.from_url(REDIS_URL) as client:
             client.delete(redis_keys.journal_blobs("c1"))
         assert payloads(await journal.tail("c1", 0)) == [b"one"]
@@ -423,3 +428,53 @@ async def test_close_waits_for_a_batch_written_at_once(
         assert append.done() and append.result() is None  # acked, not cut short
         assert journal._in_flight is None
         assert payloads(await reader.tail("c1", 0)) == [b"in flight"]
+
+
+async def test_a_trim_that_empties_the_stream_keeps_the_blob_of_an_append_under_way(
+    tmp_path: Path,
+) -> None:
+    """Redis reads a large argument on its own and serves others meanwhile: a trim may
+    run between an append's HSET and its script call."""
+    async with redis_journal(tmp_path) as journal, redis_journal(tmp_path) as flusher:
+        await journal.acquire("c1")
+        await journal.append("c1", 1, b"one")
+        epoch, blobs = journal.epoch("c1"), redis_keys.journal_blobs("c1")
+        await journal._lean.execute([("HSET", blobs, f"2:{epoch}", big(2))])  # landed first
+        await flusher.trim(None, {"c1": 1})  # the stream is empty now
+        keys = [redis_keys.journal("c1"), redis_keys.epoch("c1"), redis_keys.journaled_of("c1"),
+                blobs]  # fmt: skip
+        assert await journal._run(_APPEND, [(keys, [epoch, "c1", 2, "b", f"2:{epoch}"])]) == [1]
+        assert payloads(await journal.tail("c1", 0)) == [big(2)]
+
+
+async def test_a_fenced_watcher_that_raises_holds_up_no_appender_nor_later_send(
+    tmp_path: Path,
+) -> None:
+    async with redis_journal(tmp_path) as old_owner, redis_journal(tmp_path) as new_owner:
+        for conversation_id in ("c1", "c2"):
+            await old_owner.acquire(conversation_id)
+        await new_owner.acquire("c1")
+
+        def broken(conversation_id: str) -> None:
+            raise RuntimeError(f"watcher of {conversation_id} broke")
+
+        old_owner.on_fenced(broken)
+        with pytest.raises(Fenced):
+            await old_owner.append("c1", 1, b"stale")
+        async with asyncio.timeout(5):  # a hang detector
+            await old_owner.append("c2", 1, b"later")
+        assert payloads(await old_owner.tail("c2", 0)) == [b"later"]
+
+
+async def test_a_blob_gone_while_its_entry_stays_comes_back_empty_to_be_set_aside(
+    tmp_path: Path,
+) -> None:
+    """An evicting Redis may drop a blob: its record is handed on empty (replay sets it
+    aside as undecodable) rather than failing every read of the conversation."""
+    async with redis_journal(tmp_path) as journal:
+        await journal.acquire("c1")
+        for seq, record in enumerate([b"one", big(2), b"three"], start=1):
+            await journal.append("c1", seq, record)
+        with redis.Redis.from_url(REDIS_URL) as client:
+            client.hdel(redis_keys.journal_blobs("c1"), f"2:{journal.epoch('c1')}")
+        assert payloads(await journal.tail("c1", 0)) == [b"one", b"", b"three"]
