@@ -52,6 +52,9 @@ def deep_conversation(depth: int, children: int = 0) -> Seeded:
     return Seeded(cid, chain, under)
 
 
+SEED_CHUNK = 1_000  # messages per store write
+
+
 async def seed(settings: Settings, seeded: Seeded) -> None:
     """Write the conversation into the store `settings` name (before the node starts)."""
     nodes = [*seeded.chain, *seeded.children]
@@ -60,10 +63,15 @@ async def seed(settings: Settings, seeded: Seeded) -> None:
         seeded.conversation_id, root.message_id, "deep", None, _AT, "owner", nodes[-1].created_at,
         False, None, None, len(nodes), 1,
     )  # fmt: skip
-    changes = Changes(
-        conversation=meta,
-        messages={node.message_id: node for node in nodes},
-        version=1,
-    )
     async with open_store(settings) as store:
-        await store.write(seeded.conversation_id, changes)
+        # In writes of a fork's size: one write of 10,000 messages sends ~140 batches at
+        # once, and a shared Cassandra on a busy machine let one pass its request timeout.
+        for start in range(0, len(nodes), SEED_CHUNK):
+            chunk = nodes[start : start + SEED_CHUNK]
+            last = start + SEED_CHUNK >= len(nodes)
+            changes = Changes(
+                conversation=meta if last else None,
+                messages={node.message_id: node for node in chunk},
+                version=1,
+            )
+            await store.write(seeded.conversation_id, changes)
