@@ -25,7 +25,7 @@ from pathlib import Path
 import uvloop
 
 from bench.client import run
-from bench.compare import CASSANDRA, requests, seed
+from bench.compare import CASSANDRA, drop_keyspaces, requests, seed
 from bench.cpu import tree_cpu_seconds
 from bench.node import free_port, node, pin
 from bench.target import Server
@@ -51,10 +51,13 @@ async def measure(trees: dict[str, str], rounds: int, per: int, redis_url: str) 
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         pin(os.getpid(), {1} if (os.cpu_count() or 1) > 1 else None)
         servers: dict[str, tuple[Server, list[bytes]]] = {}
+        keyspaces: list[str] = []
+        stack.callback(drop_keyspaces, keyspaces)  # last, once the nodes have stopped
         for name, tree in trees.items():
             port, data_dir = free_port(), Path(scratch) / name
             data_dir.mkdir()
             keyspace = f"canopy_fork_{name}_{os.getpid()}"
+            keyspaces.append(keyspace)
             started = stack.enter_context(
                 node(
                     command(tree, port, data_dir, keyspace, redis_url),
