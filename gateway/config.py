@@ -158,15 +158,11 @@ class Settings:
 
     def flusher_in_child(self) -> bool:
         """Whether the write-behind runs in a `canopy flusher` child: `on`, or `auto` on
-        Cassandra for one node of one worker, where it was measured better (fork p99
-        ~20 against 47-110 ms, docs/decisions.md) and nothing refuses it."""
+        Cassandra, where it was measured better (fork p99 ~20 against 47-110 ms,
+        docs/decisions.md), when nothing refuses it (one worker, no cluster, ...)."""
         if self.flusher_process != "auto":
             return self.flusher_process == "on"
-        return (
-            self.store == "scylla"
-            and self.worker_count() == 1
-            and not flusher_process_refused(self)
-        )
+        return self.store == "scylla" and not flusher_process_refused(self)
 
     def flusher(self) -> FlusherConfig:
         return FlusherConfig(
@@ -469,9 +465,6 @@ def check_workers(settings: Settings) -> None:
         raise ValueError("--workers above 1 with --accounts needs a shared store (--store "
                          "scylla): accounts live in one store, and the workers shard "
                          "SQLite")  # fmt: skip
-    if settings.flusher_process == "on":
-        raise ValueError("--workers above 1 with --flusher-process is not supported yet "
-                         "(each worker's flusher takes every journaled conversation)")  # fmt: skip
     if settings.cluster != "none" and settings.advertise_url:
         raise ValueError("--advertise-url names one address, and each of --workers is a "
                          "cluster member of its own: each advertises its own peer port on "
@@ -495,6 +488,9 @@ def flusher_process_refused(settings: Settings) -> str:
     if settings.durability == "store":
         return ("--flusher-process cannot acknowledge after the store commit: "
                 "--durability store writes in the serving process")  # fmt: skip
+    if settings.worker_count() > 1:
+        return ("--workers above 1 with --flusher-process is not supported yet "
+                "(each worker's flusher takes every journaled conversation)")  # fmt: skip
     if settings.cluster != "none":  # as with --workers: untested, so refused
         return ("--cluster redis with --flusher-process is not supported yet (each node's "
                 "flusher would take every journaled conversation, its peers' too)")  # fmt: skip

@@ -228,7 +228,7 @@ class RedisJournal:
         if not batch:
             return
         prepared = None
-        if not self._sends and not self._sending.locked() and self._in_flight is None:
+        if not self._sends and self._in_flight is None:  # the lock is only held by a send
             prepared = self._prepare(batch)
             if not prepared.calls:
                 return  # every appender heard already (not acquired, or gone)
@@ -255,13 +255,8 @@ class RedisJournal:
         calls: list[Call] = []
         beside: list[Command] = []  # the blobs' HSETs, sent just ahead of the script calls
         for conversation_id, records in grouped.items():
-            blobs = redis_keys.journal_blobs(conversation_id)
-            keys = [
-                redis_keys.journal(conversation_id),
-                redis_keys.epoch(conversation_id),
-                redis_keys.journaled_of(conversation_id),
-                blobs,
-            ]
+            keys = append_keys(conversation_id)
+            blobs = keys[3]
             epoch = self._epochs[conversation_id]
             args: list[str | int | bytes] = [epoch, conversation_id]
             for _, seq, payload, _ in records:
@@ -539,6 +534,16 @@ def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> 
     lost: replay sets it aside as undecodable)."""
     named = fields.get(BLOB_KEY)
     return fields[RECORD_KEY] if named is None else blobs[named] or b""
+
+
+def append_keys(conversation_id: str) -> list[str]:
+    """The KEYS of `_APPEND`: stream, epoch, the shard's journaled set, blob hash."""
+    return [
+        redis_keys.journal(conversation_id),
+        redis_keys.epoch(conversation_id),
+        redis_keys.journaled_of(conversation_id),
+        redis_keys.journal_blobs(conversation_id),
+    ]
 
 
 def _trim_keys(conversation_id: str) -> list[str]:

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from persistence import redis_keys
 from persistence.journal import Entry, JournalError
-from persistence.journal_redis import _APPEND, Fenced, RedisJournal
+from persistence.journal_redis import _APPEND, Fenced, RedisJournal, append_keys
 from persistence.redis_pool import Lean, RedisPool
 from persistence.resp import Arg
 from tests.backends import redis_journal, redis_settings, wipe_redis
@@ -335,8 +335,7 @@ async def test_an_entry_whose_blob_never_arrived_is_refused_whole(tmp_path: Path
             client.delete(redis_keys.journal_blobs("c1"))
         assert payloads(await journal.tail("c1", 0)) == [b"one"]
         epoch = journal.epoch("c1")
-        keys = [redis_keys.journal("c1"), redis_keys.epoch("c1"), redis_keys.journaled_of("c1"),
-                redis_keys.journal_blobs("c1")]  # fmt: skip
+        keys = append_keys("c1")
         [refused] = await journal._run(_APPEND, [(keys, [epoch, "c1", 2, "b", f"2:{epoch}"])])
         assert isinstance(refused, ResponseError) and str(refused).startswith("NOBLOB")
         assert payloads(await journal.tail("c1", 0)) == [b"one"]
@@ -441,8 +440,7 @@ async def test_a_trim_that_empties_the_stream_keeps_the_blob_of_an_append_under_
         epoch, blobs = journal.epoch("c1"), redis_keys.journal_blobs("c1")
         await journal._lean.execute([("HSET", blobs, f"2:{epoch}", big(2))])  # landed first
         await flusher.trim(None, {"c1": 1})  # the stream is empty now
-        keys = [redis_keys.journal("c1"), redis_keys.epoch("c1"), redis_keys.journaled_of("c1"),
-                blobs]  # fmt: skip
+        keys = append_keys("c1")
         assert await journal._run(_APPEND, [(keys, [epoch, "c1", 2, "b", f"2:{epoch}"])]) == [1]
         assert payloads(await journal.tail("c1", 0)) == [big(2)]
 
