@@ -342,6 +342,31 @@ async def test_each_open_and_mark_starts_a_segment_and_trim_deletes_files(
     assert journal.segments() == ["journal-0000000002.log", "journal-0000000003.log"]
 
 
+async def test_a_trim_removes_the_segments_it_knows_without_listing_the_directory(
+    open_journal: OpenJournal, journal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher trims up to 20 times a second, on the event loop: no directory listing
+    there, and only this journal's segments go (recovered ones once released)."""
+    await (await open_journal()).__aexit__(None, None, None)  # nothing written: no file
+    (journal_dir / "journal-0000000001.log").write_bytes(SEGMENT_MAGIC)  # found at start
+    journal = await open_journal()
+    await replayed(journal)
+    journal.recovered()
+    await journal.append("c", 1, payload(1))  # opens segment 2
+    marks = [await journal.mark() for _ in range(3)]  # segments 3, 4, 5
+    (journal_dir / "notes.txt").write_text("an operator's file")
+
+    def no_listing(self: Path) -> None:
+        raise AssertionError(f"{self} was listed")
+
+    monkeypatch.setattr(Path, "iterdir", no_listing)
+    await journal.trim(marks[1], {"c": 1})  # below segment 4: 1, 2 and 3 go
+    await journal.trim(marks[1], {"c": 1})  # again: nothing left to remove, nothing fails
+    monkeypatch.undo()
+    assert journal.segments() == ["journal-0000000004.log", "journal-0000000005.log"]
+    assert (journal_dir / "notes.txt").exists()
+
+
 async def test_a_trim_under_steady_appends_waits_only_for_those_made_before_it(
     open_journal: OpenJournal,
 ) -> None:
