@@ -12,7 +12,9 @@ Systems, each a server subprocess started fresh on each store:
              message, children by parent, lineage by a parent walk) and every write
              goes through to the store, as a conventional store-backed service does
   ceiling    `python -m bench.ceiling`: bare aiohttp+uvloop answering a constant
-             message-sized JSON body; get_message only
+             message-sized JSON body; get_message and append only
+  floor      `python -m bench.floor`: the same answers from a bare uvloop Protocol (no
+             framework): what ceiling costs above it is aiohttp's cost per request
   NAME       `--target NAME=URL[,pid=N]` (repeatable; URL `http://HOST[:PORT]`): a
              server already running that speaks seed 000's API (e.g. the service Canopy
              replaces), seeded and shape-checked like the others on every store run and
@@ -38,12 +40,12 @@ For each op: a brief warm-up; at concurrency 1 a bounded number of sequential re
 (1000 reads, 300 appends, 50 forks; capped at 10 s) gives p50 and p99; at concurrency
 32 keep-alive connections, min(N requests, 3 s) in three slices gives rps (the median
 slice's). --quick divides the counts by 5 and caps the phases at 2 s and 1 s. The
-ceiling stays up beside canopy and their get_message slices alternate, so a drift in
-the machine's speed moves both. With two or more CPUs the servers are pinned to one and
-this client (bench/client.py: no per-request coroutine, no body copies, no JSON) to
-another; the table shows both processes' CPU use at concurrency 32, so a saturated
-client would show, and the rest of the machine's (a co-located Cassandra competes for
-the same cores).
+ceiling and the floor stay up beside canopy and their slices alternate with canopy's,
+so a drift in the machine's speed moves them all. With two or more CPUs the servers
+are pinned to one and this client (bench/client.py: no per-request coroutine, no body
+copies, no JSON) to another; the table shows both processes' CPU use at concurrency
+32, so a saturated client would show, and the rest of the machine's (a co-located
+Cassandra competes for the same cores).
 
 Every row's `cpu_us` is the server's CPU microseconds per request at concurrency 32:
 utime + stime from /proc/<pid>/stat over the timed slices, summed over the server's
@@ -154,15 +156,21 @@ def _serve(*extra: str) -> Callable[[int, Path], list[str]]:
     return command
 
 
+def _bare(module: str) -> Callable[[int, Path], list[str]]:
+    return lambda port, _: [sys.executable, "-m", module, "--port", str(port)]
+
+
+BARE_OPS = ("get_message", "append")  # what the bare servers answer
 SYSTEMS = (
-    System("ceiling", ("get_message",), lambda port, _: [sys.executable, "-m", "bench.ceiling",
-                                                          "--port", str(port)], uses_store=False),
+    System("ceiling", BARE_OPS, _bare("bench.ceiling"), uses_store=False),
+    System("floor", BARE_OPS, _bare("bench.floor"), uses_store=False),
     System("canopy", OPS, _serve()),
     System("cache_off", OPS, _serve("--cache", "off")),
     System("canopy_inproc", OPS, _serve("--flusher-process", "off"), needs_redis=True),
-)  # fmt: skip
-ORDER = ("canopy", "canopy_inproc", "cache_off", "ceiling")  # in the table, under each op
-DEFAULT_SYSTEMS = ("canopy", "cache_off", "ceiling")
+)
+BARE = ("ceiling", "floor")
+ORDER = ("canopy", "canopy_inproc", "cache_off", "ceiling", "floor")  # in the table, under each op
+DEFAULT_SYSTEMS = ("canopy", "cache_off", "ceiling", "floor")
 
 
 # -- processes -----------------------------------------------------------------------------
@@ -331,7 +339,7 @@ def requests(op: str, w: Workload, server: Server) -> list[bytes]:
     return [build_request("POST", f"{API}/{w.b}/fork", fork, port=port, host=host)]
 
 
-CEILING_WORKLOAD = Workload(
+BARE_WORKLOAD = Workload(
     a="00000000-0000-4000-8000-000000000000", t="", b="",
     a_depth2="00000000-0000-4000-8000-000000000002", a_leaf="",
 )  # fmt: skip
@@ -490,16 +498,16 @@ async def seeded(server: Server, system: str, store: Store) -> Workload:
 
 
 async def run_store(plan: Plan, store: Store) -> None:
-    """Every system on `store`. The ceiling and the --target servers stay up beside
+    """Every system on `store`. The bare servers and the --target servers stay up beside
     canopy (idle servers cost nothing) and their slices alternate with canopy's; without
     canopy each is measured alone."""
-    ceiling = next((s for s in plan.systems if s.name == "ceiling"), None)
-    others = [s for s in plan.systems if s is not ceiling and (store.redis or not s.needs_redis)]
+    bare = [s for s in plan.systems if s.name in BARE]
+    others = [s for s in plan.systems if s not in bare and (store.redis or not s.needs_redis)]
     with contextlib.ExitStack() as stack:
         beside: list[Beside] = []
-        if ceiling:
-            server = stack.enter_context(start(plan, store, ceiling)).server()
-            beside.append(Beside(server, "ceiling", CEILING_WORKLOAD, ("get_message",)))
+        for system in bare:
+            server = stack.enter_context(start(plan, store, system)).server()
+            beside.append(Beside(server, system.name, BARE_WORKLOAD, system.ops))
         for external in plan.externals:
             try:
                 workload = await seeded(external.server, external.name, store)
@@ -558,7 +566,6 @@ def table(results: list[Measurement], store: str) -> str:
         f"{'srv cpu':>7} {'cpu us':>7} {'cli cpu':>7} {'oth cpu':>7}"
     )
     lines = [f"store: {store}", head, "-" * len(head)]
-    ceiling = find(results, "get_message", "ceiling", store)
     rows = sorted(
         (m for m in results if m.store == store),
         key=lambda m: (OPS.index(m.op), *place(m.system)),
@@ -569,7 +576,8 @@ def table(results: list[Measurement], store: str) -> str:
             off = find(results, m.op, "cache_off", store)
             cells[0] = f"{ratio(off.p50_ms, m.p50_ms):.1f}x" if off else "n/a"
             cells[1] = f"{ratio(m.rps, off.rps):.1f}x" if off else "n/a"
-            if m.op == "get_message":
+            ceiling = find(results, m.op, "ceiling", store)
+            if m.op in BARE_OPS:
                 cells[2] = f"{ratio(m.rps, ceiling.rps):.2f}" if ceiling else "n/a"
         lines.append(
             f"{m.op:<12} {m.system:<10} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.rps:>9,.0f} "

@@ -7,6 +7,7 @@ right, not what they are.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -73,6 +74,58 @@ async def test_post_bodies_and_decoded_answers(ceiling: int) -> None:
         assert (await call(connection, "GET", PATH))["depth"] == 2
     finally:
         connection.close()
+
+
+@pytest.fixture(scope="module")
+def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    port = free_port()
+    command = [sys.executable, "-m", "bench.floor", "--port", str(port)]
+    log = tmp_path_factory.mktemp("floor") / "floor.log"
+    with node(command, port, log, cpus=None):
+        yield port
+
+
+async def test_the_floor_answers_as_the_ceiling_does(ceiling: int, floor: int) -> None:
+    """The bare Protocol and the bare aiohttp app give the same bodies, so their cpu_us
+    compare like for like."""
+    messages = PATH.rsplit("/", 1)[0]
+    answers = []
+    for port in (ceiling, floor):
+        connection = await Connection.open(port)
+        try:
+            got = await call(connection, "GET", PATH)
+            appended = await call(connection, "POST", messages, {"role": "human"})
+            answers.append((got, appended))
+        finally:
+            connection.close()
+    assert answers[0] == answers[1]
+    got, appended = answers[1]
+    assert (got["depth"], appended["depth"]) == (2, 3)
+    assert appended["parent_message_id"] == got["message_id"]
+
+
+async def test_the_floor_serves_pipelined_requests_split_anyhow(floor: int) -> None:
+    messages = PATH.rsplit("/", 1)[0]
+    requests = [
+        build_request("POST", messages, {"text": "x" * 3000}, port=floor),
+        build_request("GET", "/nowhere", port=floor),
+        build_request("GET", PATH, port=floor),
+    ]
+    reader, writer = await asyncio.open_connection("127.0.0.1", floor)
+    try:
+        data = b"".join(requests)
+        for at in range(0, len(data), 7):  # heads and bodies cut mid-way
+            writer.write(data[at : at + 7])
+            await writer.drain()
+        statuses = []
+        for _ in requests:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length)
+            statuses.append((head.split(b" ")[1], json.loads(body).get("depth")))
+        assert statuses == [(b"200", 3), (b"404", None), (b"200", 2)]
+    finally:
+        writer.close()
 
 
 async def test_a_dead_server_is_an_error_not_a_hang(tmp_path: Path) -> None:
@@ -188,14 +241,15 @@ def test_compare_measures_a_target_beside_canopy(tmp_path: Path) -> None:
     with node(serve, port, tmp_path / "other.log", cpus=None) as other:
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "bench.compare", "--quick", "--no-pin",
-                   "--stores", "sqlite", "--systems", "canopy", "--ops", "get_message,append",
+                   "--stores", "sqlite", "--systems", "canopy,ceiling,floor",
+                   "--ops", "get_message,append",
                    "--target", f"other={url},pid={other.process.pid}", "--target", f"blind={url}",
                    "--json", str(out)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {(r["op"], r["system"]): r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {(op, s) for op in ("get_message", "append")
-                         for s in ("canopy", "other", "blind")}  # fmt: skip
+                         for s in ("canopy", "ceiling", "floor", "other", "blind")}  # fmt: skip
     for (_, system), row in rows.items():
         assert row["rps"] > 0 and row["p50_ms"] > 0
         if system == "blind":
