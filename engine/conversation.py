@@ -90,19 +90,22 @@ class ConversationState:
 
     def refuses(self, event: Event) -> str | None:
         """Why a replayed event cannot apply to this state (live mutations are validated
-        before they are journaled, so only damage or a gap makes one inconsistent)."""
+        before they are journaled, so only damage or a gap makes one inconsistent).
+
+        A store write cut short (a crash, or one of its batches failing) can leave rows
+        of records after the stored version in the store: a message, a deleted branch or
+        share, without the conversation row that carries the version. Those records
+        apply again over themselves: the message as it is stored, the deletion a no-op.
+        """
         match event:
             case Appended(message=node, branch_id=branch_id):
                 if node.parent_id not in self.tree:
                     return f"the parent of message {node.message_id} is missing"
-                if node.message_id in self.tree:
+                held = self.tree.get(node.message_id)
+                if held is not None and held != node:
                     return f"message {node.message_id} exists already"
                 if branch_id is not None and branch_id not in self.branches:
                     return f"branch {branch_id} is missing"
-            case BranchDeleted(branch_id=branch_id) if branch_id not in self.branches:
-                return f"branch {branch_id} is missing"
-            case ShareRevoked(shared_with=user) if user not in self.shares:
-                return f"no share with {user} to revoke"
             case BranchSet(branch=branch) if branch.leaf_message_id not in self.tree:
                 return f"leaf {branch.leaf_message_id} is missing"
             case Created():
@@ -115,8 +118,9 @@ class ConversationState:
         tree = self.tree
         match event:
             case Appended(message=node, branch_id=branch_id):
-                tree.add(node)
-                self._message_bytes += message_bytes(node.content)
+                if node.message_id not in tree:  # else stored ahead of the row (`refuses`)
+                    tree.add(node)
+                    self._message_bytes += message_bytes(node.content)
                 changes.messages[node.message_id] = node
                 changes.nbytes += len(node.content)
                 meta = replace(
@@ -152,7 +156,7 @@ class ConversationState:
             case BranchSet(branch=branch):
                 self._set_branch(branch, changes)
             case BranchDeleted(branch_id=branch_id):
-                del self.branches[branch_id]
+                self.branches.pop(branch_id, None)
                 changes.branches[branch_id] = None
             case ShareSet(share=share):
                 # Re-sharing moves the user last: shares stay ordered by shared_at, as loaded.
@@ -160,7 +164,7 @@ class ConversationState:
                 self.shares[share.shared_with] = share
                 changes.shares[share.shared_with] = share
             case ShareRevoked(shared_with=user):
-                del self.shares[user]
+                self.shares.pop(user, None)
                 changes.shares[user] = None
             case Created():
                 raise ValueError("Created applies only to a new conversation")

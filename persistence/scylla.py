@@ -37,7 +37,7 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.pool import NoConnectionsAvailable
-from cassandra.query import PreparedStatement, tuple_factory
+from cassandra.query import BatchType, PreparedStatement, tuple_factory
 
 from persistence import scylla_writes as writes
 from persistence.accounts import Account, decode_account, encode_account
@@ -363,8 +363,18 @@ class ScyllaStore:
 
     async def write(self, conversation_id: str, changes: Changes) -> None:
         """The conversation's rows, its owner's listing and its conversation row go as
-        unlogged batches at once (one batch for an append's flush); share holders'
-        rows, in their own partitions, as a statement each."""
+        unlogged batches at once, the conversation row in the last one; share holders'
+        rows, in their own partitions, as a statement each.
+
+        The conversation row carries the version a reload replays the journal after.
+        Had it landed while a batch of messages failed (or before the process died
+        between batches), a reload would skip those messages' records and a trim drop
+        them. So the last batch, which holds it, goes once the others landed, and as a
+        logged batch: all of it or none lands (Cassandra's batchlog finishes one cut
+        short). An append's flush is that one logged batch. A write cut short leaves at
+        most rows ahead of the version, which replay applies again over themselves
+        (`ConversationState.refuses`). A deletion's row marks it deleted: it goes with
+        the deletes, as before (docs/decisions.md)."""
         cid, meta = conversation_id, changes.conversation
         stamp = changes.version  # monotonic per conversation: the base of write timestamps
         if changes.deleted:
@@ -377,11 +387,12 @@ class ScyllaStore:
             statements = writes.rows(cid, changes, stamp)
             listing = writes.shared_rows(changes.shares, cid, stamp)
         if meta is not None:
-            statements.append(writes.conversation(cid, meta, stamp))
             statements += writes.owner_listing(cid, meta, await self._listed(cid, meta), stamp)
+            statements.append(writes.conversation(cid, meta, stamp))  # last: see above
         try:
             await asyncio.gather(
-                self._batched(statements), *(self._query(cql, params) for cql, params in listing)
+                self._batched(statements, last_after_rest=meta is not None and not changes.deleted),
+                *(self._query(cql, params) for cql, params in listing),
             )
         except BaseException:
             self._listings.forget(cid)  # a part may have landed: read where it stands
@@ -437,10 +448,13 @@ class ScyllaStore:
             self._prepared[cql] = prepared
         return prepared
 
-    async def _batched(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
+    async def _batched(
+        self, statements: list[tuple[str, Sequence[Any]]], *, last_after_rest: bool = False
+    ) -> None:
         """Send `statements` as unlogged batches, each as soon as it is bound. Between two
         batches the loop runs, and writes take turns (the turn is held over the loop pass
-        that follows a binding), so many forks' write-behinds bind one batch a pass."""
+        that follows a binding), so many forks' write-behinds bind one batch a pass.
+        `last_after_rest`: the last batch goes logged, once every other one landed."""
         binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
         batches = self._batches.cut((binders[cql], params) for cql, params in statements)
         sends: list[asyncio.Future[list[Any]]] = []
@@ -449,14 +463,24 @@ class ScyllaStore:
             while more:
                 async with self._turn:
                     batch, more = next(batches)
-                    sends.append(asyncio.ensure_future(self._execute(batch)))
+                    if more or not last_after_rest:
+                        sends.append(asyncio.ensure_future(self._execute(batch)))
                     if more:
                         await asyncio.sleep(0)
-            done = await asyncio.gather(*sends, return_exceptions=True)
+            if last_after_rest and statements:
+                await self._landed(sends)
+                batch.batch_type = BatchType.LOGGED
+                sends.append(asyncio.ensure_future(self._execute(batch)))
+            await self._landed(sends)
         except BaseException:
             for send in sends:
                 send.cancel()
             raise
+
+    @staticmethod
+    async def _landed(sends: list[asyncio.Future[list[Any]]]) -> None:
+        """Every one of `sends` succeeded (the first failure raised, the rest awaited)."""
+        done = await asyncio.gather(*sends, return_exceptions=True)
         failed = [result for result in done if isinstance(result, BaseException)]
         if failed:
             raise failed[0]

@@ -1,5 +1,5 @@
-"""The flusher process's worker on real Redis and SQLite: its lease, and a close that
-always finishes."""
+"""The flusher process's worker on real Redis and SQLite: its lease, a close that
+always finishes, and a store write cut short."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
+from engine.access import ANONYMOUS
+from engine.actor import NewConversation, NewMessage
 from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
+from engine.registry import Registry, RegistryConfig
+from persistence.flusher import Flusher, FlusherConfig
 from persistence.flusher_lease import break_dead
 from persistence.journal_redis import RedisJournal
 from persistence.redis_pool import RedisPool
 from persistence.sqlite import SQLiteStore
+from persistence.store import Changes
 from tests.backends import redis_settings, wipe_redis
 
 
@@ -77,3 +82,39 @@ async def test_close_finishes_when_a_cycle_swallows_its_cancellation(
     async with asyncio.timeout(60):
         async with FlushWorker(store, journal, client, config):
             await cycling.wait()
+
+
+async def test_messages_stored_ahead_of_their_conversation_row_are_written_over(
+    parts: tuple[SQLiteStore, RedisJournal, redis.Redis],
+) -> None:
+    """A store write cut short (a killed flusher, a failed batch) can leave messages of
+    records after the stored version without the row that carries it. The next flusher
+    applies those records again over them and stores and trims the rest; it used to
+    refuse the first one and leave the conversation journaled for good."""
+    store, journal, client = parts
+    flusher = Flusher(store, journal, FlusherConfig(interval=3600))
+    async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
+        actor = await registry.create(ANONYMOUS, NewConversation("partial", "fw"))
+        text = b'{"type":"text","text":"said"}'
+        first, _ = await registry.append(
+            ANONYMOUS, actor.id, NewMessage(actor.meta.root_id, "user", text, {}, "fw")
+        )
+        assert await flusher.flush_all()
+        later = [first]
+        for _ in range(3):
+            node, _ = await registry.append(
+                ANONYMOUS, actor.id, NewMessage(later[-1].message_id, "user", text, {}, "fw")
+            )
+            later.append(node)
+        cut_short = {m.message_id: m for m in later[1:3]}  # two of three, no row
+        await store.write(actor.id, Changes(messages=cut_short))
+        flusher.forget(actor.id)  # this process dies with them unstored
+    stored = await store.load(actor.id)
+    assert stored is not None and stored.conversation.message_count == 2  # root and first
+    async with FlushWorker(store, journal, client, FlushWorkerConfig(node="n1")):
+        pass  # its close stores whatever is due: every journaled conversation
+    stored = await store.load(actor.id)
+    assert stored is not None
+    assert [m.message_id for m in stored.messages[1:]] == [m.message_id for m in later]
+    assert stored.conversation.message_count == 5
+    assert await journal.journaled() == []

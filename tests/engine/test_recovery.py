@@ -14,11 +14,21 @@ import pytest
 
 from engine.access import ANONYMOUS
 from engine.actor import ConversationActor
+from engine.conversation import ConversationState
 from engine.errors import Unavailable
 from engine.replay import Replayed, plan
 from persistence.journal import Entry, JournalDamaged, JournalError
 from persistence.journal_file import DAMAGED, FileJournal, frame, scan
-from persistence.records import Deleted, Message, Record, Snapshot, decode_record, encode_record
+from persistence.records import (
+    Appended,
+    Conversation,
+    Deleted,
+    Message,
+    Record,
+    Snapshot,
+    decode_record,
+    encode_record,
+)
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, StoreError
 from tests.engine.conftest import Engine, EngineFactory, text
@@ -172,6 +182,42 @@ async def test_orphans_a_store_holds_are_never_served(engine: Engine) -> None:
     assert ids(again) == [actor.meta.root_id, said[0].message_id]
     for message_id in ids(again):
         assert again.lineage(message_id)[0].message_id == actor.meta.root_id
+
+
+async def test_messages_stored_ahead_of_their_conversation_row_replay_over_themselves(
+    open_engine: EngineFactory,
+) -> None:
+    """A store write cut short leaves messages after the stored version without the row
+    that carries it; recovery applies their records again over them (it set them aside,
+    and every acknowledged record after them, as inconsistent)."""
+    first = await open_engine()
+    actor, said = await chat(first, ["a"])
+    assert await first.flusher.flush_all()
+    parent, later = said[0].message_id, []
+    for word in ["b", "c", "d"]:
+        later.append(await first.say(actor.id, parent, word))
+        parent = later[-1].message_id
+    await first.sqlite.write(actor.id, Changes(messages={m.message_id: m for m in later[:2]}))
+    await first.crash()
+
+    second = await open_engine()
+    healed = await second.registry.get(ANONYMOUS, actor.id)
+    assert ids(healed)[1:] == [said[0].message_id, *(m.message_id for m in later)]
+    assert healed.meta.message_count == 5 and set_aside(second) == []
+    assert await second.flusher.flush_all()
+    stored = await second.sqlite.load(actor.id)
+    assert stored is not None and stored.conversation.message_count == 5
+
+
+def test_a_message_id_held_with_other_content_is_still_refused() -> None:
+    at = datetime.now(UTC)
+    meta = Conversation("c", "r", "t", None, at, "u", at, False, None, None, 2, 2)
+    root = Message("r", None, "system", b"{}", {}, at, "u", 0, 0)
+    held = Message("m", "r", "user", text("held"), {}, at, "u", 1, 1)
+    state = ConversationState(meta, [root, held], [], [])
+    assert state.refuses(Appended(held, None)) is None  # stored ahead: applies over itself
+    other = msgspec.structs.replace(held, content=text("other"))
+    assert state.refuses(Appended(other, None)) == "message m exists already"
 
 
 # -- the plan alone --------------------------------------------------------------------------

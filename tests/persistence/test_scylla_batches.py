@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cassandra.query import BatchStatement, BoundStatement
+from cassandra.query import BatchStatement, BatchType, BoundStatement
 
 from persistence import scylla_writes as writes
 from persistence.scylla import ScyllaStore
@@ -151,9 +151,35 @@ async def test_a_large_write_logs_no_batch_size_warning(
 
 
 async def test_an_appends_flush_is_still_one_batch(store: ScyllaStore, rows: Rows) -> None:
-    """Its few rows span several tables, well under the 5 KiB Cassandra warns at."""
+    """Its few rows span several tables, well under the 5 KiB Cassandra warns at; the
+    batch is logged, as every one holding a conversation row is (all of it or none)."""
     await store.write("c1", fork(rows, "c1", messages=1, text="x" * 200))
     sent = sending(store)
     meta = rows.conversation("c1", version=2, updated_at=rows.at(2))
     await store.write("c1", rows.changes(meta, (rows.message("c1-m2", "c1-root", 2),)))
-    assert len(sent) == 1
+    assert [batch.batch_type for batch in sent] == [BatchType.LOGGED]
+
+
+async def test_a_large_writes_conversation_row_goes_once_its_other_rows_landed(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    """The row carries the version a reload replays the journal after: had it landed
+    while a batch of messages failed, those messages' records would be skipped and
+    trimmed. Here the fourth of a fork's batches fails; the row never goes."""
+
+    failing = [True]
+
+    def fourth_fails(n: int) -> None:
+        if n == 4 and failing.pop():
+            raise OSError("connection reset")
+
+    sent = sending(store, on_batch=fourth_fails)
+    with pytest.raises(StoreError):
+        await store.write("f1", fork(rows, "f1"))
+    assert await store.head("f1") is None  # no version: the journal replays it all
+    assert all(batch.batch_type == BatchType.UNLOGGED for batch in sent)
+    sent.clear()
+    failing.append(False)
+    await store.write("f1", fork(rows, "f1"))  # the retry, whole
+    assert [batch.batch_type for batch in sent][-1] == BatchType.LOGGED
+    assert {b.batch_type for b in sent[:-1]} == {BatchType.UNLOGGED}

@@ -84,8 +84,8 @@ async def test_a_failed_write_leaves_no_stale_listing_row(
     await store.write("c1", appended(rows, "c1", 1))
     real = store._batched
 
-    async def lands_then_fails(statements: Any) -> None:
-        await real(statements)
+    async def lands_then_fails(statements: Any, **options: Any) -> None:
+        await real(statements, **options)
         raise OSError("connection lost before the answer")
 
     monkeypatch.setattr(store, "_batched", lands_then_fails)
