@@ -373,8 +373,9 @@ class ScyllaStore:
         logged batch: all of it or none lands (Cassandra's batchlog finishes one cut
         short). An append's flush is that one logged batch. A write cut short leaves at
         most rows ahead of the version, which replay applies again over themselves
-        (`ConversationState.refuses`). A deletion's row marks it deleted: it goes with
-        the deletes, as before (docs/decisions.md)."""
+        (`ConversationState.refuses`). A deletion's few partition deletes and its row
+        fit one batch: one logged batch, so none of it lands without the rest
+        (docs/decisions.md)."""
         cid, meta = conversation_id, changes.conversation
         stamp = changes.version  # monotonic per conversation: the base of write timestamps
         if changes.deleted:
@@ -391,7 +392,7 @@ class ScyllaStore:
             statements.append(writes.conversation(cid, meta, stamp))  # last: see above
         try:
             await asyncio.gather(
-                self._batched(statements, last_after_rest=meta is not None and not changes.deleted),
+                self._batched(statements, last_after_rest=meta is not None),
                 *(self._query(cql, params) for cql, params in listing),
             )
         except BaseException:

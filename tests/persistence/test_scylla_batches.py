@@ -160,6 +160,18 @@ async def test_an_appends_flush_is_still_one_batch(store: ScyllaStore, rows: Row
     assert [batch.batch_type for batch in sent] == [BatchType.LOGGED]
 
 
+async def test_a_deletion_is_one_logged_batch(store: ScyllaStore, rows: Rows) -> None:
+    """Its partition deletes and its row land together or not at all: rows gone under a
+    row not yet marked deleted would leave a conversation without its root."""
+    await store.write("f1", fork(rows, "f1"))
+    sent = sending(store)
+    gone = rows.conversation("f1", version=3, updated_at=rows.at(3), deleted=True)
+    await store.write("f1", Changes(conversation=gone, version=3))
+    assert [batch.batch_type for batch in sent] == [BatchType.LOGGED]
+    head = await store.head("f1")
+    assert head is not None and head.conversation.deleted
+
+
 async def test_a_large_writes_conversation_row_goes_once_its_other_rows_landed(
     store: ScyllaStore, rows: Rows
 ) -> None:
