@@ -224,14 +224,18 @@ class ScyllaStore:
     # -- reads --------------------------------------------------------------------------
 
     async def load(self, conversation_id: str) -> Snapshot | None:
+        """The head first, then the messages: a write sends its conversation row once its
+        messages landed (`write`), so every message of a record up to the version read
+        is there when they are read. Read at once, a flusher's write landing in between
+        gave a new version over messages read before theirs landed."""
         self._listings.forget(conversation_id)  # an activation: another node may have written
-        head: Snapshot | None
-        head, message_rows = await asyncio.gather(
-            self.head(conversation_id),
-            self._query("SELECT body FROM messages WHERE conversation_id = ?", (conversation_id,)),
+        head = await self.head(conversation_id)
+        if head is None or head.conversation.deleted:
+            return head
+        message_rows = await self._query(
+            "SELECT body FROM messages WHERE conversation_id = ?", (conversation_id,)
         )
-        if head is not None and not head.conversation.deleted:
-            head.messages = sorted((_message(row[0]) for row in message_rows), key=_by_seq)
+        head.messages = sorted((_message(row[0]) for row in message_rows), key=_by_seq)
         return head
 
     async def head(self, conversation_id: str) -> Snapshot | None:
@@ -391,10 +395,10 @@ class ScyllaStore:
             statements += writes.owner_listing(cid, meta, await self._listed(cid, meta), stamp)
             statements.append(writes.conversation(cid, meta, stamp))  # last: see above
         try:
-            await asyncio.gather(
-                self._batched(statements, last_after_rest=meta is not None),
-                *(self._query(cql, params) for cql, params in listing),
-            )
+            # share holders' rows too land before the conversation row (or a reload past
+            # the version would never write them)
+            holders_rows = [asyncio.ensure_future(self._query(cql, p)) for cql, p in listing]
+            await self._batched(statements, last_after_rest=meta is not None, also=holders_rows)
         except BaseException:
             self._listings.forget(cid)  # a part may have landed: read where it stands
             raise
@@ -450,16 +454,21 @@ class ScyllaStore:
         return prepared
 
     async def _batched(
-        self, statements: list[tuple[str, Sequence[Any]]], *, last_after_rest: bool = False
+        self,
+        statements: list[tuple[str, Sequence[Any]]],
+        *,
+        last_after_rest: bool = False,
+        also: Sequence[asyncio.Future[list[Any]]] = (),
     ) -> None:
         """Send `statements` as unlogged batches, each as soon as it is bound. Between two
         batches the loop runs, and writes take turns (the turn is held over the loop pass
         that follows a binding), so many forks' write-behinds bind one batch a pass.
-        `last_after_rest`: the last batch goes logged, once every other one landed."""
-        binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
-        batches = self._batches.cut((binders[cql], params) for cql, params in statements)
-        sends: list[asyncio.Future[list[Any]]] = []
+        `last_after_rest`: the last batch goes logged, once every other one and every
+        request of `also` (sent already, awaited and cancelled with these) landed."""
+        sends: list[asyncio.Future[list[Any]]] = list(also)
         try:
+            binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
+            batches = self._batches.cut((binders[cql], params) for cql, params in statements)
             more = bool(statements)
             while more:
                 async with self._turn:

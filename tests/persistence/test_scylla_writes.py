@@ -3,17 +3,20 @@ row that moves without a read and never leaves a stale copy behind."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cassandra.query import BatchType, BoundStatement
 
 from persistence.scylla import ScyllaStore
 from persistence.scylla_writes import Listed, Listings
-from persistence.store import Changes
+from persistence.store import Changes, StoreError
 from tests.backends import SCYLLA, cassandra_store
 from tests.persistence.conftest import Rows
+from tests.waiting import until
 
 
 @pytest.fixture
@@ -118,3 +121,63 @@ def test_the_remembered_listings_are_bounded(rows: Rows) -> None:
     assert listings.get("c1", "bob") is None  # another owner's row is not this one
     listings.written("c3", rows.conversation("c3", deleted=True))
     assert listings.get("c3", "alice") is None
+
+
+async def test_a_share_holders_row_that_fails_holds_the_version_back(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    """A share holder's listing row is in its own partition, sent beside the batches; had
+    the conversation row landed while it failed, a reload past that version would never
+    write it (bob's "shared with me" would miss the conversation for good)."""
+    meta = rows.conversation("s1", version=1)
+    await store.write("s1", rows.changes(meta, (rows.message("s1-root", None, 0),)))
+    assert store._session is not None
+    real = store._session.execute_async
+    sent: list[Any] = []
+
+    def send(statement: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(statement, BoundStatement) and (
+            "shared_conversations" in statement.prepared_statement.query_string
+        ):
+            raise OSError("connection reset")
+        sent.append(statement)
+        return real(statement, *args, **kwargs)
+
+    store._session.execute_async = send  # type: ignore[method-assign]
+    later = rows.conversation("s1", version=2, updated_at=rows.at(2))
+    with pytest.raises(StoreError):
+        await store.write("s1", rows.changes(later, shares={"bob": rows.share("bob")}))
+    current = asyncio.current_task()
+    # nothing of the write goes on behind the failure (before, its batches did)
+    await until(lambda: all(t.done() for t in asyncio.all_tasks() if t is not current), 100_000)
+    store._session.execute_async = real  # type: ignore[method-assign]
+    assert not any(getattr(s, "batch_type", None) == BatchType.LOGGED for s in sent)
+    head = await store.head("s1")
+    assert head is not None and head.conversation.version == 1
+    await store.write("s1", rows.changes(later, shares={"bob": rows.share("bob")}))  # retried
+    assert [meta.conversation_id for meta, _ in await store.shared("bob")] == ["s1"]
+
+
+async def test_a_load_reads_the_messages_after_the_version(
+    store: ScyllaStore, rows: Rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write sends its conversation row once its messages landed: messages read after
+    the row are all there up to its version. Read at once, a write landing in between
+    gave the new version over messages read before theirs landed."""
+    meta = rows.conversation("l1", version=1)
+    await store.write("l1", rows.changes(meta, (rows.message("l1-root", None, 0),)))
+    real = store._query
+    events: list[str] = []
+
+    async def traced(cql: str, params: Any) -> list[Any]:
+        table = cql.split(" FROM ")[1].split()[0]
+        events.append(f"{table} asked")
+        try:
+            return await real(cql, params)
+        finally:
+            events.append(f"{table} answered")
+
+    monkeypatch.setattr(store, "_query", traced)
+    loaded = await store.load("l1")
+    assert loaded is not None and [m.message_id for m in loaded.messages] == ["l1-root"]
+    assert events.index("conversations answered") < events.index("messages asked")
