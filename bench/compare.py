@@ -168,7 +168,6 @@ SYSTEMS = (
     System("cache_off", OPS, _serve("--cache", "off")),
     System("canopy_inproc", OPS, _serve("--flusher-process", "off"), needs_redis=True),
 )
-BARE = ("ceiling", "floor")
 ORDER = ("canopy", "canopy_inproc", "cache_off", "ceiling", "floor")  # in the table, under each op
 DEFAULT_SYSTEMS = ("canopy", "cache_off", "ceiling", "floor")
 
@@ -501,7 +500,7 @@ async def run_store(plan: Plan, store: Store) -> None:
     """Every system on `store`. The bare servers and the --target servers stay up beside
     canopy (idle servers cost nothing) and their slices alternate with canopy's; without
     canopy each is measured alone."""
-    bare = [s for s in plan.systems if s.name in BARE]
+    bare = [s for s in plan.systems if not s.uses_store]  # the ceiling and the floor
     others = [s for s in plan.systems if s not in bare and (store.redis or not s.needs_redis)]
     with contextlib.ExitStack() as stack:
         beside: list[Beside] = []

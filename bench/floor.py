@@ -54,7 +54,7 @@ class Floor(asyncio.Protocol):
             size = end + 4 + (int(length.group(1)) if length else 0)
             if len(buffer) < size:
                 break  # the body is still arriving
-            line = head[: head.find(b"\r\n")] if b"\r\n" in head else head
+            line = head.split(b"\r\n", 1)[0]  # the request line
             if _MESSAGE.fullmatch(line):
                 answers.append(_GOT)
             elif _MESSAGES.fullmatch(line):

@@ -26,13 +26,18 @@ from bench.target import Server, parse_target
 PATH = "/api/v1/conversations/00000000-0000-4000-8000-000000000000/messages/x"
 
 
-@pytest.fixture(scope="module")
-def ceiling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def bare_server(module: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """bench.ceiling or bench.floor on a free port, for the module's tests."""
     port = free_port()
-    command = [sys.executable, "-m", "bench.ceiling", "--port", str(port)]
-    log = tmp_path_factory.mktemp("ceiling") / "ceiling.log"
+    command = [sys.executable, "-m", module, "--port", str(port)]
+    log = tmp_path_factory.mktemp(module) / "server.log"
     with node(command, port, log, cpus=None):
         yield port
+
+
+@pytest.fixture(scope="module")
+def ceiling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    yield from bare_server("bench.ceiling", tmp_path_factory)
 
 
 async def test_sequential_run_counts_every_request(ceiling: int) -> None:
@@ -78,11 +83,7 @@ async def test_post_bodies_and_decoded_answers(ceiling: int) -> None:
 
 @pytest.fixture(scope="module")
 def floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
-    command = [sys.executable, "-m", "bench.floor", "--port", str(port)]
-    log = tmp_path_factory.mktemp("floor") / "floor.log"
-    with node(command, port, log, cpus=None):
-        yield port
+    yield from bare_server("bench.floor", tmp_path_factory)
 
 
 async def test_the_floor_answers_as_the_ceiling_does(ceiling: int, floor: int) -> None:
