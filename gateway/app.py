@@ -30,13 +30,14 @@ from gateway.auth_failures import AuthFailures
 from gateway.cluster_lifecycle import ClusterLifecycle
 from gateway.cluster_member import join
 from gateway.config import Settings
-from gateway.connections import LIFECYCLE, drop_server_header
+from gateway.connections import LIFECYCLE
 from gateway.cors import Cors, cors_middleware, parse_origins
 from gateway.errors import error_middleware
 from gateway.flusher_child import FlusherChild
 from gateway.forwarding import Forwarder, node_header
 from gateway.guards import BodyBudget, EdgeLimits, edge_middleware
 from gateway.heap import freeze_startup_objects
+from gateway.json_answer import drop_server_header
 from gateway.keys import (
     ACCOUNTS,
     ADOPTER,

@@ -90,11 +90,6 @@ def default_max_connections() -> int:
 throttled = Throttled(log, every=1.0)
 
 
-async def drop_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: no `Server` header, so no versions revealed."""
-    response.headers.popall(hdrs.SERVER, None)
-
-
 def error_body(code: str, message: str) -> bytes:
     return msgspec.json.encode(ErrorOut(ErrorDetail(code, message)))
 

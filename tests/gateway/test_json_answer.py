@@ -10,8 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.connections import drop_server_header
-from gateway.json_answer import JSONAnswer
+from gateway.json_answer import JSONAnswer, drop_server_header
 from tests.gateway.raw_http import RawResponse, read_response
 
 BODY = b'{"message_id": "m", "lineage": ["r", "m"]}'
