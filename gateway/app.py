@@ -125,7 +125,7 @@ async def write_behind(
     assert pool is not None  # the settings check: --flusher-process needs --journal redis
     child = await stack.enter_async_context(FlusherChild(settings, pool.client))
     config = RemoteFlusherConfig(settings.node(), settings.flusher())
-    return RemoteFlusher(store, journal, config, pool.client, child.stats)
+    return RemoteFlusher(store, journal, config, pool.client, pool.lean, child.stats)
 
 
 def node_report(app: web.Application) -> dict[str, Any]:
