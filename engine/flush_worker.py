@@ -36,12 +36,14 @@ from persistence.background import Throttled, backoff_delay, stop
 from persistence.flusher_lease import FlusherLease
 from persistence.journal_redis import RedisJournal
 from persistence.records import Created
-from persistence.redis_pool import Client
+from persistence.redis_pool import RedisPool
+from persistence.resp import Arg
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
+STATS_EVERY = 1.0  # seconds: unchanged counters are published again after this
 FLUSHED_ENTRIES = 10_000  # the published-versions stream keeps about this many cycles
 
 
@@ -97,13 +99,15 @@ class FlushWorker:
     """Writes one node's journal behind; an async context manager that runs its cycles."""
 
     def __init__(
-        self, store: Store, journal: RedisJournal, client: Client, config: FlushWorkerConfig
+        self, store: Store, journal: RedisJournal, pool: RedisPool, config: FlushWorkerConfig
     ) -> None:
         self._store = store
         self._journal = journal
-        self._client = client
+        # Each cycle's commands go over the pool's lean channel: through redis-py's an
+        # idle cycle's two round trips cost the child 2 % of a core (docs/decisions.md).
+        self._lean = pool.lean
         self._config = config
-        self._lease = FlusherLease(client, config.node, config.lease_seconds)
+        self._lease = FlusherLease(pool.client, config.node, config.lease_seconds)
         self._states = _States(config.max_state_bytes)
         self._due: set[str] = set()  # conversations that may have records to store
         self._flushing: dict[str, asyncio.Task[None]] = {}
@@ -118,6 +122,8 @@ class FlushWorker:
         self.messages_written = 0
         self.records_applied = 0
         self.cycles = 0
+        self._published: dict[str, int] = {}  # the counters last published, less `cycles`
+        self._published_at = 0.0
 
     async def __aenter__(self) -> FlushWorker:
         if not await self._lease.take():
@@ -210,7 +216,11 @@ class FlushWorker:
 
     async def _take(self) -> list[str]:
         """Conversations the node journaled since the last take (its dirty set, emptied)."""
-        taken = await self._client.spop(redis_keys.dirty(self._config.node), self._config.take)
+        [taken] = await self._lean.execute(
+            [("SPOP", redis_keys.dirty(self._config.node), self._config.take)]
+        )
+        if isinstance(taken, Exception):
+            raise taken
         return [_text(raw) for raw in cast(list[bytes], taken or [])]
 
     def _written(self, conversation_id: str, _: asyncio.Task[None]) -> None:
@@ -293,19 +303,37 @@ class FlushWorker:
         stored, self._stored = self._stored, {}
         node = self._config.node
         try:
+            commands: list[tuple[Arg, ...]] = []
             if stored:
                 await self._journal.trim(None, stored)
-            async with self._client.pipeline(transaction=False) as pipe:
-                if stored:
-                    entry = {"s": msgspec.msgpack.encode(list(stored.items()))}
-                    pipe.xadd(redis_keys.flushed(node), entry,  # type: ignore[arg-type]
-                              maxlen=FLUSHED_ENTRIES, approximate=True)  # fmt: skip
-                pipe.hset(redis_keys.flusher_stats(node), mapping=self.stats())  # type: ignore[arg-type]
-                await pipe.execute()
+                entry = msgspec.msgpack.encode(list(stored.items()))
+                commands.append(("XADD", redis_keys.flushed(node),
+                                 "MAXLEN", "~", FLUSHED_ENTRIES, "*", "s", entry))  # fmt: skip
+            stats = self.stats()
+            now = time.monotonic()
+            changed = self._stats_changed(stats, now)
+            if stored or changed:
+                fields = [part for item in stats.items() for part in item]
+                commands.append(("HSET", redis_keys.flusher_stats(node), *fields))
+            if not commands:
+                return
+            error = next((r for r in await self._lean.execute(commands)
+                          if isinstance(r, Exception)), None)  # fmt: skip
+            if error is not None:
+                raise error
         except BaseException:
             for cid, version in stored.items():  # stored already: trimmed next time
                 self._stored[cid] = max(version, self._stored.get(cid, 0))
             raise
+
+    def _stats_changed(self, stats: dict[str, int], now: float) -> bool:
+        """Whether the counters are worth publishing: any but `cycles` moved, or a second
+        passed (an idle cycle then sends nothing but its SPOP)."""
+        counters = {k: v for k, v in stats.items() if k != "cycles"}
+        if counters == self._published and now - self._published_at < STATS_EVERY:
+            return False
+        self._published, self._published_at = counters, now
+        return True
 
     async def _renew(self) -> None:
         while not self._closing:

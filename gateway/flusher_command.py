@@ -46,9 +46,7 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
             pool = await stack.enter_async_context(RedisPool(settings.redis()))
             store = await stack.enter_async_context(open_store(settings))
             journal = await stack.enter_async_context(RedisJournal(pool))
-            worker = await stack.enter_async_context(
-                FlushWorker(store, journal, pool.client, config)
-            )
+            worker = await stack.enter_async_context(FlushWorker(store, journal, pool, config))
             print(f"flusher for node {config.node} ready (pid {os.getpid()})", flush=True)
             lost = asyncio.create_task(worker.lost_lease.wait())
             stopped = asyncio.create_task(stop.wait())

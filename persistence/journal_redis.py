@@ -413,17 +413,20 @@ class RedisJournal:
         stream = redis_keys.journal(conversation_id)
         beside = redis_keys.journal_blobs(conversation_id)
         missing_before: set[bytes] = set()
-        try:
+        try:  # over the lean channel: the flusher process reads a tail every write
             for _ in range(TAIL_READS):
-                entries = cast(
-                    list[tuple[bytes, dict[bytes, bytes]]],
-                    await self._client.xrange(stream, min=f"{after_seq + 1}-0"),
+                [entries] = await self._lean.execute(
+                    [("XRANGE", stream, f"{after_seq + 1}-0", "+")]
                 )
-                read = [(f"{stream} {at.decode()}", fields) for at, fields in entries if fields]
+                if isinstance(entries, Exception):
+                    raise entries
+                read = [(f"{stream} {at.decode()}", _fields(flat)) for at, flat in entries if flat]
                 named = [fields[BLOB_KEY] for _, fields in read if BLOB_KEY in fields]
                 blobs: dict[bytes, bytes | None] = {}
                 if named:
-                    found = await self._client.hmget(beside, named)
+                    [found] = await self._lean.execute([("HMGET", beside, *named)])
+                    if isinstance(found, Exception):
+                        raise found
                     blobs = dict(zip(named, cast(list[bytes | None], found), strict=True))
                 missing = {name for name, blob in blobs.items() if blob is None}
                 if missing and missing <= missing_before:  # twice, entries kept: no trim
@@ -527,6 +530,11 @@ def _fail(batch: list[_Queued], message: str) -> None:
     for *_, future in batch:
         if not future.done():
             future.set_exception(JournalError(message))
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's fields, as RESP gives them: name, value, name, value..."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> bytes:

@@ -26,7 +26,7 @@ from tests.backends import redis_settings, wipe_redis
 
 
 @pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, RedisJournal, redis.Redis]]:
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, RedisJournal, RedisPool]]:
     settings = redis_settings()
     wipe_redis()
     async with (
@@ -35,41 +35,42 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[SQLiteStore, RedisJournal
         RedisJournal(pool) as journal,
     ):
         assert isinstance(pool.client, redis.Redis)
-        yield store, journal, pool.client
+        yield store, journal, pool
 
 
 async def test_a_second_worker_for_the_node_refuses_until_the_first_one_closed(
-    parts: tuple[SQLiteStore, RedisJournal, redis.Redis],
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool],
 ) -> None:
-    store, journal, client = parts
+    store, journal, pool = parts
     config = FlushWorkerConfig(node="n1")
-    async with FlushWorker(store, journal, client, config):
+    async with FlushWorker(store, journal, pool, config):
         with pytest.raises(LeaseHeld, match="another flusher runs for node n1"):
-            async with FlushWorker(store, journal, client, config):
+            async with FlushWorker(store, journal, pool, config):
                 pass
-        async with FlushWorker(store, journal, client, FlushWorkerConfig(node="n2")):
+        async with FlushWorker(store, journal, pool, FlushWorkerConfig(node="n2")):
             pass  # another node's flusher
-    async with FlushWorker(store, journal, client, config):
+    async with FlushWorker(store, journal, pool, config):
         pass  # released at close
 
 
 async def test_the_lease_of_a_dead_process_is_broken_only_by_its_pid(
-    parts: tuple[SQLiteStore, RedisJournal, redis.Redis],
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool],
 ) -> None:
-    store, journal, client = parts
-    async with FlushWorker(store, journal, client, FlushWorkerConfig(node="n1")):
+    store, journal, pool = parts
+    client = pool.client
+    async with FlushWorker(store, journal, pool, FlushWorkerConfig(node="n1")):
         assert not await break_dead(client, "n1", os.getpid() + 1)
         assert await break_dead(client, "n1", os.getpid())
-        async with FlushWorker(store, journal, client, FlushWorkerConfig(node="n1")):
+        async with FlushWorker(store, journal, pool, FlushWorkerConfig(node="n1")):
             pass
 
 
 async def test_close_finishes_when_a_cycle_swallows_its_cancellation(
-    parts: tuple[SQLiteStore, RedisJournal, redis.Redis], monkeypatch: pytest.MonkeyPatch
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """redis-py (8.1) loses a task's cancellation that lands in one of its commands now
     and then: the close must not wait for ever on such a cycle."""
-    store, journal, client = parts
+    store, journal, pool = parts
     cycling = asyncio.Event()
 
     async def swallowing(self: FlushWorker) -> None:
@@ -80,18 +81,18 @@ async def test_close_finishes_when_a_cycle_swallows_its_cancellation(
     monkeypatch.setattr(FlushWorker, "_cycle", swallowing)
     config = FlushWorkerConfig(node="n1", interval=0.001, close_timeout=1.0)
     async with asyncio.timeout(60):
-        async with FlushWorker(store, journal, client, config):
+        async with FlushWorker(store, journal, pool, config):
             await cycling.wait()
 
 
 async def test_messages_stored_ahead_of_their_conversation_row_are_written_over(
-    parts: tuple[SQLiteStore, RedisJournal, redis.Redis],
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool],
 ) -> None:
     """A store write cut short (a killed flusher, a failed batch) can leave messages of
     records after the stored version without the row that carries it. The next flusher
     applies those records again over them and stores and trims the rest; it used to
     refuse the first one and leave the conversation journaled for good."""
-    store, journal, client = parts
+    store, journal, pool = parts
     flusher = Flusher(store, journal, FlusherConfig(interval=3600))
     async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
         actor = await registry.create(ANONYMOUS, NewConversation("partial", "fw"))
@@ -111,7 +112,7 @@ async def test_messages_stored_ahead_of_their_conversation_row_are_written_over(
         flusher.forget(actor.id)  # this process dies with them unstored
     stored = await store.load(actor.id)
     assert stored is not None and stored.conversation.message_count == 2  # root and first
-    async with FlushWorker(store, journal, client, FlushWorkerConfig(node="n1")):
+    async with FlushWorker(store, journal, pool, FlushWorkerConfig(node="n1")):
         pass  # its close stores whatever is due: every journaled conversation
     stored = await store.load(actor.id)
     assert stored is not None
