@@ -8,11 +8,12 @@ application also records what it changed into the flusher's `Changes`.
 from __future__ import annotations
 
 import logging
+from itertools import islice
 
 import msgspec
 from msgspec.structs import replace
 
-from engine.budget import CONVERSATION_BYTES, ROW_BYTES, message_bytes
+from engine.budget import CONVERSATION_BYTES, MESSAGE_BYTES, ROW_BYTES, message_bytes
 from engine.content import preview
 from engine.tree import MessageTree
 from persistence.records import (
@@ -50,18 +51,15 @@ class ConversationState:
     ) -> None:
         self.meta = meta
         self.tree = MessageTree(messages[0])  # the root comes first
-        orphans = 0
-        for node in messages[1:]:  # in creation order: a parent comes before its children
-            if node.parent_id in self.tree and node.message_id not in self.tree:
-                self.tree.add(node)
-            else:
-                orphans += 1
+        orphans = self.tree.extend(islice(messages, 1, None))  # in creation order
         if orphans:  # stored by a node before replay stopped at gaps; never served
             log.error("conversation %s: %d stored messages without a parent skipped",
                       meta.conversation_id, orphans)  # fmt: skip
         self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
         self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
-        self._message_bytes = sum(message_bytes(m.content) for m in self.tree)
+        self._message_bytes = MESSAGE_BYTES * len(self.tree) + sum(
+            [len(m.content) for m in self.tree]
+        )  # message_bytes of each, summed
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> ConversationState:

@@ -214,3 +214,30 @@ def test_metadata_is_kept_when_present() -> None:
     tree.add(child)
     assert child.content_metadata == {"model": "m"}
     assert child.content_metadata is not root.content_metadata
+
+
+def test_extend_builds_what_add_builds_and_skips_orphans_and_repeats() -> None:
+    root = node("r")
+    a, b = node("a", root, 1), node("b", root, 2)
+    a1, a2 = node("a1", a, 3), node("a2", a, 4)
+    a1.parent_id = "".join(["a", ""])  # equal to a's id, another object (as a decoder makes)
+    assert a1.parent_id is not a.message_id
+    stray = node("s", node("elsewhere"), 5)  # its parent is in no tree
+    repeat = node("a", root, 6)  # an id the tree holds already
+    extended = MessageTree(replace(root))
+    skipped = extended.extend([replace(n) for n in (a, b, a1, stray, repeat, a2)])
+    added = MessageTree(replace(root))
+    for n in (a, b, a1, a2):
+        added.add(replace(n))
+    assert skipped == 2
+    assert [n.message_id for n in extended] == ["r", "a", "b", "a1", "a2"]
+    for tree in (extended, added):
+        assert [c.message_id for c in tree.children("r")] == ["a", "b"]
+        assert [c.message_id for c in tree.children("a")] == ["a1", "a2"]
+        assert [n.message_id for n in tree.lineage("a2")] == ["r", "a", "a2"]
+        parent = tree.get("a")
+        child = tree.get("a1")
+        assert parent is not None and child is not None
+        assert child.parent_id is parent.message_id  # the parent's own id string, shared
+    assert "s" not in extended and extended.get("a") is not None
+    assert extended.get("a").seq == 1  # type: ignore[union-attr]  # the first "a" stays
