@@ -45,12 +45,16 @@ so a drift in the machine's speed moves them all. With two or more CPUs the serv
 are pinned to one and this client (bench/client.py: no per-request coroutine, no body
 copies, no JSON) to another; the table shows both processes' CPU use at concurrency
 32, so a saturated client would show, and the rest of the machine's (a co-located
-Cassandra competes for the same cores).
+Cassandra competes for the same cores). Before each system's phases and after each of
+its slices the run waits, at most 1 s (0.2 s with --quick), for the machine to fall
+quiet (under 0.3 cores busy for 100 ms): what one system's load left for Cassandra or
+its flusher child to do is not timed as the next system's noise.
 
 Every row's `cpu_us` is the server's CPU microseconds per request at concurrency 32:
-utime + stime from /proc/<pid>/stat over the timed slices, summed over the server's
-processes and their descendants (a flusher process the node starts counts; children it
-reaped count through cutime + cstime), divided by the requests those slices sent. The
+utime + stime from /proc/<pid>/stat over the timed slices and the settling after each
+(the write-behind a slice left is that slice's), summed over the server's processes
+and their descendants (a flusher process the node starts counts; children it reaped
+count through cutime + cstime), divided by the requests those slices sent. The
 processes of a started system are known; a --target's are those its `pid=N` options
 name (several are summed), and without one its `cpu_us` is null and its CPU lands in
 the rest of the machine's.
@@ -78,7 +82,7 @@ from pathlib import Path
 import uvloop
 
 from bench.client import Connection, ProtocolError, Result, build_request, call, run
-from bench.cpu import machine_cpu_seconds, tree_cpu_seconds
+from bench.cpu import machine_cpu_seconds, settle, tree_cpu_seconds
 from bench.node import Node, canopy, free_port, node
 from bench.target import External, Server, parse_target
 
@@ -110,6 +114,10 @@ class Budget:
     sequential_seconds: float
     concurrent_seconds: float
     warm_seconds: float = 0.5
+    # Before each target's phases and after each slice, at most this long for the
+    # machine to fall quiet (bench/cpu.py `settle`): one system's deferred work is not
+    # the next one's noise.
+    settle_seconds: float = 1.0
 
     @classmethod
     def default(cls, quick: bool) -> Budget:
@@ -123,6 +131,7 @@ class Budget:
             warm={"read": 200, "append": 20, "fork": 4},
             sequential_seconds=2.0 if quick else 10.0,
             concurrent_seconds=1.0 if quick else 3.0,
+            settle_seconds=0.2 if quick else 1.0,
         )
 
 
@@ -390,6 +399,7 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
     phases: list[list[Result]] = []
     for target in targets:
         port, host, batch = target.server.port, target.server.host, target.batch
+        await settle(budget.settle_seconds)  # the last target's write-behind, Cassandra's
         warm = await run(
             port, batch, connections=8, count=budget.warm[kind], seconds=budget.warm_seconds,
             host=host,
@@ -400,7 +410,8 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
         )  # fmt: skip
         phases.append([warm, one])
     slices: list[list[Result]] = [[] for _ in targets]
-    server = [0.0] * len(targets)
+    server = [0.0] * len(targets)  # over the slices: the cores column
+    billed = [0.0] * len(targets)  # over the slices and the settling after each: cpu_us
     other = [0.0] * len(targets)
     for _ in range(SLICES):
         for i, target in enumerate(targets):
@@ -415,6 +426,10 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
             server[i] += used
             other[i] += machine_cpu_seconds() - machine_before - used - result.cpu
             slices[i].append(result)
+            # What the slice left (a flusher child writing its appends behind) is the
+            # slice's: settled before the next target's slice, and billed to this one.
+            await settle(budget.settle_seconds)
+            billed[i] += tree_cpu_seconds(pids) - server_before
     measured = []
     for i, target in enumerate(targets):
         warm, one = phases[i]
@@ -435,7 +450,7 @@ async def measure(targets: list[Target], op: str, budget: Budget, store: str) ->
                 sum(r.cpu for r in slices[i]) / elapsed,
                 server[i] / elapsed if known else math.nan,
                 max(0.0, other[i] / elapsed),  # without pids it includes the target's CPU
-                server[i] / served * 1e6 if known and served else None,
+                billed[i] / served * 1e6 if known and served else None,
                 sum(r.errors for r in failed),
                 failed[0].first_error if failed else "",
             )  # fmt: skip

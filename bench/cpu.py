@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -54,3 +56,28 @@ def machine_cpu_seconds() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6, 7))
     return busy / TICK
+
+
+QUIET_CORES = 0.3  # the machine's busy CPU, in cores, under which it counts as quiet
+WINDOW = 0.1  # seconds of each reading
+
+
+async def settle(
+    seconds: float,
+    *,
+    quiet_cores: float = QUIET_CORES,
+    window: float = WINDOW,
+    busy: Callable[[], float] = machine_cpu_seconds,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> int:
+    """Wait, at most `seconds` (in readings of `window`), until the machine has been
+    quiet for one reading: what the last measured load left to do (a flusher child's
+    write-behind, Cassandra's memtables and compactions) is done or has had its time.
+    The readings taken."""
+    readings = max(1, math.ceil(seconds / window))
+    for taken in range(1, readings + 1):
+        before = busy()
+        await sleep(window)
+        if (busy() - before) / window < quiet_cores:
+            return taken
+    return readings

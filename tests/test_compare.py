@@ -19,7 +19,7 @@ import pytest
 
 from bench.client import Connection, Result, build_request, call, run
 from bench.compare import Measurement, targets
-from bench.cpu import cpu_seconds, tree_cpu_seconds
+from bench.cpu import cpu_seconds, settle, tree_cpu_seconds
 from bench.node import free_port, node
 from bench.target import Server, parse_target
 
@@ -300,3 +300,23 @@ def test_targets_hold_the_write_paths_figures_and_each_external_targets_ratio() 
         t["target"]: t for t in targets([measured("append", "canopy", store="sqlite")], "sqlite")
     }
     assert sqlite["append cpu_us canopy"]["goal"] == 80.0 and "append p50 ms canopy" not in sqlite
+
+
+async def test_settling_ends_at_the_first_quiet_reading() -> None:
+    """Busy readings (two cores, then one) are waited out; the first quiet one ends it."""
+    clock = [0.0]
+    per_window = iter([0.2, 0.1, 0.01, 0.0])  # CPU seconds each 0.1 s reading sees
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += next(per_window)
+
+    assert await settle(1.0, busy=lambda: clock[0], sleep=sleep) == 3
+
+
+async def test_settling_is_bounded_when_the_machine_never_falls_quiet() -> None:
+    clock = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds * 2  # two cores busy, for ever
+
+    assert await settle(0.5, busy=lambda: clock[0], sleep=sleep) == 5
