@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis.asyncio as redis
 
@@ -16,13 +17,14 @@ from engine.access import ANONYMOUS
 from engine.actor import NewConversation, NewMessage
 from engine.flush_worker import FlushWorker, FlushWorkerConfig, LeaseHeld
 from engine.registry import Registry, RegistryConfig
+from persistence import redis_keys
 from persistence.flusher import Flusher, FlusherConfig
 from persistence.flusher_lease import break_dead
 from persistence.journal_redis import RedisJournal
 from persistence.redis_pool import RedisPool
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes
-from tests.backends import redis_settings, wipe_redis
+from tests.backends import redis_settings, wipe_redis, wipe_redis_cluster
 
 
 @pytest.fixture
@@ -119,3 +121,38 @@ async def test_messages_stored_ahead_of_their_conversation_row_are_written_over(
     assert [m.message_id for m in stored.messages[1:]] == [m.message_id for m in later]
     assert stored.conversation.message_count == 5
     assert await journal.journaled() == []
+
+
+async def test_a_worker_over_a_redis_cluster_stores_trims_and_publishes(tmp_path: Path) -> None:
+    """Its SPOP, the journal tail, the trim and its publication (XADD, HSET) go over the
+    lean channel; over a Redis Cluster each is routed to the master of its key."""
+    settings = redis_settings(cluster=True)
+    wipe_redis_cluster()
+    async with (
+        RedisPool(settings) as pool,
+        SQLiteStore(tmp_path / "canopy.db") as store,
+        RedisJournal(pool) as journal,
+    ):
+        flusher = Flusher(store, journal, FlusherConfig(interval=3600))
+        async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
+            actor = await registry.create(ANONYMOUS, NewConversation("clustered", "fw"))
+            text = b'{"type":"text","text":"said"}'
+            parent = actor.meta.root_id
+            for _ in range(3):
+                node, _ = await registry.append(
+                    ANONYMOUS, actor.id, NewMessage(parent, "user", text, {}, "fw")
+                )
+                parent = node.message_id
+            flusher.forget(actor.id)  # stored by the worker, not here
+        await pool.client.sadd(redis_keys.dirty("n1"), actor.id)
+        async with FlushWorker(store, journal, pool, FlushWorkerConfig(node="n1", interval=3600)):
+            pass  # its close takes the dirty set and stores what is due
+        stored = await store.load(actor.id)
+        assert stored is not None and stored.conversation.message_count == 4
+        assert await journal.journaled() == []
+        assert await pool.client.scard(redis_keys.dirty("n1")) == 0
+        [(_, fields)] = await pool.client.xrange(redis_keys.flushed("n1"))
+        assert msgspec.msgpack.decode(fields[b"s"]) == [[actor.id, stored.conversation.version]]
+        published = await pool.client.hgetall(redis_keys.flusher_stats("n1"))
+        assert int(published[b"batches_written"]) == 1
+        assert int(published[b"messages_written"]) == 4  # the root and the three
