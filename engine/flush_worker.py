@@ -37,7 +37,7 @@ from persistence.flusher_lease import FlusherLease
 from persistence.journal_redis import RedisJournal
 from persistence.records import Created
 from persistence.redis_pool import RedisPool
-from persistence.resp import Arg
+from persistence.resp import Arg, checked
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,11 @@ class FlushWorker:
 
     async def _take(self) -> list[str]:
         """Conversations the node journaled since the last take (its dirty set, emptied)."""
-        [taken] = await self._lean.execute(
-            [("SPOP", redis_keys.dirty(self._config.node), self._config.take)]
+        [taken] = checked(
+            await self._lean.execute(
+                [("SPOP", redis_keys.dirty(self._config.node), self._config.take)]
+            )
         )
-        if isinstance(taken, Exception):
-            raise taken
         return [_text(raw) for raw in cast(list[bytes], taken or [])]
 
     def _written(self, conversation_id: str, _: asyncio.Task[None]) -> None:
@@ -310,25 +310,20 @@ class FlushWorker:
                 commands.append(("XADD", redis_keys.flushed(node),
                                  "MAXLEN", "~", FLUSHED_ENTRIES, "*", "s", entry))  # fmt: skip
             stats = self.stats()
-            now = time.monotonic()
-            changed = self._stats_changed(stats, now)
-            if stored or changed:
+            if self._stats_changed(stats) or stored:
                 fields = [part for item in stats.items() for part in item]
                 commands.append(("HSET", redis_keys.flusher_stats(node), *fields))
-            if not commands:
-                return
-            error = next((r for r in await self._lean.execute(commands)
-                          if isinstance(r, Exception)), None)  # fmt: skip
-            if error is not None:
-                raise error
+            if commands:
+                checked(await self._lean.execute(commands))
         except BaseException:
             for cid, version in stored.items():  # stored already: trimmed next time
                 self._stored[cid] = max(version, self._stored.get(cid, 0))
             raise
 
-    def _stats_changed(self, stats: dict[str, int], now: float) -> bool:
+    def _stats_changed(self, stats: dict[str, int]) -> bool:
         """Whether the counters are worth publishing: any but `cycles` moved, or a second
         passed (an idle cycle then sends nothing but its SPOP)."""
+        now = time.monotonic()
         counters = {k: v for k, v in stats.items() if k != "cycles"}
         if counters == self._published and now - self._published_at < STATS_EVERY:
             return False

@@ -46,6 +46,7 @@ from persistence.background import Throttled
 from persistence.journal import Entry, JournalError
 from persistence.latency import Histogram
 from persistence.redis_pool import RedisPool, RedisSettings
+from persistence.resp import checked, pairs
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -415,18 +416,14 @@ class RedisJournal:
         missing_before: set[bytes] = set()
         try:  # over the lean channel: the flusher process reads a tail every write
             for _ in range(TAIL_READS):
-                [entries] = await self._lean.execute(
-                    [("XRANGE", stream, f"{after_seq + 1}-0", "+")]
+                [entries] = checked(
+                    await self._lean.execute([("XRANGE", stream, f"{after_seq + 1}-0", "+")])
                 )
-                if isinstance(entries, Exception):
-                    raise entries
-                read = [(f"{stream} {at.decode()}", _fields(flat)) for at, flat in entries if flat]
+                read = [(f"{stream} {at.decode()}", pairs(flat)) for at, flat in entries if flat]
                 named = [fields[BLOB_KEY] for _, fields in read if BLOB_KEY in fields]
                 blobs: dict[bytes, bytes | None] = {}
                 if named:
-                    [found] = await self._lean.execute([("HMGET", beside, *named)])
-                    if isinstance(found, Exception):
-                        raise found
+                    [found] = checked(await self._lean.execute([("HMGET", beside, *named)]))
                     blobs = dict(zip(named, cast(list[bytes | None], found), strict=True))
                 missing = {name for name, blob in blobs.items() if blob is None}
                 if missing and missing <= missing_before:  # twice, entries kept: no trim
@@ -530,11 +527,6 @@ def _fail(batch: list[_Queued], message: str) -> None:
     for *_, future in batch:
         if not future.done():
             future.set_exception(JournalError(message))
-
-
-def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A stream entry's fields, as RESP gives them: name, value, name, value..."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> bytes:

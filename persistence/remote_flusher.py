@@ -30,6 +30,7 @@ from persistence.background import Throttled, stop
 from persistence.flusher import Backpressure, Flusher, FlusherConfig
 from persistence.journal import Journal
 from persistence.redis_pool import Client, Lean
+from persistence.resp import Arg, checked, pairs
 from persistence.store import Changes, Store
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class RemoteFlusher(Flusher):
         Cluster they go to one master in one write too."""
         node = self._remote.node
         marks, self._to_mark = self._to_mark, set()
-        commands: list[tuple[str | bytes | int, ...]] = [
+        commands: list[tuple[Arg, ...]] = [
             ("XRANGE", redis_keys.flushed(node), b"(" + self._last_id, "+", "COUNT", 1000),
             ("HGETALL", redis_keys.flusher_stats(node)),
             ("PTTL", redis_keys.flusher_lease(node)),
@@ -188,22 +189,16 @@ class RemoteFlusher(Flusher):
         if marks:
             commands.append(("SADD", redis_keys.dirty(node), *marks))
         try:
-            replies = await self._lean.execute(commands)
-            error = next((r for r in replies if isinstance(r, Exception)), None)
-            if error is not None:
-                raise error
+            replies = checked(await self._lean.execute(commands))
         except BaseException:
             self._to_mark |= marks  # sent with the next poll, or at close
             raise
         entries, stats, lease_ms = replies[:3]
         for entry_id, fields in entries:
             self._last_id = entry_id
-            values = dict(zip(fields[::2], fields[1::2], strict=True))
-            for conversation_id, version in _STORED.decode(values[b"s"]):
+            for conversation_id, version in _STORED.decode(pairs(fields)[b"s"]):
                 self._stored_up_to(conversation_id, version)
-        self._flusher_stats = {
-            k.decode(): int(v) for k, v in zip(stats[::2], stats[1::2], strict=True)
-        }
+        self._flusher_stats = {k.decode(): int(v) for k, v in pairs(stats).items()}
         self._lease_ms = max(0, int(lease_ms))
         if self._lease_ms:
             self._down_since = None

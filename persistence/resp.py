@@ -51,6 +51,20 @@ def encode_parts(command: Sequence[Arg]) -> list[bytes]:
     return parts
 
 
+def checked(replies: list[Any]) -> list[Any]:
+    """`execute`'s replies, or the first error reply among them raised: for a caller to
+    whom any command's error fails the whole call."""
+    error = next((reply for reply in replies if isinstance(reply, Exception)), None)
+    if error is not None:
+        raise error
+    return replies
+
+
+def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A hash, or a stream entry's fields, as RESP gives them: name, value, name, value..."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _error(reply: ResponseError) -> ResponseError:
     message = str(reply)
     return NoScriptError(message) if message.startswith("NOSCRIPT") else reply
