@@ -21,7 +21,11 @@ the middleware chain. Every conversation response names its owner in `X-Canopy-N
 
 Moves (engine/rebalance.py): a request for a conversation this node is handing over
 waits for the move to end, then goes to the new owner; a not_owner answer that names
-this node (the old owner has let go meanwhile) is served here, not refused.
+this node (the old owner has let go meanwhile) is served here, not refused. A leaving
+node never serves a conversation it no longer holds (it would hold it again when it
+stops answering, and its peers' requests for it would fail there): it names the new
+owner, and its own relays carry its name in `X-Canopy-Named-By`, so a peer whose view
+has not read the leave yet serves the request rather than sending it back.
 
 A creation picks its conversation id on the receiving node and goes to that id's
 placement target (`X-Canopy-Conversation-Id`, honoured only with the hop header, and
@@ -174,10 +178,16 @@ class Forwarder:
         if owner == self._node_id:
             return None
         if self._hopped(request):
-            if request.headers.get(NAMED_BY) == owner:
+            if request.headers.get(NAMED_BY) == owner and not self._left():
                 return None  # who this node deems the owner let go and named it: it is newer
+            # A leaving node never takes a conversation up again: it would hold it when
+            # it stops answering (the sender asks the node named with this one's name).
             return self._not_owner(owner)
         return await self._relay(request, conversation_id, owner)
+
+    def _left(self) -> bool:
+        """Whether this node is leaving: marked so, it hands everything over."""
+        return self._node_id in self._leaving
 
     async def serve_here(
         self,
@@ -401,6 +411,8 @@ class Forwarder:
         named this node)."""
         await continue_if_expected(request)  # before the body is read: the client waits
         body = await whole_body(request)  # sent ASKS times a round at most
+        if self._left():  # a peer that has not seen the leave yet deems this node the owner:
+            extra = {**(extra or {}), NAMED_BY: self._node_id}  # it serves rather than name it
         for settle in range(SETTLE_ROUNDS + 1):
             view = self._view
             answer = await self._ask(request, conversation_id, owner, extra, body)
@@ -479,7 +491,9 @@ class Forwarder:
             if attempt < ASKS - 1:
                 self.stale_retries += 1
                 answered, owner = owner, self._retarget(conversation_id, request)
-                if owner == self._node_id:  # the old owner handed it over to this node
+                if owner == self._node_id and self._left():  # named by a peer that lags
+                    owner, extra = answered, {**extra, NAMED_BY: self._node_id}  # (above)
+                elif owner == self._node_id:  # the old owner handed it over to this node
                     holder = await self._other_holder(conversation_id)
                     # Free, or held by the node that just named this one (it is letting
                     # go): served here, its activation waiting for the release.

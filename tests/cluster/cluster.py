@@ -30,6 +30,7 @@ from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_U
 OVER_BOTH_REDIS = pytest.mark.parametrize("cluster", ["redis", "redis-cluster"], indirect=True)
 
 LEASE, HEARTBEAT = "1", "0.2"  # seconds: deadline 0.6 s < lease
+LOG_LINES = 80  # of each node's log, printed at close (shown if the test failed)
 
 
 class Cluster:
@@ -64,13 +65,14 @@ class Cluster:
             )  # fmt: skip
         self.session = aiohttp.ClientSession()
 
-    async def start(self) -> None:
+    async def start(self, count: int | None = None) -> None:
+        """The first `count` nodes (all by default), once each sees them all."""
         if not self.redis_cluster:  # the test's own database: an earlier test's journaled
             wipe_redis()  # conversations would be adopted by these nodes (engine/adoption.py)
-        first, *others = self.nodes.values()
+        first, *others = list(self.nodes.values())[:count]
         await first.start()  # makes the keyspace's tables once
         await asyncio.gather(*(node.start() for node in others))
-        await self.until_members(self.ids)
+        await self.until_members(self.ids[:count])
 
     async def close(self) -> None:
         await self.session.close()
@@ -78,6 +80,11 @@ class Cluster:
             if node.process is not None and node.process.returncode is None:
                 node.process.kill()
                 await node.process.wait()
+        # Captured, so shown only when the test failed: what each node logged last.
+        for node_id, node in self.nodes.items():
+            print(f"----- {node_id}, last lines of its log:")
+            for line in node.output[-LOG_LINES:]:
+                print(line.decode(errors="replace").rstrip())
         if self.redis_cluster:
             await self._delete_own_keys()
 

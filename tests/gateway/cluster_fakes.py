@@ -17,10 +17,15 @@ class View:
     node_id, url = "n-here", "http://127.0.0.1:1"
 
     def __init__(
-        self, members: dict[str, str] | None = None, known: dict[str, str] | None = None
+        self,
+        members: dict[str, str] | None = None,
+        known: dict[str, str] | None = None,
+        *,
+        leaving: bool = False,
     ) -> None:
         self.members = members if members is not None else {}
         self.known = known or {}
+        self.leaving = leaving  # this node's own mark, as its heartbeat reads it back
         self.watchers: list[Watcher] = []
 
     async def __aenter__(self) -> View:
@@ -31,7 +36,7 @@ class View:
 
     def live(self) -> list[Member]:
         others = [Member(node, url) for node, url in self.members.items()]
-        return [Member(self.node_id, self.url), *others]
+        return [Member(self.node_id, self.url, leaving=self.leaving), *others]
 
     async def url_of(self, node_id: str) -> str | None:
         return self.members.get(node_id) or self.known.get(node_id)
