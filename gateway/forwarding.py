@@ -301,12 +301,14 @@ class Forwarder:
     # -- ownership -----------------------------------------------------------------------
 
     async def _owner(self, conversation_id: str) -> str:
-        hint = self._hints.get(conversation_id)
-        if hint is not None and hint in self._urls:
-            return hint
         target = self._member.placement.owner_of(conversation_id)
         if target != self._node_id:
-            return target
+            hint = self._hints.get(conversation_id)
+            return hint if hint is not None and hint in self._urls else target
+        # Placed here: Redis says who holds it, not a hint. A hint named the holder that
+        # kept it from this node; once that one let go, the hint would send every
+        # request back to it, and it took the conversation up again (a join's move).
+        self._hints.pop(conversation_id, None)
         directory = self._member.directory
         assert directory is not None
         try:

@@ -214,3 +214,49 @@ async def test_a_request_handed_back_is_served_here_with_its_whole_body() -> Non
                 assert r.status == 200, await r.text()
                 assert (await r.json())["served_by"] == "n-here"
     assert read == [body]
+
+
+async def test_once_the_holder_let_go_a_conversation_placed_here_is_served_here(
+    holder: tuple[TestServer, list[web.Request]],
+) -> None:
+    """The holder that kept a conversation from this node (a join's move under way) is
+    remembered for the requests after; once it let go, Redis decides, not that memory.
+    Before, this node sent the moved holder's own relays back to it with a not_owner
+    naming it, and it took the conversation up again (tests/cluster/test_rebalance.py's
+    join, the new node owning nothing)."""
+    server, seen = holder
+    view = View({HOLDER: str(server.make_url("")).rstrip("/")})
+    lookup = HeldBy(None)  # the lease is free at the lookup; the activation meets it
+    member = ClusterMember("n-here", view, PlacedOn("n-here"), lookup, None, TOKEN_VALUE)  # type: ignore[arg-type]
+    limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
+    held = [True]  # the old holder lets go after the first request
+
+    async def activation(request: web.Request) -> web.Response:
+        await read_limited(request, limits)
+        if held[0]:
+            raise HeldElsewhere("conversation is owned by node n-joined", HOLDER)
+        return web.json_response({"served_by": "n-here"})
+
+    async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            relayed = await forwarder.route(request, request.match_info)
+            if relayed is not None:
+                return relayed
+            return await forwarder.serve_here(
+                request, request.match_info, lambda r: error_middleware(r, activation)
+            )
+
+        app = web.Application()
+        app[REQUEST_METRICS] = RequestMetrics()
+        app.router.add_post("/api/v1/conversations/{conversation_id}/messages", handle)
+        path = f"/api/v1/conversations/{uuid.uuid4()}/messages"
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            async with client.post(path, data=b"{}") as response:
+                assert (await response.json())["served_by"] == HOLDER  # relayed to it
+            held[0] = False  # it let go; its relay of the next request comes here
+            hop = {HOP: "1", TOKEN: TOKEN_VALUE}
+            async with client.post(path, data=b"{}", headers=hop) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["served_by"] == "n-here"
+    assert len(seen) == 1
