@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -51,8 +51,11 @@ async def holder() -> AsyncIterator[tuple[TestServer, list[web.Request]]]:
 
 
 @contextlib.asynccontextmanager
-async def serving(view: View) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
-    """This node, whose own activation of every conversation meets the holder's lease."""
+async def serving(
+    view: View, held: Callable[[], bool] = lambda: True
+) -> AsyncIterator[tuple[TestClient[Any, Any], list[int]]]:
+    """This node, whose own activation of every conversation meets the holder's lease
+    while `held()` (then it serves the request itself)."""
     member = ClusterMember(
         "n-here", view, PlacedOn("n-here"), HeldBy(None), None, TOKEN_VALUE,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -60,10 +63,12 @@ async def serving(view: View) -> AsyncIterator[tuple[TestClient[Any, Any], list[
 
     limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
 
-    async def activation_fails(request: web.Request) -> web.Response:
+    async def activation(request: web.Request) -> web.Response:
         await read_limited(request, limits)  # the handler read the body, then the lease
         activations.append(1)
-        raise HeldElsewhere("conversation is owned by node n-joined", HOLDER)
+        if held():
+            raise HeldElsewhere("conversation is owned by node n-joined", HOLDER)
+        return web.json_response({"served_by": "n-here"})
 
     async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
 
@@ -73,7 +78,7 @@ async def serving(view: View) -> AsyncIterator[tuple[TestClient[Any, Any], list[
             if relayed is not None:
                 return relayed
             return await forwarder.serve_here(
-                request, match, lambda r: error_middleware(r, activation_fails)
+                request, match, lambda r: error_middleware(r, activation)
             )
 
         app = web.Application()
@@ -225,38 +230,15 @@ async def test_once_the_holder_let_go_a_conversation_placed_here_is_served_here(
     naming it, and it took the conversation up again (tests/cluster/test_rebalance.py's
     join, the new node owning nothing)."""
     server, seen = holder
-    view = View({HOLDER: str(server.make_url("")).rstrip("/")})
-    lookup = HeldBy(None)  # the lease is free at the lookup; the activation meets it
-    member = ClusterMember("n-here", view, PlacedOn("n-here"), lookup, None, TOKEN_VALUE)  # type: ignore[arg-type]
-    limits = EdgeLimits(1 << 20, 5.0, frozenset({"*"}), BodyBudget(1 << 20))
     held = [True]  # the old holder lets go after the first request
-
-    async def activation(request: web.Request) -> web.Response:
-        await read_limited(request, limits)
-        if held[0]:
-            raise HeldElsewhere("conversation is owned by node n-joined", HOLDER)
-        return web.json_response({"served_by": "n-here"})
-
-    async with Forwarder(member, lambda _: False, lambda _: None) as forwarder:  # type: ignore[arg-type,return-value]
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            relayed = await forwarder.route(request, request.match_info)
-            if relayed is not None:
-                return relayed
-            return await forwarder.serve_here(
-                request, request.match_info, lambda r: error_middleware(r, activation)
-            )
-
-        app = web.Application()
-        app[REQUEST_METRICS] = RequestMetrics()
-        app.router.add_post("/api/v1/conversations/{conversation_id}/messages", handle)
+    view = View({HOLDER: str(server.make_url("")).rstrip("/")})
+    async with serving(view, lambda: held[0]) as (client, activations):
         path = f"/api/v1/conversations/{uuid.uuid4()}/messages"
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            async with client.post(path, data=b"{}") as response:
-                assert (await response.json())["served_by"] == HOLDER  # relayed to it
-            held[0] = False  # it let go; its relay of the next request comes here
-            hop = {HOP: "1", TOKEN: TOKEN_VALUE}
-            async with client.post(path, data=b"{}", headers=hop) as response:
-                assert response.status == 200, await response.text()
-                assert (await response.json())["served_by"] == "n-here"
+        async with client.post(path, data=b"{}") as response:
+            assert (await response.json())["served_by"] == HOLDER  # relayed to it
+        held[0] = False  # it let go; its relay of the next request comes here
+        hop = {HOP: "1", TOKEN: TOKEN_VALUE}
+        async with client.post(path, data=b"{}", headers=hop) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["served_by"] == "n-here"
     assert len(seen) == 1
