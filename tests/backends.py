@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,8 +16,23 @@ from persistence.redis_pool import RedisPool, RedisSettings
 from persistence.scylla import TABLES, ScyllaConfig, ScyllaStore
 from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_URL, require
 
-SCYLLA = ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=KEYSPACE)
+# Two keyspaces take turns: a test runs on one while the last test's is emptied behind
+# it (a TRUNCATE is slow, see `wipe_cassandra`). `keyspace()` is the one in use now. A
+# third gained nothing: Cassandra runs one keyspace's truncates at a time, about as
+# long as a test takes.
+KEYSPACES = (KEYSPACE, f"{KEYSPACE}_1")
+_in_use = 0
 _fresh: set[Path] = set()
+
+
+def keyspace() -> str:
+    """The keyspace this test runs on (it changes only at a wipe, between tests)."""
+    return KEYSPACES[_in_use]
+
+
+def scylla() -> ScyllaConfig:
+    """The store settings of this test's keyspace."""
+    return ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=keyspace())
 
 
 def first_use(place: Path) -> bool:
@@ -31,8 +47,9 @@ def first_use(place: Path) -> bool:
 def _admin_session():  # type: ignore[no-untyped-def]
     from persistence.scylla import _cluster, migrate
 
-    migrate(SCYLLA)
-    session = _cluster(SCYLLA).connect(KEYSPACE)
+    for name in KEYSPACES:
+        migrate(ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=name))
+    session = _cluster(scylla()).connect()
     drop_abandoned_keyspaces(session)
     return session
 
@@ -45,8 +62,8 @@ def drop_abandoned_keyspaces(session) -> None:  # type: ignore[no-untyped-def]
     prefix = KEYSPACE.rsplit("_", 1)[0] + "_"
     rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
     for (name,) in rows:
-        pid = name.removeprefix(prefix)
-        if name == KEYSPACE or not name.startswith(prefix) or not pid.isdigit():
+        pid = name.removeprefix(prefix).split("_", 1)[0]  # canopy_test_PID, canopy_test_PID_1
+        if name in KEYSPACES or not name.startswith(prefix) or not pid.isdigit():
             continue
         if Path(f"/proc/{pid}").exists():
             continue  # another run, still going
@@ -58,9 +75,10 @@ def drop_abandoned_keyspaces(session) -> None:  # type: ignore[no-untyped-def]
 
 def reset_admin_session() -> None:
     """Forget the admin connection (after a Cassandra restart); the next use reconnects,
-    and the next wipe empties every table."""
-    global _writes_at_wipe
-    _writes_at_wipe = None
+    and the next wipes empty every table of every keyspace."""
+    finish_emptying()  # their failures (Cassandra went away under them) are answered below
+    _emptying.clear()
+    _writes_at_wipe.clear()
     if _admin_session.cache_info().currsize:
         _admin_session().cluster.shutdown()
         _admin_session.cache_clear()
@@ -68,28 +86,51 @@ def reset_admin_session() -> None:
 
 _TABLE_NAMES = tuple(s.split("EXISTS", 1)[1].split("(", 1)[0].strip() for s in TABLES)
 _WRITES = "SELECT table_name, count FROM system_views.local_write_latency WHERE keyspace_name = %s"
-# Each table's count of writes when last emptied; None after a restart of Cassandra
-# (its counts start again from 0): every table is emptied then.
-_writes_at_wipe: dict[str, int] | None = {}
+# Each keyspace's count of writes per table when last emptied; missing (at the start, or
+# after a restart of Cassandra, whose counts start again from 0): every table is emptied.
+_writes_at_wipe: dict[str, dict[str, int]] = {}
+_behind = ThreadPoolExecutor(1, thread_name_prefix="keyspace-wipe")
+_emptying: dict[str, Future[None]] = {}  # keyspaces out of use, being emptied in turn
 
 
 def wipe_cassandra() -> None:
-    """Empty every table written since the last wipe, or holding a row.
+    """Give the test an empty keyspace: the next in turn, emptied behind the tests since
+    it was last used and checked again here (a process of an earlier test may have
+    written since); the one the last test used is emptied behind this one.
 
     A TRUNCATE costs 20-60 ms even of an empty table (0.35-0.49 s for all eleven, and
-    they do not overlap): over the ~560 tests on Cassandra, minutes of `make test`. A
-    table's live rows alone do not say it is clean: a delete leaves a tombstone stamped
-    on the rows' scale (docs/decisions.md), which hides a later test's rows of the same
-    ids. Cassandra's per-table write counts (deletes and LWTs included) do."""
-    global _writes_at_wipe
+    they do not overlap; on tmpfs no less), over the ~560 tests on Cassandra minutes of
+    `make test` when each test waited for them."""
+    global _in_use
+    used = keyspace()
+    _in_use = (_in_use + 1) % len(KEYSPACES)
+    emptying = _emptying.pop(keyspace(), None)
+    if emptying is not None and emptying.exception() is not None:  # Cassandra went away
+        _writes_at_wipe.pop(keyspace(), None)  # under it: every table again
+    _empty(keyspace())  # normally nothing left to do: a probe of each table
+    _emptying[used] = _behind.submit(_empty, used)
+
+
+def finish_emptying() -> None:
+    """Wait until the keyspaces out of use are emptied (a failure, if any, is answered by
+    the wipe that takes that keyspace up)."""
+    for emptying in list(_emptying.values()):
+        emptying.exception()
+
+
+def _empty(name: str) -> None:
+    """Empty every table of the keyspace written since it was last emptied, or holding
+    a row. Live rows alone do not say a table is clean: a delete leaves a tombstone
+    stamped on the rows' scale (docs/decisions.md), which hides a later test's rows of
+    the same ids; Cassandra's per-table write counts (deletes and LWTs included) do."""
     session = _admin_session()
-    counts = session.execute_async(_WRITES, (KEYSPACE,))
-    probes = [(t, session.execute_async(f"SELECT * FROM {t} LIMIT 1")) for t in _TABLE_NAMES]
-    written, before = dict(counts.result()), _writes_at_wipe
+    counts = session.execute_async(_WRITES, (name,))
+    probes = [(t, session.execute_async(f"SELECT * FROM {name}.{t} LIMIT 1")) for t in _TABLE_NAMES]
+    written, before = dict(counts.result()), _writes_at_wipe.pop(name, None)
     for table, probe in probes:
         if before is None or written.get(table) != before.get(table, 0) or probe.result().one():
-            session.execute(f"TRUNCATE {table}")
-    _writes_at_wipe = written
+            session.execute(f"TRUNCATE {name}.{table}", timeout=120)
+    _writes_at_wipe[name] = written
 
 
 def wipe_redis() -> None:
@@ -122,17 +163,19 @@ def redis_settings(*, cluster: bool = False, **options: float) -> RedisSettings:
 
 
 def drop_keyspace() -> None:
-    """Drop this run's keyspace. A schema change waits for every table's flush: on a busy
+    """Drop this run's keyspaces. A schema change waits for every table's flush: on a busy
     machine it can take far longer than a query's 10 s, and a keyspace left behind (named
     by the run's pid) harms nothing, so a timeout is reported, not failed."""
     from cassandra import OperationTimedOut
 
+    finish_emptying()  # before its keyspace goes
     if _admin_session.cache_info().currsize:
         session = _admin_session()
         try:
-            session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
+            for name in KEYSPACES:
+                session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=120)
         except OperationTimedOut as exc:
-            print(f"keyspace {KEYSPACE} not dropped: {exc}", file=sys.stderr)
+            print(f"keyspaces {KEYSPACES} not dropped: {exc}", file=sys.stderr)
         finally:
             session.cluster.shutdown()
 
@@ -142,7 +185,7 @@ async def cassandra_store(directory: Path) -> AsyncIterator[ScyllaStore]:
     require("cassandra")
     if first_use(directory):
         wipe_cassandra()
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         yield store
 
 

@@ -15,8 +15,9 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.connections import EdgeRunner, EdgeSite, default_max_connections
+from tests.backends import keyspace
 from tests.processes import NodeProcess
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, REDIS_URL, require
 
 
 class Node:
@@ -57,8 +58,7 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "cassandra+redis": {
         "store": "scylla",
         "journal": "redis",
-        "scylla_nodes": CASSANDRA_NODES,
-        "scylla_keyspace": KEYSPACE,
+        "scylla_nodes": CASSANDRA_NODES,  # on the keyspace of the test (`emptied`)
         "redis_url": REDIS_URL,
         # Its write-behind in this process (the flusher's own tests reach into it); the
         # default, a flusher process, is FLUSHER_PROCESS below.
@@ -81,11 +81,17 @@ def empty_servers() -> None:
     wipe_redis()
 
 
+def emptied(backend: dict[str, Any]) -> dict[str, Any]:
+    """A server backend's settings on emptied servers, with this test's keyspace."""
+    empty_servers()
+    return {**backend, "scylla_keyspace": keyspace()}
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Settings of one storage configuration; server backends start each test empty."""
     if request.param == "cassandra+redis":
-        empty_servers()
+        return emptied(BACKENDS[request.param])
     return BACKENDS[request.param]
 
 

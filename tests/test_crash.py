@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 
 from persistence.journal_file import SEGMENT_MAGIC
-from tests.backends import wipe_cassandra, wipe_redis
+from tests.backends import keyspace, wipe_cassandra, wipe_redis
 from tests.processes import NodeProcess
 from tests.processes import post_json as _post
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, REDIS_URL, require
 
 WRITERS = 16
 KILL_AFTER_ACKS = 600
@@ -60,7 +60,7 @@ def server_backends() -> tuple[str, ...]:
     wipe_redis()
     return (
         "--store", "scylla", "--journal", "redis", "--scylla-nodes", CASSANDRA_NODES,
-        "--scylla-keyspace", KEYSPACE, "--redis-url", REDIS_URL,
+        "--scylla-keyspace", keyspace(), "--redis-url", REDIS_URL,
     )  # fmt: skip
 
 

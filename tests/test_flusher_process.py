@@ -18,7 +18,7 @@ from persistence.journal_redis import own_pool_journal
 from persistence.records import Snapshot
 from persistence.redis_pool import RedisSettings
 from persistence.scylla import ScyllaStore
-from tests.backends import SCYLLA
+from tests.backends import scylla
 from tests.processes import NodeProcess
 from tests.processes import post_json as _post
 from tests.services import REDIS_URL
@@ -140,7 +140,7 @@ async def test_flusher_killed_under_load_is_restarted_and_stores_every_acked_app
         await writers.until(len(writers) + 300)  # acknowledged while it was dead or new
         assert await _flusher_ready(node, 2) != first
         await writers.finish()
-        async with ScyllaStore(SCYLLA) as store:
+        async with ScyllaStore(scylla()) as store:
             await _eventually(lambda: _all_stored_and_trimmed(store, writers), node=node,
                               why=lambda: writers.waiting_for)  # fmt: skip
             for cid, snapshot in (await _stored(store, writers)).items():
@@ -179,7 +179,7 @@ async def test_serving_node_killed_under_load_loses_nothing_and_stores_it_once(
             for mid, text in messages.items():
                 assert tree.get(mid) == {"type": "text", "text": text}, (cid, mid)
             served[cid] = set(tree)
-        async with ScyllaStore(SCYLLA) as store:
+        async with ScyllaStore(scylla()) as store:
             await _eventually(lambda: _all_stored_and_trimmed(store, writers), node=second,
                               why=lambda: writers.waiting_for)  # fmt: skip
             for cid, snapshot in (await _stored(store, writers)).items():
@@ -275,7 +275,7 @@ async def test_on_cassandra_and_redis_the_default_writes_behind_from_a_niced_chi
         created = await _post(session, f"{node.base}/api/v1/conversations",
                               {"title": "default", "created_by": "fp"})  # fmt: skip
     cid = created["conversation_id"]
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         await _eventually(lambda: _stored_one(store, cid), node=node)
     assert await node.stop(signal.SIGTERM) == 0
 

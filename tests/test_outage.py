@@ -13,7 +13,7 @@ import pytest
 
 from gateway.keys import FLUSHER
 from persistence.scylla import ScyllaStore
-from tests.backends import SCYLLA, reset_admin_session
+from tests.backends import reset_admin_session, scylla
 from tests.conftest import Node, NodeFactory
 
 # Writes go on through the outage for at least this long (the flusher's writes fail,
@@ -95,7 +95,7 @@ async def test_cassandra_outage_loses_no_acknowledged_write(
     await services("start", "cassandra")
     assert await node.app[FLUSHER].flush_all(retries=40)
 
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         for cid, messages in acked.items():
             snapshot = await store.load(cid)
             assert snapshot is not None

@@ -18,9 +18,9 @@ import pytest_asyncio
 
 from engine.membership_workers import worker_id
 from engine.placement import Rendezvous
-from tests.backends import wipe_redis
+from tests.backends import keyspace, wipe_redis
 from tests.processes import NodeProcess
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, REDIS_URL, require
 from tests.test_workers import alive, eventually, kill_all, until_async, worker_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -41,7 +41,7 @@ async def node(
     process = NodeProcess(
         tmp_path_factory.mktemp("workers-shared") / "data", unused_tcp_port_factory(),
         "--workers", "2", "--store", "scylla", "--journal", "redis",
-        "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", KEYSPACE,
+        "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", keyspace(),
         "--redis-url", REDIS_URL, "--flush-interval", "60", "--admin-token", ADMIN,
     )  # fmt: skip
     await process.start()

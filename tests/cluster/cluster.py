@@ -21,9 +21,9 @@ import pytest
 
 from engine.placement import Rendezvous
 from persistence import redis_keys
-from tests.backends import wipe_redis
+from tests.backends import keyspace, wipe_redis
 from tests.processes import NodeProcess
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_CLUSTER_URL, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, REDIS_CLUSTER_URL, REDIS_URL, require
 
 # Marks a test (or, as pytestmark, a module) to run over the single Redis and over the
 # Redis Cluster: each run starts three nodes (~7 s here), so only the core ones do.
@@ -58,7 +58,7 @@ class Cluster:
             self.nodes[node_id] = NodeProcess(
                 root / node_id, port,
                 "--cluster", "redis", "--journal", "redis", "--store", "scylla",
-                "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", KEYSPACE,
+                "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", keyspace(),
                 "--redis-url", redis_url, "--node-id", node_id,
                 "--advertise-url", f"http://127.0.0.1:{port}",
                 "--lease-seconds", LEASE, "--heartbeat-seconds", HEARTBEAT, *extra,

@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.backends import wipe_redis
+from tests.backends import keyspace, wipe_redis
 from tests.cluster.cluster import texts
 from tests.processes import NodeProcess
-from tests.services import CASSANDRA_NODES, KEYSPACE, REDIS_URL, require
+from tests.services import CASSANDRA_NODES, REDIS_URL, require
 from tests.test_workers import alive
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -73,7 +73,7 @@ def _node(root: Path, port: int, node_id: str) -> NodeProcess:
     return NodeProcess(
         root / node_id, port, "--workers", "2",
         "--cluster", "redis", "--journal", "redis", "--store", "scylla",
-        "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", KEYSPACE,
+        "--scylla-nodes", CASSANDRA_NODES, "--scylla-keyspace", keyspace(),
         "--redis-url", REDIS_URL, "--node-id", node_id, "--admin-token", TOKEN,
     )  # fmt: skip
 

@@ -19,10 +19,9 @@ from test_sidebar import (  # noqa: F401
     test_shared_conversations_come_with_their_permission,
 )
 
-from tests.conftest import FLUSHER_PROCESS, empty_servers
+from tests.conftest import FLUSHER_PROCESS, emptied
 
 
 @pytest.fixture
 def backend() -> dict[str, Any]:
-    empty_servers()
-    return FLUSHER_PROCESS
+    return emptied(FLUSHER_PROCESS)

@@ -17,15 +17,14 @@ import redis.asyncio as redis
 from engine.registry import Registry
 from gateway.keys import CONVERSATIONS, FLUSHER, STORE
 from persistence import redis_keys
-from tests.conftest import FLUSHER_PROCESS, Node, NodeFactory, empty_servers
+from tests.conftest import FLUSHER_PROCESS, Node, NodeFactory, emptied
 from tests.services import REDIS_URL
 
 
 @pytest.fixture
 def backend() -> dict[str, Any]:
     """Cassandra + Redis (emptied), the flusher in its own process."""
-    empty_servers()
-    return FLUSHER_PROCESS
+    return emptied(FLUSHER_PROCESS)
 
 
 @contextmanager

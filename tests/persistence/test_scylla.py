@@ -23,7 +23,7 @@ from cassandra.query import BatchStatement
 from persistence.records import Branch, Conversation, Message
 from persistence.scylla import ScyllaStore
 from persistence.store import Changes
-from tests.backends import SCYLLA, _admin_session
+from tests.backends import _admin_session, scylla
 from tests.persistence.conftest import Rows
 from tests.services import require
 
@@ -33,7 +33,7 @@ def test_migrate_is_idempotent_and_creates_every_table() -> None:
     keyspace = f"canopy_migrate_{os.getpid()}"
     command = [
         sys.executable, "-m", "gateway.cli", "migrate", "--scylla-keyspace", keyspace,
-        "--scylla-nodes", ",".join(SCYLLA.nodes), "--scylla-replication", "SimpleStrategy:1",
+        "--scylla-nodes", ",".join(scylla().nodes), "--scylla-replication", "SimpleStrategy:1",
     ]  # fmt: skip
     session = _admin_session()
     try:
@@ -60,7 +60,7 @@ def test_migrate_is_idempotent_and_creates_every_table() -> None:
 
 
 def test_replication_spec_maps_to_cql() -> None:
-    config = dataclasses.replace(SCYLLA, replication="NetworkTopologyStrategy:dc1=3,dc2=2")
+    config = dataclasses.replace(scylla(), replication="NetworkTopologyStrategy:dc1=3,dc2=2")
     assert config.replication_map() == {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 2}
 
 
@@ -71,7 +71,7 @@ async def test_close_is_bounded_when_the_driver_shutdown_hangs(
     a node's shutdown must not wait for it."""
     require("cassandra")
     release = threading.Event()
-    store = ScyllaStore(dataclasses.replace(SCYLLA, close_timeout=0.2))
+    store = ScyllaStore(dataclasses.replace(scylla(), close_timeout=0.2))
     await store.__aenter__()
     cluster = store._cluster
     assert cluster is not None
@@ -102,7 +102,7 @@ async def test_a_conversation_delete_wins_over_its_recent_rows() -> None:
     root = Message("root", None, "root", b"{}", {}, at, "u", 1, 0)
     child = Message("child", "root", "human", b'{"type":"text","text":"x"}', {}, at, "u", 2, 1)
     branch = Branch("b1", "main", "child", at, at, "u")
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         messages = {"root": root, "child": child}
         written = Changes(conversation=meta, messages=messages, branches={"b1": branch})
         written.version = 10
@@ -120,7 +120,7 @@ async def test_sessions_speak_protocol_v4() -> None:
     """v5's checksummed segments made a connect fail in a CI run ("CRC mismatch on header",
     PYTHON-1337); v4 is what ScyllaDB speaks and Cassandra 5 still serves."""
     require("cassandra")
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         assert store._cluster is not None and store._cluster.protocol_version == 4
         assert await store.load("no-such-conversation") is None
 
@@ -153,7 +153,7 @@ async def test_a_fork_sized_write_waits_out_a_busy_connection() -> None:
         Message(f"m{i}", "root", "human", b'{"type":"text","text":"x"}', {}, at, "u", 2, i)
         for i in range(1, 1001)
     ]
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         assert store._session is not None
         real = store._session.execute_async
         refusals = iter(range(8))  # the first batches meet a full socket
@@ -174,7 +174,7 @@ async def test_a_fork_sized_write_waits_out_a_busy_connection() -> None:
 async def test_rows_come_back_as_plain_tuples() -> None:
     """The driver's default row factory builds a namedtuple class for every result."""
     require("cassandra")
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         rows = await store._query("SELECT release_version FROM system.local", ())
         assert type(rows[0]) is tuple
 
@@ -183,7 +183,7 @@ async def test_a_finished_request_lets_go_of_its_statement(rows: Rows) -> None:
     """The driver's future, its timer and our callbacks form a cycle: unbroken, it kept
     each request's statement (a fork's bound rows) until the cycle collector ran."""
     require("cassandra")
-    async with ScyllaStore(SCYLLA) as store:
+    async with ScyllaStore(scylla()) as store:
         assert store._session is not None
         real = store._session.execute_async
         sent: list[weakref.ref[Any]] = []

@@ -14,7 +14,7 @@ from cassandra.query import BatchType, BoundStatement
 from persistence.scylla import ScyllaStore
 from persistence.scylla_writes import Listed, Listings
 from persistence.store import Changes, StoreError
-from tests.backends import SCYLLA, cassandra_store
+from tests.backends import cassandra_store, scylla
 from tests.persistence.conftest import Rows
 from tests.waiting import until
 
@@ -71,7 +71,7 @@ async def test_a_conversation_written_elsewhere_meanwhile_is_listed_once(
     """The conversation moved to another node, which moved its listing row, and came back
     (an activation): the row this store remembered is stale and must not be trusted."""
     await store.write("c1", appended(rows, "c1", 1))
-    async with ScyllaStore(SCYLLA) as elsewhere:
+    async with ScyllaStore(scylla()) as elsewhere:
         assert await elsewhere.load("c1") is not None
         await elsewhere.write("c1", appended(rows, "c1", 2))
     assert await store.load("c1") is not None
