@@ -30,9 +30,9 @@ def keyspace() -> str:
     return KEYSPACES[_in_use]
 
 
-def scylla() -> ScyllaConfig:
-    """The store settings of this test's keyspace."""
-    return ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=keyspace())
+def scylla(name: str | None = None) -> ScyllaConfig:
+    """The store settings of this test's keyspace (or of the keyspace named)."""
+    return ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=name or keyspace())
 
 
 def first_use(place: Path) -> bool:
@@ -48,7 +48,7 @@ def _admin_session():  # type: ignore[no-untyped-def]
     from persistence.scylla import _cluster, migrate
 
     for name in KEYSPACES:
-        migrate(ScyllaConfig(nodes=(CASSANDRA_NODES,), keyspace=name))
+        migrate(scylla(name))
     session = _cluster(scylla()).connect()
     drop_abandoned_keyspaces(session)
     return session
