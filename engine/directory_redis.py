@@ -70,7 +70,8 @@ def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
-def _node_of(value: str) -> str:
+def node_of(value: str) -> str:
+    """The node a lease's value ("node-id epoch") names."""
     return value.rsplit(" ", 1)[0]
 
 
@@ -152,7 +153,7 @@ class RedisDirectory:
         value = await self._call(self._client.get(redis_keys.lease(conversation_id)))
         if not value:
             return None
-        node = _node_of(value.decode() if isinstance(value, bytes) else value)
+        node = node_of(value.decode() if isinstance(value, bytes) else value)
         live = node == self._node_id or any(m.node_id == node for m in self._membership.live())
         return node if live else None
 
@@ -201,12 +202,12 @@ class RedisDirectory:
                 self.takeovers += bool(dead)
                 return int(value)
             held = value.decode()
-            holder = _node_of(held)
+            holder = node_of(held)
             if await self._call(self._client.exists(redis_keys.member(holder))):
                 break  # its heartbeat is current: it stays the owner
             dead = held  # taken below only if the key still says exactly this
         else:
-            holder = _node_of(held)
+            holder = node_of(held)
         self.refusals += 1
         raise LeaseHeld(conversation_id, holder)
 

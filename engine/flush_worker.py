@@ -11,8 +11,15 @@ the records in the journal, and records are idempotent upserts on a version-guar
 store, so writing one twice changes nothing and no write goes backwards.
 
 At start it takes every journaled conversation (`RedisJournal.journaled`) once: what a
-killed flusher had taken from the dirty set is not forgotten. One flusher per node: it
-holds a lease (SET NX PX, renewed); a second one refuses to start (`LeaseHeld`).
+killed flusher had taken from the dirty set is not forgotten. A cluster member's takes
+those no other node holds the lease of: a holder marked them dirty for its own flusher
+when it activated them (Store plus journal tail), and left to every member's start they
+would be written once per member. One flusher per node: it holds a lease (SET NX PX,
+renewed); a second one refuses to start (`LeaseHeld`).
+
+Two flushers writing one conversation (a member's and the next owner's, for a moment
+after a move) cannot undo each other: a row's write timestamp is its version
+(persistence/scylla_writes.py), and each applies only what the fenced journal holds.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from redis.exceptions import RedisError
 
 from engine import replay
 from engine.conversation import ConversationState
+from engine.directory_redis import node_of
 from persistence import redis_keys
 from persistence.background import Throttled, backoff_delay, stop
 from persistence.flusher_lease import FlusherLease
 from persistence.journal_redis import RedisJournal
 from persistence.records import Created
 from persistence.redis_pool import RedisPool
+from persistence.remote_flusher import NUDGE_SECONDS
 from persistence.resp import Arg, checked
 from persistence.store import Changes, Store
 
@@ -45,6 +54,7 @@ throttled = Throttled(log)
 
 STATS_EVERY = 1.0  # seconds: unchanged counters are published again after this
 FLUSHED_ENTRIES = 10_000  # the published-versions stream keeps about this many cycles
+LEASE_READS = 1_000  # lease keys read in one round trip at a cluster member's start
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class FlushWorkerConfig:
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
     close_timeout: float = 10.0  # the final drain's budget; what is left stays journaled
+    cluster: bool = False  # the node is a cluster member: its start skips peers' leases
 
 
 class LeaseHeld(Exception):
@@ -131,6 +142,8 @@ class FlushWorker:
             raise LeaseHeld(f"another flusher runs for node {self._config.node} ({holder})")
         try:
             journaled = await self._journal.journaled()
+            if self._config.cluster:
+                journaled = await self._not_held_elsewhere(journaled)
         except BaseException:
             await self._lease.release()
             raise
@@ -178,21 +191,45 @@ class FlushWorker:
             "cycles": self.cycles,
         }
 
+    async def _not_held_elsewhere(self, conversation_ids: list[str]) -> list[str]:
+        """Those whose lease names no node or this one ("node-id epoch", engine/
+        directory_redis.py), read in batches over the lean channel."""
+        mine = []
+        for start in range(0, len(conversation_ids), LEASE_READS):
+            chunk = conversation_ids[start : start + LEASE_READS]
+            held = checked(
+                await self._lean.execute([("GET", redis_keys.lease(cid)) for cid in chunk])
+            )
+            mine += [
+                cid
+                for cid, value in zip(chunk, held, strict=True)
+                if value is None or node_of(_text(value)) == self._config.node
+            ]
+        return mine
+
     # -- cycles ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """A cycle every `interval`; between two cycles further apart than NUDGE_SECONDS,
+        a look every NUDGE_SECONDS at what the admin asked to be stored at once."""
+        interval = self._config.interval
+        next_cycle = time.monotonic() + interval
         while not self._closing:
-            await asyncio.sleep(self._config.interval)
+            now = time.monotonic()
+            await asyncio.sleep(max(0.0, min(next_cycle, now + NUDGE_SECONDS) - now))
+            full = time.monotonic() >= next_cycle
+            if full:
+                next_cycle = time.monotonic() + interval
             try:
-                await self._cycle()
+                await self._cycle(full)
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one cycle
                 throttled.warning("cycle", "flusher cycle failed: %r; retrying", exc)
 
-    async def _cycle(self) -> None:
-        """Take the dirty set, start the writes that are due, trim and publish what was
-        stored since the last cycle."""
-        self.cycles += 1
-        self._due.update(await self._take())
+    async def _cycle(self, full: bool = True) -> None:
+        """Take the dirty set (only the asked-now set between cycles), start the writes
+        that are due, trim and publish what was stored since the last cycle."""
+        self.cycles += full
+        self._due.update(await self._take(full))
         now = time.monotonic()
         for conversation_id in list(self._due):
             if conversation_id in self._flushing or self._not_before.get(conversation_id, 0) > now:
@@ -214,14 +251,15 @@ class FlushWorker:
         await self._publish()
         return not self._due and not taken
 
-    async def _take(self) -> list[str]:
-        """Conversations the node journaled since the last take (its dirty set, emptied)."""
-        [taken] = checked(
-            await self._lean.execute(
-                [("SPOP", redis_keys.dirty(self._config.node), self._config.take)]
-            )
-        )
-        return [_text(raw) for raw in cast(list[bytes], taken or [])]
+    async def _take(self, full: bool = True) -> list[str]:
+        """Conversations asked to be stored now and, in a full take, those the node
+        journaled since the last one (its dirty set, emptied)."""
+        node, take = self._config.node, self._config.take
+        commands: list[tuple[Arg, ...]] = [("SPOP", redis_keys.flush_now(node), take)]
+        if full:
+            commands.append(("SPOP", redis_keys.dirty(node), take))
+        replies = checked(await self._lean.execute(commands))
+        return [_text(raw) for taken in replies for raw in cast(list[bytes], taken or [])]
 
     def _written(self, conversation_id: str, _: asyncio.Task[None]) -> None:
         del self._flushing[conversation_id]

@@ -221,7 +221,7 @@ async def flush(request: web.Request) -> web.StreamResponse:
         return relayed
     _, found, touched = _hot(request)
     try:
-        await request.app[FLUSHER].flush(found.id)
+        await request.app[FLUSHER].flush_now(found.id)
     except StoreError as exc:
         raise Unavailable(f"store unavailable: {exc}") from None
     return json_response(actor_out(request, found, touched, time.monotonic()))

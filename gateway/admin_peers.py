@@ -5,7 +5,8 @@ A peer is asked with `scope=node` (its own actors only, so nothing fans out twic
 the cluster's token in `X-Canopy-Cluster-Token` (gateway/admin_token.py accepts it as
 well as the admin bearer), so the nodes need not share an admin token. One aiohttp
 session (keep-alive) for the node's life; a peer that does not answer within `timeout`
-is named in the answer rather than failing it.
+is named in the answer rather than failing it. A flush or a passivation asked of the
+owner waits for its store (a flusher process's answer up to 10 s): `WRITE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from aiohttp import web
 from engine.membership import Member
 from gateway.admin_schemas import ActorsOut
 from gateway.admin_token import PEER_TOKEN
+
+WRITE_TIMEOUT = aiohttp.ClientTimeout(total=15.0)  # seconds: a POST stores first
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class PeerAdmin:
             async with self._session.request(
                 method, url + path, params={**query, "scope": "node"},
                 headers={PEER_TOKEN: token},
+                timeout=WRITE_TIMEOUT if method == "POST" else self._timeout,
             ) as answer:  # fmt: skip
                 return Answer(answer.status, await answer.read())
         except (aiohttp.ClientError, TimeoutError):

@@ -159,7 +159,7 @@ class Settings:
     def flusher_in_child(self) -> bool:
         """Whether the write-behind runs in a `canopy flusher` child: `on`, or `auto` on
         Cassandra, where it was measured better (fork p99 ~20 against 47-110 ms,
-        docs/decisions.md), when nothing refuses it (one worker, no cluster, ...)."""
+        docs/decisions.md), when nothing refuses it (one worker, a cache, ...)."""
         if self.flusher_process != "auto":
             return self.flusher_process == "on"
         return self.store == "scylla" and not flusher_process_refused(self)
@@ -256,7 +256,7 @@ _OPTIONS: dict[str, Option] = {
     "flusher_process": Option(("CANOPY_FLUSHER_PROCESS",), switch, "durability",
         "on, off or auto; with --journal redis: write behind from a separate process "
         "(`canopy flusher`) the node starts, restarts and stops, so the serving process pays "
-        "only the journal append; auto: on with --store scylla, unless --workers, --cluster, "
+        "only the journal append; auto: on with --store scylla, unless --workers, "
         "--cache off or --durability store (a bare --flusher-process: on)", "auto"),
     "flusher_nice": Option(("CANOPY_FLUSHER_NICE",), int, "durability",
         "nice increment of the flusher process (0-19): on a busy core its write-behind "
@@ -491,9 +491,6 @@ def flusher_process_refused(settings: Settings) -> str:
     if settings.worker_count() > 1:
         return ("--workers above 1 with --flusher-process is not supported yet "
                 "(each worker's flusher takes every journaled conversation)")  # fmt: skip
-    if settings.cluster != "none":  # as with --workers: untested, so refused
-        return ("--cluster redis with --flusher-process is not supported yet (each node's "
-                "flusher would take every journaled conversation, its peers' too)")  # fmt: skip
     return ""
 
 

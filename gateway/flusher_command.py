@@ -40,7 +40,9 @@ async def run(settings: Settings, *, lifeline: bool) -> int:
         watch_stdin(loop, stop)
     else:
         loop.add_signal_handler(signal.SIGINT, stop.set)
-    config = FlushWorkerConfig(node=settings.node(), interval=settings.flush_interval)
+    config = FlushWorkerConfig(
+        node=settings.node(), interval=settings.flush_interval, cluster=settings.cluster != "none"
+    )
     try:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(RedisPool(settings.redis()))

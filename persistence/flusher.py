@@ -298,6 +298,11 @@ class Flusher:
                 for watcher in self._clean_watchers:
                     watcher(conversation_id)
 
+    async def flush_now(self, conversation_id: str) -> None:
+        """Store one conversation's unflushed changes and return once they are stored
+        (the admin's flush): here, `flush`."""
+        await self.flush(conversation_id)
+
     def _flushed(self, conversation_id: str) -> None:
         """Remember when it was stored; its lag restarts if it was written to meanwhile
         (from now: an upper bound on when that write came)."""

@@ -85,6 +85,12 @@ def dirty(node: str) -> str:
     return f"{PREFIX}flusher:{{{node}}}:dirty"
 
 
+def flush_now(node: str) -> str:
+    """Set of conversations the admin asked the node's flusher to store at once (SPOP):
+    looked at between cycles too, when the flush interval is long."""
+    return f"{PREFIX}flusher:{{{node}}}:now"
+
+
 def flusher_lease(node: str) -> str:
     """The node's flusher holds this (SET NX PX, renewed): a second one refuses to run."""
     return f"{PREFIX}flusher:{{{node}}}:lease"

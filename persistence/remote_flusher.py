@@ -31,12 +31,15 @@ from persistence.flusher import Backpressure, Flusher, FlusherConfig
 from persistence.journal import Journal
 from persistence.redis_pool import Client, Lean
 from persistence.resp import Arg, checked, pairs
-from persistence.store import Changes, Store
+from persistence.store import Changes, Store, StoreError
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
 
 _STORED = msgspec.msgpack.Decoder(list[tuple[str, int]])
+# seconds: how often the flusher process looks for a flush asked now (`flush_now`) when
+# its cycles are further apart, and how often that flush reads its progress
+NUDGE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RemoteFlusherConfig:
     node: str
     flusher: FlusherConfig = FlusherConfig()  # interval (polls), max_unflushed_bytes
     down_seconds: float = 10.0  # the flusher without a lease this long: writes get 503
+    flush_now_timeout: float = 10.0  # the admin's flush waits this long for the store
     close_timeout: float = 3.0
 
 
@@ -69,6 +73,7 @@ class RemoteFlusher(Flusher):
         # Per conversation, each record not yet known stored: (version, nbytes, when).
         self._unstored: dict[str, deque[tuple[int, int, float]]] = {}
         self._to_mark: set[str] = set()  # journaled, not yet in the dirty set
+        self._to_nudge: set[str] = set()  # asked to be stored at once (`flush_now`)
         self._unsent: asyncio.Future[None] | None = None  # a `memory` append not yet sent
         self._poller: asyncio.Task[None] | None = None
         self._last_id = b"0-0"
@@ -160,6 +165,24 @@ class RemoteFlusher(Flusher):
     async def flush(self, conversation_id: str) -> None:
         """Nothing to write: a reactivation reads the store plus the journal tail."""
 
+    async def flush_now(self, conversation_id: str) -> None:
+        """Ask the flusher process to store the conversation at once, and read its
+        progress until it told it did (a StoreError after `flush_now_timeout`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._remote.flush_now_timeout
+        while conversation_id in self._unstored:
+            if loop.time() >= deadline:
+                raise StoreError(
+                    f"the flusher process has not stored {conversation_id} "
+                    f"within {self._remote.flush_now_timeout:g}s"
+                )
+            self._to_nudge.add(conversation_id)  # again each round: a record may be late
+            try:
+                await self._read_flusher()
+            except Exception as exc:  # noqa: BLE001 - Redis unreachable: say so
+                raise StoreError(f"cannot reach the flusher process: {exc}") from None
+            await asyncio.sleep(NUDGE_SECONDS)
+
     async def flush_all(self, retries: int = 0) -> bool:
         return True  # the flusher process stores what the journal holds
 
@@ -181,6 +204,7 @@ class RemoteFlusher(Flusher):
         Cluster they go to one master in one write too."""
         node = self._remote.node
         marks, self._to_mark = self._to_mark, set()
+        nudges, self._to_nudge = self._to_nudge, set()
         commands: list[tuple[Arg, ...]] = [
             ("XRANGE", redis_keys.flushed(node), b"(" + self._last_id, "+", "COUNT", 1000),
             ("HGETALL", redis_keys.flusher_stats(node)),
@@ -188,6 +212,8 @@ class RemoteFlusher(Flusher):
         ]
         if marks:
             commands.append(("SADD", redis_keys.dirty(node), *marks))
+        if nudges:
+            commands.append(("SADD", redis_keys.flush_now(node), *nudges))
         try:
             replies = checked(await self._lean.execute(commands))
         except BaseException:

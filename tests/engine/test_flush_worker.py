@@ -75,7 +75,7 @@ async def test_close_finishes_when_a_cycle_swallows_its_cancellation(
     store, journal, pool = parts
     cycling = asyncio.Event()
 
-    async def swallowing(self: FlushWorker) -> None:
+    async def swallowing(self: FlushWorker, full: bool = True) -> None:
         cycling.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
@@ -156,3 +156,68 @@ async def test_a_worker_over_a_redis_cluster_stores_trims_and_publishes(tmp_path
         published = await pool.client.hgetall(redis_keys.flusher_stats("n1"))
         assert int(published[b"batches_written"]) == 1
         assert int(published[b"messages_written"]) == 4  # the root and the three
+
+
+async def test_a_cluster_members_start_takes_no_conversation_a_peer_holds(
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool],
+) -> None:
+    """Every member's flusher starts by taking the journaled conversations. A peer's
+    lease means the peer activated it and marked its records dirty for its own flusher:
+    taken here too it would be written once per member. One leased by this node (an
+    earlier run of it) or by no one (its holder released it with records unstored) is
+    taken."""
+    store, journal, pool = parts
+    flusher = Flusher(store, journal, FlusherConfig(interval=3600))
+    ids: dict[str, str] = {}
+    async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
+        for name in ("peers", "mine", "nobodys"):
+            actor = await registry.create(ANONYMOUS, NewConversation(name, "fw"))
+            await registry.append(
+                ANONYMOUS, actor.id, NewMessage(actor.meta.root_id, "user", b'"hi"', {}, "fw")
+            )
+            ids[name] = actor.id
+            flusher.forget(actor.id)  # left to the flusher process
+    await pool.client.set(redis_keys.lease(ids["peers"]), "n2 7")
+    await pool.client.set(redis_keys.lease(ids["mine"]), "n1 3")
+    config = FlushWorkerConfig(node="n1", interval=3600, cluster=True)
+    async with FlushWorker(store, journal, pool, config):
+        pass  # its close stores what it took at start
+    assert await store.load(ids["peers"]) is None
+    for name in ("mine", "nobodys"):
+        stored = await store.load(ids[name])
+        assert stored is not None and stored.conversation.message_count == 2
+    assert await journal.journaled() == [ids["peers"]]
+    async with FlushWorker(store, journal, pool, FlushWorkerConfig(node="n2", interval=3600)):
+        pass  # the holder's own flusher, or a node's outside a cluster, takes it
+    assert await journal.journaled() == []
+
+
+async def test_a_conversation_asked_for_now_is_stored_between_long_cycles(
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool],
+) -> None:
+    """The admin's flush (`redis_keys.flush_now`) does not wait for the next cycle."""
+    store, journal, pool = parts
+    flusher = Flusher(store, journal, FlusherConfig(interval=3600))
+    async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
+        actor = await registry.create(ANONYMOUS, NewConversation("now", "fw"))
+        flusher.forget(actor.id)  # left to the flusher process
+    config = FlushWorkerConfig(node="n1", interval=3600)
+    async with FlushWorker(store, journal, pool, config) as worker:
+        await asyncio.sleep(0)  # its start took every journaled conversation: store them
+        async with asyncio.timeout(60):
+            while await journal.journaled():
+                await asyncio.sleep(0.01)
+        assert worker.stats()["cycles"] == 0
+        actor_id = actor.id
+        async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
+            await registry.append(
+                ANONYMOUS, actor_id, NewMessage(actor.meta.root_id, "user", b'"hi"', {}, "fw")
+            )
+            flusher.forget(actor_id)
+        await pool.client.sadd(redis_keys.flush_now("n1"), actor_id)
+        async with asyncio.timeout(60):  # bounded: without the look between cycles, never
+            while await journal.journaled():
+                await asyncio.sleep(0.01)
+        stored = await store.load(actor_id)
+        assert stored is not None and stored.conversation.message_count == 2
+        assert worker.stats()["cycles"] == 0  # no cycle came meanwhile

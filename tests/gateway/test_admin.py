@@ -5,17 +5,20 @@ hot actors)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis.asyncio as redis
 from gateway_helpers import API, ERROR_KEYS, chain, create_branch, new_conversation, ok, tree
 
 from gateway.admin_token import ADMIN
 from gateway.auth import api_key_digest
-from gateway.keys import FLUSHER
+from gateway.keys import FLUSHER, STORE
+from persistence import redis_keys
 
 if TYPE_CHECKING:
     from conftest import Node, NodeFactory
@@ -244,3 +247,41 @@ async def test_with_a_flusher_process_unflushed_records_follow_its_progress(
         await asyncio.sleep(0.05)
     assert detail["unflushed_bytes"] == 0 and detail["last_flush"] is not None
     assert (await admin(node, "GET", "/admin/nodes"))["nodes"][0]["unflushed_records"] == 0
+
+
+@pytest.mark.parametrize("backend", ["cassandra+redis"], indirect=True)
+async def test_with_a_flusher_process_the_flush_button_answers_once_stored(
+    start_node: NodeFactory,
+) -> None:
+    """The flush waits for the flusher process to tell it stored the actor (it used to
+    answer at once, unflushed records and all); a flusher that does not is a JSON 503."""
+    node = await start(start_node, flusher_process="on", flush_interval=0.05)
+    flusher = node.app[FLUSHER]
+    pid = flusher.stats()["flusher_process_pid"]
+    assert isinstance(pid, int) and pid
+    cid, root = await new_conversation(node)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await chain(node, cid, 3, root)
+        flusher._remote = dataclasses.replace(flusher._remote, flush_now_timeout=0.2)
+        refused = await admin(node, "POST", f"/admin/actors/{cid}/flush", status=503)
+        assert refused["error"]["code"] == "unavailable"
+        assert "has not stored" in refused["error"]["message"]
+        flusher._remote = dataclasses.replace(flusher._remote, flush_now_timeout=60.0)
+        flushing = asyncio.create_task(admin(node, "POST", f"/admin/actors/{cid}/flush"))
+        asked = redis.Redis.from_url(node.settings.redis_url)
+        try:  # the flush asked for it while nothing can store, and waits
+            deadline = asyncio.get_running_loop().time() + 60.0
+            now = redis_keys.flush_now(node.settings.node())
+            while not await asked.sismember(now, cid):
+                assert asyncio.get_running_loop().time() < deadline and not flushing.done()
+                await asyncio.sleep(0.01)
+        finally:
+            await asked.aclose()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    flushed = await flushing
+    assert flushed["unflushed_records"] == flushed["unflushed_bytes"] == 0
+    assert flushed["last_flush"] is not None
+    stored = await node.app[STORE].load(cid)
+    assert stored is not None and stored.conversation.message_count == 4

@@ -105,7 +105,6 @@ def test_jwt_settings_from_the_environment() -> None:
         ((), "it needs --journal redis"),  # the file journal keeps its in-process flusher
         (("--journal", "redis", "--cache", "off"), "nothing to write behind with --cache off"),
         (("--journal", "redis", "--durability", "store"), "--durability store writes in the"),
-        (("--journal", "redis", "--cluster", "redis"), "--cluster redis with --flusher-process"),
     ],
 )
 def test_flusher_process_is_refused_where_it_has_nothing_to_do(
@@ -128,7 +127,7 @@ CASSANDRA_REDIS = ("--store", "scylla", "--journal", "redis")
         ((*CASSANDRA_REDIS, "--flusher-process", "off"), False),
         ((*CASSANDRA_REDIS, "--cache", "off"), False),
         ((*CASSANDRA_REDIS, "--durability", "store"), False),
-        ((*CASSANDRA_REDIS, "--cluster", "redis"), False),
+        ((*CASSANDRA_REDIS, "--cluster", "redis"), True),  # each member's own child
         ((*CASSANDRA_REDIS, "--workers", "2"), False),
         (("--journal", "redis", "--flusher-process"), True),  # a bare flag: on
         (("--journal", "redis", "--flusher-process", "on"), True),
