@@ -58,11 +58,11 @@ class Member:
         return tree_cpu_seconds([self.process.process.pid])
 
 
-def command(member: Member, lease_seconds: float | None) -> list[str]:
+def command(member: Member, lease_seconds: float | None, flusher_process: str) -> list[str]:
     flags = canopy(member.port, member.data_dir, "--node-id", member.node_id,
              "--cluster", "redis", "--admin-token", ADMIN_TOKEN,
              "--store", "scylla", "--scylla-nodes", f"{CASSANDRA[0]}:{CASSANDRA[1]}",
-             "--scylla-keyspace", KEYSPACE,
+             "--scylla-keyspace", KEYSPACE, "--flusher-process", flusher_process,
              "--journal", "redis", "--redis-url", REDIS_URL)  # fmt: skip
     if lease_seconds is not None:
         flags += ["--lease-seconds", str(lease_seconds)]
@@ -72,9 +72,14 @@ def command(member: Member, lease_seconds: float | None) -> list[str]:
 class Cluster:
     """Members started and stopped as processes; a stopped one can start again."""
 
-    def __init__(self, root: Path, size: int, lease_seconds: float | None) -> None:
+    def __init__(
+        self, root: Path, size: int, lease_seconds: float | None, flusher_process: str = "auto"
+    ) -> None:
         self.members = [Member(f"n{k + 1}", free_port(), root / f"n{k + 1}") for k in range(size)]
         self.lease_seconds = lease_seconds
+        self.flusher_process = (
+            flusher_process  # each member's write-behind: its child or in-process
+        )
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Cluster:
@@ -101,7 +106,8 @@ class Cluster:
     def start(self, member: Member) -> None:
         member.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = member.data_dir.parent / f"{member.node_id}.log"
-        started = node(command(member, self.lease_seconds), member.port, log_path, None)
+        flags = command(member, self.lease_seconds, self.flusher_process)
+        started = node(flags, member.port, log_path, None)
         member.process = self._stack.enter_context(started)
 
     def kill(self, member: Member) -> None:
@@ -326,13 +332,14 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     report: dict[str, object] = {}
     with fresh_state() as root:
         if {"forwarding", "failover"} & args.phases:
-            with Cluster(root / "nodes", args.nodes, lease_seconds=None) as cluster:
+            nodes = Cluster(root / "nodes", args.nodes, None, args.flusher_process)
+            with nodes as cluster:
                 if "forwarding" in args.phases:
                     report["forwarding"] = await forwarding(cluster, args.rounds, args.requests)
                 if "failover" in args.phases:
                     report["failover"] = await failover(cluster, args.kills)
         if "renewal" in args.phases:
-            with Cluster(root / "alone", 1, lease_seconds=None) as alone:
+            with Cluster(root / "alone", 1, None, args.flusher_process) as alone:
                 report["renewal"] = await renewal(alone, args.hot, args.idle_seconds)
     return report
 
@@ -347,6 +354,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=10.0)
     parser.add_argument("--phases", type=lambda v: set(v.split(",")) & set(PHASES),
                         default=set(PHASES), help=",".join(PHASES) + " (default: all)")  # fmt: skip
+    parser.add_argument("--flusher-process", choices=("auto", "on", "off"), default="auto",
+                        help="each node's write-behind in its own process or not")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     report = uvloop.run(measure(args))
