@@ -127,6 +127,17 @@ class RemoteFlusher(Flusher):
     def _mark_dirty(self, conversation_id: str) -> None:
         self._to_mark.add(conversation_id)  # sent with the next poll
 
+    def forget(self, conversation_id: str) -> None:
+        """Another node took the conversation: what is unstored of it is the new owner's
+        to count (its flusher stores it; this node's may too, harmlessly)."""
+        versions = self._unstored.pop(conversation_id, None)
+        if versions is None:
+            return
+        self.forgotten += 1
+        self._unflushed -= sum(nbytes for _, nbytes, _ in versions)
+        for watcher in self._clean_watchers:
+            watcher(conversation_id)
+
     def check_capacity(self) -> None:
         if self._unflushed > self._config.max_unflushed_bytes:
             raise Backpressure(retry_after=1.0)

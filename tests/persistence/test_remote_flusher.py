@@ -161,3 +161,26 @@ async def test_an_activation_racing_the_flusher_builds_on_what_it_stored(
 async def _trimmed(cid: str) -> bool:
     async with redis.Redis.from_url(REDIS_URL) as client:
         return not await client.exists(redis_keys.journal(cid))
+
+
+async def test_a_conversation_another_node_took_is_no_longer_counted_unflushed(
+    start_node: NodeFactory,
+) -> None:
+    """A cluster member that lost a conversation forgets what is unstored of it: the new
+    owner counts it (and its flusher stores it). Counted here, it held this node's
+    backpressure until this node's flusher process happened to store it."""
+    node = await start_node()
+    flusher = node.app[FLUSHER]
+    with flusher_stopped(node):
+        status, created = await node.request(
+            "POST", "/api/v1/conversations", json={"title": "lost", "created_by": "u"}
+        )
+        assert status == 200
+        cid = created["conversation_id"]
+        status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
+        await _append(node, cid, tree["messages"][0]["message_id"], "m0")
+        assert flusher.unflushed(cid)[1] == 2 and flusher.stats()["unflushed_bytes"] > 0
+        flusher.forget(cid)  # what Registry does when another node took the lease
+        assert flusher.unflushed(cid) == (0, 0)
+        stats = flusher.stats()
+        assert stats["unflushed_bytes"] == 0 and stats["unflushed_records"] == 0
