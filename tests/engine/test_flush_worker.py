@@ -158,15 +158,31 @@ async def test_a_worker_over_a_redis_cluster_stores_trims_and_publishes(tmp_path
         assert int(published[b"messages_written"]) == 4  # the root and the three
 
 
+@pytest.mark.parametrize("over_redis_cluster", [False, True], ids=["redis", "redis-cluster"])
 async def test_a_cluster_members_start_takes_no_conversation_a_peer_holds(
-    parts: tuple[SQLiteStore, RedisJournal, RedisPool],
+    tmp_path: Path, over_redis_cluster: bool
 ) -> None:
     """Every member's flusher starts by taking the journaled conversations. A peer's
     lease means the peer activated it and marked its records dirty for its own flusher:
     taken here too it would be written once per member. One leased by this node (an
     earlier run of it) or by no one (its holder released it with records unstored) is
-    taken."""
-    store, journal, pool = parts
+    taken. Over a Redis Cluster the lease keys lie in other slots than each other."""
+    settings = redis_settings(cluster=over_redis_cluster)
+    if over_redis_cluster:
+        wipe_redis_cluster()
+    else:
+        wipe_redis()
+    async with (
+        RedisPool(settings) as pool,
+        SQLiteStore(tmp_path / "canopy.db") as store,
+        RedisJournal(pool) as journal,
+    ):
+        await _start_takes_no_conversation_a_peer_holds(store, journal, pool)
+
+
+async def _start_takes_no_conversation_a_peer_holds(
+    store: SQLiteStore, journal: RedisJournal, pool: RedisPool
+) -> None:
     flusher = Flusher(store, journal, FlusherConfig(interval=3600))
     ids: dict[str, str] = {}
     async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
