@@ -46,7 +46,7 @@ from persistence.background import Throttled
 from persistence.journal import Entry, JournalError
 from persistence.latency import Histogram
 from persistence.redis_pool import RedisPool, RedisSettings
-from persistence.resp import checked, pairs
+from persistence.resp import checked
 
 log = logging.getLogger(__name__)
 throttled = Throttled(log)
@@ -419,8 +419,12 @@ class RedisJournal:
                 [entries] = checked(
                     await self._lean.execute([("XRANGE", stream, f"{after_seq + 1}-0", "+")])
                 )
-                read = [(f"{stream} {at.decode()}", pairs(flat)) for at, flat in entries if flat]
-                named = [fields[BLOB_KEY] for _, fields in read if BLOB_KEY in fields]
+                # Each entry has one field, `r` or `b` (`_APPEND`): no dict per entry (a
+                # flusher process reads every record here; 0.65 -> 0.15 µs an entry).
+                read = [
+                    (f"{stream} {at.decode()}", flat[0], flat[1]) for at, flat in entries if flat
+                ]
+                named = [value for _, field, value in read if field == BLOB_KEY]
                 blobs: dict[bytes, bytes | None] = {}
                 if named:
                     [found] = checked(await self._lean.execute([("HMGET", beside, *named)]))
@@ -430,7 +434,9 @@ class RedisJournal:
                     log.error("journal of %s: blobs %s are gone (evicted?): their records are "
                               "set aside", conversation_id, sorted(missing))  # fmt: skip
                 if not missing or missing <= missing_before:
-                    return [Entry(_record(fields, blobs), origin) for origin, fields in read]
+                    return [
+                        Entry(_record(field, value, blobs), origin) for origin, field, value in read
+                    ]
                 missing_before = missing
         except RedisError as exc:
             raise JournalError(f"redis unavailable: {exc}") from exc
@@ -529,11 +535,12 @@ def _fail(batch: list[_Queued], message: str) -> None:
             future.set_exception(JournalError(message))
 
 
-def _record(fields: dict[bytes, bytes], blobs: Mapping[bytes, bytes | None]) -> bytes:
-    """An entry's record: its own field, or the blob its field names (b"" if that is
-    lost: replay sets it aside as undecodable)."""
-    named = fields.get(BLOB_KEY)
-    return fields[RECORD_KEY] if named is None else blobs[named] or b""
+def _record(field: bytes, value: bytes, blobs: Mapping[bytes, bytes | None]) -> bytes:
+    """An entry's record: its own field's value, or the blob its field names (b"" if
+    that is lost, or the field unknown: replay sets it aside as undecodable)."""
+    if field == RECORD_KEY:
+        return value
+    return (blobs.get(value) or b"") if field == BLOB_KEY else b""
 
 
 def append_keys(conversation_id: str) -> list[str]:
