@@ -60,7 +60,7 @@ LEASE_READS = 1_000  # lease keys read in one round trip at a cluster member's s
 @dataclass(frozen=True)
 class FlushWorkerConfig:
     node: str  # the serving node whose journal this writes behind
-    interval: float = 0.05  # seconds between cycles
+    interval: float = 0.05  # seconds from one cycle's start to the next's
     concurrency: int = 16  # conversations written at once
     take: int = 10_000  # conversations taken from the dirty set per cycle at most
     max_state_bytes: int = 256 * 1024 * 1024  # conversation states kept (LRU), by budget
@@ -360,7 +360,7 @@ class FlushWorker:
 
     def _stats_changed(self, stats: dict[str, int]) -> bool:
         """Whether the counters are worth publishing: any but `cycles` moved, or a second
-        passed (an idle cycle then sends nothing but its SPOP)."""
+        passed (an idle cycle then sends nothing but its two SPOPs, in one write)."""
         now = time.monotonic()
         counters = {k: v for k, v in stats.items() if k != "cycles"}
         if counters == self._published and now - self._published_at < STATS_EVERY:

@@ -74,6 +74,8 @@ class RemoteFlusher(Flusher):
         self._unstored: dict[str, deque[tuple[int, int, float]]] = {}
         self._to_mark: set[str] = set()  # journaled, not yet in the dirty set
         self._to_nudge: set[str] = set()  # asked to be stored at once (`flush_now`)
+        self._waiting: set[str] = set()  # a `flush_now` waits for these
+        self._taken: set[str] = set()  # of those, forgotten meanwhile: another node's now
         self._unsent: asyncio.Future[None] | None = None  # a `memory` append not yet sent
         self._poller: asyncio.Task[None] | None = None
         self._last_id = b"0-0"
@@ -133,6 +135,8 @@ class RemoteFlusher(Flusher):
         versions = self._unstored.pop(conversation_id, None)
         if versions is None:
             return
+        if conversation_id in self._waiting:
+            self._taken.add(conversation_id)
         self.forgotten += 1
         self._unflushed -= sum(nbytes for _, nbytes, _ in versions)
         for watcher in self._clean_watchers:
@@ -177,11 +181,30 @@ class RemoteFlusher(Flusher):
         """Nothing to write: a reactivation reads the store plus the journal tail."""
 
     async def flush_now(self, conversation_id: str) -> None:
-        """Ask the flusher process to store the conversation at once, and read its
-        progress until it told it did (a StoreError after `flush_now_timeout`)."""
+        """Ask the flusher process to store what is unstored of the conversation now, and
+        read its progress until it told it stored that much (later writes need not be:
+        a busy conversation is never all stored; a flusher process starting or restarting
+        is waited for). A StoreError after `flush_now_timeout`, or if another node took
+        the conversation meanwhile."""
+        versions = self._unstored.get(conversation_id)
+        if not versions:
+            return
+        target = versions[-1][0]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._remote.flush_now_timeout
-        while conversation_id in self._unstored:
+        self._waiting.add(conversation_id)
+        try:
+            await self._until_stored(conversation_id, target, deadline)
+        finally:
+            self._waiting.discard(conversation_id)
+            taken = conversation_id in self._taken
+            self._taken.discard(conversation_id)
+        if taken:
+            raise StoreError(f"another node took {conversation_id} meanwhile")
+
+    async def _until_stored(self, conversation_id: str, target: int, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        while (versions := self._unstored.get(conversation_id)) and versions[0][0] <= target:
             if loop.time() >= deadline:
                 raise StoreError(
                     f"the flusher process has not stored {conversation_id} "

@@ -101,6 +101,7 @@ class Cluster:
             for node_id in self.ids:
                 await client.zrem(redis_keys.MEMBERS, node_id)
                 for key in (redis_keys.member(node_id), redis_keys.dirty(node_id),
+                            redis_keys.flush_now(node_id),
                             redis_keys.flusher_lease(node_id), redis_keys.flushed(node_id),
                             redis_keys.flusher_stats(node_id)):  # fmt: skip
                     await client.delete(key)

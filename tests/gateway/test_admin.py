@@ -268,11 +268,12 @@ async def test_with_a_flusher_process_the_flush_button_answers_once_stored(
         assert refused["error"]["code"] == "unavailable"
         assert "has not stored" in refused["error"]["message"]
         flusher._remote = dataclasses.replace(flusher._remote, flush_now_timeout=60.0)
-        flushing = asyncio.create_task(admin(node, "POST", f"/admin/actors/{cid}/flush"))
         asked = redis.Redis.from_url(node.settings.redis_url)
-        try:  # the flush asked for it while nothing can store, and waits
+        now = redis_keys.flush_now(node.settings.node())
+        try:  # the flush asks for it again while nothing can store, and waits
+            await asked.delete(now)  # what the refused flush asked for
+            flushing = asyncio.create_task(admin(node, "POST", f"/admin/actors/{cid}/flush"))
             deadline = asyncio.get_running_loop().time() + 60.0
-            now = redis_keys.flush_now(node.settings.node())
             while not await asked.sismember(now, cid):
                 assert asyncio.get_running_loop().time() < deadline and not flushing.done()
                 await asyncio.sleep(0.01)

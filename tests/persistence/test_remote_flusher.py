@@ -4,6 +4,7 @@ evicted before its flusher stored it reloads whole from the store plus the journ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import uuid
@@ -17,6 +18,7 @@ import redis.asyncio as redis
 from engine.registry import Registry
 from gateway.keys import CONVERSATIONS, FLUSHER, STORE
 from persistence import redis_keys
+from persistence.store import StoreError
 from tests.conftest import FLUSHER_PROCESS, Node, NodeFactory, emptied
 from tests.services import REDIS_URL
 
@@ -184,3 +186,61 @@ async def test_a_conversation_another_node_took_is_no_longer_counted_unflushed(
         assert flusher.unflushed(cid) == (0, 0)
         stats = flusher.stats()
         assert stats["unflushed_bytes"] == 0 and stats["unflushed_records"] == 0
+
+
+async def _conversation_with(node: Node, count: int) -> tuple[str, str]:
+    status, created = await node.request(
+        "POST", "/api/v1/conversations", json={"title": "f", "created_by": "u"}
+    )
+    assert status == 200
+    cid = created["conversation_id"]
+    status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
+    parent = tree["messages"][0]["message_id"]
+    for i in range(count):
+        parent = await _append(node, cid, parent, f"m{i}")
+    return cid, parent
+
+
+async def test_a_flush_now_of_a_busy_conversation_waits_only_for_what_came_before(
+    start_node: NodeFactory,
+) -> None:
+    """Appends keep coming while the flush waits: it answers once what was written
+    before it is stored (it waited for a moment with nothing unstored, which a busy
+    conversation never has, and gave a 503)."""
+    node = await start_node()
+    flusher = node.app[FLUSHER]
+    flusher._remote = dataclasses.replace(flusher._remote, flush_now_timeout=60.0)
+    with flusher_stopped(node):
+        cid, parent = await _conversation_with(node, 3)
+        before = flusher.unflushed(cid)[1]
+        flushing = asyncio.create_task(flusher.flush_now(cid))
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await _append(node, cid, parent, "later")  # siblings: no depth limit to reach
+
+    writing = asyncio.create_task(writer())
+    try:
+        await flushing
+    finally:
+        stop.set()
+        await writing
+    stored = await node.app[STORE].load(cid)
+    assert stored is not None and stored.conversation.message_count >= before
+
+
+async def test_a_flush_now_fails_when_another_node_took_the_conversation_meanwhile(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    flusher = node.app[FLUSHER]
+    flusher._remote = dataclasses.replace(flusher._remote, flush_now_timeout=60.0)
+    with flusher_stopped(node):
+        cid, _ = await _conversation_with(node, 1)
+        flushing = asyncio.create_task(flusher.flush_now(cid))
+        while cid not in flusher._waiting:  # it waits on the stopped flusher process
+            await asyncio.sleep(0)
+        flusher.forget(cid)  # what Registry does when another node took the lease
+        with pytest.raises(StoreError, match="another node took"):
+            await flushing
