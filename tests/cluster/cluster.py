@@ -10,6 +10,10 @@ of the nodes and of the conversations the test made (`conversations`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,6 +35,7 @@ OVER_BOTH_REDIS = pytest.mark.parametrize("cluster", ["redis", "redis-cluster"],
 
 LEASE, HEARTBEAT = "1", "0.2"  # seconds: deadline 0.6 s < lease
 LOG_LINES = 80  # of each node's log, printed at close (shown if the test failed)
+FLUSHER_STARTED = re.compile(rb"flusher process (\d+) started")  # gateway/flusher_child.py
 
 
 class Cluster:
@@ -139,6 +144,21 @@ class Cluster:
                 return
             assert time.monotonic() < deadline, f"membership never settled: {views}"
             await asyncio.sleep(0.05)
+
+    def flusher_pids(self, node_id: str) -> list[int]:
+        """The flusher processes the node logged it started, oldest first."""
+        started = (FLUSHER_STARTED.search(line) for line in self.nodes[node_id].output)
+        return [int(m[1]) for m in started if m]
+
+    def kill_host(self, node_id: str) -> None:
+        """SIGKILL the node and its flusher process, as a machine's death would: nothing
+        drains what it journaled (a node killed alone leaves its flusher draining)."""
+        for pid in self.flusher_pids(node_id)[-1:]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process = self.nodes[node_id].process
+        assert process is not None
+        process.kill()
 
     def members(self, node_id: str) -> list[str]:
         """The live nodes `node_id` logged last."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 
 import aiohttp
@@ -21,12 +20,6 @@ from tests.cluster.cluster import Cluster
 from tests.services import REDIS_URL
 
 WRITERS = 16
-STARTED = re.compile(rb"flusher process (\d+) started")
-
-
-def flusher_pids(cluster: Cluster, node_id: str) -> list[int]:
-    """The flusher processes the node logged it started, oldest first."""
-    return [int(m[1]) for line in cluster.nodes[node_id].output if (m := STARTED.search(line))]
 
 
 async def test_killing_a_flusher_process_then_its_node_loses_nothing_stored(
@@ -34,7 +27,7 @@ async def test_killing_a_flusher_process_then_its_node_loses_nothing_stored(
 ) -> None:
     cid, root, owner = await cluster.create(cluster.ids[0])
     via = next(node for node in cluster.ids if node != owner)
-    [first_flusher] = flusher_pids(cluster, owner)
+    [first_flusher] = cluster.flusher_pids(owner)
     acked: list[str] = []
     stop = asyncio.Event()
 
@@ -64,7 +57,7 @@ async def test_killing_a_flusher_process_then_its_node_loses_nothing_stored(
         await more_acked(100)
         os.kill(first_flusher, signal.SIGKILL)  # its node starts another one
         async with asyncio.timeout(60):
-            while len(flusher_pids(cluster, owner)) < 2:
+            while len(cluster.flusher_pids(owner)) < 2:
                 await asyncio.sleep(0.05)
         await more_acked(100)
         process = cluster.nodes[owner].process

@@ -76,7 +76,7 @@ async def test_a_dead_nodes_unflushed_conversations_are_listed_by_the_others(
     newest, _ = orphans[-1]
     victim = cluster.nodes[dead].process
     assert victim is not None
-    victim.kill()
+    cluster.kill_host(dead)  # its flusher process too: the writes stay in the journal only
     await victim.wait()
     survivors = [node for node in cluster.ids if node != dead]
 
