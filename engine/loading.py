@@ -29,6 +29,7 @@ class Loader:
         flusher: Flusher,
         table: ActivationTable,
         acquire: Callable[[str], Awaitable[object]],
+        release: Callable[[str], None],
         admit: Callable[[ConversationState], ConversationActor],
         drop: Callable[[ConversationActor], None],
         observe: Observer,
@@ -40,6 +41,7 @@ class Loader:
         self._flusher = flusher
         self._table = table
         self._acquire = acquire  # makes this node the conversation's owner (directory)
+        self._release = release  # lets it go again
         self._admit = admit  # makes the actor hot (and counted)
         self._drop = drop
         self._observe = observe
@@ -60,9 +62,17 @@ class Loader:
             if snapshot is not None and snapshot.conversation.deleted:
                 raise NotFound(f"conversation {conversation_id} not found")
             await self._acquire(conversation_id)
-            if replayed is None:
-                snapshot, replayed = await self._tail(conversation_id, snapshot)
-            return await self._replay(conversation_id, snapshot, replayed)
+            try:
+                if replayed is None:
+                    snapshot, replayed = await self._tail(conversation_id, snapshot)
+                return await self._replay(conversation_id, snapshot, replayed)
+            except BaseException:
+                # Nothing hot holds the lease: let it go. Kept, this live node would
+                # hold it for nothing, and a cluster's other nodes (their flushers'
+                # start, adoption) leave a conversation with a live holder to it.
+                if self._table.get(conversation_id) is None:
+                    self._release(conversation_id)
+                raise
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
 

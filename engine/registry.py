@@ -111,7 +111,8 @@ class Registry:
         kept_rows = max(config.max_hot_bytes // 8, 1 << 20)
         self._listing = Listing(store, flusher, first_reads, node_id, kept_rows)
         self._loader = Loader(
-            store, journal, flusher, self._table, self._acquire, self._admit,
+            store, journal, flusher, self._table, self._acquire, self._directory.release,
+            self._admit,
             self._collector.drop, self._listing.observe, shared=self._shared,
         )  # fmt: skip
         self.activations = 0

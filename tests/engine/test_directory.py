@@ -14,7 +14,7 @@ from engine.directory import JournalOwnership, LeaseHeld, LossWatcher
 from engine.errors import Unavailable
 from engine.fencing import AcknowledgingJournal
 from engine.membership import Alone
-from persistence.journal import Journal
+from persistence.journal import Journal, JournalError
 
 if TYPE_CHECKING:
     from conftest import EngineFactory
@@ -187,3 +187,30 @@ async def test_a_lost_lease_drops_the_unflushed_changes_and_a_late_renewal_fence
     assert await engine.flusher.flush_all()
     assert engine.flusher.stats()["forgotten"] == 1
     assert engine.flusher.stats()["dirty_conversations"] == 0
+
+
+async def test_an_activation_that_fails_after_taking_the_lease_lets_it_go(
+    open_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept, the lease of a live node with nothing hot keeps the conversation from every
+    other node's flusher start and adoption: its journaled writes would wait for the
+    next request."""
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0])
+    directory = fakes[0]
+    actor = await engine.conversation()
+    await engine.say(actor.id, actor.meta.root_id)
+    assert await engine.registry.passivate(actor.id)
+    assert actor.id not in directory.held
+
+    async def unreachable(conversation_id: str, after_seq: int) -> list[Any]:
+        raise JournalError("redis unavailable: connection refused")
+
+    monkeypatch.setattr(engine.journal, "tail", unreachable)
+    with pytest.raises(Unavailable, match="cannot activate"):
+        await engine.registry.get(ANONYMOUS, actor.id)
+    assert directory.calls[-2:] == [("acquire", actor.id), ("release", actor.id)]
+    assert actor.id not in directory.held
+    monkeypatch.undo()
+    hot = await engine.registry.get(ANONYMOUS, actor.id)  # served again once it can be
+    assert hot.meta.message_count == 2 and actor.id in directory.held
