@@ -256,8 +256,9 @@ _OPTIONS: dict[str, Option] = {
     "flusher_process": Option(("CANOPY_FLUSHER_PROCESS",), switch, "durability",
         "on, off or auto; with --journal redis: write behind from a separate process "
         "(`canopy flusher`) the node starts, restarts and stops, so the serving process pays "
-        "only the journal append; auto: on with --store scylla, unless --workers, "
-        "--cache off or --durability store (a bare --flusher-process: on)", "auto"),
+        "only the journal append; auto: on with --store scylla, unless --workers without "
+        "--cluster redis, --cache off or --durability store (a bare --flusher-process: on)",
+        "auto"),
     "flusher_nice": Option(("CANOPY_FLUSHER_NICE",), int, "durability",
         "nice increment of the flusher process (0-19): on a busy core its write-behind "
         "yields to serving, the unflushed-bytes limit bounding how far it falls behind"),
@@ -488,9 +489,10 @@ def flusher_process_refused(settings: Settings) -> str:
     if settings.durability == "store":
         return ("--flusher-process cannot acknowledge after the store commit: "
                 "--durability store writes in the serving process")  # fmt: skip
-    if settings.worker_count() > 1:
-        return ("--workers above 1 with --flusher-process is not supported yet "
-                "(each worker's flusher takes every journaled conversation)")  # fmt: skip
+    if settings.worker_count() > 1 and settings.cluster == "none":
+        return ("--workers above 1 with --flusher-process needs --cluster redis (each "
+                "worker's flusher would take every journaled conversation; a member's "
+                "takes only those no other member holds)")  # fmt: skip
     return ""
 
 

@@ -12,6 +12,7 @@ wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,6 +28,14 @@ from persistence.redis_pool import Client
 log = logging.getLogger(__name__)
 
 HEALTHY_SECONDS = 30.0  # a child that ran this long resets the restart backoff
+
+
+def flusher_settings(settings: config.Settings) -> config.Settings:
+    """The node's settings as its flusher process takes them. A worker of `--workers N`
+    serves with its own node id and peer address, which the command line refuses beside
+    `--workers N` (its flusher exited with 2 at every start): the flusher is one process
+    for one node id."""
+    return dataclasses.replace(settings, workers="1", advertise_url="")
 
 
 class FlusherChild:
@@ -68,7 +77,7 @@ class FlusherChild:
         return {"restarts": self.restarts, "pid": self.pid or 0, "running": self.pid is not None}
 
     async def _start(self) -> None:
-        environment = {**os.environ, **config.environment(self._settings)}
+        environment = {**os.environ, **config.environment(flusher_settings(self._settings))}
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "flusher", "--stdin-lifeline",
             stdin=asyncio.subprocess.PIPE, env=environment,

@@ -158,6 +158,22 @@ async def test_every_worker_is_a_member_and_a_write_reads_back_through_every_por
             assert texts(await cluster.tree(base, cid)) == written
 
 
+async def test_every_worker_writes_behind_from_a_flusher_process_of_its_own(
+    cluster: Nodes,
+) -> None:
+    """Each worker's flusher process runs under the worker's node id (it used to exit
+    with 2 at every start: the worker's settings, --workers 2 and a peer address, are
+    refused on a command line)."""
+    for node, node_id in ((cluster.first, cluster.ids[0]), (cluster.second, cluster.ids[1])):
+        async with asyncio.timeout(60):  # other processes: poll, bounded
+            while not all(
+                f"flusher for node {node_id}/worker-{k} ready".encode() in b"".join(node.output)
+                for k in range(2)
+            ):
+                await asyncio.sleep(0.05)
+        assert b"exited with 2" not in b"".join(node.output), logged(node)
+
+
 async def test_a_node_stopped_with_sigterm_leaves_and_nothing_fails_or_is_lost(
     cluster: Nodes,
 ) -> None:

@@ -129,6 +129,7 @@ CASSANDRA_REDIS = ("--store", "scylla", "--journal", "redis")
         ((*CASSANDRA_REDIS, "--durability", "store"), False),
         ((*CASSANDRA_REDIS, "--cluster", "redis"), True),  # each member's own child
         ((*CASSANDRA_REDIS, "--workers", "2"), False),
+        ((*CASSANDRA_REDIS, "--workers", "2", "--cluster", "redis"), True),  # one a worker
         (("--journal", "redis", "--flusher-process"), True),  # a bare flag: on
         (("--journal", "redis", "--flusher-process", "on"), True),
     ],
@@ -216,7 +217,7 @@ ACCOUNTS = ("--auth", "jwt", "--accounts")
         (["--workers", "many"], "positive number or auto"),
         (["--workers", "2", "--cache", "off"], "needs the cache"),
         (["--workers", "2", *ACCOUNTS], "--accounts needs a shared store"),
-        (["--workers", "2", "--journal", "redis", "--flusher-process"], "--flusher-process"),
+        (["--workers", "2", "--journal", "redis", "--flusher-process"], "needs --cluster redis"),
         (["--workers", "2", "--cluster", "redis", "--advertise-url", "http://a:1"],
          "each advertises its own peer port"),
     ],
