@@ -96,8 +96,11 @@ class FlusherChild:
             if loop.time() - began > HEALTHY_SECONDS:
                 self._backoff.succeeded()
             delay = self._backoff.failed()
-            log.error("flusher process %d exited with %d; restarting in %.1fs",
-                      self._process.pid, code, delay)  # fmt: skip
+            # 0: it drained and stopped when told to, by a signal to the whole process
+            # group (a service manager's stop) that reached it before this node stopped it
+            level = logging.WARNING if code == 0 else logging.ERROR
+            log.log(level, "flusher process %d exited with %d; restarting in %.1fs",
+                    self._process.pid, code, delay)  # fmt: skip
             await self._break_lease(self._process.pid)
             await asyncio.sleep(delay)
             if self._stopping:

@@ -149,6 +149,22 @@ async def test_flusher_killed_under_load_is_restarted_and_stores_every_acked_app
     assert any(b"flusher process %d exited with -9" % first in line for line in node.output)
 
 
+async def test_a_flusher_stopped_by_someone_else_is_started_again_with_a_warning(
+    node_process: Callable[..., NodeProcess],
+) -> None:
+    """SIGTERM to the whole process group (a service manager's stop) can reach the child
+    first: it drains and exits 0. Not an error, and the node (if it goes on) starts
+    another one."""
+    node = node_process("--flusher-process", *server_backends())
+    await node.start()
+    first = await _flusher_ready(node, 1)
+    os.kill(first, signal.SIGTERM)
+    assert await _flusher_ready(node, 2) != first
+    assert await node.stop(signal.SIGTERM) == 0
+    [line] = [line for line in node.output if b"flusher process %d exited with 0" % first in line]
+    assert b" WARNING " in line and b" ERROR " not in line
+
+
 async def test_serving_node_killed_under_load_loses_nothing_and_stores_it_once(
     node_process: Callable[..., NodeProcess],
 ) -> None:
