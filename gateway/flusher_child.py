@@ -28,6 +28,10 @@ from persistence.redis_pool import Client
 log = logging.getLogger(__name__)
 
 HEALTHY_SECONDS = 30.0  # a child that ran this long resets the restart backoff
+STOP_TIMEOUT = 20.0  # seconds for the child's drain (its own close_timeout is 10 s)
+SIGNAL_GRACE = 5.0  # seconds after SIGTERM, then after SIGKILL
+STOP_BOUND = STOP_TIMEOUT + 2 * SIGNAL_GRACE  # the most stopping the child can take
+STDERR = 2  # the file descriptor, whatever sys.stderr is in this process
 
 
 def flusher_settings(settings: config.Settings) -> config.Settings:
@@ -42,7 +46,7 @@ class FlusherChild:
     """Starts, restarts and stops the node's flusher process; an async context manager."""
 
     def __init__(
-        self, settings: config.Settings, client: Client, *, stop_timeout: float = 20.0
+        self, settings: config.Settings, client: Client, *, stop_timeout: float = STOP_TIMEOUT
     ) -> None:
         self._settings = settings
         self._client = client  # the node's shared pool's
@@ -78,9 +82,12 @@ class FlusherChild:
 
     async def _start(self) -> None:
         environment = {**os.environ, **config.environment(flusher_settings(self._settings))}
+        # Its output goes to this process's stderr, not its stdout: a worker's stdout is
+        # a pipe its supervisor waits to see closed when the worker dies, and a child
+        # still draining would hold it open (the worker's restart waiting for the drain).
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.cli", "flusher", "--stdin-lifeline",
-            stdin=asyncio.subprocess.PIPE, env=environment,
+            stdin=asyncio.subprocess.PIPE, stdout=STDERR, env=environment,
         )  # fmt: skip
         log.info("flusher process %d started", self._process.pid)
         self.started.set()
@@ -123,7 +130,7 @@ class FlusherChild:
                 log.warning("flusher process %d still running: sending %s", process.pid, step.name)
                 process.send_signal(step)
             try:
-                async with asyncio.timeout(self._stop_timeout if step is None else 5.0):
+                async with asyncio.timeout(self._stop_timeout if step is None else SIGNAL_GRACE):
                     await process.wait()
                 return
             except TimeoutError:

@@ -39,6 +39,7 @@ from engine.membership_workers import worker_id
 from gateway import config, connections
 from gateway.admin_token import AdminAccess
 from gateway.app import create_app
+from gateway.flusher_child import STOP_BOUND
 from gateway.worker_peers import WorkerPeers
 from persistence.data_dir import DataDirLock
 from persistence.node_secret import load_or_create_secret
@@ -204,7 +205,10 @@ def supervise(settings: config.Settings) -> int:
         # Cassandra's tables are made by the first worker to open the store: alone, as
         # concurrent schema changes can disagree.
         first_alone = settings.store != "sqlite"
-        supervisor = Supervisor(count, environ, settings.shutdown_timeout, first_alone)
+        # A worker stops its flusher process last (gateway/flusher_child.py): killed
+        # before that, it would leave the cluster without releasing its leases.
+        stopping = settings.shutdown_timeout + (STOP_BOUND if settings.flusher_in_child() else 0)
+        supervisor = Supervisor(count, environ, stopping, first_alone)
         with asyncio.Runner() as runner:
             return runner.run(supervisor.run())
 

@@ -20,7 +20,7 @@ from tests.backends import keyspace, wipe_redis
 from tests.cluster.cluster import texts
 from tests.processes import NodeProcess
 from tests.services import CASSANDRA_NODES, REDIS_URL, require
-from tests.test_workers import alive
+from tests.test_workers import alive, worker_pids
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -202,3 +202,40 @@ async def test_a_node_stopped_with_sigterm_leaves_and_nothing_fails_or_is_lost(
     await cluster.until_members(workers_of(cluster.ids[:1]))
     for cid, written in Written.texts.items():
         assert texts(await cluster.tree(cluster.first.base, cid)) == written
+
+
+async def test_a_killed_worker_starts_again_while_its_flusher_still_drains(
+    cluster: Nodes,
+) -> None:
+    """A worker's flusher process outlives it while it drains (up to its close timeout).
+    It used to hold the worker's stdout, the supervisor's pipe, open: the supervisor saw
+    the worker's death, and started it again, only once the drain was over. The flusher
+    is stopped here so that its drain never ends."""
+    node = cluster.first
+    assert running(node), "the first node serves to the end"
+    pid = worker_pids(node)[1]
+    [flusher] = (int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    os.kill(flusher, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        async with asyncio.timeout(60):  # bounded: without the fix, until the drain ends
+            while worker_pids(node).get(1) == pid:
+                await asyncio.sleep(0.05)
+    finally:
+        os.kill(flusher, signal.SIGKILL)
+
+
+async def test_a_worker_stopping_its_stuck_flusher_is_given_the_time_it_takes(
+    cluster: Nodes,
+) -> None:
+    """A worker stops its flusher process last, within that process's own bound (its
+    drain, then SIGTERM, then SIGKILL: about 30 s for one that never ends). The
+    supervisor used to kill the worker 15 s after SIGTERM, before the worker closed its
+    cluster membership: the node exited 1, its leases and heartbeat left behind."""
+    node = cluster.first
+    pid = worker_pids(node)[0]
+    [flusher] = (int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    os.kill(flusher, signal.SIGSTOP)  # its drain never ends: the worker has to kill it
+    assert await node.stop(signal.SIGTERM) == 0, logged(node)
+    assert b"did not stop in time" not in b"".join(node.output)
+    assert not alive(flusher)
