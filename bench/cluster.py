@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import uvloop
@@ -78,9 +79,8 @@ class Cluster:
     ) -> None:
         self.members = [Member(f"n{k + 1}", free_port(), root / f"n{k + 1}") for k in range(size)]
         self.lease_seconds = lease_seconds
-        self.flusher_process = (
-            flusher_process  # each member's write-behind: its child or in-process
-        )
+        # each member's write-behind: in its own flusher process (auto, on) or in-process
+        self.flusher_process = flusher_process
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Cluster:
@@ -124,14 +124,19 @@ class Cluster:
         return next(m for m in self.members if m.node_id == node_id)
 
 
-async def _members_seen(port: int) -> list[str]:
+async def _admin_nodes(port: int) -> list[dict[str, Any]]:
+    """The live nodes as the node on `port` lists them (`GET /admin/nodes`)."""
     connection = await Connection.open(port)
     try:
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         listed = await call(connection, "GET", "/admin/nodes", headers=headers)
-        return sorted(n["node_id"] for n in listed["nodes"])
+        return list(listed["nodes"])
     finally:
         connection.close()
+
+
+async def _members_seen(port: int) -> list[str]:
+    return sorted(n["node_id"] for n in await _admin_nodes(port))
 
 
 async def owner_of(port: int, path: str) -> str:
@@ -293,18 +298,10 @@ async def _written_behind(port: int) -> None:
     """Once the node has nothing unflushed: the creations' write-behind (10,000 journal
     tails read and trimmed by its flusher process, some seconds) is not renewal traffic."""
     deadline = time.perf_counter() + SETTLE_WITHIN
-    connection = await Connection.open(port)
-    try:
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        while True:
-            listed = await call(connection, "GET", "/admin/nodes", headers=headers)
-            if not sum(n["unflushed_records"] for n in listed["nodes"]):
-                return
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"the write-behind did not finish within {SETTLE_WITHIN} s")
-            await asyncio.sleep(0.1)
-    finally:
-        connection.close()
+    while sum(n["unflushed_records"] for n in await _admin_nodes(port)):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the write-behind did not finish within {SETTLE_WITHIN} s")
+        await asyncio.sleep(0.1)
 
 
 def _commands_of_db(url: str, seconds: float) -> tuple[Counter[str], Counter[str]]:
@@ -351,8 +348,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
     report: dict[str, object] = {}
     with fresh_state() as root:
         if {"forwarding", "failover"} & args.phases:
-            nodes = Cluster(root / "nodes", args.nodes, None, args.flusher_process)
-            with nodes as cluster:
+            with Cluster(root / "nodes", args.nodes, None, args.flusher_process) as cluster:
                 if "forwarding" in args.phases:
                     report["forwarding"] = await forwarding(cluster, args.rounds, args.requests)
                 if "failover" in args.phases:

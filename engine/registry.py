@@ -112,8 +112,7 @@ class Registry:
         self._listing = Listing(store, flusher, first_reads, node_id, kept_rows)
         self._loader = Loader(
             store, journal, flusher, self._table, self._acquire, self._directory.release,
-            self._admit,
-            self._collector.drop, self._listing.observe, shared=self._shared,
+            self._admit, self._collector.drop, self._listing.observe, shared=self._shared,
         )  # fmt: skip
         self.activations = 0
         self.placed_elsewhere = 0  # activations here of conversations placed on another node

@@ -16,7 +16,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,34 @@ class Cluster:
         url = f"{self.base(node_id)}/{conversation_id}/messages"
         async with self.session.post(url, json=body, headers=headers) as response:
             return response.status, await response.json(), response.headers.get("X-Canopy-Node", "")
+
+    async def write_until(
+        self,
+        stop: asyncio.Event,
+        via: str,
+        conversation_id: str,
+        parent: str,
+        k: int,
+        acked: Callable[[str, float], None],
+    ) -> None:
+        """Writer `k`: append under `parent` through `via` until `stop`, telling
+        `acked(text, sent_at)` of each acknowledged message. A 503 or a lost connection is
+        tried again as a new message (no text is sent twice), after a Retry-After
+        shortened to the tests' short lease."""
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            text = f"w{k}-{attempt}"
+            sent_at = time.monotonic()
+            try:
+                status, _, _ = await self.append(via, conversation_id, parent, text)
+            except aiohttp.ClientError:
+                status = 0
+            if status == 200:
+                acked(text, sent_at)
+            else:
+                assert status in (0, 503), status
+                await asyncio.sleep(0.05)
 
     async def tree(self, node_id: str, conversation_id: str) -> dict[str, Any]:
         async with self.session.get(f"{self.base(node_id)}/{conversation_id}/tree") as r:

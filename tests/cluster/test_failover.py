@@ -8,8 +8,6 @@ import asyncio
 import signal
 import time
 
-import aiohttp
-
 from tests.cluster.cluster import OVER_BOTH_REDIS, Cluster, texts
 
 pytestmark = OVER_BOTH_REDIS
@@ -25,26 +23,16 @@ async def test_killing_the_owner_loses_no_acknowledged_write(cluster: Cluster) -
     served_again: float | None = None
     stop = asyncio.Event()
 
-    async def writer(k: int) -> None:
+    def ack(text: str, sent_at: float) -> None:
         nonlocal served_again
-        attempt = 0
-        while not stop.is_set():
-            attempt += 1
-            text = f"w{k}-{attempt}"  # a retry is a new message: no text is sent twice
-            sent_at = time.monotonic()
-            try:
-                status, _, _ = await cluster.append(via, cid, root, text)
-            except aiohttp.ClientError:
-                status = 0
-            if status == 200:
-                acked.append(text)
-                if killed_at is not None and sent_at > killed_at and served_again is None:
-                    served_again = time.monotonic()
-            else:
-                assert status in (0, 503), status
-                await asyncio.sleep(0.05)  # Retry-After, shortened: the lease is short
+        acked.append(text)
+        if killed_at is not None and sent_at > killed_at and served_again is None:
+            served_again = time.monotonic()
 
-    writers = [asyncio.create_task(writer(k)) for k in range(WRITERS)]
+    writers = [
+        asyncio.create_task(cluster.write_until(stop, via, cid, root, k, ack))
+        for k in range(WRITERS)
+    ]
     try:
         while len(acked) < 100:
             await asyncio.sleep(0.01)

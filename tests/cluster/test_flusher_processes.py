@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 
-import aiohttp
 import msgspec
 import redis.asyncio as redis
 
@@ -31,28 +30,19 @@ async def test_killing_a_flusher_process_then_its_node_loses_nothing_stored(
     acked: list[str] = []
     stop = asyncio.Event()
 
-    async def writer(k: int) -> None:
-        attempt = 0
-        while not stop.is_set():
-            attempt += 1
-            text = f"w{k}-{attempt}"  # a retry is a new message: no text is sent twice
-            try:
-                status, _, _ = await cluster.append(via, cid, root, text)
-            except aiohttp.ClientError:
-                status = 0
-            if status == 200:
-                acked.append(text)
-            else:
-                assert status in (0, 503), status
-                await asyncio.sleep(0.05)  # Retry-After, shortened: the lease is short
-
     async def more_acked(count: int) -> None:
         async with asyncio.timeout(60):
             target = len(acked) + count
             while len(acked) < target:
                 await asyncio.sleep(0.01)
 
-    writers = [asyncio.create_task(writer(k)) for k in range(WRITERS)]
+    def ack(text: str, _: float) -> None:
+        acked.append(text)
+
+    writers = [
+        asyncio.create_task(cluster.write_until(stop, via, cid, root, k, ack))
+        for k in range(WRITERS)
+    ]
     try:
         await more_acked(100)
         os.kill(first_flusher, signal.SIGKILL)  # its node starts another one

@@ -64,21 +64,27 @@ async def _tree(node: Node, cid: str) -> list[str]:
     return [m["content"]["text"] for m in tree["messages"][1:]]
 
 
+async def _conversation_with(node: Node, count: int) -> tuple[str, str]:
+    """A new conversation with a chain of `count` messages m0, m1...: its id, last id."""
+    status, created = await node.request(
+        "POST", "/api/v1/conversations", json={"title": "f", "created_by": "u"}
+    )
+    assert status == 200
+    cid = created["conversation_id"]
+    status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
+    parent = tree["messages"][0]["message_id"]
+    for i in range(count):
+        parent = await _append(node, cid, parent, f"m{i}")
+    return cid, parent
+
+
 async def test_evicted_before_stored_reloads_whole(start_node: NodeFactory) -> None:
     node = await start_node()
     registry = node.app[CONVERSATIONS]
     assert isinstance(registry, Registry)
     store = node.app[STORE]
     with flusher_stopped(node):  # created and appended to, nothing stored
-        status, created = await node.request(
-            "POST", "/api/v1/conversations", json={"title": "p", "created_by": "u"}
-        )
-        assert status == 200
-        cid = created["conversation_id"]
-        status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
-        parent = tree["messages"][0]["message_id"]
-        for i in range(3):
-            parent = await _append(node, cid, parent, f"m{i}")
+        cid, parent = await _conversation_with(node, 3)
         assert await registry.passivate(cid)
         assert await store.load(cid) is None
         assert await _tree(node, cid) == ["m0", "m1", "m2"]  # from the journal alone
@@ -126,12 +132,7 @@ async def test_an_activation_racing_the_flusher_builds_on_what_it_stored(
     registry = node.app[CONVERSATIONS]
     assert isinstance(registry, Registry)
     store = node.app[STORE]
-    status, created = await node.request(
-        "POST", "/api/v1/conversations", json={"title": "r", "created_by": "u"}
-    )
-    cid = created["conversation_id"]
-    status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
-    parent = await _append(node, cid, tree["messages"][0]["message_id"], "m0")
+    cid, parent = await _conversation_with(node, 1)
 
     async def stored(count: int) -> bool:
         snapshot = await store.load(cid)
@@ -174,31 +175,12 @@ async def test_a_conversation_another_node_took_is_no_longer_counted_unflushed(
     node = await start_node()
     flusher = node.app[FLUSHER]
     with flusher_stopped(node):
-        status, created = await node.request(
-            "POST", "/api/v1/conversations", json={"title": "lost", "created_by": "u"}
-        )
-        assert status == 200
-        cid = created["conversation_id"]
-        status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
-        await _append(node, cid, tree["messages"][0]["message_id"], "m0")
+        cid, _ = await _conversation_with(node, 1)
         assert flusher.unflushed(cid)[1] == 2 and flusher.stats()["unflushed_bytes"] > 0
         flusher.forget(cid)  # what Registry does when another node took the lease
         assert flusher.unflushed(cid) == (0, 0)
         stats = flusher.stats()
         assert stats["unflushed_bytes"] == 0 and stats["unflushed_records"] == 0
-
-
-async def _conversation_with(node: Node, count: int) -> tuple[str, str]:
-    status, created = await node.request(
-        "POST", "/api/v1/conversations", json={"title": "f", "created_by": "u"}
-    )
-    assert status == 200
-    cid = created["conversation_id"]
-    status, tree = await node.request("GET", f"/api/v1/conversations/{cid}/tree")
-    parent = tree["messages"][0]["message_id"]
-    for i in range(count):
-        parent = await _append(node, cid, parent, f"m{i}")
-    return cid, parent
 
 
 async def test_a_flush_now_of_a_busy_conversation_waits_only_for_what_came_before(
