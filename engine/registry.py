@@ -42,7 +42,7 @@ from engine.recovery import recover
 from engine.sidebar import Filters, Page, ShardPage
 from persistence.flusher import Flusher
 from persistence.journal import Journal, JournalError
-from persistence.records import Message, Record
+from persistence.records import Created, Message, Record
 from persistence.store import Store
 
 log = logging.getLogger(__name__)
@@ -322,27 +322,57 @@ class Registry:
     # -- creation --------------------------------------------------------------------------
 
     async def create(self, principal: Principal, new: NewConversation) -> ConversationActor:
-        """Create a conversation with its root message (and a fork's copied messages)."""
+        """Create a conversation with its root message (and a fork's copied messages).
+
+        The creation is the id's activation (the table's one per conversation): a read,
+        an adoption or a second creation of the same id meanwhile (a cluster's relayed
+        creation sent again) waits for it instead of replaying its journaled creation
+        into a second actor, and no failing activation of the id lets its lease go."""
         principal.require_write()
         event = new.created(self._new_id())
         conversation_id = event.conversation.conversation_id
+        created: list[ConversationActor] = []
+
+        async def create_here(_: str) -> ConversationActor:
+            created.append(await self._create_here(conversation_id, event, new))
+            return created[0]
+
+        while True:
+            if self._table.get(conversation_id) is not None:
+                raise Conflict(f"conversation {conversation_id} exists already")
+            try:
+                actor = await self._table.activate(conversation_id, create_here)
+            except NotFound:
+                if created:
+                    raise
+                continue  # an activation of the id that found nothing: now create it
+            if not created:  # another activation found it: it exists
+                raise Conflict(f"conversation {conversation_id} exists already")
+            await self._collector.keep_within_budget()
+            return actor
+
+    async def _create_here(
+        self, conversation_id: str, event: Created, new: NewConversation
+    ) -> ConversationActor:
         try:
             epoch = await self._acquire(conversation_id)
         except JournalError as exc:
             raise Unavailable(f"journal unavailable: {exc}") from None
-        if new.conversation_id is not None and epoch > 1:  # an id picked elsewhere, used before
-            self._directory.release(conversation_id)
-            raise Conflict(f"conversation {conversation_id} exists already")
-
-        # A creation waits for the journal even in `memory` mode: ids handed out must exist.
-        durability = self._config.actor.durability
-        await commit(
-            self._journal, self._flusher, "journal" if durability == "memory" else durability,
-            Record(conversation_id, 1, event, prev=0), self._loader.admitting(1, event),
-        )  # fmt: skip
+        try:
+            if new.conversation_id is not None and epoch > 1:  # an id picked elsewhere, used before
+                raise Conflict(f"conversation {conversation_id} exists already")
+            # A creation waits for the journal even in `memory` mode: ids handed out must exist.
+            durability = self._config.actor.durability
+            await commit(
+                self._journal, self._flusher, "journal" if durability == "memory" else durability,
+                Record(conversation_id, 1, event, prev=0), self._loader.admitting(1, event),
+            )  # fmt: skip
+        except BaseException:
+            if self._table.get(conversation_id) is None:  # nothing hot holds the lease
+                self._directory.release(conversation_id)
+            raise
         actor = self._table.get(conversation_id)
         assert actor is not None  # admitted by the commit
-        await self._collector.keep_within_budget()
         return actor
 
     # -- message reads and appends: what the message routes ask ---------------------------

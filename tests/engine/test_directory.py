@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from engine.access import ANONYMOUS
+from engine.actor import NewConversation
 from engine.directory import JournalOwnership, LeaseHeld, LossWatcher
-from engine.errors import Unavailable
+from engine.errors import Conflict, Unavailable
 from engine.fencing import AcknowledgingJournal
+from engine.ids import new_id
 from engine.membership import Alone
 from persistence.journal import Journal, JournalError
+from persistence.journal_file import FileJournal
+from tests.engine.test_group_commit import GatedJournal
+from tests.waiting import until
 
 if TYPE_CHECKING:
-    from conftest import EngineFactory
+    from conftest import Engine, EngineFactory
 
 
 class FakeDirectory:
@@ -214,3 +219,91 @@ async def test_an_activation_that_fails_after_taking_the_lease_lets_it_go(
     monkeypatch.undo()
     hot = await engine.registry.get(ANONYMOUS, actor.id)  # served again once it can be
     assert hot.meta.message_count == 2 and actor.id in directory.held
+
+
+async def open_creating(
+    open_engine: EngineFactory,
+) -> tuple[Engine, GatedJournal, FakeDirectory]:
+    """An engine with leases whose journal holds acknowledgements back until its gate opens."""
+    gated: list[GatedJournal] = []
+    fakes: list[FakeDirectory] = []
+
+    def wrap(inner: FileJournal) -> GatedJournal:
+        gated.append(GatedJournal(inner))
+        return gated[0]
+
+    engine = await open_engine(
+        wrap_journal=wrap, directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0]
+    )
+    return engine, gated[0], fakes[0]
+
+
+def creation(cid: str) -> NewConversation:
+    """A creation of an id picked elsewhere (a cluster's node that relays it here)."""
+    return NewConversation("chat", "alice", conversation_id=cid)
+
+
+async def test_a_second_creation_of_an_id_in_flight_is_refused_and_leaves_the_lease(
+    open_engine: EngineFactory,
+) -> None:
+    """A relayed creation sent again while the first is journaled: the second waits for
+    the first and answers Conflict; it must not let go of the lease the first holds
+    (it did: its acquire saw epoch 2, and its refusal released the lease)."""
+    engine, journal, directory = await open_creating(open_engine)
+    cid = new_id()
+    journal.gate.clear()
+    first = asyncio.ensure_future(engine.registry.create(ANONYMOUS, creation(cid)))
+    await until(lambda: len(journal.callers) == 1)  # its record is on its way
+    second = asyncio.ensure_future(engine.registry.create(ANONYMOUS, creation(cid)))
+    await asyncio.sleep(0)  # one turn: it finds the first in flight
+    journal.gate.set()
+    actor = await first
+    with pytest.raises(Conflict, match="exists already"):
+        await second
+    assert directory.calls == [("acquire", cid)]
+    assert cid in directory.held and engine.registry.serves(cid)
+    assert engine.registry.hot_messages == len(actor) == 1
+    assert (await engine.registry.get(ANONYMOUS, cid)) is actor
+
+
+async def test_a_creation_of_a_hot_id_is_refused_without_touching_its_lease(
+    open_engine: EngineFactory,
+) -> None:
+    engine, _, directory = await open_creating(open_engine)
+    actor = await engine.conversation()
+    with pytest.raises(Conflict, match="exists already"):
+        await engine.registry.create(ANONYMOUS, creation(actor.id))
+    assert directory.calls == [("acquire", actor.id)]
+    assert actor.id in directory.held and engine.registry.serves(actor.id)
+
+
+async def test_a_read_during_a_creation_gets_the_created_conversation(
+    open_engine: EngineFactory,
+) -> None:
+    """The creation is the id's activation: a read meanwhile waits for it, and never
+    builds a second actor from the journaled creation (which would count it twice)."""
+    engine, journal, directory = await open_creating(open_engine)
+    cid = new_id()
+    journal.gate.clear()
+    creating = asyncio.ensure_future(engine.registry.create(ANONYMOUS, creation(cid)))
+    await until(lambda: len(journal.callers) == 1)
+    reading = asyncio.ensure_future(engine.registry.get(ANONYMOUS, cid))
+    await until(lambda: engine.journal.records_written == 1)  # readable in the journal
+    journal.gate.set()
+    actor = await creating
+    assert (await reading) is actor
+    assert directory.calls == [("acquire", cid)]
+    assert engine.registry.hot_messages == 1 and len(engine.registry) == 1
+
+
+async def test_a_creation_the_journal_refuses_lets_its_lease_go(
+    open_engine: EngineFactory,
+) -> None:
+    """Kept, a live node would hold the lease of a conversation that does not exist."""
+    engine, journal, directory = await open_creating(open_engine)
+    journal.failing.add(1)  # the creation's record
+    cid = new_id()
+    with pytest.raises(Unavailable, match="journal unavailable"):
+        await engine.registry.create(ANONYMOUS, creation(cid))
+    assert directory.calls == [("acquire", cid), ("release", cid)]
+    assert cid not in directory.held and len(engine.registry) == 0
