@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,26 @@ from persistence.scylla_writes import EXPIRY_SHARDS
 from persistence.store import Changes, Key, StoreError, listing_key, rank
 
 log = logging.getLogger(__name__)
+
+
+class _OneKeyspaceWarning(logging.Filter):
+    """Drops Cassandra 5's warning at a PREPARE on a session with a keyspace set, when the
+    statement's keyspace is the session's. It warns of unqualified table names meaning
+    another keyspace after a `USE`; a store's session is set to its one keyspace once
+    (`create_schema`) and every statement is in it, so a node logged it at every start
+    for nothing. Any other server warning, this one with two keyspaces included, passes."""
+
+    _KEYSPACES = re.compile(r"Keyspace used: (\S+), statement keyspace: (\S+),")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "`USE <keyspace>` with prepared statements" not in message:
+            return True
+        named = self._KEYSPACES.search(message)
+        return named is None or named[1] != named[2]
+
+
+logging.getLogger("cassandra.protocol").addFilter(_OneKeyspaceWarning())
 
 _BATCH_BYTES = 32 * 1024
 _encode = msgspec.msgpack.Encoder().encode

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -123,6 +124,27 @@ async def test_sessions_speak_protocol_v4() -> None:
     async with ScyllaStore(scylla()) as store:
         assert store._cluster is not None and store._cluster.protocol_version == 4
         assert await store.load("no-such-conversation") is None
+
+
+async def test_opening_and_reading_log_no_use_keyspace_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Cassandra 5 warns at a PREPARE on a session with a keyspace set; a node logged it
+    at every start. Each store's session uses one keyspace, which every statement is in:
+    the ambiguity it warns of cannot arise, so it is not logged. Other server warnings are,
+this one naming two keyspaces too."""
+    require("cassandra")
+    caplog.set_level(logging.WARNING, logger="cassandra")
+    async with ScyllaStore(scylla()) as store:
+        assert await store.load("no-such-conversation") is None
+    warned = [r.getMessage() for r in caplog.records if r.name == "cassandra.protocol"]
+    assert not [m for m in warned if "USE <keyspace>" in m], warned
+    protocol = logging.getLogger("cassandra.protocol")
+    for other in ("Aggregation query used without partition key",
+                  "`USE <keyspace>` with prepared statements is considered to be an "
+                  "anti-pattern. Keyspace used: a, statement keyspace: b, statement id: 1"):
+        protocol.warning("Server warning: %s", other)
+        assert caplog.records[-1].getMessage() == f"Server warning: {other}"
 
 
 class Refused:
