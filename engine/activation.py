@@ -75,14 +75,23 @@ class ActivationTable:
     async def activate(
         self, conversation_id: str, load: Callable[[str], Awaitable[ConversationActor]]
     ) -> ConversationActor:
-        """`load(conversation_id)` once: concurrent callers share its result or failure."""
-        pending = self._activating.get(conversation_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        """`load(conversation_id)` once: concurrent callers share its result or failure.
+        An activation cancelled under its own caller (a shutdown, a client gone) is not
+        the others' failure: a caller that was not cancelled runs the next one."""
+        while (pending := self._activating.get(conversation_id)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this caller's own cancellation
         future: asyncio.Future[ConversationActor] = asyncio.get_running_loop().create_future()
         self._activating[conversation_id] = future
         try:
             actor = await load(conversation_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: only waiters that exist re-raise it

@@ -76,12 +76,16 @@ class Loader:
         except (StoreError, JournalError) as exc:
             raise Unavailable(f"cannot activate conversation: {exc}") from None
 
-    def admitting(self, seq: int, event: Created) -> Callable[[Changes], None]:
-        """What applies a creation event: admit the actor it makes."""
+    def admitting(
+        self, seq: int, event: Created, into: list[ConversationActor] | None = None
+    ) -> Callable[[Changes], None]:
+        """What applies a creation event: admit the actor it makes (added to `into`)."""
 
         def admit(changes: Changes) -> None:
             actor = self._admit(ConversationState.from_created(seq, event, changes))
             self._observe(None, actor.meta, event)
+            if into is not None:
+                into.append(actor)
 
         return admit
 

@@ -326,16 +326,18 @@ class Registry:
 
         The creation is the id's activation (the table's one per conversation): a read,
         an adoption or a second creation of the same id meanwhile (a cluster's relayed
-        creation sent again) waits for it instead of replaying its journaled creation
-        into a second actor, and no failing activation of the id lets its lease go."""
+        creation sent again) waits for it and shares its outcome, instead of replaying its
+        journaled creation into a second actor or letting go of the lease it holds."""
         principal.require_write()
         event = new.created(self._new_id())
         conversation_id = event.conversation.conversation_id
-        created: list[ConversationActor] = []
+        ran = False  # this creation's own activation ran (not one it waited for)
+        made: list[ConversationActor] = []  # what it made, if the id was new
 
         async def create_here(_: str) -> ConversationActor:
-            created.append(await self._create_here(conversation_id, event, new))
-            return created[0]
+            nonlocal ran
+            ran = True
+            return await self._create_here(conversation_id, event, new, made)
 
         while True:
             if self._table.get(conversation_id) is not None:
@@ -343,37 +345,46 @@ class Registry:
             try:
                 actor = await self._table.activate(conversation_id, create_here)
             except NotFound:
-                if created:
-                    raise
-                continue  # an activation of the id that found nothing: now create it
-            if not created:  # another activation found it: it exists
+                if ran:  # an id picked elsewhere, used before and gone: not made again
+                    raise Conflict(f"conversation {conversation_id} exists already") from None
+                continue  # another activation of the id found nothing: now create it
+            if not made:  # it exists (another activation found it, or this one loaded it)
                 raise Conflict(f"conversation {conversation_id} exists already")
             await self._collector.keep_within_budget()
             return actor
 
     async def _create_here(
-        self, conversation_id: str, event: Created, new: NewConversation
+        self,
+        conversation_id: str,
+        event: Created,
+        new: NewConversation,
+        made: list[ConversationActor],
     ) -> ConversationActor:
+        """The creation as the id's activation: the actor made (added to `made`), or, for
+        an id picked elsewhere that was used before, the conversation it names, loaded as
+        any activation would (so a read waiting on it gets it, not a Conflict)."""
+        passivating = self._collector.passivating(conversation_id)
+        if passivating is not None:  # its release must not land after the acquire below
+            await asyncio.shield(passivating)
         try:
             epoch = await self._acquire(conversation_id)
         except JournalError as exc:
             raise Unavailable(f"journal unavailable: {exc}") from None
         try:
-            if new.conversation_id is not None and epoch > 1:  # an id picked elsewhere, used before
-                raise Conflict(f"conversation {conversation_id} exists already")
+            if new.conversation_id is not None and epoch > 1:
+                return await self._load(conversation_id)
             # A creation waits for the journal even in `memory` mode: ids handed out must exist.
             durability = self._config.actor.durability
             await commit(
                 self._journal, self._flusher, "journal" if durability == "memory" else durability,
-                Record(conversation_id, 1, event, prev=0), self._loader.admitting(1, event),
+                Record(conversation_id, 1, event, prev=0),
+                self._loader.admitting(1, event, into=made),
             )  # fmt: skip
         except BaseException:
             if self._table.get(conversation_id) is None:  # nothing hot holds the lease
                 self._directory.release(conversation_id)
             raise
-        actor = self._table.get(conversation_id)
-        assert actor is not None  # admitted by the commit
-        return actor
+        return made[0]  # admitted by the commit (passivated since, with `store` durability)
 
     # -- message reads and appends: what the message routes ask ---------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from engine.access import ANONYMOUS
 from engine.actor import NewConversation
 from engine.directory import JournalOwnership, LeaseHeld, LossWatcher
-from engine.errors import Conflict, Unavailable
+from engine.errors import Conflict, NotFound, Unavailable
 from engine.fencing import AcknowledgingJournal
 from engine.ids import new_id
 from engine.membership import Alone
@@ -256,6 +256,7 @@ async def test_a_second_creation_of_an_id_in_flight_is_refused_and_leaves_the_le
     await until(lambda: len(journal.callers) == 1)  # its record is on its way
     second = asyncio.ensure_future(engine.registry.create(ANONYMOUS, creation(cid)))
     await asyncio.sleep(0)  # one turn: it finds the first in flight
+    assert not second.done()  # waiting for the first, not refused at once
     journal.gate.set()
     actor = await first
     with pytest.raises(Conflict, match="exists already"):
@@ -307,3 +308,59 @@ async def test_a_creation_the_journal_refuses_lets_its_lease_go(
         await engine.registry.create(ANONYMOUS, creation(cid))
     assert directory.calls == [("acquire", cid), ("release", cid)]
     assert cid not in directory.held and len(engine.registry) == 0
+
+
+async def test_a_read_waiting_on_a_resent_creation_of_a_stored_id_gets_the_conversation(
+    open_engine: EngineFactory,
+) -> None:
+    """The id was used before (its epoch moved on): the resent creation answers Conflict,
+    and a read that waited for it gets the conversation, loaded, not that Conflict."""
+    engine, _, directory = await open_creating(open_engine)
+    actor = await engine.registry.create(ANONYMOUS, creation(new_id()))
+    await engine.say(actor.id, actor.meta.root_id, "kept")
+    await engine.flusher.flush(actor.id)
+    assert await engine.registry.passivate(actor.id)
+    activations = engine.registry.stats()["activations"]
+    answered, acquire = asyncio.Event(), directory.acquire
+
+    async def held_back(conversation_id: str) -> int:
+        await answered.wait()
+        return await acquire(conversation_id)
+
+    directory.acquire = held_back  # type: ignore[method-assign]
+    resent = asyncio.ensure_future(engine.registry.create(ANONYMOUS, creation(actor.id)))
+    await asyncio.sleep(0)  # one turn: it is the id's activation, waiting for its lease
+    reading = asyncio.ensure_future(engine.registry.get(ANONYMOUS, actor.id))
+    await asyncio.sleep(0)
+    assert not resent.done() and not reading.done()  # the read waits for the creation
+    answered.set()
+    with pytest.raises(Conflict, match="exists already"):
+        await resent
+    loaded = await reading
+    assert loaded.meta.message_count == 2 and actor.id in directory.held
+    assert engine.registry.stats()["activations"] == activations + 1  # one load, shared
+
+
+async def test_a_read_waiting_on_a_cancelled_creation_activates_for_itself(
+    open_engine: EngineFactory,
+) -> None:
+    """A creation cancelled under its caller (a shutdown, a client gone) is not the
+    waiting read's failure: the read runs its own activation and hears its answer (here
+    NotFound: this journal's tail is empty and nothing reached the store), not a
+    CancelledError of someone else's."""
+    engine, journal, directory = await open_creating(open_engine)
+    cid = new_id()
+    journal.gate.clear()
+    creating = asyncio.ensure_future(engine.registry.create(ANONYMOUS, creation(cid)))
+    await until(lambda: len(journal.callers) == 1)
+    reading = asyncio.ensure_future(engine.registry.get(ANONYMOUS, cid))
+    await asyncio.sleep(0)  # one turn: the read waits for the creation
+    assert not reading.done()
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+    with pytest.raises(NotFound):
+        await reading
+    assert directory.calls == [("acquire", cid), ("release", cid)]  # the creation's, let go
+    assert cid not in directory.held
+    journal.gate.set()
