@@ -96,6 +96,10 @@ class RedisDirectory:
         self._interval = release_seconds
         self._held: dict[str, int] = {}  # conversation id -> the epoch its lease was taken at
         self._releasing: dict[str, str] = {}  # conversation id -> the lease value to delete
+        # Takes whose answer was lost (a timeout, a cancelled activation): the script may
+        # have run, leaving a lease that names this node and covers nothing.
+        self._unsure: set[str] = set()
+        self._acquiring: dict[str, int] = {}  # conversation id -> acquires in flight
         self._watchers: list[LossWatcher] = []
         self._task: asyncio.Task[None] | None = None
         self._scripts_missing = False
@@ -133,7 +137,19 @@ class RedisDirectory:
 
     async def acquire(self, conversation_id: str) -> int:
         self._releasing.pop(conversation_id, None)  # taken again before its release went out
-        epoch = await self._take(conversation_id)
+        self._acquiring[conversation_id] = self._acquiring.get(conversation_id, 0) + 1
+        try:
+            epoch = await self._take(conversation_id)
+        except LeaseHeld:
+            raise  # answered: not taken
+        except BaseException:
+            self._unsure.add(conversation_id)  # settled with the next releases
+            raise
+        finally:
+            if self._acquiring[conversation_id] == 1:
+                del self._acquiring[conversation_id]
+            else:
+                self._acquiring[conversation_id] -= 1
         self._held[conversation_id] = epoch
         own = getattr(self._journal, "own", None)
         try:
@@ -188,6 +204,7 @@ class RedisDirectory:
             "release_failures": self.release_failures,
             "lost_leases": self.lost,
             "released": self.released,
+            "unsure_takes": len(self._unsure),
         }
 
     # -- acquisition -------------------------------------------------------------------------
@@ -247,6 +264,8 @@ class RedisDirectory:
 
     async def send_releases(self) -> None:
         """The releases queued since the last interval, in one pipeline (none: nothing)."""
+        if self._unsure:
+            await self._settle_unsure()
         if not self._releasing:
             return
         if self._scripts_missing:
@@ -275,6 +294,27 @@ class RedisDirectory:
             again = {cid: value for (cid, value), r in failed if isinstance(r, Exception)}
             self._releasing = {**again, **self._releasing}
             raise RedisError(f"{len(errors)} lease releases failed: {errors[0]}")
+
+    async def _settle_unsure(self) -> None:
+        """Let go of the leases whose take's answer was lost, if they name this node and it
+        neither holds nor is taking them: read, then released by their exact value. A take
+        after the read either drops the release (`acquire`) or sets a new epoch, which a
+        release of the old value leaves alone."""
+        self._unsure -= self._held.keys()  # taken since: held, and released as any other
+        unsure = [cid for cid in self._unsure if cid not in self._acquiring]
+        if not unsure:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for cid in unsure:
+                pipe.get(redis_keys.lease(cid))
+            values = await self._call(pipe.execute())
+        for cid, value in zip(unsure, values, strict=True):
+            if cid in self._held or cid in self._acquiring:
+                continue  # taken again while the values were read
+            self._unsure.discard(cid)
+            held = value.decode() if isinstance(value, bytes) else value
+            if held and node_of(held) == self._node_id:
+                self._releasing[cid] = held
 
     # -- Redis calls -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
 
 from engine.directory import LeaseHeld
 from engine.directory_redis import _ACQUIRE, RedisDirectory
@@ -190,6 +191,77 @@ async def test_a_takeover_sets_only_the_value_it_read(client: redis.Redis) -> No
         await client.delete(redis_keys.member("y:8"))
         assert await b.acquire("c1") == 1  # y:8 is gone: taken
         assert await client.get(keys[0]) == b"b:2 1"
+
+
+def answer_lost(directory: RedisDirectory, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The next take's script runs in Redis and its answer never comes back: the take
+    waits on the returned event, then fails as a timeout would."""
+    hung, real = asyncio.Event(), directory._eval
+
+    async def lost(script: str, keys: Any, args: Any) -> Any:
+        monkeypatch.undo()
+        await real(script, keys, args)
+        await hung.wait()
+        raise RedisError("Redis took over 1.00s")
+
+    monkeypatch.setattr(directory, "_eval", lost)
+    return hung
+
+
+@pytest.mark.parametrize("ending", ["timeout", "cancelled"])
+async def test_a_take_whose_answer_was_lost_is_let_go(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """Kept, a lease naming this live node would cover nothing: every other node's
+    acquire, flusher start and adoption leaves the conversation to it."""
+    async with node(client, "a:1") as (_, a), node(client, "b:2") as (_, b):
+        hung = answer_lost(a, monkeypatch)
+        taking = asyncio.ensure_future(a.acquire("c1"))
+        await eventually(lambda: client.exists(redis_keys.lease("c1")))  # the script ran
+        if ending == "timeout":
+            hung.set()
+            with pytest.raises(RedisError):
+                await taking
+        else:
+            taking.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await taking
+        assert not a.is_held("c1") and a.stats()["unsure_takes"] == 1
+        assert await client.get(redis_keys.lease("c1")) == b"a:1 1"
+        with pytest.raises(LeaseHeld):
+            await b.acquire("c1")
+        await a.send_releases()
+        assert await client.get(redis_keys.lease("c1")) is None
+        assert a.stats()["unsure_takes"] == 0
+        assert await b.acquire("c1") == 2
+
+
+async def test_a_lost_take_taken_again_stays_held(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with node(client, "a:1") as (_, a):
+        hung = answer_lost(a, monkeypatch)
+        hung.set()
+        with pytest.raises(RedisError):
+            await a.acquire("c1")
+        assert await a.acquire("c1") == 2  # asked again: its own key, taken anew
+        await a.send_releases()
+        assert a.is_held("c1") and await client.get(redis_keys.lease("c1")) == b"a:1 2"
+        assert a.stats()["unsure_takes"] == 0
+
+
+async def test_a_lost_take_another_node_took_since_is_left_to_it(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with node(client, "a:1") as (_, a), node(client, "b:2") as (_, b):
+        hung = answer_lost(a, monkeypatch)
+        hung.set()
+        with pytest.raises(RedisError):
+            await a.acquire("c1")
+        await client.set(redis_keys.lease("c1"), "b:2 7")  # as if b had taken it since
+        await a.send_releases()
+        assert await client.get(redis_keys.lease("c1")) == b"b:2 7"
+        assert a.stats()["unsure_takes"] == 0 and not b.is_held("c1")
 
 
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
