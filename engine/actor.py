@@ -22,7 +22,7 @@ from engine.conversation import ConversationState, root_content
 from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
 from engine.ids import new_id, time_ordered_id
 from persistence.flusher import Backpressure, Flusher
-from persistence.journal import Journal, JournalError
+from persistence.journal import Journal, JournalError, OutcomeUnknown
 from persistence.records import (
     Appended,
     Branch,
@@ -603,11 +603,22 @@ async def commit_many(
                 flusher.adopt(appended)
         else:
             failure: JournalError | None = None
-            for append in appends:  # every one awaited: no failure goes unretrieved
-                try:
-                    await append
-                except JournalError as exc:
-                    failure = failure or exc
+            unknown = False  # an append may have landed unanswered
+            try:
+                for append in appends:  # every one awaited: no failure goes unretrieved
+                    try:
+                        await append
+                    except JournalError as exc:
+                        failure = failure or exc
+                        unknown = unknown or isinstance(exc, OutcomeUnknown)
+            except BaseException:  # cancelled with the records on their way
+                flusher.diverged(conversation_id)
+                raise
+            if unknown:
+                flusher.diverged(conversation_id)
+                raise Unavailable(
+                    f"journal unavailable: {failure}; the write may or may not have been stored"
+                ) from None
             if failure is not None:
                 raise Unavailable(f"journal unavailable: {failure}") from None
         for apply in applies:

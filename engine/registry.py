@@ -92,6 +92,7 @@ class Registry:
         self._config = config
         self._directory = directory or JournalOwnership(journal)
         self._directory.on_lost(self._lost)
+        flusher.on_diverged(self._rebuild)
         # Shared with other nodes: another may own, store and trim a conversation.
         self._shared = directory is not None and not isinstance(directory, JournalOwnership)
         if self._shared:
@@ -116,6 +117,7 @@ class Registry:
         )  # fmt: skip
         self.activations = 0
         self.placed_elsewhere = 0  # activations here of conversations placed on another node
+        self.rebuilds = 0  # actors dropped after an append answered "may or may not be stored"
         self.lease_waits = 0  # asks again while another node's lease was being let go
         self.lost = 0  # hot actors dropped because another node took their lease
 
@@ -168,6 +170,7 @@ class Registry:
             "oversized": self.oversized,
             "oversized_hot": self._collector.oversized_hot,
             "placed_elsewhere": self.placed_elsewhere,
+            "rebuilds": self.rebuilds,
             "lease_waits": self.lease_waits,
             "lost": self.lost,
             **{f"listing_{key}": value for key, value in self._listing.stats().items()},
@@ -304,6 +307,18 @@ class Registry:
         actor = self._table.get(conversation_id)
         if actor is not None:
             self.lost += 1
+            self._collector.drop(actor)
+        self._flusher.forget(conversation_id)
+
+    def _rebuild(self, conversation_id: str) -> None:
+        """The journal may hold a record the actor never applied (an append answered "may
+        or may not be stored"), and the flusher process stores what the journal holds: the
+        actor's next record, numbered on its own state, would not follow that one in the
+        store. Drop the actor: the next request rebuilds it from the store and the journal,
+        after an acquire whose epoch refuses the append if it lands late."""
+        actor = self._table.get(conversation_id)
+        if actor is not None:
+            self.rebuilds += 1
             self._collector.drop(actor)
         self._flusher.forget(conversation_id)
 

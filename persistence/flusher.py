@@ -97,6 +97,7 @@ class Flusher:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._flushing: dict[str, asyncio.Task[bool]] = {}  # the cycles' writes in flight
         self._failures: Counter[str] = Counter()  # consecutive failed writes
+        self._diverged_watchers: list[Callable[[str], None]] = []
         self._not_before: dict[str, float] = {}  # a failing conversation's next attempt
         self._marking = asyncio.Lock()
         self._mark: _Mark | None = None  # the one checkpoint waiting for its versions
@@ -189,6 +190,17 @@ class Flusher:
             self._unflushed += found.nbytes - before
             found.records += 1
             self._unflushed_records += 1
+
+    def on_diverged(self, watcher: Callable[[str], None]) -> None:
+        """`watcher(conversation_id)` when its actor no longer follows the journal that
+        is stored (`diverged`): the registry rebuilds the actor."""
+        self._diverged_watchers.append(watcher)
+
+    def diverged(self, conversation_id: str) -> None:
+        """An append of the conversation was sent and its answer lost: the journal may
+        hold a record its actor never applied. Nothing to do here: this process stores
+        only what actors applied, and a replay of the journal takes the later of two
+        records on one `prev`. A flusher process stores the journal (RemoteFlusher)."""
 
     def fence(self, may_write: Callable[[str], bool]) -> None:
         """Write a conversation only while `may_write(conversation_id)`: a cluster member

@@ -15,6 +15,12 @@ class JournalError(Exception):
     """The journal could not take or give records; writes must fail fast."""
 
 
+class OutcomeUnknown(JournalError):
+    """An append was sent and its answer lost (a timeout, a dropped connection, a close):
+    it may have landed. Its actor did not apply it, so the journal may hold a record the
+    actor's state does not follow."""
+
+
 class JournalDamaged(JournalError):
     """Recovery found damage before the journal's tail and was not allowed to go past it."""
 

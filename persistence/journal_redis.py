@@ -43,7 +43,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from persistence import journal_migration, redis_keys
 from persistence.background import Throttled
-from persistence.journal import Entry, JournalError
+from persistence.journal import Entry, JournalError, OutcomeUnknown
 from persistence.latency import Histogram
 from persistence.redis_pool import RedisPool, RedisSettings
 from persistence.resp import checked
@@ -530,9 +530,10 @@ class _Prepared:
 
 
 def _fail(batch: list[_Queued], message: str) -> None:
+    """The send as a whole failed or was cut short: each record may or may not be in."""
     for *_, future in batch:
         if not future.done():
-            future.set_exception(JournalError(message))
+            future.set_exception(OutcomeUnknown(message))
 
 
 def _record(field: bytes, value: bytes, blobs: Mapping[bytes, bytes | None]) -> bytes:

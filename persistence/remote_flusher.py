@@ -83,6 +83,7 @@ class RemoteFlusher(Flusher):
         self._lease_ms = 0
         self._down_since: float | None = None
         self._closing = False
+        self.diverged_appends = 0  # appends answered "may or may not be stored"
 
     async def __aenter__(self) -> RemoteFlusher:
         self._down_since = asyncio.get_running_loop().time()
@@ -126,6 +127,15 @@ class RemoteFlusher(Flusher):
         else:
             self._mark_dirty(conversation_id)
 
+    def diverged(self, conversation_id: str) -> None:
+        """The flusher process stores what the journal holds, so a record that landed
+        unanswered would be stored, and the actor's next record (numbered on its own
+        state, `prev` before it) would never follow it in the store: the watchers drop
+        the actor, rebuilt from the store and the journal at its next request."""
+        self.diverged_appends += 1
+        for watcher in self._diverged_watchers:
+            watcher(conversation_id)
+
     def _mark_dirty(self, conversation_id: str) -> None:
         self._to_mark.add(conversation_id)  # sent with the next poll
 
@@ -164,6 +174,7 @@ class RemoteFlusher(Flusher):
             "unflushed_records": sum(len(versions) for versions in self._unstored.values()),
             "lag_ms": int(lag * 1000),
             "flusher_lease_ms": self._lease_ms,
+            "diverged_appends": self.diverged_appends,
         }
         stats.update({f"flusher_{k}": v for k, v in self._flusher_stats.items()})
         process = self._process_stats()

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from engine.registry import Registry
-from gateway.keys import CONVERSATIONS, FLUSHER, STORE
+from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL, STORE
 from persistence import redis_keys
+from persistence.journal_redis import RedisJournal
 from persistence.store import StoreError
 from tests.conftest import FLUSHER_PROCESS, Node, NodeFactory, emptied
 from tests.services import REDIS_URL
@@ -226,3 +228,45 @@ async def test_a_flush_now_fails_when_another_node_took_the_conversation_meanwhi
         flusher.forget(cid)  # what Registry does when another node took the lease
         with pytest.raises(StoreError, match="another node took"):
             await flushing
+
+
+async def test_an_append_answered_unknown_is_followed_by_the_next_in_the_store(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append whose script ran in Redis and whose answer was lost (a timeout): the
+    client hears 503 "may or may not have been stored", and the flusher process stores
+    that record from the journal. The next append must follow it. It used to be numbered
+    on the actor's state (its `prev` the record before), so the flusher process, stored
+    past it already, never stored it or anything after, and a reload set them aside:
+    acknowledged messages gone (found by review)."""
+    node = await start_node()
+    store, journal = node.app[STORE], node.app[JOURNAL]
+    assert isinstance(journal, RedisJournal)
+    cid, parent = await _conversation_with(node, 1)
+    with flusher_stopped(node):
+        first = await _append(node, cid, parent, "acked")
+        settle = journal._settle
+
+        def answer_lost(prepared: Any, outcome: Any, started: float) -> None:
+            monkeypatch.undo()
+            settle(prepared, RedisError("Timeout reading from redis"), started)
+
+        monkeypatch.setattr(journal, "_settle", answer_lost)
+        body = {"parent_message_id": first, "role": "human", "created_by": "u",
+                "content": {"type": "text", "text": "unanswered"}}  # fmt: skip
+        status, refused = await node.request(
+            "POST", f"/api/v1/conversations/{cid}/messages", json=body
+        )
+        assert status == 503 and "may or may not" in refused["error"]["message"], refused
+
+    async def stored(count: int) -> bool:
+        snapshot = await store.load(cid)
+        return snapshot is not None and snapshot.conversation.message_count == count
+
+    await _eventually(lambda: stored(4))  # root, m0, acked and the unanswered one
+    await _append(node, cid, first, "after")  # acknowledged: it must reach the store
+    await _eventually(lambda: stored(5))
+    registry = node.app[CONVERSATIONS]
+    assert isinstance(registry, Registry) and registry.stats()["rebuilds"] == 1
+    assert await registry.passivate(cid)
+    assert sorted(await _tree(node, cid)) == ["acked", "after", "m0", "unanswered"]
