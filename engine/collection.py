@@ -81,7 +81,10 @@ class Collector:
     # -- counting --------------------------------------------------------------------------
 
     def count(self, actor: ConversationActor) -> None:
-        """Bring the hot bytes and messages up to date with what the actor holds now."""
+        """Bring the hot bytes and messages up to date with what the actor holds now (an
+        actor dropped meanwhile, e.g. its lease lost during its activation, holds none)."""
+        if self._table.get(actor.id) is not actor:
+            return
         nbytes, messages = actor.nbytes, len(actor)
         old_bytes, old_messages = self._counted.get(actor.id, (0, 0))
         self.hot_bytes += nbytes - old_bytes
@@ -95,8 +98,12 @@ class Collector:
             self._oversized.discard(actor.id)
 
     def drop(self, actor: ConversationActor) -> None:
-        """Forget a hot actor (its dirty changes stay with the flusher)."""
+        """Forget a hot actor (its dirty changes stay with the flusher). One dropped
+        already (its lease lost while its passivation flushed) is left as it is: the
+        lease may be another actor's of the same id by now."""
         actor.closed = True
+        if self._table.get(actor.id) is not actor:
+            return
         self._release(actor.id)
         nbytes, messages = self._counted.pop(actor.id)
         self.hot_bytes -= nbytes
@@ -128,8 +135,9 @@ class Collector:
     async def _passivate(self, actor: ConversationActor) -> None:
         async with actor.lock:
             await self._flusher.flush(actor.id)
-            self.drop(actor)
-            self.passivations += 1
+            if not actor.closed:  # not dropped meanwhile (a lost lease)
+                self.drop(actor)
+                self.passivations += 1
 
     # -- the budget --------------------------------------------------------------------------
 

@@ -271,6 +271,15 @@ class Registry:
         if passivating is not None:
             await asyncio.shield(passivating)
         actor = await self._loader.load(conversation_id, replayed)
+        if not self._directory.is_held(conversation_id):
+            # Lost during the activation (taken by another node, or this one declared
+            # dead): `_lost` found nothing hot to drop then. Kept, it would be hot and
+            # counted with no lease, its appends refused and its writes never stored.
+            if self._table.get(conversation_id) is actor:
+                self._collector.drop(actor)
+            self._flusher.forget(conversation_id)
+            raise Unavailable("the conversation was taken by another node while it was "
+                              "activated here; ask again")  # fmt: skip
         self._collector.count(actor)
         self.activations += 1
         await self._collector.keep_within_budget()

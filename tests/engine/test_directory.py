@@ -18,6 +18,8 @@ from engine.ids import new_id
 from engine.membership import Alone
 from persistence.journal import Journal, JournalError
 from persistence.journal_file import FileJournal
+from persistence.sqlite import SQLiteStore
+from tests.engine.test_actor import GatedStore
 from tests.engine.test_group_commit import GatedJournal
 from tests.waiting import until
 
@@ -364,3 +366,64 @@ async def test_a_read_waiting_on_a_cancelled_creation_activates_for_itself(
     assert directory.calls == [("acquire", cid), ("release", cid)]  # the creation's, let go
     assert cid not in directory.held
     journal.gate.set()
+
+
+async def test_a_lease_lost_while_its_passivation_flushes_drops_the_actor_once(
+    open_engine: EngineFactory,
+) -> None:
+    """The second drop raised KeyError out of the passivation (found by review), and
+    would have released a lease by then maybe another actor's."""
+    fakes: list[FakeDirectory] = []
+    stores: list[GatedStore] = []
+
+    def gated(inner: SQLiteStore) -> GatedStore:
+        stores.append(GatedStore(inner))
+        return stores[0]
+
+    engine = await open_engine(
+        wrap_store=gated, directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0]
+    )
+    directory, store = fakes[0], stores[0]
+    store.gate.set()
+    actor = await engine.conversation()
+    await engine.say(actor.id, actor.meta.root_id)
+    store.gate.clear()
+    before = store.started
+    passivating = asyncio.ensure_future(engine.registry.passivate(actor.id))
+    await until(lambda: store.started == before + 1)  # its flush waits at the store
+    directory.lose(actor.id)  # another node took it meanwhile
+    assert actor.closed and engine.registry.hot_messages == 0
+    calls = list(directory.calls)
+    store.gate.set()
+    assert await passivating is True
+    assert directory.calls == calls  # no second release
+    assert engine.registry.hot_messages == 0 and len(engine.registry) == 0
+    assert engine.registry.stats()["passivations"] == 0 and engine.registry.stats()["lost"] == 1
+
+
+async def test_a_lease_lost_during_the_activation_leaves_nothing_hot(
+    open_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_lost` found nothing to drop while the activation read the journal; the actor it
+    built was then hot and counted with no lease (found by review)."""
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0])
+    directory = fakes[0]
+    actor = await engine.conversation()
+    await engine.say(actor.id, actor.meta.root_id)
+    assert await engine.registry.passivate(actor.id)
+    tail = engine.journal.tail
+
+    async def taken_meanwhile(conversation_id: str, after_seq: int) -> list[Any]:
+        directory.lose(conversation_id)  # another node took it during the read
+        return await tail(conversation_id, after_seq)
+
+    monkeypatch.setattr(engine.journal, "tail", taken_meanwhile)
+    with pytest.raises(Unavailable, match="taken by another node"):
+        await engine.registry.get(ANONYMOUS, actor.id)
+    assert len(engine.registry) == 0 and engine.registry.hot_messages == 0
+    assert engine.registry.hot_bytes == 0 and actor.id not in directory.held
+    monkeypatch.undo()
+    directory.taken.discard(actor.id)  # let go again
+    hot = await engine.registry.get(ANONYMOUS, actor.id)
+    assert hot.meta.message_count == 2 and engine.registry.hot_messages == 2
