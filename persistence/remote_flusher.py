@@ -189,7 +189,12 @@ class RemoteFlusher(Flusher):
         return iter(())  # the rows live in the journal until the flusher process stores them
 
     async def flush(self, conversation_id: str) -> None:
-        """Nothing to write: a reactivation reads the store plus the journal tail."""
+        """Nothing to write: a reactivation reads the store plus the journal tail. But an
+        append acknowledged before it was sent (`memory` durability) must be sent before
+        the conversation is let go: a release forgets its epoch, and the journal refused
+        a record still queued then ("not acquired"), acknowledged and never journaled."""
+        if self._appends:
+            await asyncio.wait(set(self._appends))
 
     async def flush_now(self, conversation_id: str) -> None:
         """Ask the flusher process to store what is unstored of the conversation now, and

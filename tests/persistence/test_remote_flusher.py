@@ -12,14 +12,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from engine.access import ANONYMOUS
+from engine.actor import ConversationActor, NewMessage
 from engine.registry import Registry
 from gateway.keys import CONVERSATIONS, FLUSHER, JOURNAL, STORE
 from persistence import redis_keys
 from persistence.journal_redis import RedisJournal
+from persistence.records import Message
 from persistence.store import StoreError
 from tests.conftest import FLUSHER_PROCESS, Node, NodeFactory, emptied
 from tests.services import REDIS_URL
@@ -270,3 +274,27 @@ async def test_an_append_answered_unknown_is_followed_by_the_next_in_the_store(
     assert isinstance(registry, Registry) and registry.stats()["rebuilds"] == 1
     assert await registry.passivate(cid)
     assert sorted(await _tree(node, cid)) == ["acked", "after", "m0", "unanswered"]
+
+
+async def test_a_memory_append_still_queued_is_journaled_before_its_passivation(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--durability memory` acknowledges before the journal send. Behind another send,
+    the record waits in the journal's queue; a passivation let the conversation go at
+    once (the flusher process writes nothing here), its epoch went with it, and the
+    queued record was refused "not acquired": acknowledged, never journaled (found by
+    review)."""
+    node = await start_node(durability="memory")
+    registry, journal = node.app[CONVERSATIONS], node.app[JOURNAL]
+    assert isinstance(registry, Registry) and isinstance(journal, RedisJournal)
+    cid, parent = await _conversation_with(node, 1)
+    monkeypatch.setattr(journal._lean, "send_now", lambda commands: None)  # by a task, later
+
+    async def append(actor: ConversationActor) -> Message:
+        text = msgspec.json.encode({"type": "text", "text": "queued"})
+        return await actor.append(ANONYMOUS, NewMessage(parent, "human", text, {}, "u"))
+
+    await registry.run(ANONYMOUS, cid, append)  # acknowledged; its send not made yet
+    assert await registry.passivate(cid)
+    monkeypatch.undo()
+    assert await _tree(node, cid) == ["m0", "queued"]
