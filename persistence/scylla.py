@@ -71,6 +71,10 @@ class _OneKeyspaceWarning(logging.Filter):
 logging.getLogger("cassandra.protocol").addFilter(_OneKeyspaceWarning())
 
 _BATCH_BYTES = 32 * 1024
+# Branch and share removals that go in the conversation row's own logged batch (~100
+# bytes each; Cassandra refuses a batch over 50 KiB). More in one write (a flush that
+# coalesced that many removals) go ahead of it as before.
+MAX_REMOVALS_WITH_ROW = 200
 _encode = msgspec.msgpack.Encoder().encode
 _conversation = msgspec.msgpack.Decoder(Conversation).decode
 _message = msgspec.msgpack.Decoder(Message).decode
@@ -417,14 +421,27 @@ class ScyllaStore:
         else:
             statements = writes.rows(cid, changes, stamp)
             listing = writes.shared_rows(changes.shares, cid, stamp)
+        final: list[writes.Statement] = []  # what goes in the row's own batch, with it
         if meta is not None:
             statements += writes.owner_listing(cid, meta, await self._listed(cid, meta), stamp)
-            statements.append(writes.conversation(cid, meta, stamp))  # last: see above
+            removals = [] if changes.deleted else writes.removals(changes, statements)
+            if 0 < len(removals) <= MAX_REMOVALS_WITH_ROW:
+                # A branch or share removed ahead of the row would break replay (a row
+                # ahead does not): the records after the version still append to it.
+                moved = {id(s) for s in removals}
+                statements = [s for s in statements if id(s) not in moved]
+                final = removals
+            final.append(writes.conversation(cid, meta, stamp))  # last: see above
         try:
             # share holders' rows too land before the conversation row (or a reload past
             # the version would never write them)
             holders_rows = [asyncio.ensure_future(self._query(cql, p)) for cql, p in listing]
-            await self._batched(statements, last_after_rest=meta is not None, also=holders_rows)
+            if len(final) > 1:
+                await self._batched(statements, also=holders_rows, final=final)
+            else:
+                await self._batched(
+                    statements + final, last_after_rest=meta is not None, also=holders_rows
+                )
         except BaseException:
             self._listings.forget(cid)  # a part may have landed: read where it stands
             raise
@@ -485,15 +502,18 @@ class ScyllaStore:
         *,
         last_after_rest: bool = False,
         also: Sequence[asyncio.Future[list[Any]]] = (),
+        final: Sequence[tuple[str, Sequence[Any]]] = (),
     ) -> None:
         """Send `statements` as unlogged batches, each as soon as it is bound. Between two
         batches the loop runs, and writes take turns (the turn is held over the loop pass
         that follows a binding), so many forks' write-behinds bind one batch a pass.
         `last_after_rest`: the last batch goes logged, once every other one and every
-        request of `also` (sent already, awaited and cancelled with these) landed."""
+        request of `also` (sent already, awaited and cancelled with these) landed.
+        `final`: statements sent after all of those as one logged batch of their own."""
         sends: list[asyncio.Future[list[Any]]] = list(also)
         try:
-            binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in statements}}
+            every = [*statements, *final]
+            binders = {cql: await self._binder(cql) for cql in {cql for cql, _ in every}}
             batches = self._batches.cut((binders[cql], params) for cql, params in statements)
             more = bool(statements)
             while more:
@@ -507,6 +527,11 @@ class ScyllaStore:
                 await self._landed(sends)
                 batch.batch_type = BatchType.LOGGED
                 sends.append(asyncio.ensure_future(self._execute(batch)))
+            if final:
+                await self._landed(sends)
+                sends.append(asyncio.ensure_future(self._execute(self._batches.together(
+                    [(binders[cql], params) for cql, params in final]
+                ))))  # fmt: skip
             await self._landed(sends)
         except BaseException:
             for send in sends:

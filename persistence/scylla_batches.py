@@ -108,5 +108,17 @@ class Batches:
             yield batch, False
 
 
+    def together(self, bound: Iterable[tuple[Binder, Sequence[Any]]]) -> BatchStatement:
+        """One logged batch of all of `bound`, whatever its size: what must land at once."""
+        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        for binder, params in bound:
+            if len(batch) and binder.fast:
+                values = binder.values(params)
+                batch._add_statement_and_params(True, binder.prepared.query_id, values)
+            else:
+                batch.add(binder.prepared, params)
+        return batch
+
+
 def _weight(params: Sequence[Any]) -> int:
     return sum(len(p) for p in params if isinstance(p, bytes | str))

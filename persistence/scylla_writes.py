@@ -109,6 +109,14 @@ def rows(cid: str, changes: Changes, stamp: int) -> list[Statement]:
     return statements
 
 
+def removals(changes: Changes, statements: list[Statement]) -> list[Statement]:
+    """Of a write's `statements`, the removals of branches and shares (`rows`' deletes)."""
+    if None not in changes.branches.values() and None not in changes.shares.values():
+        return []
+    removing = ("DELETE FROM branches", "DELETE FROM shares")
+    return [s for s in statements if s[0].startswith(removing)]
+
+
 def conversation(cid: str, meta: Conversation, stamp: int) -> Statement:
     return (
         "INSERT INTO conversations (conversation_id, version, deleted, body)"

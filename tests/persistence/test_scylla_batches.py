@@ -195,3 +195,36 @@ async def test_a_large_writes_conversation_row_goes_once_its_other_rows_landed(
     await store.write("f1", fork(rows, "f1"))  # the retry, whole
     assert [batch.batch_type for batch in sent][-1] == BatchType.LOGGED
     assert {b.batch_type for b in sent[:-1]} == {BatchType.UNLOGGED}
+
+
+async def test_a_branch_or_share_removal_lands_only_with_the_conversation_row(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    """A removal ahead of the row breaks replay where a row ahead does not: reloaded, the
+    state lacks the branch that the records after the version still append to, and
+    they were set aside (found by review). Here a long description pushes the write
+    into two batches, and the one with the row fails."""
+    base = rows.conversation("b1")
+    await store.write("b1", rows.changes(base, (rows.message("b1-root", None, 0),),
+                                         branches={"b": rows.branch("b", "b1-root")}))  # fmt: skip
+    failing = [True]
+    sent: list[BatchStatement] = []
+
+    def last_fails(n: int) -> None:  # the logged one, which holds the row
+        if failing[0] and sent[n - 1].batch_type == BatchType.LOGGED:
+            raise OSError("connection reset")
+
+    sent = sending(store, on_batch=last_fails)
+    meta = rows.conversation("b1", version=3, updated_at=rows.at(3), description="d" * 6000)
+    moved = rows.changes(meta, (rows.message("b1-m1", "b1-root", 1),), branches={"b": None})
+    with pytest.raises(StoreError):
+        await store.write("b1", moved)
+    assert len(sent) >= 2  # cut into several batches
+    snapshot = await store.load("b1")
+    assert snapshot is not None and snapshot.conversation.version == 1
+    assert [b.branch_id for b in snapshot.branches] == ["b"]  # not removed without the row
+    failing[0] = False
+    await store.write("b1", moved)  # the retry, whole
+    snapshot = await store.load("b1")
+    assert snapshot is not None and snapshot.conversation.version == 3
+    assert snapshot.branches == [] and "b1-m1" in {m.message_id for m in snapshot.messages}
