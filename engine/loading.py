@@ -155,6 +155,8 @@ class Loader:
                 break
             actor = self._table.get(conversation_id)
         if plan.stranded:
+            if actor is not None:  # hot already: appends meanwhile go past the stranded seqs
+                actor.resync(plan.last_seq)
             version = actor.state.version if actor else 0
             log.error("conversation %s: journal replay stopped at seq %d (%s); %d later "
                       "records set aside", conversation_id, version,

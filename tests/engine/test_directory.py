@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 
 from engine.access import ANONYMOUS
@@ -16,8 +17,9 @@ from engine.errors import Conflict, NotFound, Unavailable
 from engine.fencing import AcknowledgingJournal
 from engine.ids import new_id
 from engine.membership import Alone
-from persistence.journal import Journal, JournalError
+from persistence.journal import Entry, Journal, JournalError
 from persistence.journal_file import FileJournal
+from persistence.records import decode_record, encode_record
 from persistence.sqlite import SQLiteStore
 from tests.engine.test_actor import GatedStore
 from tests.engine.test_group_commit import GatedJournal
@@ -427,3 +429,47 @@ async def test_a_lease_lost_during_the_activation_leaves_nothing_hot(
     directory.taken.discard(actor.id)  # let go again
     hot = await engine.registry.get(ANONYMOUS, actor.id)
     assert hot.meta.message_count == 2 and engine.registry.hot_messages == 2
+
+
+async def test_appends_during_an_activations_set_aside_go_past_the_stranded_seqs(
+    open_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an activation sets stranded records aside, its actor is hot already: an
+    append then was numbered on the applied chain, at a seq a stranded record holds
+    (found by review)."""
+    fakes: list[FakeDirectory] = []
+    engine = await open_engine(directory_of=lambda j: fakes.append(FakeDirectory(j)) or fakes[0])
+    actor = await engine.conversation()
+    payloads: list[bytes] = []
+    append = engine.journal.append
+
+    def capture(cid: str, seq: int, payload: bytes) -> asyncio.Future[None]:
+        payloads.append(payload)
+        return append(cid, seq, payload)
+
+    monkeypatch.setattr(engine.journal, "append", capture)
+    await engine.say(actor.id, actor.meta.root_id, "stored")  # record 2
+    assert await engine.registry.passivate(actor.id)  # stored at version 2
+    stored = decode_record(payloads[-1])
+    stranded = msgspec.structs.replace(stored, seq=9, prev=8)  # behind a gap: set aside
+    entries = [Entry(payloads[-1], "test@2"), Entry(encode_record(stranded), "test@9")]
+
+    async def tail(conversation_id: str, after_seq: int) -> list[Entry]:
+        return entries
+
+    setting_aside, aside = asyncio.Event(), asyncio.Event()
+
+    async def held_set_aside(entry: Entry, reason: str) -> None:
+        setting_aside.set()
+        await aside.wait()
+
+    monkeypatch.setattr(engine.journal, "tail", tail)
+    monkeypatch.setattr(engine.journal, "set_aside", held_set_aside)
+    activating = asyncio.ensure_future(engine.registry.get(ANONYMOUS, actor.id))
+    await until(setting_aside.is_set)
+    hot = engine.registry._table.get(actor.id)
+    assert hot is not None and hot.state.version == 2
+    await engine.say(actor.id, actor.meta.root_id, "meanwhile")
+    assert hot.state.version == 10  # numbered past the stranded seq 9
+    aside.set()
+    assert (await activating) is hot
