@@ -121,6 +121,7 @@ class FlushWorker:
         self._lease = FlusherLease(pool.client, config.node, config.lease_seconds)
         self._states = _States(config.max_state_bytes)
         self._due: set[str] = set()  # conversations that may have records to store
+        self._rescan = False  # a take failed: look at every journaled conversation again
         self._flushing: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
         self._failures: dict[str, int] = {}
@@ -141,9 +142,7 @@ class FlushWorker:
             holder = await self._lease.holder()
             raise LeaseHeld(f"another flusher runs for node {self._config.node} ({holder})")
         try:
-            journaled = await self._journal.journaled()
-            if self._config.cluster:
-                journaled = await self._not_held_elsewhere(journaled)
+            journaled = await self._journaled()
         except BaseException:
             await self._lease.release()
             raise
@@ -191,6 +190,14 @@ class FlushWorker:
             "cycles": self.cycles,
         }
 
+    async def _journaled(self) -> list[str]:
+        """Every journaled conversation this flusher stores: a member's, those no other
+        member holds."""
+        journaled = await self._journal.journaled()
+        if self._config.cluster:
+            journaled = await self._not_held_elsewhere(journaled)
+        return journaled
+
     async def _not_held_elsewhere(self, conversation_ids: list[str]) -> list[str]:
         """Those whose lease names no node or this one ("node-id epoch", engine/
         directory_redis.py), read in batches over the lean channel."""
@@ -229,7 +236,14 @@ class FlushWorker:
         """Take the dirty set (only the asked-now set between cycles), start the writes
         that are due, trim and publish what was stored since the last cycle."""
         self.cycles += full
-        self._due.update(await self._take(full))
+        if self._rescan:  # a take's answer was lost: its SPOP may have emptied the set
+            self._due.update(await self._journaled())
+            self._rescan = False
+        try:
+            self._due.update(await self._take(full))
+        except BaseException:
+            self._rescan = True
+            raise
         now = time.monotonic()
         for conversation_id in list(self._due):
             if conversation_id in self._flushing or self._not_before.get(conversation_id, 0) > now:

@@ -8,10 +8,12 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from engine.access import ANONYMOUS
 from engine.actor import NewConversation, NewMessage
@@ -237,3 +239,37 @@ async def test_a_conversation_asked_for_now_is_stored_between_long_cycles(
         stored = await store.load(actor_id)
         assert stored is not None and stored.conversation.message_count == 2
         assert worker.stats()["cycles"] == 0  # no cycle came meanwhile
+
+
+async def test_a_take_whose_answer_was_lost_finds_its_conversations_again(
+    parts: tuple[SQLiteStore, RedisJournal, RedisPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SPOP ran and its answer was lost (a timeout): those dirty marks are gone from
+    the set, and their conversations waited journaled for the next write or start
+    (found by review). The next cycle looks at every journaled conversation again."""
+    store, journal, pool = parts
+    config = FlushWorkerConfig(node="n1", interval=3600)
+    async with FlushWorker(store, journal, pool, config) as worker:
+        cycles = worker._tasks[0]  # the test runs each cycle itself
+        cycles.cancel()
+        await asyncio.gather(cycles, return_exceptions=True)
+        flusher = Flusher(store, journal, FlusherConfig(interval=3600))
+        async with flusher, Registry(store, journal, flusher, RegistryConfig()) as registry:
+            actor = await registry.create(ANONYMOUS, NewConversation("lost", "fw"))
+            flusher.forget(actor.id)  # left to the flusher process
+        await pool.client.sadd(redis_keys.dirty("n1"), actor.id)
+        execute = worker._lean.execute
+
+        async def answer_lost(commands: Any) -> Any:
+            monkeypatch.undo()
+            await execute(commands)  # the SPOPs run
+            raise RedisError("Timeout reading from redis")
+
+        monkeypatch.setattr(worker._lean, "execute", answer_lost)
+        with pytest.raises(RedisError):
+            await worker._cycle()
+        assert await pool.client.scard(redis_keys.dirty("n1")) == 0  # the mark is gone
+        await worker._cycle()  # starts the conversation's write
+        await asyncio.gather(*worker._flushing.values())
+        stored = await store.load(actor.id)
+        assert stored is not None and stored.conversation.message_count == 1
