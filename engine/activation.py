@@ -77,7 +77,10 @@ class ActivationTable:
     ) -> ConversationActor:
         """`load(conversation_id)` once: concurrent callers share its result or failure.
         An activation cancelled under its own caller (a shutdown, a client gone) is not
-        the others' failure: a caller that was not cancelled runs the next one."""
+        the others' failure: a caller that was not cancelled runs the next one, unless
+        the cancelled one had made its actor hot already (cancelled while it waited on
+        the memory budget or a flush): a second load would make a second actor, each
+        numbering its own records, and one's acknowledged appends would be set aside."""
         while (pending := self._activating.get(conversation_id)) is not None:
             try:
                 return await asyncio.shield(pending)
@@ -85,6 +88,9 @@ class ActivationTable:
                 task = asyncio.current_task()
                 if not pending.cancelled() or (task is not None and task.cancelling()):
                     raise  # this caller's own cancellation
+            hot = self._hot.get(conversation_id)
+            if hot is not None:
+                return hot
         future: asyncio.Future[ConversationActor] = asyncio.get_running_loop().create_future()
         self._activating[conversation_id] = future
         try:

@@ -100,6 +100,9 @@ class RedisDirectory:
         # have run, leaving a lease that names this node and covers nothing.
         self._unsure: set[str] = set()
         self._acquiring: dict[str, int] = {}  # conversation id -> acquires in flight
+        # The unsure ids whose lease is being read back; a take started meanwhile removes
+        # its id: what the read found may be older than what that take left.
+        self._settling: set[str] = set()
         self._watchers: list[LossWatcher] = []
         self._task: asyncio.Task[None] | None = None
         self._scripts_missing = False
@@ -137,6 +140,7 @@ class RedisDirectory:
 
     async def acquire(self, conversation_id: str) -> int:
         self._releasing.pop(conversation_id, None)  # taken again before its release went out
+        self._settling.discard(conversation_id)
         self._acquiring[conversation_id] = self._acquiring.get(conversation_id, 0) + 1
         try:
             epoch = await self._take(conversation_id)
@@ -265,7 +269,11 @@ class RedisDirectory:
     async def send_releases(self) -> None:
         """The releases queued since the last interval, in one pipeline (none: nothing)."""
         if self._unsure:
-            await self._settle_unsure()
+            try:
+                await self._settle_unsure()
+            except RedisError as exc:  # read again next round; the queued releases go now
+                self.release_failures += 1
+                throttled.warning("settle", "reading back unsure leases failed: %s", exc)
         if not self._releasing:
             return
         if self._scripts_missing:
@@ -304,17 +312,22 @@ class RedisDirectory:
         unsure = [cid for cid in self._unsure if cid not in self._acquiring]
         if not unsure:
             return
-        async with self._client.pipeline(transaction=False) as pipe:
-            for cid in unsure:
-                pipe.get(redis_keys.lease(cid))
-            values = await self._call(pipe.execute())
-        for cid, value in zip(unsure, values, strict=True):
-            if cid in self._held or cid in self._acquiring:
-                continue  # taken again while the values were read
-            self._unsure.discard(cid)
-            held = value.decode() if isinstance(value, bytes) else value
-            if held and node_of(held) == self._node_id:
-                self._releasing[cid] = held
+        self._settling = set(unsure)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for cid in unsure:
+                    pipe.get(redis_keys.lease(cid))
+                values = await self._call(pipe.execute())
+            for cid, value in zip(unsure, values, strict=True):
+                if cid not in self._settling:
+                    continue  # a take started while the values were read: read it again
+                self._unsure.discard(cid)
+                held = value.decode() if isinstance(value, bytes) else value
+                if held and node_of(held) == self._node_id:
+                    # a release queued since names the newer epoch: it is the one to send
+                    self._releasing.setdefault(cid, held)
+        finally:
+            self._settling = set()
 
     # -- Redis calls -------------------------------------------------------------------------
 

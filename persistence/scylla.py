@@ -72,8 +72,10 @@ logging.getLogger("cassandra.protocol").addFilter(_OneKeyspaceWarning())
 
 _BATCH_BYTES = 32 * 1024
 # Branch and share removals that go in the conversation row's own logged batch (~100
-# bytes each; Cassandra refuses a batch over 50 KiB). More in one write (a flush that
-# coalesced that many removals) go ahead of it as before.
+# bytes each). The batch is one partition's mutation (all three tables are keyed by the
+# conversation id), which Cassandra's 50 KiB batch limit leaves alone: a ~40 KB row with
+# 200 removals lands (tests/persistence/test_scylla_batches.py). More in one write (a
+# flush that coalesced that many removals) go ahead of it as before.
 MAX_REMOVALS_WITH_ROW = 200
 _encode = msgspec.msgpack.Encoder().encode
 _conversation = msgspec.msgpack.Decoder(Conversation).decode

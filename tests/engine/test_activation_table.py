@@ -10,6 +10,12 @@ from engine.activation import ActivationTable
 from tests.waiting import until
 
 
+class Hot:
+    """An actor as the table sees it."""
+
+    id = "c"
+
+
 class Loads:
     """A load per call, each held until the test releases it."""
 
@@ -68,3 +74,33 @@ async def test_a_cancelled_waiter_stops_waiting_and_the_load_goes_on() -> None:
         await waiter
     loads.started[0].set_result("actor")
     assert await first == "actor" and len(loads.started) == 1
+
+
+async def test_a_load_cancelled_after_its_actor_went_hot_is_not_run_again() -> None:
+    """Cancelled while it waited on the memory budget, the first load had admitted its
+    actor: a waiter takes that actor rather than loading a second one beside it
+    (found by review: two actors numbered one conversation's records apart)."""
+    table = ActivationTable()
+    loads = 0
+    admitted, budget = asyncio.Event(), asyncio.Event()
+
+    async def load(conversation_id: str) -> Hot:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            return Hot()  # a second actor beside the first
+        table.add(hot)  # type: ignore[arg-type]
+        admitted.set()
+        await budget.wait()  # keep_within_budget
+        return hot
+
+    hot = Hot()
+    first = asyncio.ensure_future(table.activate("c", load))  # type: ignore[arg-type]
+    await admitted.wait()
+    waiter = asyncio.ensure_future(table.activate("c", load))  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # one turn: it waits for the first
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await waiter is hot
+    assert loads == 1

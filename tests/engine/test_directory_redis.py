@@ -264,6 +264,56 @@ async def test_a_lost_take_another_node_took_since_is_left_to_it(
         assert a.stats()["unsure_takes"] == 0 and not b.is_held("c1")
 
 
+async def test_a_take_while_a_lost_take_is_read_back_is_not_overwritten(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read back found the lost take's value; a take and release meanwhile queued a
+    newer one. Sending the older instead deleted nothing: the newer lease stayed, naming
+    this live node with nothing hot (found by review)."""
+    async with node(client, "a:1") as (_, a):
+        hung = answer_lost(a, monkeypatch)
+        hung.set()
+        with pytest.raises(RedisError):
+            await a.acquire("c1")  # the lease reads "a:1 1"
+        read_back = a._call
+
+        async def a_take_meanwhile(call: Any) -> Any:
+            monkeypatch.undo()  # once
+            values = await read_back(call)  # "a:1 1"
+            assert await a.acquire("c1") == 2
+            a.release("c1")  # e.g. its activation failed
+            return values
+
+        monkeypatch.setattr(a, "_call", a_take_meanwhile)
+        await a.send_releases()
+        assert await client.get(redis_keys.lease("c1")) is None
+
+
+async def test_a_failed_read_back_does_not_hold_up_the_releases(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with node(client, "a:1") as (_, a):
+        hung = answer_lost(a, monkeypatch)
+        hung.set()
+        with pytest.raises(RedisError):
+            await a.acquire("c1")
+        await a.acquire("c2")
+        a.release("c2")
+
+        async def down(call: Any) -> Any:
+            call.close()
+            raise RedisError("Redis took over 1.00s")
+
+        monkeypatch.setattr(a, "_call", down)
+        await a.send_releases()
+        assert await client.get(redis_keys.lease("c2")) is None  # released all the same
+        assert a.stats()["unsure_takes"] == 1  # read back next round
+        monkeypatch.undo()
+        await a.send_releases()
+        assert await client.get(redis_keys.lease("c1")) is None
+        assert a.stats()["unsure_takes"] == 0
+
+
 @pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
 async def test_taking_the_lease_fences_the_last_owners_journal(cluster: bool) -> None:
     """One epoch: the script that takes the lease increments the journal's epoch, so the

@@ -228,3 +228,22 @@ async def test_a_branch_or_share_removal_lands_only_with_the_conversation_row(
     snapshot = await store.load("b1")
     assert snapshot is not None and snapshot.conversation.version == 3
     assert snapshot.branches == [] and "b1-m1" in {m.message_id for m in snapshot.messages}
+
+
+async def test_removals_beside_a_large_conversation_row_stay_under_the_batch_limit(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    """A 10,000-character description of four-byte characters is ~40 KB of body; with 200
+    branch removals the logged batch passes 50 KiB. Cassandra refuses such a batch over
+    several partitions, and would refuse this write at every retry: it lands because
+    the row and its removals are one partition's mutation (checked after a review)."""
+    names = [f"branch-{i:04d}-{'x' * 60}" for i in range(200)]
+    base = rows.conversation("b2")
+    branches = {name: rows.branch(name, "b2-root") for name in names}
+    await store.write("b2", rows.changes(base, (rows.message("b2-root", None, 0),),
+                                         branches=branches))  # fmt: skip
+    meta = rows.conversation("b2", version=2, updated_at=rows.at(2), description="𝄞" * 10_000)
+    await store.write("b2", rows.changes(meta, (), branches=dict.fromkeys(names)))
+    snapshot = await store.load("b2")
+    assert snapshot is not None and snapshot.conversation.version == 2
+    assert snapshot.branches == []
