@@ -152,6 +152,13 @@ def _legacy_torn(tail: bytes) -> bool:
     return bool(_LEGACY_HEADER.size + length > len(tail))
 
 
+class _Mark(NamedTuple):
+    """A checkpoint: segments below `index` hold only what was dirty when it was taken."""
+
+    index: int
+    after_recovery: bool  # every recovered record was dirty by then: they may go too
+
+
 class FileJournal:
     """Journal backend over segment files in one directory (see module docstring)."""
 
@@ -174,8 +181,9 @@ class FileJournal:
         self._recovered: list[int] = []  # segments present at start-up, oldest first
         # The recovered segments may be trimmed only by a mark taken after `recovered()`:
         # an earlier mark knew nothing of their records (a refused or failed recovery,
-        # or conversations not yet loaded when the flusher's cycle marked).
-        self._release_mark: int | None = None
+        # or conversations not yet loaded when the flusher's cycle marked). A mark says
+        # which it was itself: with nothing written yet, one taken before `recovered()`
+        # and one after have the same segment number.
         self._recovery_done = False
         self._open_fds: dict[int, int] = {}  # segment index -> fd, for the current and retired
         # Every segment file this journal knows on disk: a trim removes from it without
@@ -323,14 +331,12 @@ class FileJournal:
             except OSError as exc:
                 raise JournalError(f"cannot start a journal segment: {exc}") from exc
             handle = self._index
-        if self._recovery_done and self._release_mark is None:
-            self._release_mark = handle
-        return handle
+        return _Mark(handle, after_recovery=self._recovery_done)
 
-    async def trim(self, mark: object, flushed: Mapping[str, int]) -> None:
-        assert isinstance(mark, int)
+    async def trim(self, handle: object, flushed: Mapping[str, int]) -> None:
+        assert isinstance(handle, _Mark)
         await self._drain()
-        released = self._release_mark is not None and mark >= self._release_mark
+        mark, released = handle.index, handle.after_recovery
         kept = set() if released else set(self._recovered)
         try:
             for index in sorted(self._open_fds):

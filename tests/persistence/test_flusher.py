@@ -15,7 +15,7 @@ import pytest
 from msgspec.structs import replace
 
 from persistence.flusher import Flusher, FlusherConfig
-from persistence.journal_file import FileJournal
+from persistence.journal_file import SEGMENT_MAGIC, FileJournal, frame
 from persistence.journal_redis import RedisJournal
 from persistence.records import Conversation, Message, Snapshot
 from persistence.sqlite import SQLiteStore
@@ -521,3 +521,34 @@ async def test_a_close_during_a_cycles_trim_still_trims_what_it_had_stored(
                 await held.entered.wait()
             assert flusher.unflushed_bytes == 0  # all stored: only that trim is left
         assert [entry.payload for entry in await journal.tail("c1", 0)] == []
+
+
+async def test_a_mark_taken_while_recovery_loads_never_trims_the_recovered_segments(
+    tmp_path: Path, open_env: OpenEnv, rows: Rows
+) -> None:
+    """A cycle marked while the conversations were still being replayed; with nothing
+    written yet, the mark after `recovered()` had the same segment number, and a trim by
+    the earlier one deleted the recovered segment while a conversation replayed after it
+    was still unstored (found by review: a crash then lost it)."""
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / "journal-0000000001.log").write_bytes(
+        SEGMENT_MAGIC + frame(Env.record("a", 1)) + frame(Env.record("b", 1))
+    )
+    env = await open_env()
+    await env.journal.replay()
+    replayed = {cid: rows.changes(rows.conversation(cid), (root(rows, cid),)) for cid in "ab"}
+    env.flusher.record("a", lambda dirty: dirty.absorb(replayed["a"]))  # loaded first
+    assert await env.flusher.flush_all()  # a cycle meanwhile: marks before `recovered()`
+    held = env.store.hold("b")
+    env.flusher.record("b", lambda dirty: dirty.absorb(replayed["b"]))  # loaded later
+    env.journal.recovered()
+    recovery_flush = asyncio.ensure_future(env.flusher.flush_all())  # b's write held
+    await until(lambda: "b" in env.store.attempts)
+    await env.mutate("a", 2)
+    await env.flusher.flush("a")
+    await env.flusher._cycle()  # trims by the newest complete mark: the early one
+    assert "journal-0000000001.log" in env.journal.segments()
+    assert Env.record("b", 1) in await env.replay_from_disk()
+    held.set()
+    assert await recovery_flush
+    assert await env.sqlite.load("b") is not None
