@@ -153,9 +153,9 @@ def _legacy_torn(tail: bytes) -> bool:
 
 
 class _Mark(NamedTuple):
-    """A checkpoint: segments below `index` hold only what was dirty when it was taken."""
+    """A checkpoint: segments below `segment` hold only what was dirty when it was taken."""
 
-    index: int
+    segment: int
     after_recovery: bool  # every recovered record was dirty by then: they may go too
 
 
@@ -336,7 +336,7 @@ class FileJournal:
     async def trim(self, handle: object, flushed: Mapping[str, int]) -> None:
         assert isinstance(handle, _Mark)
         await self._drain()
-        mark, released = handle.index, handle.after_recovery
+        mark, released = handle.segment, handle.after_recovery
         kept = set() if released else set(self._recovered)
         try:
             for index in sorted(self._open_fds):
