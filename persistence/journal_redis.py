@@ -109,7 +109,8 @@ TAIL_READS = 5  # reads of a tail whose blobs a trim kept taking (each trim need
 
 Call = tuple[Sequence[str], Sequence[str | int | bytes]]  # one script run: keys, args
 Command = tuple[str | int | bytes, ...]  # a plain command sent ahead of the script calls
-_Queued = tuple[str, int, bytes, "asyncio.Future[None]"]  # conversation, seq, record, ack
+# conversation, seq, record, the epoch it was appended under (None: not acquired), ack
+_Queued = tuple[str, int, bytes, int | None, "asyncio.Future[None]"]
 
 
 class Fenced(JournalError):
@@ -221,7 +222,11 @@ class RedisJournal:
             return future
         if not self._batch:
             self._scheduled = loop.call_soon(self._send_batch)
-        self._batch.append((conversation_id, seq, payload, future))
+        # Its epoch now, not when the batch is sent: a batch queued behind another send is
+        # prepared late, maybe after the conversation was lost and taken again here, and
+        # under the new epoch the old actor's record would land among the new one's.
+        epoch = self._epochs.get(conversation_id)
+        self._batch.append((conversation_id, seq, payload, epoch, future))
         return future
 
     def _send_batch(self) -> None:
@@ -246,11 +251,12 @@ class RedisJournal:
         together or not at all (a script runs atomically)."""
         grouped: dict[str, list[_Queued]] = {}
         for queued in batch:
-            conversation_id, _, _, future = queued
+            conversation_id, _, _, epoch, future = queued
             if future.done():  # its appender stopped waiting before it was sent
                 continue
-            if conversation_id not in self._epochs:
-                future.set_exception(Fenced(f"conversation {conversation_id} is not acquired"))
+            if epoch is None or self._epochs.get(conversation_id) != epoch:
+                future.set_exception(Fenced(f"conversation {conversation_id} is not acquired"
+                                            " (or was released since the append)"))  # fmt: skip
                 continue
             grouped.setdefault(conversation_id, []).append(queued)
         calls: list[Call] = []
@@ -260,7 +266,7 @@ class RedisJournal:
             blobs = keys[3]
             epoch = self._epochs[conversation_id]
             args: list[str | int | bytes] = [epoch, conversation_id]
-            for _, seq, payload, _ in records:
+            for _, seq, payload, _, _ in records:
                 if len(payload) > BESIDE:
                     field = f"{seq}:{epoch}"  # an older owner's blob of this seq is another
                     beside.append(("HSET", blobs, field, payload))

@@ -145,6 +145,27 @@ async def test_close_while_a_send_is_stalled_finishes_within_its_bound() -> None
             await append
 
 
+async def test_a_batch_queued_behind_a_send_keeps_the_epoch_it_was_appended_under() -> None:
+    """Prepared only when its turn came, a queued batch read the epoch as it was then:
+    after the conversation was lost and taken again here, the old actor's record went
+    out under the new epoch, passed the fence and landed among the new actor's (found
+    by review; on a Redis Cluster every batch is queued so)."""
+    async with gated_journal() as (journal, gated):
+        first = asyncio.ensure_future(journal.append("c1", 1, b"in flight"))
+        await until(lambda: gated.calls == 1)
+        queued = asyncio.ensure_future(journal.append("c1", 2, b"old actor's"))
+        await until(lambda: len(journal._sends) == 2)  # behind the first
+        journal.release("c1")  # lost...
+        with redis.Redis.from_url(REDIS_URL) as client:  # ...and taken again: the lease's INCR
+            epoch = client.incr(redis_keys.epoch("c1"))
+        journal.own("c1", int(epoch))
+        gated.gate.set()
+        for append in (first, queued):
+            with pytest.raises(Fenced):
+                await append
+        assert await journal.tail("c1", 0) == []
+
+
 async def test_close_waits_for_the_send_in_flight_and_starts_none_after() -> None:
     """Close with a send in flight: that send completes and its appender is acked; an
     append made while close waits is refused at once, never sent on a closing pool."""
