@@ -203,8 +203,10 @@ class SQLiteStore:
     def _open(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL loses nothing on a process crash in WAL mode; the journal covers power loss.
-        db.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit returns once the WAL is on disk. The flusher trims the journal
+        # right after it, so under NORMAL (the WAL synced only at checkpoints) a power
+        # loss after the trim lost records the journal had fsynced (docs/decisions.md).
+        db.execute("PRAGMA synchronous=FULL")
         legacy = _has_table(db, "user_conversations") and not _has_table(db, "shared_conversations")
         unlisted = _has_table(db, "conversations") and not _has_table(db, "sidebar")
         if _has_table(db, "messages") and not _has_index(db, "messages_by_id"):

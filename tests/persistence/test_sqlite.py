@@ -163,3 +163,14 @@ async def test_a_write_that_fails_in_a_batch_fails_alone(
         for cid in "acd":
             loaded = await store.load(cid)
             assert loaded is not None and len(loaded.messages) == 1
+
+
+async def test_a_commit_is_on_disk_before_the_flusher_trims_the_journal(tmp_path: Path) -> None:
+    """The flusher deletes journal segments as soon as a write returns: the commit must
+    have synced the WAL by then (FULL). Under NORMAL the WAL is synced only at
+    checkpoints, and a power loss after the trim lost what the journal had held
+    (found by review)."""
+    async with SQLiteStore(tmp_path / "canopy.db") as store:
+        assert store._db is not None
+        [(synchronous,)] = store._db.execute("PRAGMA synchronous").fetchall()
+        assert synchronous == 2  # FULL
