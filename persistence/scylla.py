@@ -14,9 +14,10 @@ per message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,6 +78,7 @@ _BATCH_BYTES = 32 * 1024
 # 200 removals lands (tests/persistence/test_scylla_batches.py). More in one write (a
 # flush that coalesced that many removals) go ahead of it as before.
 MAX_REMOVALS_WITH_ROW = 200
+SNAPSHOT_READS = 5  # reads of a snapshot that writes kept moving under, the last kept as is
 _encode = msgspec.msgpack.Encoder().encode
 _conversation = msgspec.msgpack.Decoder(Conversation).decode
 _message = msgspec.msgpack.Decoder(Message).decode
@@ -256,12 +258,32 @@ class ScyllaStore:
     # -- reads --------------------------------------------------------------------------
 
     async def load(self, conversation_id: str) -> Snapshot | None:
-        """The head first, then the messages: a write sends its conversation row once its
-        messages landed (`write`), so every message of a record up to the version read
-        is there when they are read. Read at once, a flusher's write landing in between
-        gave a new version over messages read before theirs landed."""
+        """The conversation row first, then its branches, shares and messages, then the
+        row's version again: a write sends its row once its other rows landed, and its
+        branch and share removals with the row (`write`), so what was read between two
+        reads of one version holds everything up to it and no removal past it. A write
+        landing in between (the flusher process's, while an activation reads) is read
+        again; before, a branch removed past the version read could be missing from a
+        state that the records after the version still append to, and they were set
+        aside. Stored rows of a version past it replay over themselves."""
         self._listings.forget(conversation_id)  # an activation: another node may have written
-        head = await self.head(conversation_id)
+        return await self._unmoved_read(functools.partial(self._read_snapshot, conversation_id))
+
+    async def head(self, conversation_id: str) -> Snapshot | None:
+        """`load` without the messages."""
+        return await self._unmoved_read(functools.partial(self._read_head, conversation_id))
+
+    async def _unmoved_read(
+        self, read: Callable[[], Awaitable[Snapshot | None]]
+    ) -> Snapshot | None:
+        for _ in range(SNAPSHOT_READS - 1):
+            head = await read()
+            if head is None or head.conversation.deleted or await self._unmoved(head):
+                return head
+        return await read()  # writes kept moving it: as read
+
+    async def _read_snapshot(self, conversation_id: str) -> Snapshot | None:
+        head = await self._read_head(conversation_id)
         if head is None or head.conversation.deleted:
             return head
         message_rows = await self._query(
@@ -270,21 +292,31 @@ class ScyllaStore:
         head.messages = sorted((_message(row[0]) for row in message_rows), key=_by_seq)
         return head
 
-    async def head(self, conversation_id: str) -> Snapshot | None:
+    async def _read_head(self, conversation_id: str) -> Snapshot | None:
         key = (conversation_id,)
-        meta_rows, branch_rows, share_rows = await asyncio.gather(
-            self._query("SELECT body FROM conversations WHERE conversation_id = ?", key),
-            self._query("SELECT body FROM branches WHERE conversation_id = ?", key),
-            self._query("SELECT body FROM shares WHERE conversation_id = ?", key),
+        meta_rows = await self._query(
+            "SELECT body FROM conversations WHERE conversation_id = ?", key
         )
         if not meta_rows:
             return None
         conversation = _conversation(meta_rows[0][0])
         if conversation.deleted:
             return Snapshot(conversation, [], [], [])
+        branch_rows, share_rows = await asyncio.gather(
+            self._query("SELECT body FROM branches WHERE conversation_id = ?", key),
+            self._query("SELECT body FROM shares WHERE conversation_id = ?", key),
+        )
         branches = sorted((_branch(row[0]) for row in branch_rows), key=lambda b: b.created_at)
         shares = sorted((_share(row[0]) for row in share_rows), key=lambda s: s.shared_at)
         return Snapshot(conversation, [], branches, shares)
+
+    async def _unmoved(self, head: Snapshot) -> bool:
+        """Whether the conversation row still has the version `head` was read at."""
+        rows = await self._query(
+            "SELECT version FROM conversations WHERE conversation_id = ?",
+            (head.conversation.conversation_id,),
+        )
+        return bool(rows) and rows[0][0] == head.conversation.version
 
     async def lineage(self, conversation_id: str, message_id: str) -> list[Message]:
         # CQL has no recursion: one point read per ancestor, as a store-backed service does.

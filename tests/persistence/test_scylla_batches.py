@@ -247,3 +247,32 @@ async def test_removals_beside_a_large_conversation_row_stay_under_the_batch_lim
     snapshot = await store.load("b2")
     assert snapshot is not None and snapshot.conversation.version == 2
     assert snapshot.branches == []
+
+
+async def test_a_snapshot_is_never_torn_by_a_write_landing_while_it_is_read(
+    store: ScyllaStore, rows: Rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The branches are read after a write removed one (the flusher process's, while an
+    activation reads), the row before it: read at once, that state at version 1 lacked a
+    branch version 1 has, and the records after it that append to it were set aside
+    (found by review). Read again, it is all version 2's."""
+    base = rows.conversation("t1")
+    await store.write("t1", rows.changes(base, (rows.message("t1-root", None, 0),),
+                                         branches={"b": rows.branch("b", "t1-root")}))  # fmt: skip
+    removal = rows.changes(rows.conversation("t1", version=2, updated_at=rows.at(2)), (),
+                           branches={"b": None})  # fmt: skip
+    query, landed = store._query, []
+
+    async def a_write_lands_first(cql: str, params: Any) -> list[Any]:
+        if cql.startswith("SELECT body FROM branches") and not landed:
+            landed.append(True)
+            await store.write("t1", removal)
+        return await query(cql, params)
+
+    monkeypatch.setattr(store, "_query", a_write_lands_first)
+    for read in (store.load, store.head):
+        landed.clear()
+        snapshot = await read("t1")
+        assert landed and snapshot is not None
+        held = [b.branch_id for b in snapshot.branches]
+        assert (snapshot.conversation.version, held) in ((1, ["b"]), (2, []))
