@@ -105,7 +105,12 @@ def scan(data: bytes, *, last: bool) -> Scan:
         if not data or SEGMENT_MAGIC.startswith(data):
             return Scan([], [], 0 if data else None)  # created, header cut short
         if not data.startswith(FRAME_MAGIC, offset):
-            return _scan_legacy(data, last=last)
+            # A damaged header, and its first frame too (zeroed sectors), or a segment of
+            # the older format: an intact frame of this format anywhere says which.
+            first = _next_frame(data, 0)
+            if first is None:
+                return _scan_legacy(data, last=last)
+            offset = first
         damaged.append((0, offset))  # a damaged header before this format's first frame
     frames: list[tuple[int, bytes]] = []
     while offset < len(data):
@@ -202,6 +207,7 @@ class FileJournal:
         self._drains: list[asyncio.Future[None]] = []
         self._drains_writing: list[asyncio.Future[None]] | None = None
         self._unsynced: set[int] = set()  # segments written since their last fsync
+        self._broken: JournalError | None = None  # an fsync failed: nothing more is acknowledged
         self._tasks: list[asyncio.Task[None]] = []
         self.records_written = 0
         self.damaged_bytes = 0
@@ -251,10 +257,13 @@ class FileJournal:
         return 0  # one process owns the data dir: nothing to fence
 
     def append(self, conversation_id: str, seq: int, payload: bytes) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._broken is not None:
+            waiter.set_exception(self._broken)
+            return waiter
         self._frames.append(frame(payload))
         if not self._waiters:
             self._wake.set()
-        waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         return waiter
 
@@ -275,11 +284,27 @@ class FileJournal:
         entries: list[Entry] = []
         for name, found, size in scans:
             if found.torn_at is not None:
-                log.warning("journal %s: %d torn bytes after offset %d truncated",
-                            name, size - found.torn_at, found.torn_at)  # fmt: skip
+                kept = self._keep_torn(name, found.torn_at)
+                log.warning("journal %s: %d torn bytes after offset %d truncated (kept in %s)",
+                            name, size - found.torn_at, found.torn_at, kept)  # fmt: skip
                 os.truncate(self._dir / name, found.torn_at)
             entries += (Entry(payload, f"{name}@{offset}") for offset, payload in found.frames)
         return entries
+
+    def _keep_torn(self, name: str, offset: int) -> Path:
+        """A copy of the bytes a torn tail's truncation removes. What looks torn is a
+        frame cut short or zeros, but a bit flip in the last frame's length looks so too:
+        its record stays on disk for an operator to read (`canopy journal` tools)."""
+        aside = self._dir / DAMAGED
+        aside.mkdir(exist_ok=True)
+        path = aside / f"{name}.torn-at-{offset}"
+        with (self._dir / name).open("rb") as source, path.open("wb") as out:
+            source.seek(offset)
+            shutil.copyfileobj(source, out)
+            out.flush()
+            os.fsync(out.fileno())
+        _fsync_dir(aside)
+        return path
 
     def _keep_damaged(self, damage: list[tuple[str, list[tuple[int, int]]]]) -> None:
         ranges = "; ".join(
@@ -295,7 +320,10 @@ class FileJournal:
         aside.mkdir(exist_ok=True)
         for name, spans in damage:
             shutil.copy2(self._dir / name, aside / name)
+            with (aside / name).open("rb") as copy:
+                os.fsync(copy.fileno())  # the copy outlives the segment: a trim removes it
             self.damaged_bytes += sum(b - a for a, b in spans)
+        _fsync_dir(aside)
         log.error("journal damaged before its tail, recovering every intact record: %s; "
                   "damaged segments copied to %s", ranges, aside)  # fmt: skip
 
@@ -365,6 +393,7 @@ class FileJournal:
             "queued": len(self._frames),
             "damaged_bytes": self.damaged_bytes,
             "set_aside_records": self.set_aside_records,
+            "fsync_failed": self._broken is not None,
             "append_seconds": self.append_seconds.snapshot(),
         }
 
@@ -463,7 +492,24 @@ class FileJournal:
                 try:
                     await _fsync(fd)
                 except OSError as exc:
-                    throttled.warning("fsync", "journal fsync failed: %s", exc)
+                    # The kernel reports a writeback error once and may drop the pages:
+                    # a later fsync "succeeds" over records that never reached the disk.
+                    # Acknowledging more on such a disk would lose them too.
+                    self._broken = JournalError(
+                        f"journal fsync failed ({exc}); appends refused until a restart "
+                        "replays what is on disk"
+                    )
+                    log.error("%s", self._broken)
+                    return
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory: the names created or removed in it are on disk after."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def _fsync(fd: int) -> None:

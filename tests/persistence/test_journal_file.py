@@ -15,7 +15,7 @@ import pytest
 
 from persistence import journal_file
 from persistence.journal import Entry, JournalDamaged, JournalError
-from persistence.journal_file import DAMAGED, SEGMENT_MAGIC, FileJournal, frame, scan
+from persistence.journal_file import _HEADER, DAMAGED, SEGMENT_MAGIC, FileJournal, frame, scan
 from tests.waiting import until
 
 OpenJournal = Callable[..., Awaitable[FileJournal]]
@@ -591,3 +591,54 @@ async def test_a_segment_trimmed_while_the_syncer_works_is_skipped_not_fsynced_b
         await asyncio.gather(syncer, return_exceptions=True)
     assert inodes[1] not in synced
     assert "journal fsync failed" not in caplog.text
+
+
+# -- found by review: what a damaged tail or header and a failed fsync do ------------------
+
+
+async def test_a_torn_looking_last_frame_is_truncated_but_kept_aside(
+    open_journal: OpenJournal, written: Written, journal_dir: Path
+) -> None:
+    """A bit flip raising the last frame's length makes it look cut short: it was
+    truncated with no copy left, though it was written and fsynced whole."""
+    path = await written(3)
+    flip(path, offset_of(2) + 5)  # a high byte of its length: it now runs past the end
+    journal = await open_journal()
+    assert await replayed(journal) == [payload(0), payload(1)]
+    assert path.stat().st_size == size_of(2)
+    [kept] = (journal_dir / "damaged").iterdir()
+    assert kept.read_bytes()[_HEADER.size :] == payload(2)
+
+
+async def test_a_segment_whose_header_and_first_frame_are_zeroed_keeps_its_other_frames(
+    open_journal: OpenJournal, written: Written
+) -> None:
+    """Zeroed sectors at the start: not this format's magic, so the older format's
+    parser read it, stopped at offset 0 and lost every intact frame after."""
+    path = await written(3)
+    data = bytearray(path.read_bytes())
+    data[: offset_of(1) - 2] = bytes(offset_of(1) - 2)
+    path.write_bytes(bytes(data))
+    journal = await open_journal(recover_damaged=True)
+    assert await replayed(journal) == [payload(1), payload(2)]
+
+
+async def test_after_a_failed_fsync_no_append_is_acknowledged(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel reports a writeback error once: the next fsync "succeeds" over pages it
+    dropped. Before, the failure was logged and appends went on being acknowledged."""
+    journal = await open_journal()
+    await journal.append("c", 1, payload(1))
+    failed = asyncio.Event()
+
+    def eio(fd: int) -> OSError:
+        os.close(fd)
+        failed.set()
+        return OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(journal_file, "_sync_own", eio)
+    await failed.wait()  # the syncer's next round
+    await until(lambda: journal.stats()["fsync_failed"] is True)
+    with pytest.raises(JournalError, match="fsync failed"):
+        await journal.append("c", 2, payload(2))
