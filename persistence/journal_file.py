@@ -273,11 +273,14 @@ class FileJournal:
         Reads everything before changing anything: with damage and no permission to
         recover past it, JournalDamaged leaves every file as it was.
         """
+        contents = [(self._dir / _segment_name(i)).read_bytes() for i in self._recovered]
+        # The last segment written to: those after it hold no frame (a mark opened them
+        # while its group was being fsynced, and the power went), so its tail may be torn.
+        written = [k for k, data in enumerate(contents) if len(data) > len(SEGMENT_MAGIC)]
+        last = written[-1] if written else len(contents) - 1
         scans = []
-        for position, index in enumerate(self._recovered):
-            data = (self._dir / _segment_name(index)).read_bytes()
-            last = position == len(self._recovered) - 1
-            scans.append((_segment_name(index), scan(data, last=last), len(data)))
+        for position, (index, data) in enumerate(zip(self._recovered, contents, strict=True)):
+            scans.append((_segment_name(index), scan(data, last=position >= last), len(data)))
         damage = [(name, found.damaged) for name, found, _ in scans if found.damaged]
         if damage:
             self._keep_damaged(damage)

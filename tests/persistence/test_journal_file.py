@@ -642,3 +642,18 @@ async def test_after_a_failed_fsync_no_append_is_acknowledged(
     await until(lambda: journal.stats()["fsync_failed"] is True)
     with pytest.raises(JournalError, match="fsync failed"):
         await journal.append("c", 2, payload(2))
+
+
+async def test_a_torn_tail_before_a_segment_with_no_frame_is_still_a_torn_tail(
+    open_journal: OpenJournal, written: Written, journal_dir: Path
+) -> None:
+    """A mark opened the next segment while the last group was being fsynced, and the
+    power went: the torn tail is no longer in the last file, and a node refused to start
+    without --recover-damaged."""
+    path = await written(3)
+    with path.open("ab") as f:
+        f.write(frame(b"cut short")[:-3])
+    (journal_dir / "journal-0000000002.log").write_bytes(SEGMENT_MAGIC)
+    journal = await open_journal()
+    assert await replayed(journal) == [payload(n) for n in range(3)]
+    assert path.stat().st_size == size_of(3)
