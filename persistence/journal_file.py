@@ -472,7 +472,14 @@ class FileJournal:
         except OSError:
             try:
                 os.ftruncate(fd, before)
-            except OSError:
+            except OSError as exc:
+                # Part of the failed group, or all of it, stays in the segment: a record
+                # answered as failed that a replay would apply, under a seq the next
+                # activation hands out again. Acknowledge nothing more on top of it.
+                self._broken = JournalError(
+                    f"journal write failed and could not be cut back ({exc}); appends "
+                    "refused until a restart replays what is on disk"
+                )
                 log.exception("journal: cannot cut back a failed write")
             raise
         if fd == self._fd:

@@ -10,6 +10,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -657,3 +658,32 @@ async def test_a_torn_tail_before_a_segment_with_no_frame_is_still_a_torn_tail(
     journal = await open_journal()
     assert await replayed(journal) == [payload(n) for n in range(3)]
     assert path.stat().st_size == size_of(3)
+
+
+async def test_a_failed_write_that_cannot_be_cut_back_stops_the_acknowledgements(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed group stays in the segment, answered as failed: a replay would apply it
+    under a seq the next activation hands out again, superseding an acknowledged one."""
+    journal = await open_journal()
+    await journal.append("c", 1, payload(1))
+    fd, write, ftruncate = journal._fd, os.write, os.ftruncate
+
+    def full(target: int, data: Any) -> int:
+        if target == fd:
+            write(target, bytes(data)[:7])  # part of it landed
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(target, data)
+
+    def stuck(target: int, length: int) -> None:
+        if target == fd:
+            raise OSError(errno.EIO, "Input/output error")
+        ftruncate(target, length)
+
+    monkeypatch.setattr(os, "write", full)
+    monkeypatch.setattr(os, "ftruncate", stuck)
+    with pytest.raises(JournalError):
+        await journal.append("c", 2, payload(2))
+    monkeypatch.undo()
+    with pytest.raises(JournalError, match="could not be cut back"):
+        await journal.append("c", 2, payload(2))
