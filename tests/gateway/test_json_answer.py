@@ -114,3 +114,43 @@ async def test_a_header_value_with_a_line_break_is_refused_and_nothing_is_sent(
             assert await reader.read() == b""
     finally:
         writer.close()
+
+
+async def test_a_plain_answer_gets_its_status_line_from_the_cache_with_its_own_reason() -> None:
+    """With no header but its type (no signal added one), the status line and type come
+    from a cache by status and reason: a custom reason is not another answer's."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = JSONAnswer(BODY, int(request.query.get("status", "200")))
+        if "reason" in request.query:
+            response.set_status(response.status, request.query["reason"])
+        return response
+
+    app = web.Application()
+    app.router.add_get("/answer", answer)
+    app.on_response_prepare.append(drop_server_header)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    assert server.port is not None
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            raw = []
+            for path in ("/answer?status=404", "/answer?status=404&reason=Gone%20Away",
+                         "/answer?status=404", "/answer"):  # fmt: skip
+                writer.write(get(path))
+                async with asyncio.timeout(10):
+                    raw.append(await reader.readuntil(b"\r\n\r\n"))
+                    await reader.readexactly(len(BODY))
+        finally:
+            writer.close()
+    finally:
+        await server.close()
+    lines = [head.split(b"\r\n") for head in raw]
+    assert [line[0] for line in lines] == [
+        b"HTTP/1.1 404 Not Found", b"HTTP/1.1 404 Gone Away", b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 200 OK",
+    ]  # fmt: skip
+    for head in lines:
+        assert head[1] == b"Content-Type: application/json"
+        assert head[2].startswith(b"Date: ") and head[3] == f"Content-Length: {len(BODY)}".encode()
