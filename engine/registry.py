@@ -48,6 +48,7 @@ from persistence.store import Store
 log = logging.getLogger(__name__)
 
 LEASE_POLL = 0.02  # seconds between asks while a lease's holder lets go
+CREATE_ATTEMPTS = 8  # activations of an id a creation waits behind before it answers 503
 
 T = TypeVar("T")
 
@@ -363,7 +364,7 @@ class Registry:
             ran = True
             return await self._create_here(conversation_id, event, new, made)
 
-        while True:
+        for _ in range(CREATE_ATTEMPTS):
             if self._table.get(conversation_id) is not None:
                 raise Conflict(f"conversation {conversation_id} exists already")
             try:
@@ -376,6 +377,10 @@ class Registry:
                 raise Conflict(f"conversation {conversation_id} exists already")
             await self._collector.keep_within_budget()
             return actor
+        # Reads of the id kept activating it ahead of the creation (a client asking for
+        # the id it is about to create, in a loop): the creation is not theirs to hold.
+        raise Unavailable(f"conversation {conversation_id} is being looked up meanwhile; "
+                          "ask again")  # fmt: skip
 
     async def _create_here(
         self,

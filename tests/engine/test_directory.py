@@ -11,12 +11,14 @@ import msgspec
 import pytest
 
 from engine.access import ANONYMOUS
+from engine.activation import ActivationTable
 from engine.actor import NewConversation
 from engine.directory import JournalOwnership, LeaseHeld, LossWatcher
 from engine.errors import Conflict, NotFound, Unavailable
 from engine.fencing import AcknowledgingJournal
 from engine.ids import new_id
 from engine.membership import Alone
+from engine.registry import CREATE_ATTEMPTS
 from persistence.journal import Entry, Journal, JournalError
 from persistence.journal_file import FileJournal
 from persistence.records import decode_record, encode_record
@@ -473,3 +475,24 @@ async def test_appends_during_an_activations_set_aside_go_past_the_stranded_seqs
     assert hot.state.version == 10  # numbered past the stranded seq 9
     aside.set()
     assert (await activating) is hot
+
+
+async def test_a_creation_behind_reads_that_keep_finding_nothing_gives_up(
+    open_engine: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read of the id ahead of the creation activates it and finds nothing; the
+    creation then tried again, with no bound (noticed in session 16)."""
+    engine, _, directory = await open_creating(open_engine)
+    cid = new_id()
+    activate, looked = ActivationTable.activate, []
+
+    async def found_nothing_first(table: ActivationTable, conversation_id: str, load: Any) -> Any:
+        if len(looked) < 1000:  # another activation's outcome, shared: nothing there
+            looked.append(conversation_id)
+            raise NotFound(conversation_id)
+        return await activate(table, conversation_id, load)
+
+    monkeypatch.setattr(ActivationTable, "activate", found_nothing_first)
+    with pytest.raises(Unavailable, match="ask again"):
+        await engine.registry.create(ANONYMOUS, creation(cid))
+    assert len(looked) == CREATE_ATTEMPTS and not directory.held
