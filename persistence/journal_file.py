@@ -94,7 +94,11 @@ def _looks_torn(tail: bytes) -> bool:
     if len(tail) < _HEADER.size:
         return bool(FRAME_MAGIC.startswith(tail[: len(FRAME_MAGIC)]))
     magic, length, _ = _HEADER.unpack_from(tail)
-    return bool(magic == FRAME_MAGIC and _HEADER.size + length > len(tail))
+    if magic != FRAME_MAGIC:
+        return False
+    # Cut short, or its file's size persisted before all of its pages (zeros from inside
+    # the frame to the end): either way its write never completed.
+    return bool(_HEADER.size + length > len(tail.rstrip(b"\x00")))
 
 
 def scan(data: bytes, *, last: bool) -> Scan:

@@ -687,3 +687,18 @@ async def test_a_failed_write_that_cannot_be_cut_back_stops_the_acknowledgements
     monkeypatch.undo()
     with pytest.raises(JournalError, match="could not be cut back"):
         await journal.append("c", 2, payload(2))
+
+
+async def test_a_last_group_whose_later_pages_are_zeros_is_a_torn_tail(
+    open_journal: OpenJournal, written: Written
+) -> None:
+    """The file's new size reached the disk before all of the group's pages: a frame's
+    first part, then zeros to the end. It never completed; before, it read as damage
+    and the node refused to start without --recover-damaged."""
+    path = await written(3)
+    partial = frame(b"y" * 600)
+    with path.open("ab") as f:
+        f.write(partial[:300] + bytes(len(partial) - 300) + bytes(len(frame(b"z" * 50))))
+    journal = await open_journal()
+    assert await replayed(journal) == [payload(n) for n in range(3)]
+    assert path.stat().st_size == size_of(3)
