@@ -10,6 +10,7 @@ account for every byte.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 CONVERSATION_BYTES = 3_500  # an empty hot conversation: 2.2 KB of objects, 3.3 KB of RSS
 MESSAGE_BYTES = 400  # a hot message beyond its content (372 B in bench.scale)
@@ -18,8 +19,20 @@ DEFAULT_SHARE_OF_MEMORY = 0.25
 FALLBACK_MEMORY = 4 * 1024**3  # when the platform does not tell its physical memory
 
 
-def message_bytes(content: bytes) -> int:
-    return MESSAGE_BYTES + len(content)
+# A metadata entry beyond its key's and value's characters: two str objects and a dict
+# slot. Up to 64 entries of 8 KB each ride on a message (gateway/schemas.py): uncounted,
+# a 540 KB body cost the budget ~430 B (found by review).
+METADATA_ENTRY_BYTES = 120
+
+
+def metadata_bytes(metadata: Mapping[str, str]) -> int:
+    """What a message's `content_metadata` holds: its characters and entries."""
+    return sum([len(k) + len(v) + METADATA_ENTRY_BYTES for k, v in metadata.items()])
+
+
+def message_bytes(content: bytes, metadata: Mapping[str, str]) -> int:
+    """What a hot message costs: a fixed overhead, its content and its metadata."""
+    return MESSAGE_BYTES + len(content) + (metadata_bytes(metadata) if metadata else 0)
 
 
 def default_max_hot_bytes() -> int:

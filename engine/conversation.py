@@ -13,7 +13,13 @@ from itertools import islice
 import msgspec
 from msgspec.structs import replace
 
-from engine.budget import CONVERSATION_BYTES, MESSAGE_BYTES, ROW_BYTES, message_bytes
+from engine.budget import (
+    CONVERSATION_BYTES,
+    MESSAGE_BYTES,
+    ROW_BYTES,
+    message_bytes,
+    metadata_bytes,
+)
 from engine.content import preview
 from engine.tree import MessageTree
 from persistence.records import (
@@ -39,6 +45,12 @@ log = logging.getLogger(__name__)
 _ROW_BYTES = 200  # rough size of a row besides its content, for the unflushed-bytes limit
 
 
+def _stored_bytes(message: Message) -> int:
+    """A message's content and metadata, for the unflushed-bytes limit."""
+    metadata = message.content_metadata
+    return len(message.content) + (metadata_bytes(metadata) if metadata else 0)
+
+
 class ConversationState:
     __slots__ = ("meta", "tree", "branches", "shares", "_message_bytes")
 
@@ -57,9 +69,11 @@ class ConversationState:
                       meta.conversation_id, orphans)  # fmt: skip
         self.branches: dict[str, Branch] = {b.branch_id: b for b in branches}
         self.shares: dict[str, Share] = {s.shared_with: s for s in shares}
-        self._message_bytes = MESSAGE_BYTES * len(self.tree) + sum(
-            [len(m.content) for m in self.tree]
-        )  # message_bytes of each, summed
+        self._message_bytes = (  # message_bytes of each, summed
+            MESSAGE_BYTES * len(self.tree)
+            + sum([len(m.content) for m in self.tree])
+            + sum([metadata_bytes(m.content_metadata) for m in self.tree if m.content_metadata])
+        )
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> ConversationState:
@@ -72,7 +86,7 @@ class ConversationState:
             meta = replace(meta, last_message=preview(event.messages[-1].content))
         state = cls(meta, event.messages, [], [])
         changes.messages.update((m.message_id, m) for m in event.messages)
-        changes.nbytes += sum(len(m.content) + _ROW_BYTES for m in event.messages)
+        changes.nbytes += sum(_stored_bytes(m) + _ROW_BYTES for m in event.messages)
         state._record(changes)
         return state
 
@@ -118,9 +132,9 @@ class ConversationState:
             case Appended(message=node, branch_id=branch_id):
                 if node.message_id not in tree:  # else stored ahead of the row (`refuses`)
                     tree.add(node)
-                    self._message_bytes += message_bytes(node.content)
+                    self._message_bytes += message_bytes(node.content, node.content_metadata)
                 changes.messages[node.message_id] = node
-                changes.nbytes += len(node.content)
+                changes.nbytes += _stored_bytes(node)
                 meta = replace(
                     meta,
                     message_count=meta.message_count + 1,

@@ -170,12 +170,26 @@ async def test_memory_budget_evicts_many_to_get_under_target(open_engine: Engine
     assert engine.registry.activations == 3
 
 
+async def test_a_messages_metadata_counts_in_the_hot_and_unflushed_bytes(engine: Engine) -> None:
+    """64 entries of 8 KB ride on one message within the body limit: uncounted, a 540 KB
+    append cost the memory budget and the unflushed-bytes limit ~430 B (found by review)."""
+    actor = await engine.conversation()
+    before, unflushed = engine.registry.hot_bytes, engine.flusher.unflushed_bytes
+    metadata = {f"key-{k:03d}" + "k" * 240: "v" * 8192 for k in range(64)}
+    await engine.say(actor.id, actor.meta.root_id, "x", metadata=metadata)
+    held = sum(len(k) + len(v) for k, v in metadata.items())
+    assert engine.registry.hot_bytes - before > held
+    assert engine.flusher.unflushed_bytes - unflushed > held
+    assert actor.nbytes == engine.registry.hot_bytes  # the state's own count agrees
+
+
 async def test_hot_bytes_follow_appends_shares_and_passivations(engine: Engine) -> None:
     first = await engine.conversation()
-    expected = CONVERSATION_BYTES + message_bytes(first.state.tree.root.content)
+    root = first.state.tree.root
+    expected = CONVERSATION_BYTES + message_bytes(root.content, root.content_metadata)
     assert engine.registry.hot_bytes == first.nbytes == expected
     said = await engine.say(first.id, first.meta.root_id, "x" * 1000)
-    expected += message_bytes(said.content)
+    expected += message_bytes(said.content, said.content_metadata)
     assert engine.registry.hot_bytes == expected
     await engine.registry.run(
         ANONYMOUS,
