@@ -19,7 +19,7 @@ from msgspec.structs import replace
 
 from engine.access import BRANCH, FORK, OWNER, READ, Level, Principal
 from engine.conversation import ConversationState, root_content
-from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
+from engine.errors import CanopyError, Conflict, InvalidInput, NotFound, Unavailable
 from engine.ids import new_id, time_ordered_id
 from persistence.flusher import Backpressure, Flusher
 from persistence.journal import Journal, JournalError, OutcomeUnknown
@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 Durability = Literal["memory", "journal", "store"]
 ROLES = frozenset({"human", "assistant", "system", "tool", "user", "ai"})
 PERMISSIONS = ("read", "branch", "fork")  # weakest first
+# Per conversation: its branch and share lists are answered whole, so each bounds what
+# one GET encodes at once (10,000 branches: ~3 MB, ~8 ms of the loop) and what one
+# client holds in memory by asking (found by review: 200k branches were 156 MB a GET).
+MAX_BRANCHES = 10_000
+MAX_SHARES = 10_000
 
 
 @dataclass(frozen=True)
@@ -480,6 +485,9 @@ class ConversationActor:
             self._check_open()
             self.require(principal, BRANCH, "creating a branch")
             self._check_leaf(leaf_id)
+            if len(self.state.branches) >= MAX_BRANCHES:
+                raise Conflict(f"conversation {self.id} has {MAX_BRANCHES} branches, the "
+                               "most it may have; delete one first")  # fmt: skip
             at = now()
             branch = Branch(new_id(), name, leaf_id, at, at, created_by)
             await self._commit(BranchSet(branch))
@@ -523,6 +531,10 @@ class ConversationActor:
         async with self._lock:
             self._check_open()
             self.require(principal, OWNER, "sharing a conversation")
+            shares = self.state.shares
+            if shared_with not in shares and len(shares) >= MAX_SHARES:
+                raise Conflict(f"conversation {self.id} is shared with {MAX_SHARES} users, "
+                               "the most it may be; revoke one first")  # fmt: skip
             share = Share(shared_with, permission, now(), shared_by)
             await self._commit(ShareSet(share))
             return share

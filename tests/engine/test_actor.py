@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+from engine import actor as actor_module
 from engine.access import ANONYMOUS
 from engine.actor import ConversationActor, NewMessage
-from engine.errors import CanopyError, InvalidInput, NotFound, Unavailable
+from engine.errors import CanopyError, Conflict, InvalidInput, NotFound, Unavailable
 from persistence.records import Conversation, Snapshot
 from persistence.sqlite import SQLiteStore
 from persistence.store import Changes, Key, Store
@@ -286,3 +287,28 @@ async def test_backpressure_rejects_appends_while_the_store_is_stuck(
         assert len(actor) == 2 + accepted
     finally:
         store.gate.set()
+
+
+async def test_a_conversation_holds_at_most_max_branches_and_shares(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both lists are answered whole: unbounded, one client's 200k branches made every
+    GET of them encode 156 MB on the loop (found by review)."""
+    monkeypatch.setattr(actor_module, "MAX_BRANCHES", 3)
+    monkeypatch.setattr(actor_module, "MAX_SHARES", 2)
+    actor = await engine.conversation()
+    root = actor.meta.root_id
+    for k in range(3):
+        await actor.create_branch(ANONYMOUS, name=f"b{k}", leaf_id=root, created_by="alice")
+    version = actor.meta.version
+    with pytest.raises(Conflict, match="3 branches"):
+        await actor.create_branch(ANONYMOUS, name="b3", leaf_id=root, created_by="alice")
+    for user in ("bob", "carol"):
+        await actor.share(ANONYMOUS, shared_with=user, permission="read", shared_by="alice")
+    await actor.share(ANONYMOUS, shared_with="bob", permission="fork", shared_by="alice")
+    with pytest.raises(Conflict, match="2 users"):
+        await actor.share(ANONYMOUS, shared_with="dave", permission="read", shared_by="alice")
+    assert len(actor.state.branches) == 3 and set(actor.state.shares) == {"bob", "carol"}
+    assert actor.meta.version == version + 3  # the refusals journaled nothing
+    await actor.delete_branch(ANONYMOUS, next(iter(actor.state.branches)))
+    await actor.create_branch(ANONYMOUS, name="b3", leaf_id=root, created_by="alice")
