@@ -312,3 +312,23 @@ async def test_a_conversation_holds_at_most_max_branches_and_shares(
     assert actor.meta.version == version + 3  # the refusals journaled nothing
     await actor.delete_branch(ANONYMOUS, next(iter(actor.state.branches)))
     await actor.create_branch(ANONYMOUS, name="b3", leaf_id=root, created_by="alice")
+
+
+async def test_a_fork_copies_at_most_max_fork_messages_and_bytes(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork is built on the loop in one go and joins the unflushed bytes whole: one of a
+    500k-message conversation stalled the loop for ~2 s (found by review)."""
+    actor = await engine.conversation()
+    parent = actor.meta.root_id
+    for k in range(4):
+        parent = (await engine.say(actor.id, parent, f"m{k}")).message_id
+    monkeypatch.setattr(actor_module, "MAX_FORK_MESSAGES", 3)
+    with pytest.raises(InvalidInput, match="4 messages"):
+        await actor.fork_copy(ANONYMOUS)
+    point, copied = await actor.fork_copy(ANONYMOUS, message_id=actor.state.tree.get(
+        parent).parent_id)  # fmt: skip
+    assert len(copied) == 3
+    monkeypatch.setattr(actor_module, "MAX_FORK_BYTES", sum(len(m.content) for m in copied) - 1)
+    with pytest.raises(InvalidInput, match="bytes of content"):
+        await actor.fork_copy(ANONYMOUS, message_id=point)
