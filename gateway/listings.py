@@ -107,15 +107,21 @@ async def answer(request: web.Request, listing: Listing) -> web.StreamResponse:
 
 
 async def answer_cached(
-    request: web.Request, conversation_id: str, build: Callable[[], Awaitable[Listing]]
+    request: web.Request,
+    conversation_id: str,
+    page: Page,
+    build: Callable[[], Awaitable[Listing]],
 ) -> web.StreamResponse:
     """A listing that depends only on the conversation's state, encoded once per version
-    of it (see gateway.response_cache); store-backed mode never caches."""
+    of it (see gateway.response_cache); store-backed mode never caches. Keyed by the
+    path and the page the query asks for, not the query's text: parameters the route
+    ignores (`?x=1`, `?x=2`, ...) made each a new entry, a whole encode that evicted
+    other conversations' answers (found by review)."""
     app = request.app
     revision = await app[CONVERSATIONS].revision(request[PRINCIPAL], conversation_id)
     if revision is None:
         return await answer(request, await build())
-    cache, key = app[RESPONSES], (request.path_qs, revision)
+    cache, key = app[RESPONSES], (request.path, page, revision)
     found = cache.get(key)
     if found is not None:
         return await app[SENDER].body(request, found.body, found.headers)

@@ -1,6 +1,7 @@
-"""Encoded bodies of large read responses, keyed by request path and conversation version.
+"""Encoded bodies of large read responses, keyed by request path, page and conversation version.
 
-The path includes the query: a page or a compact list is another entry.
+The page is the query as the route reads it (gateway/paging.py): a page or a compact
+list is another entry, a parameter the route ignores is not.
 
 A conversation's version moves on every mutation, so an entry is never served stale:
 once the version moves on it is simply never asked for again and ages out of the LRU.
@@ -13,7 +14,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-Key = tuple[str, int]  # (request path and query, conversation version)
+from gateway.paging import Page
+
+Key = tuple[str, Page, int]  # (request path, the page asked for, conversation version)
 
 
 class Encoded(NamedTuple):

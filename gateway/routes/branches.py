@@ -62,7 +62,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
         branch = actor.branch(branch_id)
         return path_listing(actor.id, actor.lineage(branch.leaf_message_id), page)
 
-    return await answer_cached(request, conversation_id, build)
+    return await answer_cached(request, conversation_id, page, build)
 
 
 @routes.put(BASE + "/{branch_id}")

@@ -66,7 +66,7 @@ async def tree(request: web.Request) -> web.StreamResponse:
             nodes, more = nodes[: page.limit], len(nodes) > page.limit
         return tree_listing(actor.id, nodes, len(actor), more, actor.lineage, page)
 
-    return await answer_cached(request, conversation_id, build)
+    return await answer_cached(request, conversation_id, page, build)
 
 
 @routes.put(BASE + "/{conversation_id}")

@@ -71,4 +71,4 @@ async def lineage(request: web.Request) -> web.StreamResponse:
         )
         return path_listing(conversation_id, path, page)
 
-    return await answer_cached(request, conversation_id, build)
+    return await answer_cached(request, conversation_id, page, build)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from gateway_helpers import chain, conv_path, create_branch, new_conversation, ok
 
 from gateway.keys import RESPONSES
+from gateway.paging import WHOLE
 from gateway.response_cache import Encoded, ResponseCache
 
 if TYPE_CHECKING:
@@ -15,18 +16,18 @@ if TYPE_CHECKING:
 
 def test_lru_keeps_within_its_byte_budget() -> None:
     cache = ResponseCache(max_bytes=400, min_bytes=10)
-    cache.put(("/a", 1), Encoded(b"a" * 100, {}))
-    cache.put(("/b", 1), Encoded(b"b" * 100, {}))
-    cache.put(("/tiny", 1), Encoded(b"t", {}))  # not worth keeping
-    cache.put(("/huge", 1), Encoded(b"h" * 101, {}))  # over a quarter of the budget
-    assert cache.get(("/a", 1)) == Encoded(b"a" * 100, {})  # now the most recent
-    cache.put(("/c", 1), Encoded(b"c" * 100, {}))
-    cache.put(("/d", 1), Encoded(b"d" * 100, {}))
-    cache.put(("/e", 1), Encoded(b"e" * 100, {}))  # evicts /b, the least recent
-    assert cache.get(("/b", 1)) is None and cache.get(("/tiny", 1)) is None
-    assert cache.get(("/a", 1)) is not None and cache.get(("/huge", 1)) is None
+    cache.put(("/a", WHOLE, 1), Encoded(b"a" * 100, {}))
+    cache.put(("/b", WHOLE, 1), Encoded(b"b" * 100, {}))
+    cache.put(("/tiny", WHOLE, 1), Encoded(b"t", {}))  # not worth keeping
+    cache.put(("/huge", WHOLE, 1), Encoded(b"h" * 101, {}))  # over a quarter of the budget
+    assert cache.get(("/a", WHOLE, 1)) == Encoded(b"a" * 100, {})  # now the most recent
+    cache.put(("/c", WHOLE, 1), Encoded(b"c" * 100, {}))
+    cache.put(("/d", WHOLE, 1), Encoded(b"d" * 100, {}))
+    cache.put(("/e", WHOLE, 1), Encoded(b"e" * 100, {}))  # evicts /b, the least recent
+    assert cache.get(("/b", WHOLE, 1)) is None and cache.get(("/tiny", WHOLE, 1)) is None
+    assert cache.get(("/a", WHOLE, 1)) is not None and cache.get(("/huge", WHOLE, 1)) is None
     assert cache.nbytes == 400 and len(cache) == 4
-    assert cache.get(("/a", 2)) is None  # another version is another entry
+    assert cache.get(("/a", WHOLE, 2)) is None  # another version is another entry
 
 
 async def test_reads_are_fresh_after_every_kind_of_change(node: Node) -> None:
@@ -56,3 +57,22 @@ async def test_reads_are_fresh_after_every_kind_of_change(node: Node) -> None:
         assert len(cache) == 0 and cache.hits == 0  # the comparison baseline never caches
     else:
         assert cache.hits >= 3 and len(cache) > 0
+
+
+async def test_a_parameter_the_route_ignores_is_not_another_entry(node: Node) -> None:
+    """Keyed by the query's text, `?x=1`, `?x=2`, ... were each a whole encode and a new
+    entry, evicting other conversations' answers (found by review)."""
+    cid, _ = await new_conversation(node)
+    await chain(node, cid, 30)
+    tree = conv_path(cid, "/tree")
+    first = await ok(node, "GET", tree)
+    cache = node.app[RESPONSES]
+    entries, hits = len(cache), cache.hits
+    for k in range(5):
+        assert await ok(node, "GET", f"{tree}?x={k}") == first
+    if node.settings.cache == "off":
+        assert len(cache) == 0 and cache.hits == 0
+        return
+    assert len(cache) == entries and cache.hits == hits + 5
+    paged = await ok(node, "GET", f"{tree}?limit=5")  # a page is another entry
+    assert len(paged["messages"]) == 5 and len(cache) <= entries + 1
