@@ -285,7 +285,7 @@ class ConversationActor:
         """Up to `limit` messages created after the one numbered `seq` (-1: from the
         root), in creation order: one page of the tree."""
         tree = self.state.tree
-        page = list(islice(tree, seq + 1, seq + 1 + limit))  # seq is a node's position
+        page = tree.slice(seq + 1, seq + 1 + limit)  # seq is a node's position
         if page and page[0].seq != seq + 1:  # numbered otherwise: find the place by seq
             page = list(islice((node for node in tree if node.seq > seq), limit))
         return page

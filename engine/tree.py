@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from persistence.records import Message
 
@@ -27,11 +28,12 @@ _intern = sys.intern
 # One int object per seq value below this, for the nodes of every conversation. CPython
 # shares the ints up to 256 itself; every decoded seq above is a fresh 32-byte object.
 _SHARED_SEQS = 4096
+INDEXED_FROM = 2048  # a page starting this deep reads the creation-order index
 _SEQS = tuple(range(_SHARED_SEQS))
 
 
 class MessageTree:
-    __slots__ = ("_nodes", "_children", "root")
+    __slots__ = ("_nodes", "_children", "root", "_ordered")
 
     def __init__(self, root: Message) -> None:
         _share(root)
@@ -39,6 +41,10 @@ class MessageTree:
         # parent id -> its only child, or its children (2 or more) in creation order
         self._children: dict[str, Message | list[Message]] = {}
         self.root = root
+        # The nodes in creation order, made by the first page deep in the tree and kept
+        # while nodes are added: a dict reaches its n-th value only by walking to it, so a
+        # page at cursor 999,990 of 1M messages walked 6 ms of loop (found by review).
+        self._ordered: list[Message] | None = None
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -62,6 +68,8 @@ class MessageTree:
                 node.parent_id = parent_id = parent.message_id
         _share(node)
         self._nodes[node.message_id] = node
+        if self._ordered is not None:
+            self._ordered.append(node)
         if parent_id is None:
             return
         siblings = self._children.get(parent_id)
@@ -78,6 +86,7 @@ class MessageTree:
         skipped. A fork or a load builds its whole tree here: `add` and the membership
         checks around it, as method calls, cost twice as much per node."""
         tree, children = self._nodes, self._children
+        self._ordered = None  # made again by the next deep page
         skipped = 0
         for node in nodes:
             parent_id = node.parent_id
@@ -102,6 +111,7 @@ class MessageTree:
         old = self._nodes[node.message_id]
         _share(node)
         self._nodes[node.message_id] = node
+        self._ordered = None  # made again by the next deep page
         if node.parent_id is None:
             self.root = node
             return
@@ -110,6 +120,15 @@ class MessageTree:
             siblings[siblings.index(old)] = node
         else:
             self._children[node.parent_id] = node
+
+    def slice(self, start: int, stop: int) -> list[Message]:
+        """The nodes at positions start..stop-1 of creation order."""
+        if start < INDEXED_FROM:  # near the root, walking there costs less than an index
+            return list(islice(self._nodes.values(), start, stop))
+        ordered = self._ordered
+        if ordered is None:
+            ordered = self._ordered = list(self._nodes.values())
+        return ordered[start:stop]
 
     def children(self, message_id: str) -> list[Message] | tuple[Message, ...]:
         """The node's children in creation order."""

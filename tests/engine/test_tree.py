@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
-from engine.tree import MessageTree
+from engine.tree import INDEXED_FROM, MessageTree
 from persistence.records import Message
 
 AT = datetime(2024, 1, 1, tzinfo=UTC)
@@ -241,3 +241,24 @@ def test_extend_builds_what_add_builds_and_skips_orphans_and_repeats() -> None:
         assert child.parent_id is parent.message_id  # the parent's own id string, shared
     assert "s" not in extended and extended.get("a") is not None
     assert extended.get("a").seq == 1  # type: ignore[union-attr]  # the first "a" stays
+
+
+def test_a_deep_slice_reads_the_creation_order_index_and_stays_right() -> None:
+    """A dict reaches its n-th value only by walking there: a deep page walked O(cursor)
+    on the loop (6 ms at 1M messages, found by review). The index follows adds, and a
+    replace or an extend drops it to be made again."""
+    tree, nodes = chain(3 * INDEXED_FROM)
+    start = 2 * INDEXED_FROM
+    assert tree.slice(start, start + 5) == nodes[start : start + 5]
+    assert tree._ordered is not None  # made by the deep page
+    assert tree.slice(1, 4) == nodes[1:4]  # near the root: walked
+    added = node("late", nodes[-1], seq=len(nodes))
+    tree.add(added)
+    assert tree.slice(len(nodes) - 1, len(nodes) + 9) == [nodes[-1], added]
+    renamed = replace(nodes[start], role="system")
+    tree.replace(renamed)
+    assert tree._ordered is None
+    assert tree.slice(start, start + 2) == [renamed, nodes[start + 1]]
+    more = node("more", added, seq=len(nodes) + 1)
+    assert tree.extend([more]) == 0
+    assert tree.slice(len(nodes), len(nodes) + 5) == [added, more]
