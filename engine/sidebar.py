@@ -403,8 +403,14 @@ class Sidebar:
         for cid in hot_owned - moved:
             hot_row = newest(cid)
             consider(listing_key(hot_row) if hot_row else None, hot_row, OWNER)
+        stored = {row.conversation_id: row for row in owned} if moved else {}
         for cid in moved:  # placed where they stood when the cursor was pinned
-            consider(self._placed(cid, None, pinned), newest(cid) or extra.get(cid), OWNER)
+            # One that moved while `extra` was read (an append applied, its store write
+            # behind) has no row there: its row read before it moved stands in. Without
+            # it the conversation was left off the page (a flake of the store-backed mode
+            # under a slow disk).
+            meta = newest(cid) or extra.get(cid) or stored.get(cid)
+            consider(self._placed(cid, None, pinned), meta, OWNER)
         for cid, (held, permission) in self._holdings(user, shared, hot).items():
             consider(self._placed(cid, listing_key(held), pinned), held, permission)
         ranked = [

@@ -70,3 +70,37 @@ def test_stored_rows_kept_for_the_grace_stay_under_their_byte_cap() -> None:
     again = row("x099", 200)  # changed again: not stored, out of the capped ones
     hot.noted(again, Created(again, []))
     assert hot.stats()["stored_rows"] == 9
+
+
+async def test_a_conversation_that_moves_while_a_page_reads_keeps_its_place(
+    tmp_path: Path,
+) -> None:
+    """The store-backed mode: an append to b is applied (its move noted, its store write
+    behind) while a later page reads the rows of what moved before it. b was then
+    counted as moved with no row to show, and left off the page (a flake of the suite
+    under a slow disk)."""
+    async with SQLiteStore(tmp_path / "canopy.db") as store:
+        sidebar = Sidebar(store, None, ActivityMoves())
+        rows = {cid: row(cid, k) for k, cid in enumerate("abcde", start=1)}
+        for cid, meta in rows.items():
+            await store.write(cid, Changes(conversation=meta, version=1))
+        first = await sidebar.page(ALICE, Filters(), 2, None)
+        assert [item.meta.conversation_id for item in first.items] == ["e", "d"]
+
+        def moved(cid: str, seconds: int) -> Conversation:
+            after = row(cid, seconds)
+            sidebar.observe(rows[cid], after, Created(after, []))
+            return after
+
+        await store.write("e", Changes(conversation=moved("e", 10), version=2))
+        read_moved = store.conversations
+
+        async def b_moves_meanwhile(ids: list[str]) -> list[Conversation]:
+            found = await read_moved(ids)
+            moved("b", 11)  # applied; its store write has not landed
+            return found
+
+        store.conversations = b_moves_meanwhile  # type: ignore[method-assign]
+        assert first.next_cursor is not None
+        second = await sidebar.page(ALICE, Filters(), 5, first.next_cursor)  # the rest
+        assert [item.meta.conversation_id for item in second.items] == ["c", "b", "a"]
