@@ -620,6 +620,7 @@ async def commit_many(
     except Backpressure as exc:
         raise Unavailable(str(exc), retry_after=exc.retry_after) from None
     payloads = [encode_record(record) for record in records]
+    epoch = journal.epoch(conversation_id)  # what the records go under: `diverged` names it
     with flusher.mutation():
         appends = [
             journal.append(conversation_id, record.seq, payload)
@@ -641,10 +642,10 @@ async def commit_many(
                         failure = failure or exc
                         unknown = unknown or isinstance(exc, OutcomeUnknown)
             except BaseException:  # cancelled with the records on their way
-                flusher.diverged(conversation_id)
+                flusher.diverged(conversation_id, epoch)
                 raise
             if unknown:
-                flusher.diverged(conversation_id)
+                flusher.diverged(conversation_id, epoch)
                 raise Unavailable(
                     f"journal unavailable: {failure}; the write may or may not have been stored"
                 ) from None

@@ -320,12 +320,16 @@ class Registry:
             self._collector.drop(actor)
         self._flusher.forget(conversation_id)
 
-    def _rebuild(self, conversation_id: str) -> None:
+    def _rebuild(self, conversation_id: str, epoch: int) -> None:
         """The journal may hold a record the actor never applied (an append answered "may
         or may not be stored"), and the flusher process stores what the journal holds: the
         actor's next record, numbered on its own state, would not follow that one in the
         store. Drop the actor: the next request rebuilds it from the store and the journal,
-        after an acquire whose epoch refuses the append if it lands late."""
+        after an acquire whose epoch refuses the append if it lands late. An actor made
+        since under another epoch (the node declared dead, then the conversation taken
+        again while the send was under way) follows the journal: it stays."""
+        if self._journal.epoch(conversation_id) != epoch:
+            return
         actor = self._table.get(conversation_id)
         if actor is not None:
             self.rebuilds += 1

@@ -97,7 +97,7 @@ class Flusher:
         self._slots = asyncio.Semaphore(config.concurrency)
         self._flushing: dict[str, asyncio.Task[bool]] = {}  # the cycles' writes in flight
         self._failures: Counter[str] = Counter()  # consecutive failed writes
-        self._diverged_watchers: list[Callable[[str], None]] = []
+        self._diverged_watchers: list[Callable[[str, int], None]] = []
         self._not_before: dict[str, float] = {}  # a failing conversation's next attempt
         self._marking = asyncio.Lock()
         self._mark: _Mark | None = None  # the one checkpoint waiting for its versions
@@ -191,12 +191,12 @@ class Flusher:
             found.records += 1
             self._unflushed_records += 1
 
-    def on_diverged(self, watcher: Callable[[str], None]) -> None:
-        """`watcher(conversation_id)` when its actor no longer follows the journal that
-        is stored (`diverged`): the registry rebuilds the actor."""
+    def on_diverged(self, watcher: Callable[[str, int], None]) -> None:
+        """`watcher(conversation_id, epoch)` when its actor of that epoch no longer follows
+        the journal that is stored (`diverged`): the registry rebuilds the actor."""
         self._diverged_watchers.append(watcher)
 
-    def diverged(self, conversation_id: str) -> None:
+    def diverged(self, conversation_id: str, epoch: int) -> None:
         """An append of the conversation was sent and its answer lost: the journal may
         hold a record its actor never applied. Nothing to do here: this process stores
         only what actors applied, and a replay of the journal takes the later of two

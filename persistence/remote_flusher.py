@@ -127,14 +127,14 @@ class RemoteFlusher(Flusher):
         else:
             self._mark_dirty(conversation_id)
 
-    def diverged(self, conversation_id: str) -> None:
+    def diverged(self, conversation_id: str, epoch: int) -> None:
         """The flusher process stores what the journal holds, so a record that landed
         unanswered would be stored, and the actor's next record (numbered on its own
         state, `prev` before it) would never follow it in the store: the watchers drop
         the actor, rebuilt from the store and the journal at its next request."""
         self.diverged_appends += 1
         for watcher in self._diverged_watchers:
-            watcher(conversation_id)
+            watcher(conversation_id, epoch)
 
     def _mark_dirty(self, conversation_id: str) -> None:
         self._to_mark.add(conversation_id)  # sent with the next poll

@@ -510,3 +510,17 @@ async def test_expire_deletes_only_what_has_expired(engine: Engine) -> None:
     assert not await engine.registry.expire(due.id)  # deleted already
     with pytest.raises(NotFound):
         await engine.registry.get(ANONYMOUS, due.id)
+
+
+async def test_a_divergence_reported_for_an_older_epoch_leaves_the_newer_actor(
+    engine: Engine,
+) -> None:
+    """A send answered 'may or may not be stored' names the epoch its records went under:
+    an actor made since under another epoch (the node declared dead, the conversation
+    taken again meanwhile) follows the journal and stays hot (found by review)."""
+    actor = await engine.conversation()
+    epoch = engine.journal.epoch(actor.id)
+    engine.registry._rebuild(actor.id, epoch + 1)  # an older actor's send
+    assert engine.registry.serves(actor.id) and engine.registry.rebuilds == 0
+    engine.registry._rebuild(actor.id, epoch)  # this actor's own
+    assert not engine.registry.serves(actor.id) and engine.registry.rebuilds == 1
