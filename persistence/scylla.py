@@ -73,11 +73,14 @@ logging.getLogger("cassandra.protocol").addFilter(_OneKeyspaceWarning())
 
 _BATCH_BYTES = 32 * 1024
 # Branch and share removals that go in the conversation row's own logged batch (~100
-# bytes each). The batch is one partition's mutation (all three tables are keyed by the
-# conversation id), which Cassandra's 50 KiB batch limit leaves alone: a ~40 KB row with
-# 200 removals lands (tests/persistence/test_scylla_batches.py). More in one write (a
-# flush that coalesced that many removals) go ahead of it as before.
-MAX_REMOVALS_WITH_ROW = 200
+# bytes each, ~300 for a share to a long user id). The batch is one partition's mutation
+# (all three tables are keyed by the conversation id), which Cassandra's 50 KiB batch
+# limit leaves alone: a ~40 KB row with 2,000 removals lands
+# (tests/persistence/test_scylla_batches.py). What bounds it is the largest mutation,
+# half a commit log segment (4 MiB with the suite's 8 MiB; 16 MiB by default): 2,000
+# removals of 300 bytes are 0.6 MB. More in one write (a flush that coalesced that many,
+# after a store outage) go ahead of it as before.
+MAX_REMOVALS_WITH_ROW = 2_000
 SNAPSHOT_READS = 5  # reads of a snapshot that writes kept moving under, the last kept as is
 _encode = msgspec.msgpack.Encoder().encode
 _conversation = msgspec.msgpack.Decoder(Conversation).decode

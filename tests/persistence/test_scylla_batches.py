@@ -13,7 +13,7 @@ import pytest
 from cassandra.query import BatchStatement, BatchType, BoundStatement
 
 from persistence import scylla_writes as writes
-from persistence.scylla import ScyllaStore
+from persistence.scylla import MAX_REMOVALS_WITH_ROW, ScyllaStore
 from persistence.scylla_batches import Binder
 from persistence.store import Changes, StoreError
 from tests.backends import cassandra_store
@@ -233,17 +233,20 @@ async def test_a_branch_or_share_removal_lands_only_with_the_conversation_row(
 async def test_removals_beside_a_large_conversation_row_stay_under_the_batch_limit(
     store: ScyllaStore, rows: Rows
 ) -> None:
-    """A 10,000-character description of four-byte characters is ~40 KB of body; with 200
-    branch removals the logged batch passes 50 KiB. Cassandra refuses such a batch over
-    several partitions, and would refuse this write at every retry: it lands because
-    the row and its removals are one partition's mutation (checked after a review)."""
-    names = [f"branch-{i:04d}-{'x' * 60}" for i in range(200)]
+    """A 10,000-character description of four-byte characters is ~40 KB of body; with
+    2,000 branch removals the logged batch passes 50 KiB many times over. Cassandra
+    refuses such a batch over several partitions, and would refuse this write at every
+    retry: it lands because the row and its removals are one partition's mutation."""
+    names = [f"branch-{i:04d}-{'x' * 60}" for i in range(MAX_REMOVALS_WITH_ROW)]
     base = rows.conversation("b2")
     branches = {name: rows.branch(name, "b2-root") for name in names}
     await store.write("b2", rows.changes(base, (rows.message("b2-root", None, 0),),
                                          branches=branches))  # fmt: skip
     meta = rows.conversation("b2", version=2, updated_at=rows.at(2), description="𝄞" * 10_000)
+    sent = sending(store)
     await store.write("b2", rows.changes(meta, (), branches=dict.fromkeys(names)))
+    assert sent[-1].batch_type == BatchType.LOGGED
+    assert len(sent[-1]) == MAX_REMOVALS_WITH_ROW + 1  # every removal with the row
     snapshot = await store.load("b2")
     assert snapshot is not None and snapshot.conversation.version == 2
     assert snapshot.branches == []
