@@ -105,6 +105,42 @@ async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, 
     assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
 
 
+async def test_a_writes_last_batch_holds_the_turn_over_the_next_pass(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    """Let go at once after its last binding, the turn went to a write that reached it in
+    the same pass, and two batches were bound in one pass (a flake of the suite under
+    load: another write's sends had landed in that pass)."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    def one_batch(cid: str) -> list[tuple[str, Any]]:
+        changes = rows.changes(rows.conversation(cid), (rows.message(f"{cid}-root", None, 0),))
+        return writes.rows(cid, changes, 3)
+
+    await store._batched(one_batch("w0"))  # its statements prepared: no await left to bind
+    seen: list[int] = []
+    cut = store._batches.cut
+
+    def counted_cut(bound: Any) -> Any:
+        for batch in cut(bound):
+            seen.append(ticks)
+            yield batch
+
+    store._batches.cut = counted_cut  # type: ignore[method-assign]
+    running = asyncio.create_task(ticker())
+    try:
+        await asyncio.gather(store._batched(one_batch("w1")), store._batched(one_batch("w2")))
+    finally:
+        running.cancel()
+    assert len(seen) == 2 and seen[1] > seen[0]
+
+
 async def test_a_failed_batch_fails_the_write_and_a_retry_lands_it_whole(
     store: ScyllaStore, rows: Rows
 ) -> None:
