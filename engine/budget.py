@@ -30,9 +30,14 @@ def metadata_bytes(metadata: Mapping[str, str]) -> int:
     return sum([len(k) + len(v) + METADATA_ENTRY_BYTES for k, v in metadata.items()])
 
 
+def payload_bytes(content: bytes, metadata: Mapping[str, str]) -> int:
+    """A message's content and metadata: what the unflushed-bytes limit counts of it."""
+    return len(content) + (metadata_bytes(metadata) if metadata else 0)
+
+
 def message_bytes(content: bytes, metadata: Mapping[str, str]) -> int:
     """What a hot message costs: a fixed overhead, its content and its metadata."""
-    return MESSAGE_BYTES + len(content) + (metadata_bytes(metadata) if metadata else 0)
+    return MESSAGE_BYTES + payload_bytes(content, metadata)
 
 
 def default_max_hot_bytes() -> int:

@@ -19,6 +19,7 @@ from engine.budget import (
     ROW_BYTES,
     message_bytes,
     metadata_bytes,
+    payload_bytes,
 )
 from engine.content import preview
 from engine.tree import MessageTree
@@ -43,12 +44,6 @@ from persistence.store import Changes
 log = logging.getLogger(__name__)
 
 _ROW_BYTES = 200  # rough size of a row besides its content, for the unflushed-bytes limit
-
-
-def _stored_bytes(message: Message) -> int:
-    """A message's content and metadata, for the unflushed-bytes limit."""
-    metadata = message.content_metadata
-    return len(message.content) + (metadata_bytes(metadata) if metadata else 0)
 
 
 class ConversationState:
@@ -86,7 +81,9 @@ class ConversationState:
             meta = replace(meta, last_message=preview(event.messages[-1].content))
         state = cls(meta, event.messages, [], [])
         changes.messages.update((m.message_id, m) for m in event.messages)
-        changes.nbytes += sum(_stored_bytes(m) + _ROW_BYTES for m in event.messages)
+        changes.nbytes += sum(
+            payload_bytes(m.content, m.content_metadata) + _ROW_BYTES for m in event.messages
+        )
         state._record(changes)
         return state
 
@@ -134,7 +131,7 @@ class ConversationState:
                     tree.add(node)
                     self._message_bytes += message_bytes(node.content, node.content_metadata)
                 changes.messages[node.message_id] = node
-                changes.nbytes += _stored_bytes(node)
+                changes.nbytes += payload_bytes(node.content, node.content_metadata)
                 meta = replace(
                     meta,
                     message_count=meta.message_count + 1,

@@ -54,8 +54,6 @@ class JSONAnswer(web.StreamResponse):
         in-process; docs/decisions.md)."""
         if self._eof_sent:
             return None
-        if self._payload_writer is not None:
-            return self._payload_writer
         self._req = request
         # as Request._prepare_hook: none without a match (a BaseRequest has none either)
         if isinstance(request, web.Request) and (match := request._match_info) is not None:
