@@ -208,6 +208,13 @@ def answer_lost(directory: RedisDirectory, monkeypatch: pytest.MonkeyPatch) -> a
     return hung
 
 
+async def lost_take(directory: RedisDirectory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take c1 with its answer lost (a timeout): the lease reads "<node> 1", unsure."""
+    answer_lost(directory, monkeypatch).set()
+    with pytest.raises(RedisError):
+        await directory.acquire("c1")
+
+
 @pytest.mark.parametrize("ending", ["timeout", "cancelled"])
 async def test_a_take_whose_answer_was_lost_is_let_go(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch, ending: str
@@ -240,10 +247,7 @@ async def test_a_lost_take_taken_again_stays_held(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with node(client, "a:1") as (_, a):
-        hung = answer_lost(a, monkeypatch)
-        hung.set()
-        with pytest.raises(RedisError):
-            await a.acquire("c1")
+        await lost_take(a, monkeypatch)
         assert await a.acquire("c1") == 2  # asked again: its own key, taken anew
         await a.send_releases()
         assert a.is_held("c1") and await client.get(redis_keys.lease("c1")) == b"a:1 2"
@@ -254,10 +258,7 @@ async def test_a_lost_take_another_node_took_since_is_left_to_it(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with node(client, "a:1") as (_, a), node(client, "b:2") as (_, b):
-        hung = answer_lost(a, monkeypatch)
-        hung.set()
-        with pytest.raises(RedisError):
-            await a.acquire("c1")
+        await lost_take(a, monkeypatch)
         await client.set(redis_keys.lease("c1"), "b:2 7")  # as if b had taken it since
         await a.send_releases()
         assert await client.get(redis_keys.lease("c1")) == b"b:2 7"
@@ -271,10 +272,7 @@ async def test_a_take_while_a_lost_take_is_read_back_is_not_overwritten(
     newer one. Sending the older instead deleted nothing: the newer lease stayed, naming
     this live node with nothing hot (found by review)."""
     async with node(client, "a:1") as (_, a):
-        hung = answer_lost(a, monkeypatch)
-        hung.set()
-        with pytest.raises(RedisError):
-            await a.acquire("c1")  # the lease reads "a:1 1"
+        await lost_take(a, monkeypatch)  # the lease reads "a:1 1"
         read_back = a._call
 
         async def a_take_meanwhile(call: Any) -> Any:
@@ -293,10 +291,7 @@ async def test_a_failed_read_back_does_not_hold_up_the_releases(
     client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with node(client, "a:1") as (_, a):
-        hung = answer_lost(a, monkeypatch)
-        hung.set()
-        with pytest.raises(RedisError):
-            await a.acquire("c1")
+        await lost_take(a, monkeypatch)
         await a.acquire("c2")
         a.release("c2")
 

@@ -4,6 +4,7 @@ event loop running between them; a failed batch fails the write, which is retrie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,9 +69,11 @@ async def test_a_forks_rows_go_as_bounded_batches_and_all_land(
     assert loaded.messages[5] == fork(rows, "f1").messages["f1-m5"]
 
 
-async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, rows: Rows) -> None:
-    """Each batch is bound in its own loop pass: another task runs between them,
-    and two forks' write-behinds take turns rather than binding in the same pass."""
+@contextlib.asynccontextmanager
+async def binding_passes(store: ScyllaStore) -> AsyncIterator[list[int]]:
+    """The loop passes (a ticker's count) at which each batch is bound, in order. Bind
+    time, not send time: sends wait for the in-flight limit and for a busy connection,
+    and several may go in one pass on a loaded Cassandra."""
     ticks = 0
 
     async def ticker() -> None:
@@ -79,51 +82,6 @@ async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, 
             ticks += 1
             await asyncio.sleep(0)
 
-    seen: list[int] = []  # the ticker's count as each batch is bound
-    cut = store._batches.cut
-
-    def counted_cut(bound: Any) -> Any:
-        for batch in cut(bound):
-            seen.append(ticks)
-            yield batch
-
-    # Bind time, not send time: sends wait for the in-flight limit and for a busy
-    # connection, and several may go in one pass on a loaded Cassandra.
-    store._batches.cut = counted_cut
-    running = asyncio.create_task(ticker())
-    try:
-        await store.write("f1", fork(rows, "f1"))
-        assert len(seen) >= 10
-        assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
-        seen.clear()
-        await asyncio.gather(
-            store.write("f2", fork(rows, "f2")), store.write("f3", fork(rows, "f3"))
-        )
-    finally:
-        running.cancel()
-    assert len(seen) >= 20
-    assert all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
-
-
-async def test_a_writes_last_batch_holds_the_turn_over_the_next_pass(
-    store: ScyllaStore, rows: Rows
-) -> None:
-    """Let go at once after its last binding, the turn went to a write that reached it in
-    the same pass, and two batches were bound in one pass (a flake of the suite under
-    load: another write's sends had landed in that pass)."""
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    def one_batch(cid: str) -> list[tuple[str, Any]]:
-        changes = rows.changes(rows.conversation(cid), (rows.message(f"{cid}-root", None, 0),))
-        return writes.rows(cid, changes, 3)
-
-    await store._batched(one_batch("w0"))  # its statements prepared: no await left to bind
     seen: list[int] = []
     cut = store._batches.cut
 
@@ -135,9 +93,44 @@ async def test_a_writes_last_batch_holds_the_turn_over_the_next_pass(
     store._batches.cut = counted_cut  # type: ignore[method-assign]
     running = asyncio.create_task(ticker())
     try:
-        await asyncio.gather(store._batched(one_batch("w1")), store._batched(one_batch("w2")))
+        yield seen
     finally:
         running.cancel()
+
+
+def one_pass_each(seen: list[int]) -> bool:
+    return all(later > earlier for earlier, later in zip(seen, seen[1:], strict=False))
+
+
+async def test_the_loop_runs_between_a_large_writes_batches(store: ScyllaStore, rows: Rows) -> None:
+    """Each batch is bound in its own loop pass: another task runs between them,
+    and two forks' write-behinds take turns rather than binding in the same pass."""
+    async with binding_passes(store) as seen:
+        await store.write("f1", fork(rows, "f1"))
+        assert len(seen) >= 10
+        assert one_pass_each(seen)
+        seen.clear()
+        await asyncio.gather(
+            store.write("f2", fork(rows, "f2")), store.write("f3", fork(rows, "f3"))
+        )
+    assert len(seen) >= 20
+    assert one_pass_each(seen)
+
+
+async def test_a_writes_last_batch_holds_the_turn_over_the_next_pass(
+    store: ScyllaStore, rows: Rows
+) -> None:
+    """Let go at once after its last binding, the turn went to a write that reached it in
+    the same pass, and two batches were bound in one pass (a flake of the suite under
+    load: another write's sends had landed in that pass)."""
+
+    def one_batch(cid: str) -> list[tuple[str, Any]]:
+        changes = rows.changes(rows.conversation(cid), (rows.message(f"{cid}-root", None, 0),))
+        return writes.rows(cid, changes, 3)
+
+    await store._batched(one_batch("w0"))  # its statements prepared: no await left to bind
+    async with binding_passes(store) as seen:
+        await asyncio.gather(store._batched(one_batch("w1")), store._batched(one_batch("w2")))
     assert len(seen) == 2 and seen[1] > seen[0]
 
 
