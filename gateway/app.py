@@ -27,6 +27,7 @@ from gateway.accounts import Accounts
 from gateway.admin import add_admin
 from gateway.auth import auth_middleware, authenticators
 from gateway.auth_failures import AuthFailures
+from gateway.busy_poll import BUSY_POLL, BusyPoll
 from gateway.cluster_lifecycle import ClusterLifecycle
 from gateway.cluster_member import join
 from gateway.config import Settings
@@ -102,13 +103,14 @@ def open_journal(
     )
 
 
-def open_redis(settings: Settings) -> RedisPool | None:
-    """The node's one Redis pool (journal, flusher process, rate limits), if it uses Redis."""
+def open_redis(settings: Settings, poll: BusyPoll) -> RedisPool | None:
+    """The node's one Redis pool (journal, flusher process, rate limits), if it uses Redis;
+    what its lean channel sends keeps the loop polling for the reply."""
     if settings.journal != "redis":
         return None
     from persistence.redis_pool import RedisPool
 
-    return RedisPool(settings.redis())
+    return RedisPool(settings.redis(), on_send=poll.poker)
 
 
 async def write_behind(
@@ -148,7 +150,8 @@ def create_app(
     # rate limit spends the caller's budget, so it comes after.
     origins = parse_origins(settings.cors_origins)
     cors = Cors(origins) if origins else None
-    pool = open_redis(settings)
+    poll = BusyPoll(settings.busy_poll_us / 1e6)
+    pool = open_redis(settings, poll)
     limiter = open_limiter(settings.rate_limit, pool)
     middlewares = [error_middleware, edge_middleware(limits)]
     if cors is not None:
@@ -159,6 +162,7 @@ def create_app(
         middlewares.append(rate_limit_middleware(limiter))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[EDGE] = limits
+    app[BUSY_POLL] = poll
     app[DEFAULT_TTL] = settings.default_ttl_seconds
     app.on_response_prepare.append(drop_server_header)
     if cors is not None:
@@ -179,6 +183,7 @@ def create_app(
 
     async def components(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(poll.close)  # the loop polls no more once the node is down
             # Before anything in the data dir is opened: a second process touches nothing.
             await stack.enter_async_context(DataDirLock(settings.data_dir))
             if peers is not None:

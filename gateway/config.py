@@ -44,6 +44,7 @@ class Settings:
     body_timeout: float = 10.0  # seconds to receive a whole request body (408 past it)
     max_body_buffer_bytes: int = 64 * 1024 * 1024  # bodies still arriving, node-wide (503)
     max_connections: int = 0  # 0: derived from RLIMIT_NOFILE (gateway.connections)
+    busy_poll_us: int = 200  # the loop polls this long at most after I/O (gateway/busy_poll.py)
     allowed_hosts: str = ""  # host names answered besides IP literals and localhost; "*": any
     response_cache_bytes: int = 64 * 1024 * 1024  # encoded lineages and trees, per node
     max_response_bytes: int = 64 * 1024 * 1024  # one response; 413 (with a hint) past it
@@ -216,6 +217,10 @@ _OPTIONS: dict[str, Option] = {
     "max_connections": Option(("CANOPY_MAX_CONNECTIONS",), int, "server",
         "open client connections; past it a new one gets 503 and is closed",
         "soft RLIMIT_NOFILE - 80"),
+    "busy_poll_us": Option(("CANOPY_BUSY_POLL_US",), int, "server",
+        "microseconds the serving loop keeps polling its sockets after a request, an answer "
+        "or a Redis command, instead of sleeping (a virtual machine's wake-ups are slow); "
+        "the window shrinks while nothing comes that soon. 0: sleep at once"),
     "allowed_hosts": Option(("CANOPY_ALLOWED_HOSTS",), str, "server",
         "host names answered besides IP literals and localhost, comma separated; * answers "
         "any (others get 421: DNS-rebinding protection)", "none"),
@@ -421,6 +426,8 @@ def build(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> 
         check_cluster(settings)
     if settings.journal == "redis":
         settings.redis().check()
+    if settings.busy_poll_us < 0:
+        raise ValueError(f"busy_poll_us must be 0 (off) or more; got {settings.busy_poll_us}")
     if settings.default_ttl_seconds < 0:
         raise ValueError("default_ttl_seconds must be 0 (no expiry) or a number of seconds")
     if settings.fsync != "always":

@@ -32,6 +32,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from gateway.busy_poll import BUSY_POLL, BusyPoll
 from gateway.dispatch import Dispatcher
 from gateway.lifeline import watch_stdin
 from gateway.schemas import ErrorDetail, ErrorOut
@@ -145,10 +146,12 @@ class Refusal(asyncio.Protocol):
 class EdgeHandler(RequestHandler):
     """aiohttp's protocol, answering parser errors as JSON and reporting its state."""
 
-    __slots__ = ("__weakref__", "reading_body", "pending", "streak")
+    __slots__ = ("__weakref__", "reading_body", "pending", "streak", "poke")
 
     def __init__(self, manager: EdgeServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        # a request's bytes and its answer (gateway/json_answer.py) keep the loop polling
+        self.poke = manager.busy_poll.poker if manager.busy_poll is not None else None
         self.reading_body = False  # a stalled upload is cut first at shutdown
         self.pending = b""  # a moved connection's request, read by the worker it left
         self.streak = (-1, 0)  # (worker, requests in a row for it), gateway/migration.py
@@ -158,6 +161,11 @@ class EdgeHandler(RequestHandler):
         if self.pending:  # before anything more is read from the socket: in order
             data, self.pending = self.pending, b""
             self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.poke is not None:
+            self.poke()
+        super().data_received(data)
 
     @property
     def in_request(self) -> bool:
@@ -223,10 +231,16 @@ class EdgeServer(web.Server):
     """aiohttp's server, capped at `max_connections` and cutting stalls at shutdown."""
 
     def __init__(
-        self, *args: Any, max_connections: int, movable: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        max_connections: int,
+        movable: bool = False,
+        busy_poll: BusyPoll | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.max_connections = max_connections
+        self.busy_poll = busy_poll
         self._handler = MovableHandler if movable else EdgeHandler
         # Handlers made and not yet lost; weak, so one that never connected cannot leak
         # a slot.
@@ -332,6 +346,7 @@ class EdgeRunner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             max_connections=self.max_connections,
             movable=self.movable,
+            busy_poll=self.app.get(BUSY_POLL),
             **plain._kwargs,
         )
         if SERVER in self.app:

@@ -84,6 +84,9 @@ class JSONAnswer(web.StreamResponse):
         self._eof_sent = True
         self._req = None
         self._body_length = writer.output_size
+        poke = getattr(request.protocol, "poke", None)  # an EdgeHandler's busy poll
+        if poke is not None:  # the client's next request is likely soon
+            poke()
         return None
 
     def _plain_head(self) -> str:

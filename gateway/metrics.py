@@ -44,6 +44,7 @@ GAUGES = (
     ("membership", "live_nodes", "live_nodes", "Live nodes this node sees"),
     ("connections", "connections", "connections", "Open client connections"),
     ("responses", "in_flight_bytes", "response_bytes_in_flight", "Large responses being sent"),
+    ("busy_poll", "window_us", "busy_poll_window_us", "How long the loop polls after I/O now"),
 )
 COUNTERS = (
     ("registry", "activations", "activations", "Conversations activated"),
@@ -51,6 +52,7 @@ COUNTERS = (
     ("flusher", "batches_written", "flushed_batches", "Store writes of the flusher"),
     ("flusher", "messages_written", "flushed_messages", "Messages written to the store"),
     ("connections", "refused", "connections_refused", "Connections refused at the cap"),
+    ("busy_poll", "polls", "busy_polls", "Times the loop polled after I/O instead of sleeping"),
     ("rate_limiter", "limited", "rate_limited_requests", "Requests refused by the rate limit"),
     ("retention", "swept", "expired_conversations", "Expired conversations removed"),
     # Cluster figures (a node alone has no leases: absent there).

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.registry import Registry
+from gateway.busy_poll import BUSY_POLL
 from gateway.connections import SERVER
 from gateway.keys import (
     ADOPTER,
@@ -42,7 +43,7 @@ def rss_bytes() -> int:
 COMPONENTS = (
     ("flusher", FLUSHER), ("journal", JOURNAL), ("retention", RETENTION),
     ("rate_limiter", LIMITER), ("connections", SERVER), ("requests", REQUEST_METRICS),
-    ("forwarder", FORWARDER),
+    ("forwarder", FORWARDER), ("busy_poll", BUSY_POLL),
     ("rebalancing", REBALANCER), ("adoption", ADOPTER), ("workers", PEERS),
 )  # fmt: skip
 

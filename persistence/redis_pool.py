@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -100,7 +100,8 @@ class RedisPool:
     at start (the journal) finds out there, a user that can do without (the rate
     limiter) is not held up."""
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, on_send: Callable[[], None] | None = None) -> None:
+        """`on_send`: called after each write of the lean channel (a reply is due)."""
         settings.check()
         self.settings = settings
         self.client: Client = _client(settings)
@@ -108,9 +109,11 @@ class RedisPool:
         if isinstance(self.client, RedisCluster):
             seed = urlparse(settings.urls()[0])
             login = credentials(seed.username, seed.password)
-            self.lean = SlotLean(self.client, timeout=settings.timeout, credentials=login)
+            self.lean = SlotLean(
+                self.client, timeout=settings.timeout, credentials=login, on_send=on_send
+            )
         else:
-            self.lean = LeanRedis(settings.urls()[0], timeout=settings.timeout)
+            self.lean = LeanRedis(settings.urls()[0], timeout=settings.timeout, on_send=on_send)
 
     @property
     def cluster(self) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
@@ -74,8 +74,9 @@ LAST_LOOK = 0.01  # seconds: past the deadline, one more poll of the socket befo
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, on_send: Callable[[], None] | None = None) -> None:
         self._timeout = timeout
+        self._on_send = on_send  # told of every write: a reply is due (gateway/busy_poll.py)
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()  # future, sent at
         self._heard = 0.0  # loop time of the last bytes received
@@ -97,6 +98,8 @@ class _Protocol(asyncio.Protocol):
         for command in commands:
             parts += encode_parts(command)
         self.transport.writelines(parts)  # uvloop writes the pieces with one writev
+        if self._on_send is not None:
+            self._on_send()
         if self._timer is None:
             self._timer = loop.call_at(now + self._timeout, self._check_deadline)
         return futures
@@ -147,7 +150,9 @@ class _Protocol(asyncio.Protocol):
 class LeanRedis:
     """One pipelined connection to the Redis of a `redis://` URL (see module docstring)."""
 
-    def __init__(self, url: str, *, timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 1.0, on_send: Callable[[], None] | None = None
+    ) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "redis":
             raise ValueError(f"lean redis connection needs a redis:// URL, not {parsed.scheme}://")
@@ -157,6 +162,7 @@ class LeanRedis:
         self._username = unquote(parsed.username) if parsed.username else None
         self._password = unquote(parsed.password) if parsed.password else None
         self._timeout = timeout
+        self._on_send = on_send  # called after each write (the serving loop's busy poll)
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
 
@@ -185,7 +191,7 @@ class LeanRedis:
             try:
                 async with asyncio.timeout(self._timeout):
                     _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self._timeout), self._host, self._port
+                        lambda: _Protocol(self._timeout, self._on_send), self._host, self._port
                     )
                     setup: list[list[Arg]] = []
                     if self._password is not None:

@@ -14,7 +14,7 @@ scripts, which never ran when Redis answered MOVED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -44,9 +44,17 @@ def _redirected(reply: object) -> bool:
 class SlotLean:
     """`Lean` over the masters of `client`'s cluster (see module docstring)."""
 
-    def __init__(self, client: RedisCluster, *, timeout: float, credentials: str = "") -> None:
+    def __init__(
+        self,
+        client: RedisCluster,
+        *,
+        timeout: float,
+        credentials: str = "",
+        on_send: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
         self._timeout = timeout
+        self._on_send = on_send  # each master's connection calls it after a write
         self._credentials = credentials  # "user:password@" of the seeds, if any
         self._masters: dict[str, LeanRedis] = {}  # by "host:port"
         self.redirected = 0  # commands sent again after MOVED or ASK
@@ -94,7 +102,7 @@ class SlotLean:
         lean = self._masters.get(name)
         if lean is None:
             lean = self._masters[name] = LeanRedis(
-                f"redis://{self._credentials}{name}", timeout=self._timeout
+                f"redis://{self._credentials}{name}", timeout=self._timeout, on_send=self._on_send
             )
         return lean
 
