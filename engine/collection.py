@@ -90,7 +90,7 @@ class Collector:
         self.hot_bytes += nbytes - old_bytes
         self.hot_messages += messages - old_messages
         self._counted[actor.id] = nbytes, messages
-        if self._config.oversized(actor):
+        if self._config.oversized(nbytes, messages):
             if actor.id not in self._oversized:
                 self._oversized.add(actor.id)
                 self.oversized += 1

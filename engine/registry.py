@@ -64,9 +64,10 @@ class RegistryConfig:
     # or a leave under way) before it answers 503; 0 refuses at once.
     lease_wait_seconds: float = 0.0
 
-    def oversized(self, actor: ConversationActor) -> bool:
-        """Too big to count against the budget: admitting it would evict most others."""
-        return actor.nbytes > self.max_hot_bytes // 2 or len(actor) > self.max_hot_messages // 2
+    def oversized(self, nbytes: int, messages: int) -> bool:
+        """Too big to count against the budget (what a hot conversation of `nbytes` and
+        `messages` costs): admitting it would evict most others."""
+        return nbytes > self.max_hot_bytes // 2 or messages > self.max_hot_messages // 2
 
 
 class Registry:

@@ -22,7 +22,7 @@ import functools
 import logging
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -177,6 +177,13 @@ class Flusher:
     def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
         """Let `apply` record what a mutation changed in the conversation's dirty changes
         (created empty on first use, which wakes the flusher)."""
+        self.record_many(conversation_id, (apply,))
+
+    def record_many(
+        self, conversation_id: str, applies: Sequence[Callable[[Changes], None]]
+    ) -> None:
+        """`record` for consecutive mutations of one conversation (a batch of appends),
+        in order: its dirty changes are looked up and measured once."""
         self._since_mark = True
         found = self._dirty.get(conversation_id)
         if found is None:
@@ -185,11 +192,12 @@ class Flusher:
             self._wake.set()
         before = found.nbytes
         try:
-            apply(found)
+            for apply in applies:
+                found.records += 1
+                self._unflushed_records += 1
+                apply(found)
         finally:
             self._unflushed += found.nbytes - before
-            found.records += 1
-            self._unflushed_records += 1
 
     def on_diverged(self, watcher: Callable[[str, int], None]) -> None:
         """`watcher(conversation_id, epoch)` when its actor of that epoch no longer follows

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -71,7 +71,8 @@ class RemoteFlusher(Flusher):
         self._client = client  # the node's shared pool's: closed after this flusher
         self._lean = lean  # the pool's lean channel: the poll, 20 times a second
         # Per conversation, each record not yet known stored: (version, nbytes, when).
-        self._unstored: dict[str, deque[tuple[int, int, float]]] = {}
+        # conversation -> (version, bytes, when journaled, records) of each batch unstored
+        self._unstored: dict[str, deque[tuple[int, int, float, int]]] = {}
         self._to_mark: set[str] = set()  # journaled, not yet in the dirty set
         self._to_nudge: set[str] = set()  # asked to be stored at once (`flush_now`)
         self._waiting: set[str] = set()  # a `flush_now` waits for these
@@ -109,16 +110,21 @@ class RemoteFlusher(Flusher):
         super().adopt(append)
         self._unsent = append
 
-    def record(self, conversation_id: str, apply: Callable[[Changes], None]) -> None:
-        """Apply the mutation to the actor's state; remember its size until it is stored
-        and mark the conversation dirty once its record is in the journal."""
+    def record_many(
+        self, conversation_id: str, applies: Sequence[Callable[[Changes], None]]
+    ) -> None:
+        """Apply the mutations to the actor's state; remember their size until they are
+        stored and mark the conversation dirty once their records are in the journal.
+        A batch is one entry (its last version): its records land in the journal in one
+        script call, so the flusher process stores all of them or none."""
         changes = Changes()
-        apply(changes)
+        for apply in applies:
+            apply(changes)
         if not changes.version:
             return
         loop = asyncio.get_running_loop()
         self._unstored.setdefault(conversation_id, deque()).append(
-            (changes.version, changes.nbytes, loop.time())
+            (changes.version, changes.nbytes, loop.time(), len(applies))
         )
         self._unflushed += changes.nbytes
         unsent, self._unsent = self._unsent, None
@@ -148,7 +154,7 @@ class RemoteFlusher(Flusher):
         if conversation_id in self._waiting:
             self._taken.add(conversation_id)
         self.forgotten += 1
-        self._unflushed -= sum(nbytes for _, nbytes, _ in versions)
+        self._unflushed -= sum(v[1] for v in versions)
         for watcher in self._clean_watchers:
             watcher(conversation_id)
 
@@ -171,7 +177,9 @@ class RemoteFlusher(Flusher):
             "dirty_conversations": len(self._unstored),
             "writing_conversations": 0,
             "unflushed_bytes": self._unflushed,
-            "unflushed_records": sum(len(versions) for versions in self._unstored.values()),
+            "unflushed_records": sum(
+                records for versions in self._unstored.values() for *_, records in versions
+            ),
             "lag_ms": int(lag * 1000),
             "flusher_lease_ms": self._lease_ms,
             "diverged_appends": self.diverged_appends,
@@ -183,7 +191,7 @@ class RemoteFlusher(Flusher):
 
     def unflushed(self, conversation_id: str) -> tuple[int, int]:
         versions = self._unstored.get(conversation_id, ())
-        return sum(nbytes for _, nbytes, _ in versions), len(versions)
+        return sum(v[1] for v in versions), sum(v[3] for v in versions)
 
     def pending(self) -> Iterator[tuple[str, Changes]]:
         return iter(())  # the rows live in the journal until the flusher process stores them

@@ -298,3 +298,30 @@ async def test_a_memory_append_still_queued_is_journaled_before_its_passivation(
     assert await registry.passivate(cid)
     monkeypatch.undo()
     assert await _tree(node, cid) == ["m0", "queued"]
+
+
+async def test_a_batch_of_appends_counts_each_record_until_all_are_stored(
+    start_node: NodeFactory,
+) -> None:
+    """Concurrent appends are journaled in batches, each remembered as one entry (its
+    last version): the unflushed records still count every append, and the batch is
+    let go whole once the flusher process stored it."""
+    node = await start_node()
+    flusher = node.app[FLUSHER]
+    registry = node.app[CONVERSATIONS]
+    with flusher_stopped(node):
+        cid, parent = await _conversation_with(node, 0)
+
+        def new(text: str) -> NewMessage:
+            content = msgspec.json.encode({"type": "text", "text": text})
+            return NewMessage(parent, "human", content, {}, "u")
+
+        # All queued in one loop pass: the first commits alone, the other 19 behind it.
+        await asyncio.gather(*(registry.append(ANONYMOUS, cid, new(f"c{i}")) for i in range(20)))
+        assert len(flusher._unstored[cid]) == 3  # the creation, then two batches
+        assert flusher.unflushed(cid)[1] == 21
+        assert flusher.stats()["unflushed_records"] == 21
+    await flusher.flush_now(cid)
+    assert flusher.unflushed(cid) == (0, 0)
+    assert flusher.stats()["unflushed_records"] == 0 and flusher.stats()["unflushed_bytes"] == 0
+    assert sorted(await _tree(node, cid)) == sorted(f"c{i}" for i in range(20))
