@@ -27,7 +27,7 @@ from gateway.accounts import Accounts
 from gateway.admin import add_admin
 from gateway.auth import auth_middleware, authenticators
 from gateway.auth_failures import AuthFailures
-from gateway.busy_poll import BUSY_POLL, BusyPoll
+from gateway.busy_poll import BACKLOG_BYTES, BUSY_POLL, BusyPoll
 from gateway.cluster_lifecycle import ClusterLifecycle
 from gateway.cluster_member import join
 from gateway.config import Settings
@@ -206,6 +206,7 @@ def create_app(
             member = app[CLUSTER] = await join(settings, journal, stack, report, pool, peers)
             flusher = await write_behind(settings, store, journal, stack, pool)
             await stack.enter_async_context(flusher)
+            poll.yield_to(lambda: flusher.unflushed_bytes > BACKLOG_BYTES)
             conversations: Conversations = (
                 StoreBacked(store, flusher, settings.registry().actor)
                 if cache_off

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.busy_poll import BUSY_POLL, GROW_START, BusyPoll
+from gateway.busy_poll import BACKLOG_BYTES, BUSY_POLL, CHECK_SECONDS, GROW_START, BusyPoll
 from gateway.config import Settings, add_arguments, build
+from gateway.keys import FLUSHER
 from persistence.resp import LeanRedis
 from tests.gateway.gateway_helpers import API
 from tests.services import REDIS_URL, require
@@ -65,7 +66,7 @@ async def test_pokes_while_polling_keep_it_open_past_the_first_window() -> None:
         assert poll.polling
     assert poll.stats() == {
         "window_us": round(window * 1e6), "max_window_us": round(MAX * 1e6),
-        "polls": 1, "widened": 0, "narrowed": 1,
+        "polls": 1, "widened": 0, "narrowed": 1, "yielded": 0,
     }  # fmt: skip
 
 
@@ -118,6 +119,53 @@ async def test_off_it_gives_no_poker_and_close_stops_a_window() -> None:
     assert not poll.polling
 
 
+async def test_it_yields_to_a_write_behind_that_is_behind() -> None:
+    """A polling core never idles, so the kernel gives it none of the work waiting
+    elsewhere (the flusher process, the store, Redis): while the write-behind has a
+    backlog, no window opens, and an open one closes at its next look."""
+    clock = Clock()
+    behind = [False]
+    poll = BusyPoll(MAX, clock)
+    poll.yield_to(lambda: behind[0])
+    poll.poke()
+    assert poll.polling
+    behind[0] = True
+    clock.now += CHECK_SECONDS / 2  # asked again only after CHECK_SECONDS
+    poll.poke()
+    await loop_pass()
+    assert poll.polling
+    clock.now += CHECK_SECONDS
+    poll.poke()
+    await loop_pass()
+    assert not poll.polling and poll.stats()["yielded"] == 1
+    poll.poke()  # asked as a window opens, too
+    assert not poll.polling and poll.stats()["yielded"] == 2
+    behind[0] = False
+    poll.poke()
+    assert poll.polling
+    poll.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_the_node_yields_to_its_write_behind_past_the_backlog(start_node: Any) -> None:
+    node = await start_node(flush_interval=3600.0)  # nothing is stored unasked
+    poll = node.app[BUSY_POLL]
+    flusher = node.app[FLUSHER]
+    assert not poll._behind()
+    status, created = await node.request("POST", f"{API}/conversations", json=NEW)
+    assert status in (200, 201)
+    cid = created["conversation_id"]
+    _, tree = await node.request("GET", f"{API}/conversations/{cid}/tree")
+    root = tree["messages"][0]["message_id"]
+    text = "x" * 60_000
+    while flusher.unflushed_bytes <= BACKLOG_BYTES:
+        body = {"parent_message_id": root, "role": "human", "created_by": "alice",
+                "content": {"type": "text", "text": text}}  # fmt: skip
+        status, _ = await node.request("POST", f"{API}/conversations/{cid}/messages", json=body)
+        assert status in (200, 201)
+    assert poll._behind()
+
+
 def test_the_window_is_a_setting_and_cannot_be_negative() -> None:
     import argparse
 
@@ -139,16 +187,22 @@ async def test_the_node_polls_after_a_request_and_not_when_turned_off(
     status, _ = await node.request("POST", f"{API}/conversations", json=NEW)
     assert status in (200, 201)
     assert pokes["count"] >= 2  # the request's bytes and its answer
-    assert poll.stats()["polls"] >= 1
+    opened = poll.stats()["polls"] + poll.stats()["yielded"]
+    assert opened >= 1  # the first poke opened a window (or yielded to the write-behind)
     status, body = await node.request(
         "GET", "/admin/nodes", headers={"Authorization": f"Bearer {TOKEN}"}
     )
-    assert status == 200 and body["nodes"][0]["stats"]["busy_poll"]["polls"] >= 1
+    assert status == 200
+    shown = body["nodes"][0]["stats"]["busy_poll"]
+    assert shown["max_window_us"] == 200 and shown["polls"] + shown["yielded"] >= opened
 
     off = await start_node(busy_poll_us=0, data_dir=tmp_path / "off")
     status, _ = await off.request("POST", f"{API}/conversations", json=NEW)
     assert status in (200, 201)
-    assert off.app[BUSY_POLL].stats()["polls"] == 0
+    assert off.app[BUSY_POLL].poker is None
+    assert off.app[BUSY_POLL].stats() == {
+        "window_us": 0, "max_window_us": 0, "polls": 0, "widened": 0, "narrowed": 0, "yielded": 0,
+    }  # fmt: skip
 
 
 async def test_every_command_of_the_lean_redis_channel_pokes() -> None:
@@ -178,4 +232,3 @@ def count_pokes(poll: BusyPoll) -> dict[str, int]:
 
     poll.poke = counting  # type: ignore[method-assign]
     return counted
-
