@@ -243,7 +243,9 @@ class Sidebar:
         """Called after every applied mutation (the actor's and a creation's)."""
         if self._hot is not None:
             self._hot.noted(after, event)
-        if before is None or listing_key(before) != listing_key(after):
+        # its listing key is (updated_at in µs, id): equal instants, equal keys (0.6 µs less
+        # an append than building both keys)
+        if before is None or before.updated_at != after.updated_at:
             previous = None if before is None or before.deleted else listing_key(before)
             self.moves.moved(after.conversation_id, after.created_by, previous)
 
