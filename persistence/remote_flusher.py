@@ -118,13 +118,19 @@ class RemoteFlusher(Flusher):
         A batch is one entry (its last version): its records land in the journal in one
         script call, so the flusher process stores all of them or none."""
         changes = Changes()
-        for apply in applies:
-            apply(changes)
-        if not changes.version:
-            return
+        attempted = 0
+        try:
+            for apply in applies:
+                attempted += 1
+                apply(changes)
+        finally:  # what was applied before one raised is still counted until stored
+            if changes.version:
+                self._remember(conversation_id, changes, attempted)
+
+    def _remember(self, conversation_id: str, changes: Changes, records: int) -> None:
         loop = asyncio.get_running_loop()
         self._unstored.setdefault(conversation_id, deque()).append(
-            (changes.version, changes.nbytes, loop.time(), len(applies))
+            (changes.version, changes.nbytes, loop.time(), records)
         )
         self._unflushed += changes.nbytes
         unsent, self._unsent = self._unsent, None

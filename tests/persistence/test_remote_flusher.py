@@ -325,3 +325,24 @@ async def test_a_batch_of_appends_counts_each_record_until_all_are_stored(
     assert flusher.unflushed(cid) == (0, 0)
     assert flusher.stats()["unflushed_records"] == 0 and flusher.stats()["unflushed_bytes"] == 0
     assert sorted(await _tree(node, cid)) == sorted(f"c{i}" for i in range(20))
+
+
+async def test_what_a_batch_applied_before_an_apply_raised_stays_counted(
+    start_node: NodeFactory,
+) -> None:
+    """An apply raising midway (never expected of a validated event) leaves what the
+    batch applied before it counted as unflushed, as one record call each would have."""
+    node = await start_node()
+    flusher = node.app[FLUSHER]
+    cid = str(uuid.uuid4())
+
+    def applied(changes: Any) -> None:
+        changes.version, changes.nbytes = 7, changes.nbytes + 100
+
+    def broken(changes: Any) -> None:
+        raise RuntimeError("apply failed")
+
+    with pytest.raises(RuntimeError):
+        flusher.record_many(cid, [applied, broken])
+    assert flusher.unflushed(cid) == (100, 2)
+    flusher.forget(cid)
